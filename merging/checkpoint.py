@@ -1,0 +1,205 @@
+"""Checkpoints as lazy collections of tensors: a local Hugging Face folder (single or sharded safetensors,
+or ``pytorch_model*.bin``), a hub id resolved to such a folder, or a peft LoRA adapter seen through its
+base model (weights W + ΔW, ΔW = (lora_alpha / r)·B·A)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import MergeError
+from .safetensors_io import SafetensorsFile, TensorInfo
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
+    """Return a local folder (or file) for ``ref``: an existing path, else a Hugging Face hub id.
+
+    A hub id is fetched with ``huggingface_hub.snapshot_download`` (served from the local cache when
+    ``HF_HUB_OFFLINE=1``); failure to fetch is an error that says how to get the files by hand.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    if not HUB_ID.match(ref):
+        raise MergeError(f"model path '{ref}' does not exist (and is not a Hugging Face hub id "
+                         "of the form 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(ref, revision=revision, allow_patterns=HUB_PATTERNS))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(ref, revision=revision,
+                                            allow_patterns=HUB_PATTERNS + ["pytorch_model*.bin"]))
+    except Exception as err:  # network, auth, missing repo: all end the same way for the user
+        raise MergeError(
+            f"'{ref}' is not a local path and could not be fetched from the Hugging Face Hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"On a machine with access run `hf download {ref} --local-dir DIR`, copy DIR here and "
+            "put its path in the config instead of the hub id.") from None
+    return folder
+
+
+class Checkpoint:
+    """The tensors of one model, read element range by element range on demand."""
+
+    def __init__(self, path: Path, config: dict | None) -> None:
+        self.path = path
+        self.config = config
+        self.infos: dict[str, TensorInfo] = {}
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Elements ``[start, stop)`` of tensor ``name`` (row-major), 1-D, in the stored dtype."""
+        raise NotImplementedError
+
+    def describe(self, name: str) -> str:
+        """Where tensor ``name`` lives, for error messages."""
+        return f"{self.path}: tensor '{name}'"
+
+    def close(self) -> None:
+        """Release open files."""
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """One ``model.safetensors`` or shards listed by ``model.safetensors.index.json``."""
+
+    def __init__(self, path: Path, files: list[Path], config: dict | None) -> None:
+        super().__init__(path, config)
+        self._file_of: dict[str, SafetensorsFile] = {}
+        self._files = [SafetensorsFile(f) for f in files]
+        for file in self._files:
+            for name, info in file.infos.items():
+                if name in self.infos:
+                    raise MergeError(f"{file.path}: tensor '{name}' is also stored in "
+                                     f"{self._file_of[name].path}")
+                self.infos[name] = info
+                self._file_of[name] = file
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self._file_of[name].read(name, start, stop)
+
+    def describe(self, name: str) -> str:
+        return f"{self._file_of[name].path}: tensor '{name}'" if name in self._file_of else super().describe(name)
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+
+class TorchBinCheckpoint(Checkpoint):
+    """``pytorch_model*.bin`` files, loaded with ``weights_only=True`` (no pickled code runs)."""
+
+    def __init__(self, path: Path, files: list[Path], config: dict | None) -> None:
+        super().__init__(path, config)
+        self._tensors: dict[str, torch.Tensor] = {}
+        for file in files:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:
+                raise MergeError(f"{file}: cannot be loaded with weights_only=True ({err})") from None
+            for name, tensor in state.items():
+                if not isinstance(tensor, torch.Tensor):
+                    raise MergeError(f"{file}: entry '{name}' is a {type(tensor).__name__}, not a tensor")
+                self._tensors[name] = tensor
+                self.infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self._tensors[name].reshape(-1)[start:stop]
+
+
+class LoraCheckpoint(Checkpoint):
+    """A peft LoRA adapter seen as a full model: base weights plus ΔW = scaling·B·A on its modules."""
+
+    def __init__(self, adapter_path: Path, base: Checkpoint) -> None:
+        from .lora import read_lora_adapter
+
+        self.adapter = read_lora_adapter(adapter_path)
+        super().__init__(adapter_path, base.config)
+        self.base = base
+        self.infos = dict(base.infos)
+        for name, (a, b) in self.adapter.factors.items():  # a: [r, in], b: [out, r]
+            info = base.infos.get(name)
+            if info is None or info.shape != (b.shape[0], a.shape[1]):
+                raise MergeError(f"{adapter_path}: adapts '{name}' with ΔW of shape "
+                                 f"{[b.shape[0], a.shape[1]]}, but the base {base.path} has "
+                                 f"{list(info.shape) if info else 'no such tensor'}")
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        weights = self.base.read(name, start, stop)
+        if name not in self.adapter.factors:
+            return weights
+        stop = self.infos[name].numel if stop is None else stop
+        columns = self.infos[name].shape[1]
+        first_row, last_row = start // columns, -(-stop // columns)
+        delta = self.adapter.delta_rows(name, first_row, last_row).reshape(-1)  # [rows * in]
+        offset = first_row * columns
+        return weights.float() + delta[start - offset:stop - offset]
+
+
+def _read_config(folder: Path) -> dict | None:
+    file = folder / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise MergeError(f"{file}: invalid JSON ({err})") from None
+
+
+def _files_from_index(folder: Path, index_name: str) -> list[Path]:
+    index_file = folder / index_name
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise MergeError(f"{index_file}: not a valid index (expected a 'weight_map'): {err}") from None
+    files = [folder / name for name in dict.fromkeys(weight_map.values())]
+    for file in files:
+        if not file.is_file():
+            raise MergeError(f"{index_file}: lists shard '{file.name}', which is missing")
+    return files
+
+
+def open_checkpoint(ref: str, revision: str | None = None, base: Checkpoint | None = None) -> Checkpoint:
+    """Open a model by local path or hub id; a LoRA adapter folder needs its ``base``."""
+    path = resolve_model_ref(ref, revision)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return SafetensorsCheckpoint(path, [path], _read_config(path.parent))
+        return TorchBinCheckpoint(path, [path], _read_config(path.parent))
+    if (path / "adapter_config.json").is_file():
+        if base is None:
+            raise MergeError(f"{path} is a LoRA adapter; it can only be merged against a base model")
+        return LoraCheckpoint(path, base)
+    config = _read_config(path)
+    if (path / "model.safetensors.index.json").is_file():
+        return SafetensorsCheckpoint(path, _files_from_index(path, "model.safetensors.index.json"), config)
+    singles = sorted(path.glob("*.safetensors"))
+    if singles:
+        return SafetensorsCheckpoint(path, singles, config)
+    if (path / "pytorch_model.bin.index.json").is_file():
+        return TorchBinCheckpoint(path, _files_from_index(path, "pytorch_model.bin.index.json"), config)
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        return TorchBinCheckpoint(path, bins, config)
+    found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else []
+    raise MergeError(f"{path}: no weights found (expected model.safetensors, sharded *.safetensors with "
+                     f"model.safetensors.index.json, pytorch_model*.bin, or adapter_config.json); "
+                     f"the folder holds {found}")
+
+
+def same_architecture(a: Checkpoint, b: Checkpoint) -> str | None:
+    """Why ``a`` and ``b`` are not the same architecture according to their config.json, or None."""
+    if a.config is None or b.config is None:
+        return None
+    for key in ("model_type", "architectures"):
+        if key in a.config and key in b.config and a.config[key] != b.config[key]:
+            return (f"{key} is {a.config[key]!r} in {a.path / 'config.json'} but {b.config[key]!r} "
+                    f"in {b.path / 'config.json'}")
+    return None
+
+
+

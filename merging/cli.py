@@ -1,0 +1,49 @@
+"""Command line: ``python -m merging merge CONFIG.yaml --out DIR`` (native or mergekit YAML)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import load_config
+from .errors import MergeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="merge the checkpoints described by a YAML config")
+    merge.add_argument("config", help="native or mergekit YAML file")
+    merge.add_argument("--out", required=True, help="output folder (created only when the merge succeeds)")
+    merge.add_argument("--device", help="run the per-tensor math here (cpu, cuda, cuda:1); overrides the config")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.add_argument("--trust-remote-code", action="store_true",
+                       help="copy a base's custom modelling code (auto_map) into the output")
+    merge.add_argument("--workers", type=int, default=2, help="tensors merged concurrently (default 2)")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_parser("methods", help="list the registered merge methods and their papers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "methods":
+            from .registry import METHODS, get_method
+
+            get_method("average")
+            for name, cls in sorted(METHODS.items()):
+                print(f"{name:18s} {cls.paper}")
+            return 0
+        from .run import run_merge
+
+        cfg = load_config(args.config)
+        if args.device:
+            cfg = cfg.model_copy(update={"device": args.device})
+        info = run_merge(cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+                         progress=not args.quiet, workers=args.workers, source_yaml=args.config)
+    except MergeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(info))
+    return 0

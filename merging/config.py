@@ -1,0 +1,154 @@
+"""Merge configs: the native YAML schema (unknown keys are errors) and per-tensor parameter values.
+
+    method: ties                       # a registered method name
+    base: path/or/hub-id               # unmerged tensors, config and tokenizer come from here
+    models:
+      - model: path/or/hub-id          # or a peft LoRA adapter folder (merged as base + ΔW)
+        parameters: {weight: 1.0}
+    parameters: {density: 0.2}         # method parameters, and defaults for per-model ones
+    include: []                        # regexes (re.search) of tensors to merge; empty = all
+    exclude: [classifier, bias]        # never merged: copied from the base
+    dtype: float32                     # compute dtype
+    out_dtype: null                    # default: each tensor's dtype in the base
+    seed: 0
+    device: cpu
+    shard_size: 5GB
+
+A parameter value is a number, a list of numbers (a gradient interpolated over layer depth), or a list
+of ``{filter: substring, value: number | list}`` where the first matching filter wins (mergekit's forms).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import MergeError
+
+Scalar = Union[float, int, bool, str]
+ParamValue = Union[Scalar, list[float], list[dict[str, Any]]]
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+DTypeName = Literal["float32", "float64", "bfloat16", "float16"]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: dict[str, ParamValue] = {}
+
+
+class MergeConfig(BaseModel):
+    """A validated merge run."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    base: str
+    models: list[ModelEntry] = Field(min_length=1)
+    parameters: dict[str, ParamValue] = {}
+    include: list[str] = []
+    exclude: list[str] = []
+    dtype: DTypeName = "float32"
+    out_dtype: DTypeName | None = None
+    seed: int = 0
+    device: str = "cpu"
+    shard_size: int | str = "5GB"
+    chunk_size: int = Field(1 << 20, gt=0)
+    origin: Literal["native", "mergekit"] = "native"
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"invalid regex {pattern!r}: {err}") from None
+        return patterns
+
+    @property
+    def shard_bytes(self) -> int:
+        if isinstance(self.shard_size, int):
+            return self.shard_size
+        match = _SIZE.match(self.shard_size)
+        if not match:
+            raise MergeError(f"shard_size {self.shard_size!r} is not a size such as 200MB or 5GB")
+        return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+    def merges(self, name: str) -> bool:
+        """Whether tensor ``name`` is merged (else copied from the base)."""
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return False
+        return not any(re.search(p, name) for p in self.exclude)
+
+
+def load_config(path: str | Path) -> MergeConfig:
+    """Read a native or mergekit YAML file (mergekit's has ``merge_method``) into a MergeConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise MergeError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "merge_method" in raw:
+        from .mergekit_yaml import from_mergekit
+
+        raw = from_mergekit(raw, path)
+    return validate_config(raw, path)
+
+
+def validate_config(raw: dict[str, Any], source: str | Path = "<config>") -> MergeConfig:
+    try:
+        return MergeConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"key '{'.'.join(str(p) for p in e['loc']) or '(top)'}': {e['msg']}"
+                             f"{' (got ' + repr(e['input']) + ')' if e['type'] != 'missing' else ''}"
+                             for e in err.errors())
+        raise MergeError(f"{source}: {problems}") from None
+
+
+def layer_position(name: str, num_layers: int) -> float:
+    """Depth of tensor ``name`` in [0, 1] for gradient parameters: layer i of L is i/(L−1); tensors outside
+    numbered layers sit at 0 if they are embeddings, else at 1 (final norm, output head)."""
+    match = _LAYER.search(name)
+    if match and num_layers > 1:
+        return min(int(match.group(1)) / (num_layers - 1), 1.0)
+    return 0.0 if "embed" in name else 1.0
+
+
+def count_layers(names: list[str]) -> int:
+    indices = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    return max(indices) + 1 if indices else 1
+
+
+def resolve_value(value: ParamValue, name: str, position: float, key: str) -> Any:
+    """The value of parameter ``key`` for tensor ``name`` at depth ``position``."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        for rule in value:
+            unknown = set(rule) - {"filter", "value"}
+            if unknown or "value" not in rule:
+                raise MergeError(f"parameter '{key}': each rule needs 'value' and optionally 'filter', "
+                                 f"got keys {sorted(rule)}")
+            if "filter" not in rule or rule["filter"] in name:
+                return resolve_value(rule["value"], name, position, key)
+        raise MergeError(f"parameter '{key}': no rule matches tensor '{name}' (add a rule without 'filter')")
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, (int, float)) for v in value):
+            raise MergeError(f"parameter '{key}': a gradient must be a non-empty list of numbers, got {value}")
+        if len(value) == 1:
+            return value[0]
+        x = position * (len(value) - 1)
+        lo = min(int(x), len(value) - 2)
+        return value[lo] + (x - lo) * (value[lo + 1] - value[lo])
+    return value

@@ -1,0 +1,132 @@
+"""Streaming execution of a planned merge: tensors are split into chunks of ``chunk_size`` elements that are
+read from every checkpoint, merged in the compute dtype on the chosen device and written straight to their
+place in the output shards. Peak memory is about workers × (#models + 1) × chunk, independent of model size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint
+from .errors import MergeError
+from .methods.base import Chunk, Method, chunk_seed
+from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
+
+
+@dataclass
+class TensorPlan:
+    """One output tensor: merged by ``method`` or, when it is None, copied from the base."""
+
+    info: TensorInfo
+    out_dtype: torch.dtype
+    method: Method | None
+
+
+@dataclass
+class Sources:
+    """Where chunks come from and how they are prepared for the math."""
+
+    base: Checkpoint
+    models: list[Checkpoint]
+    dtype: torch.dtype
+    device: torch.device
+
+    def load(self, ckpt: Checkpoint, name: str, start: int, stop: int) -> torch.Tensor:
+        values = ckpt.read(name, start, stop).to(device=self.device, dtype=self.dtype)
+        if not bool(torch.isfinite(values).all()):
+            raise MergeError(f"{ckpt.describe(name)} contains NaN or Inf values")
+        return values
+
+    def chunk(self, name: str, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.load(self.base, name, start, stop)  # [c]
+        models = torch.stack([self.load(m, name, start, stop) for m in self.models])  # [n, c]
+        return base, models
+
+
+def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
+    numel, name = plan.info.numel, plan.info.name
+    return [Chunk(name, plan.info.shape, s, min(s + chunk_size, numel), chunk_seed(seed, name, i))
+            for i, s in enumerate(range(0, numel, chunk_size))] or [Chunk(name, plan.info.shape, 0, 0, seed)]
+
+
+class Engine:
+    """Runs the plans of one merge into a writer, ``workers`` tensors at a time."""
+
+    def __init__(self, sources: Sources, writer: ShardedSafetensorsWriter, chunk_size: int, seed: int,
+                 workers: int = 2, progress: bool = True) -> None:
+        self.sources, self.writer = sources, writer
+        self.chunk_size, self.seed, self.workers, self.progress = chunk_size, seed, workers, progress
+
+    def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any]) -> torch.Tensor:
+        """One statistics pass over one tensor: the sum of its chunks' observations."""
+        total = None
+        for chunk in chunks_of(plan, self.chunk_size, self.seed):
+            base, models = self.sources.chunk(chunk.name, chunk.start, chunk.stop)
+            part = plan.method.observe(pass_index, chunk, base, models, stats)
+            total = part if total is None else total + part
+        return total
+
+    def merge_tensor(self, plan: TensorPlan, shared_stats: dict[str, Any] | None) -> None:
+        name, method = plan.info.name, plan.method
+        chunks = chunks_of(plan, self.chunk_size, self.seed)
+        if method is None:
+            for chunk in chunks:
+                values = self.sources.base.read(name, chunk.start, chunk.stop)
+                self.writer.write(name, chunk.start, values.to(plan.out_dtype))
+            return
+        stats = shared_stats if shared_stats is not None else {}
+        cached = self.sources.chunk(name, chunks[0].start, chunks[0].stop) if len(chunks) == 1 else None
+        if shared_stats is None:
+            for p in range(method.passes):
+                if cached is not None:
+                    total = method.observe(p, chunks[0], *cached, stats)
+                else:
+                    total = self.observe_tensor(plan, p, stats)
+                method.conclude(p, total, stats, plan.info.numel)
+        for chunk in chunks:
+            base, models = cached if cached is not None else self.sources.chunk(name, chunk.start, chunk.stop)
+            merged = method.combine(chunk, base, models, stats)
+            self.writer.write(name, chunk.start, merged.to(plan.out_dtype))
+
+    def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:
+        """Statistics pooled over every merged tensor (e.g. TIES trimming over the whole task vector)."""
+        merged = [p for p in plans if p.method is not None]
+        lead = merged[0].method
+        stats: dict[str, Any] = {}
+        numel = sum(p.info.numel for p in merged)
+        for p in range(lead.passes):
+            total = sum(pool.map(lambda plan: self.observe_tensor(plan, p, stats).cpu(), merged))
+            lead.conclude(p, total, stats, numel)
+        return stats
+
+    def run(self, plans: list[TensorPlan]) -> None:
+        order = sorted(plans, key=lambda p: -p.info.numel)  # largest first balances the workers
+        model_scope = any(p.method is not None and p.method.scope == "model" for p in plans)
+        with _torch_threads(max(1, (os.cpu_count() or 1) // self.workers)), \
+                ThreadPoolExecutor(self.workers) as pool, \
+                tqdm(total=sum(p.info.nbytes for p in plans), unit="B", unit_scale=True, desc="merging",
+                     disable=not self.progress) as bar:
+            try:
+                shared = self.model_scope_stats(plans, pool) if model_scope else None
+                for plan in pool.map(lambda plan: (self.merge_tensor(plan, shared), plan)[1], order):
+                    bar.update(plan.info.nbytes)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # stop early; nothing is left half-running
+                raise
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

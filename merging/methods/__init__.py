@@ -1,0 +1,2 @@
+"""Merge methods; importing this package registers every one of them."""
+from . import average, dare, from_, slerp, task_arithmetic, ties  # noqa: F401

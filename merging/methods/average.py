@@ -1,0 +1,36 @@
+"""Uniform / weighted model soup (Wortsman et al., "Model soups", ICML 2022, arXiv 2203.05482):
+
+    θ = Σ_i w_i θ_i / Σ_i w_i        (uniform soup: all w_i = 1)
+
+The base model is not part of the formula; it only supplies unmerged tensors, config and tokenizer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..registry import register
+from .base import Chunk, Method, Params
+
+
+class AverageModelParams(Params):
+    weight: float = 1.0
+
+
+class AverageParams(Params):
+    normalize: bool = True  # divide by Σ w_i (False: plain weighted sum, as mergekit's linear option)
+
+
+@register("average", paper="https://arxiv.org/abs/2203.05482")
+class Average(Method):
+    Params = AverageParams
+    ModelParams = AverageModelParams
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        weights = self.model_values("weight").to(models)  # [n]
+        merged = weights @ models  # [c]
+        if self.params.normalize:
+            merged = merged / weights.sum()
+        return merged

@@ -1,0 +1,103 @@
+"""What a merge method is: per tensor, zero or more statistics passes over the tensor's chunks, then an
+element-wise ``combine`` of each chunk. The engine streams chunks from disk; ``merge_in_memory`` runs the
+same code on tensors already in memory (tests, data-driven methods)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Base of every parameter schema: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class NoParams(Params):
+    """A method or model entry without parameters."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Elements ``[start, stop)`` of the flattened tensor ``name``; ``seed`` is fixed by (run seed, name,
+    chunk index), so random methods are deterministic and every pass sees the same draws."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+    seed: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+def chunk_seed(run_seed: int, name: str, index: int) -> int:
+    digest = hashlib.blake2b(f"{run_seed}/{name}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class Method:
+    """A merge method, instantiated once per tensor with that tensor's resolved parameters.
+
+    Subclasses set ``Params`` (method-level schema), ``ModelParams`` (per-model schema), ``passes`` and
+    override ``observe``/``conclude`` (statistics; ``observe`` returns an additive tensor that is summed
+    over chunks, and over tensors when ``scope == "model"``) and ``combine`` (the element-wise merge).
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    Params: ClassVar[type[Params]] = NoParams
+    ModelParams: ClassVar[type[Params]] = NoParams
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+    passes: int = 0
+    scope: Literal["tensor", "model"] = "tensor"
+
+    def __init__(self, params: Params, model_params: list[Params]) -> None:
+        self.params = params
+        self.model_params = model_params
+
+    def model_values(self, key: str) -> torch.Tensor:
+        """Per-model parameter ``key`` as a float64 vector [n]."""
+        return torch.tensor([float(getattr(p, key)) for p in self.model_params], dtype=torch.float64)
+
+    def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        """An additive statistic of one chunk for pass ``pass_index`` (``stats`` holds earlier passes)."""
+        raise NotImplementedError
+
+    def conclude(self, pass_index: int, total: torch.Tensor, stats: dict[str, Any], numel: int) -> None:
+        raise NotImplementedError
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        """Merged values of one chunk. base: [c], models: [n, c] in the compute dtype -> [c]."""
+        raise NotImplementedError
+
+
+def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tensor], *, name: str = "tensor",
+                    seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
+    """Run ``method`` on whole tensors held in memory (same code path as the streaming engine)."""
+    flat_base = base.reshape(-1)
+    stacked = torch.stack([m.reshape(-1) for m in models])  # [n, numel]
+    numel = flat_base.numel()
+    size = chunk_size or max(numel, 1)
+    chunks = [Chunk(name, tuple(base.shape), s, min(s + size, numel), chunk_seed(seed, name, i))
+              for i, s in enumerate(range(0, max(numel, 1), size))]
+    stats: dict[str, Any] = {}
+    for p in range(method.passes):
+        total = sum(method.observe(p, c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
+                    for c in chunks)
+        method.conclude(p, total, stats, numel)
+    return torch.cat([method.combine(c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
+                      for c in chunks]).reshape(base.shape)

@@ -1,0 +1,93 @@
+"""DARE, Drop And REscale (Yu et al., "Language models are Super Mario", ICML 2024, arXiv 2311.03099,
+Eq. 1-2), composed with task arithmetic (``dare_ta``) and with TIES sign election (``dare_ties``):
+
+    m_i ~ Bernoulli(1 − p_i) element-wise,     τ̃_i = m_i ⊙ τ_i / (1 − p_i)       (``rescale: inverse``)
+    dare_ta:    θ = θ_base + λ · Σ_i w_i τ̃_i
+    dare_ties:  θ = θ_base + λ · disjoint_mean_γ(w_i τ̃_i)      (TIES steps 2-3, see ``ties``)
+
+``rescale: l1`` instead matches the L1 norm before and after dropping, τ̃_i = m_i⊙τ_i · ‖τ_i‖₁/‖m_i⊙τ_i‖₁
+per tensor (what mergekit 0.1.5 does); ``none`` keeps m_i ⊙ τ_i. Masks are drawn from a generator
+seeded by (seed, tensor, chunk), model 0's elements first: reproducible, and for a single chunk the same
+draws as ``torch.bernoulli`` on a generator with that seed (hence equal to peft's ``dare_ties``).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ..registry import register
+from ..tensor_ops import disjoint_merge, elect_sign, random_keep_mask, task_vectors
+from .base import Chunk, Method, Params
+
+
+class DareModelParams(Params):
+    weight: float = 1.0
+    drop_rate: float | None = Field(None, ge=0, lt=1)
+
+
+class DareParams(Params):
+    drop_rate: float = Field(ge=0, lt=1)
+    scale: float = Field(1.0, alias="lambda")
+    rescale: Literal["inverse", "l1", "none"] = "inverse"
+    normalize: bool = False
+
+
+class DareTiesParams(DareParams):
+    elect: Literal["mass", "count"] = "mass"
+    normalize: bool = True
+
+
+@register("dare_ta", paper="https://arxiv.org/abs/2311.03099")
+class DareTaskArithmetic(Method):
+    Params = DareParams
+    ModelParams = DareModelParams
+
+    def __init__(self, params: DareParams, model_params: list[DareModelParams]) -> None:
+        super().__init__(params, model_params)
+        drop = torch.tensor([p.drop_rate if p.drop_rate is not None else params.drop_rate
+                             for p in model_params], dtype=torch.float64)  # [n]
+        self.keep = 1 - drop
+        self.passes = 1 if params.rescale == "l1" else 0
+
+    def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """m_i ⊙ τ_i, rescaled per ``rescale``. [n, c] -> [n, c]."""
+        kept = tvs * random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs.device)
+        if self.params.rescale == "inverse":
+            return kept / self.keep.to(tvs).unsqueeze(1)
+        if self.params.rescale == "l1" and "l1_scale" in stats:
+            return kept * stats["l1_scale"].to(tvs).unsqueeze(1)
+        return kept
+
+    def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        tvs = task_vectors(base, models)  # [n, c]
+        kept = self.dropped(chunk, tvs, stats)
+        return torch.stack([tvs.abs().sum(1), kept.abs().sum(1)]).double()  # [2, n]
+
+    def conclude(self, pass_index: int, total: torch.Tensor, stats: dict[str, Any], numel: int) -> None:
+        before, after = total.cpu()
+        usable = (before >= 1e-7) & (after >= 1e-7)
+        stats["l1_scale"] = torch.where(usable, before / after.clamp(min=1e-7), 1.0)  # [n]
+
+    def merge_dropped(self, weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_i w_i τ̃_i (÷ Σ w_i when normalize). [n, c] -> [c]."""
+        total = float(weights.sum())
+        merged = weighted.sum(0)
+        return merged / total if self.params.normalize and abs(total) > 1e-8 else merged
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        tvs = self.dropped(chunk, task_vectors(base, models), stats)  # [n, c]
+        weights = self.model_values("weight").to(tvs)  # [n]
+        return base + self.params.scale * self.merge_dropped(tvs * weights.unsqueeze(1), weights)
+
+
+@register("dare_ties", paper="https://arxiv.org/abs/2311.03099")
+class DareTies(DareTaskArithmetic):
+    Params = DareTiesParams
+
+    def merge_dropped(self, weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """TIES sign election and disjoint merge of the dropped task vectors. [n, c] -> [c]."""
+        return disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect), self.params.normalize)

@@ -1,0 +1,40 @@
+"""Task arithmetic (Ilharco et al., "Editing models with task arithmetic", ICLR 2023, arXiv 2212.04089):
+
+    τ_i = θ_i − θ_base,     θ = θ_base + λ · Σ_i w_i τ_i        (÷ Σ_i w_i when ``normalize``)
+
+``w_i`` is each model's ``weight`` (its λ_i in the paper); a negative weight negates a task ("forgetting
+via negation", Sec. 3 of the paper). ``lambda`` scales the sum (mergekit's meaning).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from ..registry import register
+from ..tensor_ops import task_vectors
+from .base import Chunk, Method, Params
+
+
+class TaskArithmeticModelParams(Params):
+    weight: float = 1.0
+
+
+class TaskArithmeticParams(Params):
+    scale: float = Field(1.0, alias="lambda")
+    normalize: bool = False
+
+
+@register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089")
+class TaskArithmetic(Method):
+    Params = TaskArithmeticParams
+    ModelParams = TaskArithmeticModelParams
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        weights = self.model_values("weight")  # [n]
+        total = float(weights.sum())
+        scale = self.params.scale / (total if self.params.normalize and abs(total) > 1e-8 else 1.0)
+        tvs = task_vectors(base, models)  # [n, c]
+        return base + scale * (weights.to(tvs) @ tvs)

@@ -1,0 +1,163 @@
+"""A merge run: config -> checks -> plan -> streaming engine -> an output folder that appears only when
+complete, holding the weights, the base's config and tokenizer, the resolved config and ``merge_info.json``
+(method, paper, code version, timing)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+
+from .atomic import atomic_directory
+from .checkpoint import Checkpoint, open_checkpoint, same_architecture
+from .config import DTYPES, MergeConfig, count_layers, layer_position, resolve_value
+from .engine import Engine, Sources, TensorPlan
+from .errors import MergeError
+from .methods.base import Method
+from .registry import get_method
+from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
+
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json",
+              "chat_template.jinja", "preprocessor_config.json", "sentencepiece.bpe.model")
+
+
+def git_sha() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position: float) -> Method:
+    """The method instance for tensor ``name``, with every parameter resolved for it and validated."""
+    model_keys = set(method_cls.ModelParams.model_fields)
+    method_keys = {f.alias or k for k, f in method_cls.Params.model_fields.items()}
+    unknown = set(cfg.parameters) - method_keys - model_keys
+    if unknown:
+        raise MergeError(f"method '{cfg.method}' has no parameter(s) {sorted(unknown)}; method parameters: "
+                         f"{sorted(method_keys)}, per-model: {sorted(model_keys)}")
+    resolve = lambda values: {k: resolve_value(v, name, position, k) for k, v in values.items()}  # noqa: E731
+    top = resolve(cfg.parameters)
+    try:
+        params = method_cls.Params(**{k: v for k, v in top.items() if k in method_keys})
+        per_model = []
+        for entry in cfg.models:
+            bad = set(entry.parameters) - model_keys
+            if bad:
+                raise MergeError(f"model '{entry.model}': method '{cfg.method}' has no per-model parameter(s) "
+                                 f"{sorted(bad)}; per-model parameters: {sorted(model_keys)}")
+            defaults = {k: v for k, v in top.items() if k in model_keys and k not in method_keys}
+            per_model.append(method_cls.ModelParams(**{**defaults, **resolve(entry.parameters)}))
+    except ValidationError as err:
+        problems = "; ".join(f"parameter '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
+                             for e in err.errors())
+        raise MergeError(f"method '{cfg.method}', tensor '{name}': {problems}") from None
+    return method_cls(params, per_model)
+
+
+def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> list[TensorPlan]:
+    """Check the pool against the base and decide, per tensor, merge-or-copy and the output dtype."""
+    method_cls = get_method(cfg.method)
+    if len(models) < method_cls.min_models or (method_cls.max_models and len(models) > method_cls.max_models):
+        wanted = (f"exactly {method_cls.min_models}" if method_cls.min_models == method_cls.max_models
+                  else f"at least {method_cls.min_models}")
+        raise MergeError(f"method '{cfg.method}' needs {wanted} models, got {len(models)}")
+    for model in models:
+        if reason := same_architecture(base, model):
+            raise MergeError(f"different architectures: {reason}")
+    num_layers = count_layers(list(base.infos))
+    plans = []
+    for name, info in base.infos.items():
+        out_dtype = DTYPES[cfg.out_dtype] if cfg.out_dtype and info.dtype.is_floating_point else info.dtype
+        if not (info.dtype.is_floating_point and cfg.merges(name)):
+            plans.append(TensorPlan(TensorInfo(name, info.shape, out_dtype), out_dtype, None))
+            continue
+        for model in models:
+            other = model.infos.get(name)
+            if other is None:
+                raise MergeError(f"{model.path}: tensor '{name}' (present in the base {base.path}) is missing")
+            if other.shape != info.shape:
+                raise MergeError(f"{model.describe(name)} has shape {list(other.shape)}, but the base "
+                                 f"{base.path} has {list(info.shape)}")
+        method = build_method(cfg, method_cls, name, layer_position(name, num_layers))
+        plans.append(TensorPlan(TensorInfo(name, info.shape, out_dtype), out_dtype, method))
+    for model in models:
+        extra = [n for n in model.infos if n not in base.infos and cfg.merges(n)]
+        if extra:
+            raise MergeError(f"{model.path}: tensor(s) {extra[:5]} are not in the base {base.path}; "
+                             "exclude them (exclude: [regex]) or use a matching base")
+    if not any(p.method for p in plans):
+        raise MergeError(f"no tensor of {base.path} matches include={cfg.include} exclude={cfg.exclude}")
+    check_model_scope(plans)
+    return plans
+
+
+def check_model_scope(plans: list[TensorPlan]) -> None:
+    methods = [p.method for p in plans if p.method is not None]
+    if any(m.scope == "model" for m in methods):
+        first = methods[0]
+        if any(m.params != first.params or m.model_params != first.model_params for m in methods):
+            raise MergeError("scope: model needs the same parameters for every tensor "
+                             "(no per-layer gradients or filters)")
+
+
+def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust_remote_code: bool) -> None:
+    """config.json (dtype updated), generation config and tokenizer files from the base folder."""
+    source = base.path if base.path.is_dir() else base.path.parent
+    config = dict(base.config or {})
+    if config.get("auto_map") and not trust_remote_code:
+        raise MergeError(f"{source / 'config.json'} declares custom code (auto_map); pass --trust-remote-code "
+                         "to copy its Python files into the output (no code is run by the merge either way)")
+    if config:
+        if out_dtype:
+            config["torch_dtype" if "torch_dtype" in config else "dtype"] = out_dtype
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    names = list(SIDE_FILES) + ([p.name for p in source.glob("*.py")] if config.get("auto_map") else [])
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, folder / name)
+
+
+def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False,
+              progress: bool = True, workers: int = 2, source_yaml: Path | None = None) -> dict[str, Any]:
+    """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
+    started = time.perf_counter()
+    base = open_checkpoint(cfg.base)
+    models = [open_checkpoint(entry.model, base=base) for entry in cfg.models]
+    try:
+        plans = plan_merge(cfg, base, models)
+        with atomic_directory(out, overwrite=overwrite) as folder:
+            writer = ShardedSafetensorsWriter(folder, [p.info for p in plans], cfg.shard_bytes,
+                                              metadata={"merge_method": cfg.method})
+            try:
+                sources = Sources(base, models, DTYPES[cfg.dtype], device)
+                Engine(sources, writer, cfg.chunk_size, cfg.seed, workers, progress).run(plans)
+                writer.finish()
+            finally:
+                writer.close()
+            copy_side_files(base, folder, cfg.out_dtype, trust_remote_code)
+            info = {"method": cfg.method, "paper": get_method(cfg.method).paper, "git_sha": git_sha(),
+                    "torch": torch.__version__, "device": str(device),
+                    "tensors_merged": sum(p.method is not None for p in plans),
+                    "tensors_copied": sum(p.method is None for p in plans),
+                    "seconds": round(time.perf_counter() - started, 3)}
+            (folder / "merge_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            if source_yaml is not None and cfg.origin == "mergekit":
+                shutil.copy2(source_yaml, folder / "mergekit_config.yml")
+            (folder / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    finally:
+        for ckpt in [base, *models]:
+            ckpt.close()
+    return info

@@ -1,0 +1,192 @@
+"""Byte-level safetensors access: a reader that fetches any element range of any tensor with one
+``pread`` (no whole-file mmap, so resident memory stays at the size of what is being read) and a writer
+that plans every shard's header up front and then accepts tensor pieces in any order (``pwrite``).
+
+Format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N, N bytes of
+JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data
+block; offsets are relative to the start of the data block.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import MergeError
+
+DTYPE_CODES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape and dtype of one stored tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class SafetensorsFile:
+    """Random access to the tensors of one ``.safetensors`` file, element range by element range."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self.infos, self._offsets = self._parse_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _parse_header(self) -> tuple[dict[str, TensorInfo], dict[str, int]]:
+        size = os.fstat(self._fd).st_size
+        head = os.pread(self._fd, 8, 0)
+        if len(head) < 8:
+            raise MergeError(f"{self.path}: not a safetensors file (only {size} bytes; truncated?)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(size - 8, _MAX_HEADER_BYTES):
+            raise MergeError(f"{self.path}: header length {header_len} exceeds the file size {size} "
+                             "(truncated or not a safetensors file)")
+        try:
+            header = json.loads(os.pread(self._fd, header_len, 8))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MergeError(f"{self.path}: unreadable safetensors header ({err})") from None
+        data_start = 8 + header_len
+        infos, offsets = {}, {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            code = entry.get("dtype")
+            if code not in DTYPE_CODES:
+                raise MergeError(f"{self.path}: tensor '{name}' has unsupported dtype {code!r}; "
+                                 f"expected one of {sorted(DTYPE_CODES)}")
+            info = TensorInfo(name, tuple(int(d) for d in entry["shape"]), DTYPE_CODES[code])
+            begin, end = (int(o) for o in entry["data_offsets"])
+            if end - begin != info.nbytes:
+                raise MergeError(f"{self.path}: tensor '{name}' spans {end - begin} bytes but shape "
+                                 f"{list(info.shape)} of {code} needs {info.nbytes}")
+            if data_start + end > size:
+                raise MergeError(f"{self.path}: truncated: tensor '{name}' needs bytes up to "
+                                 f"{data_start + end} but the file has {size}")
+            infos[name] = info
+            offsets[name] = data_start + begin
+        return infos, offsets
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Elements ``[start, stop)`` of tensor ``name`` in row-major order, as a 1-D tensor."""
+        info = self.infos[name]
+        stop = info.numel if stop is None else stop
+        itemsize = info.dtype.itemsize
+        raw = torch.empty((stop - start) * itemsize, dtype=torch.uint8)
+        if raw.numel():
+            got = os.preadv(self._fd, [raw.numpy()], self._offsets[name] + start * itemsize)
+            if got != raw.numel():
+                raise MergeError(f"{self.path}: truncated while reading '{name}' "
+                                 f"(got {got} of {raw.numel()} bytes)")
+        return raw.view(info.dtype)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def plan_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[list[TensorInfo]]:
+    """Split tensors, in order, into shards of at most ``max_shard_bytes`` (a larger tensor gets its own)."""
+    shards: list[list[TensorInfo]] = [[]]
+    used = 0
+    for info in infos:
+        if shards[-1] and used + info.nbytes > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(info)
+        used += info.nbytes
+    return shards
+
+
+class ShardedSafetensorsWriter:
+    """Writes a Hugging Face sharded checkpoint whose layout is fixed before any data arrives.
+
+    ``write(name, start, values)`` stores elements ``[start, start + len(values))`` of a tensor; pieces may
+    come in any order and from several threads. ``finish()`` checks that every byte was written and adds
+    ``model.safetensors.index.json`` when there is more than one shard.
+    """
+
+    def __init__(self, folder: Path, infos: list[TensorInfo], max_shard_bytes: int,
+                 metadata: dict[str, str] | None = None) -> None:
+        self.folder = Path(folder)
+        shards = plan_shards(infos, max_shard_bytes)
+        n = len(shards)
+        self.file_names = (["model.safetensors"] if n == 1 else
+                           [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.infos = {info.name: info for info in infos}
+        self._location: dict[str, tuple[int, int]] = {}  # name -> (shard index, absolute byte offset)
+        self._remaining = {info.name: info.nbytes for info in infos}
+        self._fds: list[int] = []
+        for index, shard in enumerate(shards):
+            self._open_shard(index, shard, metadata or {})
+
+    def _open_shard(self, index: int, shard: list[TensorInfo], metadata: dict[str, str]) -> None:
+        header: dict[str, dict] = {"__metadata__": {"format": "pt", **metadata}}
+        offset = 0
+        for info in shard:
+            header[info.name] = {"dtype": CODE_OF_DTYPE[info.dtype], "shape": list(info.shape),
+                                 "data_offsets": [offset, offset + info.nbytes]}
+            offset += info.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        fd = os.open(self.folder / self.file_names[index], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fds.append(fd)
+        os.write(fd, struct.pack("<Q", len(blob)) + blob)
+        os.ftruncate(fd, 8 + len(blob) + offset)
+        data_start = 8 + len(blob)
+        for info in shard:
+            self._location[info.name] = (index, data_start + header[info.name]["data_offsets"][0])
+
+    def write(self, name: str, start: int, values: torch.Tensor) -> None:
+        info = self.infos[name]
+        if values.dtype != info.dtype:
+            raise TypeError(f"'{name}' is planned as {info.dtype}, got {values.dtype}")
+        shard, offset = self._location[name]
+        raw = values.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
+        written = os.pwrite(self._fds[shard], raw, offset + start * info.dtype.itemsize)
+        if written != raw.size:
+            raise OSError(f"short write to '{name}': {written} of {raw.size} bytes")
+        self._remaining[name] -= written
+
+    def finish(self) -> None:
+        missing = [name for name, left in self._remaining.items() if left != 0]
+        if missing:
+            raise RuntimeError(f"merge ended with unwritten tensors: {missing[:5]}")
+        self.close()
+        if len(self.file_names) > 1:
+            weight_map = {name: self.file_names[self._location[name][0]] for name in self.infos}
+            index = {"metadata": {"total_size": sum(i.nbytes for i in self.infos.values())},
+                     "weight_map": weight_map}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
