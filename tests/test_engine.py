@@ -1,0 +1,81 @@
+"""The streaming engine on small safetensors pools: model-scope statistics, chunking, parameter forms."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from merging.config import validate_config
+from merging.errors import MergeError
+from merging.run import run_merge
+
+
+@pytest.fixture
+def pool(tmp_path):
+    torch.manual_seed(0)
+    base = {"layers.0.w": torch.randn(30, 20), "layers.1.w": torch.randn(50), "head.w": torch.randn(7)}
+    paths = []
+    for i, name in enumerate(["base", "a", "b", "c"]):
+        folder = tmp_path / name
+        folder.mkdir()
+        tensors = base if i == 0 else {k: v + torch.randn_like(v) * 0.1 * i for k, v in base.items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
+        paths.append(folder)
+    return tmp_path, paths
+
+
+def merged(pool, method, parameters, chunk_size=1 << 20, **extra):
+    root, (base, *models) = pool
+    cfg = validate_config({"method": method, "base": str(base), "models": [{"model": str(m)} for m in models],
+                           "parameters": parameters, "chunk_size": chunk_size, **extra})
+    run_merge(cfg, root / "out", overwrite=True, progress=False)
+    return load_file(root / "out" / "model.safetensors")
+
+
+def load(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_ties_model_scope_trims_the_top_k_of_the_whole_task_vector(pool):
+    _, (base, *models) = pool
+    b = load(base)
+    names = sorted(b)
+    tvs = [torch.cat([(load(m)[n] - b[n]).reshape(-1) for n in names]) for m in models]  # whole task vectors
+    k = int(0.3 * tvs[0].numel())
+    trimmed = [tv * (tv.abs() >= tv.abs().sort(descending=True).values[k - 1]) for tv in tvs]
+    stacked = torch.stack(trimmed)
+    sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+    agree = stacked.sign() == sign
+    expected = (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
+    out = merged(pool, "ties", {"density": 0.3, "scope": "model"}, chunk_size=64)
+    got = torch.cat([(out[n] - b[n]).reshape(-1) for n in names])
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,params", [("ties", {"density": 0.2}), ("from", {"k": 2.0}),
+                                           ("task_arithmetic", {"weight": 0.3})])
+def test_result_does_not_depend_on_chunk_size(pool, method, params):
+    one = merged(pool, method, params)
+    many = merged(pool, method, params, chunk_size=16)
+    assert all(torch.allclose(one[n], many[n], atol=1e-6) for n in one)
+
+
+def test_gradient_and_filter_parameters_vary_by_tensor(pool):
+    _, (base, *models) = pool
+    out = merged(pool, "task_arithmetic",
+                 {"weight": [{"filter": "head", "value": 0.0}, {"value": [0.0, 1.0]}]})
+    b, a = load(base), [load(m) for m in models]
+    assert torch.equal(out["head.w"], b["head.w"])                      # filter -> weight 0
+    assert torch.allclose(out["layers.0.w"], b["layers.0.w"])            # layer 0 of 2 -> gradient start 0
+    expected = b["layers.1.w"] + sum(m["layers.1.w"] - b["layers.1.w"] for m in a)  # layer 1 -> 1.0
+    assert torch.allclose(out["layers.1.w"], expected, atol=1e-6)
+
+
+def test_model_scope_refuses_per_layer_parameters(pool):
+    with pytest.raises(MergeError, match="scope: model"):
+        merged(pool, "ties", {"density": [0.1, 0.9], "scope": "model"})
+
+
+def test_exclude_copies_the_base_exactly(pool):
+    _, (base, *_) = pool
+    out = merged(pool, "task_arithmetic", {}, exclude=["^head"])
+    assert torch.equal(out["head.w"], load(base)["head.w"])
+    assert not torch.equal(out["layers.0.w"], load(base)["layers.0.w"])

@@ -1,0 +1,170 @@
+"""Every registered method: its formula on a hand-worked example and the properties the paper implies.
+Methods run through ``merge_in_memory``, the same code the streaming engine runs chunk by chunk."""
+import pytest
+import torch
+
+from merging.methods.base import merge_in_memory
+from merging.registry import METHODS, get_method
+
+
+def merge(name, base, models, *, model_params=None, seed=0, chunk_size=None, **params):
+    cls = get_method(name)
+    per_model = [cls.ModelParams(**(model_params[i] if model_params else {})) for i in range(len(models))]
+    return merge_in_memory(cls(cls.Params(**params), per_model), base, models, seed=seed, chunk_size=chunk_size)
+
+
+@pytest.fixture
+def pool():
+    torch.manual_seed(0)
+    base = torch.randn(16, 12)
+    return base, [base + 0.1 * torch.randn(16, 12) for _ in range(4)]
+
+
+# ---- average ----------------------------------------------------------------------------------------
+def test_average_hand_example():
+    out = merge("average", torch.zeros(2), [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0])],
+                model_params=[{"weight": 1}, {"weight": 3}])
+    assert out.tolist() == [2.5, 5.0]  # (1·1 + 3·3)/4, (2 + 18)/4
+
+
+# ---- task arithmetic --------------------------------------------------------------------------------
+def test_task_arithmetic_hand_example():
+    base = torch.tensor([1.0, 1.0])
+    out = merge("task_arithmetic", base, [torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0])],
+                model_params=[{"weight": 0.5}, {"weight": 0.25}], **{"lambda": 2.0})
+    assert out.tolist() == [2.0, 2.0]  # 1 + 2(0.5·1 + 0.25·0), 1 + 2(0 + 0.25·2)
+
+
+def test_task_arithmetic_one_model_weight_one_returns_it_exactly(pool):
+    base, models = pool
+    assert torch.equal(merge("task_arithmetic", base, models[:1]), base + (models[0] - base))
+    assert torch.allclose(merge("task_arithmetic", base, models[:1]), models[0], atol=1e-6)
+
+
+def test_task_arithmetic_negative_weight_negates_the_task(pool):
+    base, models = pool
+    out = merge("task_arithmetic", base, models[:1], model_params=[{"weight": -1.0}])
+    assert torch.allclose(out, base - (models[0] - base), atol=1e-6)
+
+
+# ---- TIES -------------------------------------------------------------------------------------------
+def test_ties_hand_example():
+    base = torch.zeros(4)
+    models = [torch.tensor([3.0, -1.0, 0.5, 2.0]), torch.tensor([-2.0, -4.0, 0.1, 1.0])]
+    # density 0.5 keeps 2 of 4: τ̂1 = [3, 0, 0, 2], τ̂2 = [-2, -4, 0, 0]
+    # signs by mass: [+, -, +(tie), +]; disjoint mean: [3, -4, 0, 2]
+    assert merge("ties", base, models, density=0.5).tolist() == [3.0, -4.0, 0.0, 2.0]
+
+
+def test_ties_density_one_agreeing_signs_is_the_mean(pool):
+    base, _ = pool
+    models = [base + torch.rand(16, 12) * s for s in (0.1, 0.2, 0.3)]  # all task vectors positive
+    expected = base + torch.stack([m - base for m in models]).mean(0)
+    assert torch.allclose(merge("ties", base, models, density=1.0), expected, atol=1e-6)
+
+
+def test_ties_count_election_differs_from_mass():
+    base = torch.zeros(1)
+    models = [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])]
+    assert merge("ties", base, models, density=1.0, elect="mass").item() == 5.0
+    assert merge("ties", base, models, density=1.0, elect="count").item() == -1.0
+
+
+# ---- DARE -------------------------------------------------------------------------------------------
+def test_dare_with_zero_drop_rate_is_task_arithmetic(pool):
+    base, models = pool
+    ta = merge("task_arithmetic", base, models, **{"lambda": 0.3})
+    assert torch.allclose(merge("dare_ta", base, models, drop_rate=0.0, **{"lambda": 0.3}), ta, atol=1e-6)
+
+
+def test_dare_is_seeded_and_deterministic(pool):
+    base, models = pool
+    a = merge("dare_ta", base, models, drop_rate=0.5, seed=3)
+    assert torch.equal(a, merge("dare_ta", base, models, drop_rate=0.5, seed=3))
+    assert not torch.equal(a, merge("dare_ta", base, models, drop_rate=0.5, seed=4))
+
+
+def test_dare_mean_over_seeds_approaches_task_arithmetic(pool):
+    base, models = pool
+    ta = merge("task_arithmetic", base, models)
+    mean = torch.stack([merge("dare_ta", base, models, drop_rate=0.5, seed=s) for s in range(400)]).mean(0)
+    scale = (ta - base).abs().mean()
+    assert (mean - ta).abs().mean() < 0.1 * scale  # the rescaled drop is unbiased
+    assert (merge("dare_ta", base, models, drop_rate=0.5) - ta).abs().mean() > 0.3 * scale
+
+
+def test_dare_drops_the_expected_fraction():
+    base = torch.zeros(100_000)
+    out = merge("dare_ta", base, [torch.ones(100_000)], drop_rate=0.9)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.1) < 0.005
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 10.0))  # rescaled by 1/(1−p)
+
+
+def test_dare_l1_rescale_preserves_the_l1_norm(pool):
+    base, models = pool
+    out = merge("dare_ta", base, models[:1], drop_rate=0.6, rescale="l1")
+    assert (out - base).abs().sum().item() == pytest.approx((models[0] - base).abs().sum().item(), rel=1e-4)
+
+
+# ---- SLERP ------------------------------------------------------------------------------------------
+def test_slerp_endpoints(pool):
+    _, models = pool
+    a, b = models[:2]
+    assert torch.allclose(merge("slerp", a, [a, b], t=0.0), a, atol=1e-6)
+    assert torch.allclose(merge("slerp", a, [a, b], t=1.0), b, atol=1e-6)
+
+
+def test_slerp_of_orthogonal_unit_vectors_stays_on_the_circle():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    out = merge("slerp", a, [a, b], t=0.5)
+    assert torch.allclose(out, torch.tensor([0.5 ** 0.5, 0.5 ** 0.5]), atol=1e-6)
+
+
+def test_slerp_linear_fallback_when_colinear():
+    a = torch.tensor([1.0, 2.0])
+    assert torch.allclose(merge("slerp", a, [a, 2 * a], t=0.25), 1.25 * a)
+
+
+# ---- FroM -------------------------------------------------------------------------------------------
+def test_from_hand_example():
+    base = torch.zeros(2)
+    models = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])]  # norms 1 and 3
+    # k = 1: weights 1/4, 3/4 -> [0.25, 2.25]; α = 2 doubles it
+    assert merge("from", base, models, k=1.0, alpha=2.0).tolist() == pytest.approx([0.5, 4.5])
+
+
+def test_from_k_zero_is_the_mean_of_task_vectors(pool):
+    base, models = pool
+    expected = base + torch.stack([m - base for m in models]).mean(0)
+    assert torch.allclose(merge("from", base, models, k=0.0), expected, atol=1e-6)
+
+
+def test_from_large_k_picks_the_largest_norm_task_vector(pool):
+    base, models = pool
+    models = models[:3] + [base + 3 * (models[3] - base)]
+    assert torch.allclose(merge("from", base, models, k=200.0), models[3], atol=1e-5)
+
+
+# ---- all methods ------------------------------------------------------------------------------------
+REQUIRED = {"ties": {"density": 0.3}, "dare_ta": {"drop_rate": 0.5}, "dare_ties": {"drop_rate": 0.5},
+            "slerp": {"t": 0.3}}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_chunked_equals_whole_tensor(name, pool):
+    """The engine's chunking never changes a deterministic result (and a random one only by its draws)."""
+    base, models = pool
+    models = models[:2] if name == "slerp" else models
+    whole = merge(name, base, models, **REQUIRED.get(name, {}))
+    chunked = merge(name, base, models, chunk_size=37, **REQUIRED.get(name, {}))
+    if name.startswith("dare"):
+        assert whole.shape == chunked.shape and torch.isfinite(chunked).all()
+    else:
+        assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_every_method_has_a_paper_and_schemas():
+    for name, cls in METHODS.items():
+        assert cls.paper.startswith("https://"), name
+        assert cls.__module__.startswith("merging.methods."), name

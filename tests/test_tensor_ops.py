@@ -1,0 +1,83 @@
+"""Known-value tests of the primitives, each worked by hand."""
+import math
+
+import pytest
+import torch
+
+from merging import tensor_ops as ops
+
+
+def test_task_vectors_subtract_the_base():
+    base = torch.tensor([1.0, 2.0])
+    models = torch.tensor([[2.0, 2.0], [0.0, 5.0]])
+    assert torch.equal(ops.task_vectors(base, models), torch.tensor([[1.0, 0.0], [-1.0, 3.0]]))
+
+
+def test_kth_largest_magnitude_matches_sorting():
+    tvs = torch.tensor([[0.5, -3.0, 2.0, -1.0], [4.0, 0.0, -0.25, 1.0]])
+    # row 0 magnitudes sorted: 3, 2, 1, 0.5 ; row 1: 4, 1, 0.25, 0
+    got = ops.kth_largest_magnitude(tvs, torch.tensor([2, 3]))
+    assert got.tolist() == [2.0, 0.25]
+
+
+def test_kth_largest_magnitude_zero_k_keeps_nothing():
+    assert ops.kth_largest_magnitude(torch.ones(1, 5), torch.tensor([0])).item() == math.inf
+
+
+def test_kth_largest_magnitude_is_exact_on_random_data():
+    torch.manual_seed(0)
+    tvs = torch.randn(3, 50_000) * torch.tensor([[1e-4], [1.0], [1e3]])
+    k = torch.tensor([1, 12_345, 50_000])
+    expected = torch.stack([tvs[i].abs().sort(descending=True).values[k[i] - 1] for i in range(3)])
+    assert torch.equal(ops.kth_largest_magnitude(tvs, k), expected)
+
+
+def test_prune_magnitude_keeps_at_or_above_threshold():
+    tvs = torch.tensor([[0.5, -3.0, 2.0, -1.0]])
+    assert ops.prune_magnitude(tvs, torch.tensor([2.0])).tolist() == [[0.0, -3.0, 2.0, 0.0]]
+
+
+def test_elect_sign_by_mass_and_by_count():
+    tvs = torch.tensor([[3.0, 1.0, 0.0], [-1.0, -0.75, 0.0], [-1.0, -0.75, 0.0]])
+    # column sums: 1, -0.5, 0 (a tie goes to +1); sign counts: -1, -1, 0
+    assert ops.elect_sign(tvs, "mass").tolist() == [1.0, -1.0, 1.0]
+    assert ops.elect_sign(tvs, "count").tolist() == [-1.0, -1.0, 1.0]
+
+
+def test_disjoint_merge_averages_only_agreeing_entries():
+    weighted = torch.tensor([[2.0, -1.0, 0.0], [4.0, 3.0, 0.0], [-6.0, 5.0, 0.0]])
+    sign = torch.tensor([1.0, 1.0, 1.0])
+    # col 0: agree {2, 4} -> 3 ; col 1: agree {3, 5} -> 4 ; col 2: nobody -> 0
+    merged = ops.disjoint_merge(weighted, torch.ones(3), sign, normalize=True)
+    assert merged.tolist() == [3.0, 4.0, 0.0]
+    assert ops.disjoint_merge(weighted, torch.ones(3), sign, normalize=False).tolist() == [6.0, 8.0, 0.0]
+
+
+def test_disjoint_merge_divides_by_agreeing_weights():
+    weights = torch.tensor([1.0, 3.0])
+    weighted = torch.tensor([[1.0], [6.0]])  # w·τ with τ = (1, 2)
+    assert ops.disjoint_merge(weighted, weights, torch.tensor([1.0]), True).tolist() == [7.0 / 4.0]
+
+
+def test_random_keep_mask_equals_bernoulli_draws():
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    mask = ops.random_keep_mask((2, 1000), torch.tensor([0.3, 0.3]), g1)
+    expected = torch.bernoulli(torch.full((2, 1000), 0.3), generator=g2).bool()
+    assert torch.equal(mask, expected)
+
+
+def test_slerp_coefficients_at_right_angle():
+    c0, c1 = ops.slerp_coefficients(0.5, 0.0)  # θ = π/2: sin(π/4)/1 each
+    assert c0 == pytest.approx(math.sqrt(0.5)) and c1 == pytest.approx(math.sqrt(0.5))
+
+
+def test_slerp_coefficients_fall_back_to_linear_when_colinear():
+    assert ops.slerp_coefficients(0.25, 0.99999) == (0.75, 0.25)
+
+
+def test_frobenius_weights():
+    norms = torch.tensor([1.0, 3.0])
+    assert ops.frobenius_weights(norms, 0).tolist() == [0.5, 0.5]
+    assert ops.frobenius_weights(norms, 1).tolist() == pytest.approx([0.25, 0.75])
+    assert ops.frobenius_weights(norms, 2).tolist() == pytest.approx([0.1, 0.9])
+    assert ops.frobenius_weights(norms, 1e4).tolist() == pytest.approx([0.0, 1.0])
