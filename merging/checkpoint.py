@@ -56,6 +56,10 @@ class Checkpoint:
         """Elements ``[start, stop)`` of tensor ``name`` (row-major), 1-D, in the stored dtype."""
         raise NotImplementedError
 
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Copy elements ``[start, stop)`` of ``name`` into ``out``, converting dtype and device."""
+        out.copy_(self.read(name, start, stop))
+
     def describe(self, name: str) -> str:
         """Where tensor ``name`` lives, for error messages."""
         return f"{self.path}: tensor '{name}'"
@@ -81,6 +85,9 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self._file_of[name].read(name, start, stop)
+
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        self._file_of[name].read_into(name, start, stop, out)
 
     def describe(self, name: str) -> str:
         return f"{self._file_of[name].path}: tensor '{name}'" if name in self._file_of else super().describe(name)

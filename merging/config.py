@@ -61,7 +61,7 @@ class MergeConfig(BaseModel):
     seed: int = 0
     device: str = "cpu"
     shard_size: int | str = "5GB"
-    chunk_size: int = Field(1 << 20, gt=0)
+    chunk_size: int = Field(1 << 18, gt=0)  # elements; small enough to stay in cache
     origin: Literal["native", "mergekit"] = "native"
 
     @field_validator("include", "exclude")

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,14 @@ DTYPE_CODES: dict[str, torch.dtype] = {
 }
 CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+_scratch = threading.local()  # per-thread read buffer, reused so steady-state reads allocate nothing
+
+
+def _scratch_bytes(nbytes: int) -> torch.Tensor:
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < nbytes:
+        buffer = _scratch.buffer = torch.empty(nbytes, dtype=torch.uint8)
+    return buffer[:nbytes]
 
 
 @dataclass(frozen=True)
@@ -92,17 +101,30 @@ class SafetensorsFile:
         return infos, offsets
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Elements ``[start, stop)`` of tensor ``name`` in row-major order, as a 1-D tensor."""
+        """Elements ``[start, stop)`` of tensor ``name`` in row-major order, as a new 1-D tensor."""
         info = self.infos[name]
         stop = info.numel if stop is None else stop
-        itemsize = info.dtype.itemsize
-        raw = torch.empty((stop - start) * itemsize, dtype=torch.uint8)
-        if raw.numel():
-            got = os.preadv(self._fd, [raw.numpy()], self._offsets[name] + start * itemsize)
-            if got != raw.numel():
-                raise MergeError(f"{self.path}: truncated while reading '{name}' "
-                                 f"(got {got} of {raw.numel()} bytes)")
+        raw = torch.empty((stop - start) * info.dtype.itemsize, dtype=torch.uint8)
+        self._pread(name, start, raw)
         return raw.view(info.dtype)
+
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Copy elements ``[start, stop)`` of ``name`` into ``out`` (any dtype/device), without allocating."""
+        dtype = self.infos[name].dtype
+        if out.device.type == "cpu" and out.dtype == dtype and out.is_contiguous():
+            self._pread(name, start, out.view(torch.uint8))
+        else:
+            raw = _scratch_bytes((stop - start) * dtype.itemsize)
+            self._pread(name, start, raw)
+            out.copy_(raw.view(dtype))
+
+    def _pread(self, name: str, start: int, raw: torch.Tensor) -> None:
+        if not raw.numel():
+            return
+        offset = self._offsets[name] + start * self.infos[name].dtype.itemsize
+        got = os.preadv(self._fd, [raw.numpy()], offset)
+        if got != raw.numel():
+            raise MergeError(f"{self.path}: truncated while reading '{name}' (got {got} of {raw.numel()} bytes)")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -37,8 +37,7 @@ def test_task_arithmetic_hand_example():
 
 def test_task_arithmetic_one_model_weight_one_returns_it_exactly(pool):
     base, models = pool
-    assert torch.equal(merge("task_arithmetic", base, models[:1]), base + (models[0] - base))
-    assert torch.allclose(merge("task_arithmetic", base, models[:1]), models[0], atol=1e-6)
+    assert torch.equal(merge("task_arithmetic", base, models[:1]), models[0])
 
 
 def test_task_arithmetic_negative_weight_negates_the_task(pool):

@@ -13,7 +13,6 @@ import torch
 from pydantic import Field
 
 from ..registry import register
-from ..tensor_ops import task_vectors
 from .base import Chunk, Method, Params
 
 
@@ -36,5 +35,6 @@ class TaskArithmetic(Method):
         weights = self.model_values("weight")  # [n]
         total = float(weights.sum())
         scale = self.params.scale / (total if self.params.normalize and abs(total) > 1e-8 else 1.0)
-        tvs = task_vectors(base, models)  # [n, c]
-        return base + scale * (weights.to(tvs) @ tvs)
+        # base + scale·Σ w_i (θ_i − base) = (1 − scale·Σ w_i)·base + Σ (scale·w_i)·θ_i: one pass over the models
+        coefficients = (scale * weights).to(models)  # [n]
+        return torch.addmv(base, models.t(), coefficients, beta=1.0 - float(coefficients.sum()))
