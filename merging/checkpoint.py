@@ -119,7 +119,8 @@ class TorchBinCheckpoint(Checkpoint):
 
 
 class LoraCheckpoint(Checkpoint):
-    """A peft LoRA adapter seen as a full model: base weights plus ΔW = scaling·B·A on its modules."""
+    """A peft LoRA adapter seen as a full model: base weights plus ΔW = scaling·B·A on its modules;
+    tensors the adapter stores whole (``modules_to_save`` copies, trained biases) replace the base's."""
 
     def __init__(self, adapter_path: Path, base: Checkpoint) -> None:
         from .lora import read_lora_adapter
@@ -128,14 +129,22 @@ class LoraCheckpoint(Checkpoint):
         super().__init__(adapter_path, base.config)
         self.base = base
         self.infos = dict(base.infos)
-        for name, (a, b) in self.adapter.factors.items():  # a: [r, in], b: [out, r]
+        for name in self.adapter.factors:
+            info, shape = base.infos.get(name), self.adapter.delta_shape(name)  # base layout (fan_in_fan_out)
+            if info is None or info.shape != shape:
+                raise MergeError(f"{adapter_path}: adapts '{name}' with ΔW of shape {list(shape)}, but the "
+                                 f"base {base.path} has {list(info.shape) if info else 'no such tensor'}")
+        for name, tensor in self.adapter.extra.items():
             info = base.infos.get(name)
-            if info is None or info.shape != (b.shape[0], a.shape[1]):
-                raise MergeError(f"{adapter_path}: adapts '{name}' with ΔW of shape "
-                                 f"{[b.shape[0], a.shape[1]]}, but the base {base.path} has "
-                                 f"{list(info.shape) if info else 'no such tensor'}")
+            if info is None or info.shape != tuple(tensor.shape) or name in self.adapter.factors:
+                raise MergeError(f"{adapter_path}: stores tensor '{name}' of shape {list(tensor.shape)} "
+                                 f"(modules_to_save / bias), but the base {base.path} has "
+                                 f"{list(info.shape) if info else 'no such tensor'}; expected a full "
+                                 "replacement of a base tensor")
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        if name in self.adapter.extra:
+            return self.adapter.extra[name].reshape(-1)[start:stop]
         weights = self.base.read(name, start, stop)
         if name not in self.adapter.factors:
             return weights

@@ -29,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "methods":
-            from .registry import METHODS, get_method
+            from .registry import get_method, known_methods
 
-            get_method("average")
-            for name, cls in sorted(METHODS.items()):
-                print(f"{name:18s} {cls.paper}")
+            for name in known_methods():
+                print(f"{name:18s} {get_method(name).paper}")
             return 0
         from .run import run_merge
 

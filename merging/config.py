@@ -61,7 +61,7 @@ class MergeConfig(BaseModel):
     seed: int = 0
     device: str = "cpu"
     shard_size: int | str = "5GB"
-    chunk_size: int = Field(1 << 18, gt=0)  # elements; small enough to stay in cache
+    chunk_size: int = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
     origin: Literal["native", "mergekit"] = "native"
 
     @field_validator("include", "exclude")
@@ -108,14 +108,21 @@ def load_config(path: str | Path) -> MergeConfig:
     return validate_config(raw, path)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    where = f"key '{'.'.join(str(p) for p in loc) or '(top)'}'"
+    if error["type"] == "extra_forbidden":  # say which keys are allowed there
+        schema = ModelEntry if len(loc) == 3 and loc[0] == "models" else MergeConfig
+        allowed = sorted(set(schema.model_fields) - {"origin"})
+        return f"{where}: unknown key (got {error['input']!r}); expected one of {allowed}"
+    return f"{where}: {error['msg']}{' (got ' + repr(error['input']) + ')' if error['type'] != 'missing' else ''}"
+
+
 def validate_config(raw: dict[str, Any], source: str | Path = "<config>") -> MergeConfig:
     try:
         return MergeConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"key '{'.'.join(str(p) for p in e['loc']) or '(top)'}': {e['msg']}"
-                             f"{' (got ' + repr(e['input']) + ')' if e['type'] != 'missing' else ''}"
-                             for e in err.errors())
-        raise MergeError(f"{source}: {problems}") from None
+        raise MergeError(f"{source}: {'; '.join(_problem(e) for e in err.errors())}") from None
 
 
 def layer_position(name: str, num_layers: int) -> float:

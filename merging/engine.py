@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,19 +69,30 @@ def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
 
 
 class Engine:
-    """Runs the plans of one merge into a writer, ``workers`` tensors at a time."""
+    """Runs the plans of one merge into a writer, ``workers`` tensors at a time. A tensor whose values from
+    every checkpoint fit in ``cache_bytes`` is read once for all passes; a larger one is re-read per pass."""
 
     def __init__(self, sources: Sources, writer: ShardedSafetensorsWriter, chunk_size: int, seed: int,
-                 workers: int = 2, progress: bool = True) -> None:
+                 workers: int = 2, progress: bool = True, cache_bytes: int = 128 << 20) -> None:
         self.sources, self.writer = sources, writer
         self.chunk_size, self.seed, self.workers, self.progress = chunk_size, seed, workers, progress
+        self.cache_bytes = cache_bytes
 
-    def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any]) -> torch.Tensor:
+    def reader(self, plan: TensorPlan) -> Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]]:
+        """chunk -> (base [c], models [n, c]) for one tensor, from memory when it fits, else from disk."""
+        name, numel = plan.info.name, plan.info.numel
+        if (len(self.sources.models) + 1) * numel * self.sources.dtype.itemsize <= self.cache_bytes:
+            base, models = self.sources.chunk(name, 0, numel)
+            return lambda chunk: (base[chunk.start:chunk.stop], models[:, chunk.start:chunk.stop])
+        return lambda chunk: self.sources.chunk(name, chunk.start, chunk.stop)
+
+    def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any],
+                       read: Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """One statistics pass over one tensor: the sum of its chunks' observations."""
+        read = read or self.reader(plan)
         total = None
         for chunk in chunks_of(plan, self.chunk_size, self.seed):
-            base, models = self.sources.chunk(chunk.name, chunk.start, chunk.stop)
-            part = plan.method.observe(pass_index, chunk, base, models, stats)
+            part = plan.method.observe(pass_index, chunk, *read(chunk), stats)
             total = part if total is None else total + part
         return total
 
@@ -93,18 +104,13 @@ class Engine:
                 values = self.sources.base.read(name, chunk.start, chunk.stop)
                 self.writer.write(name, chunk.start, values.to(plan.out_dtype))
             return
+        read = self.reader(plan)
         stats = shared_stats if shared_stats is not None else {}
-        cached = self.sources.chunk(name, chunks[0].start, chunks[0].stop) if len(chunks) == 1 else None
         if shared_stats is None:
             for p in range(method.passes):
-                if cached is not None:
-                    total = method.observe(p, chunks[0], *cached, stats)
-                else:
-                    total = self.observe_tensor(plan, p, stats)
-                method.conclude(p, total, stats, plan.info.numel)
+                method.conclude(p, self.observe_tensor(plan, p, stats, read), stats, plan.info.numel)
         for chunk in chunks:
-            base, models = cached if cached is not None else self.sources.chunk(name, chunk.start, chunk.stop)
-            merged = method.combine(chunk, base, models, stats)
+            merged = method.combine(chunk, *read(chunk), stats)
             self.writer.write(name, chunk.start, merged.to(plan.out_dtype))
 
     def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from .config import DTYPES, MergeConfig, count_layers, layer_position, resolve_v
 from .engine import Engine, Sources, TensorPlan
 from .errors import MergeError
 from .methods.base import Method
-from .registry import get_method
+from .registry import AdapterMethod, get_method
 from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -35,6 +35,12 @@ def git_sha() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def describe(err: ValidationError) -> str:
+    """A parameter validation error as one line: which parameter, what is wrong, what was given."""
+    return "; ".join(f"parameter '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
+                     for e in err.errors())
 
 
 def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position: float) -> Method:
@@ -58,15 +64,14 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
             defaults = {k: v for k, v in top.items() if k in model_keys and k not in method_keys}
             per_model.append(method_cls.ModelParams(**{**defaults, **resolve(entry.parameters)}))
     except ValidationError as err:
-        problems = "; ".join(f"parameter '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
-                             for e in err.errors())
-        raise MergeError(f"method '{cfg.method}', tensor '{name}': {problems}") from None
+        raise MergeError(f"method '{cfg.method}', tensor '{name}': {describe(err)}") from None
     return method_cls(params, per_model)
 
 
 def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> list[TensorPlan]:
     """Check the pool against the base and decide, per tensor, merge-or-copy and the output dtype."""
     method_cls = get_method(cfg.method)
+    assert not isinstance(method_cls, AdapterMethod)
     if len(models) < method_cls.min_models or (method_cls.max_models and len(models) > method_cls.max_models):
         wanted = (f"exactly {method_cls.min_models}" if method_cls.min_models == method_cls.max_models
                   else f"at least {method_cls.min_models}")
@@ -130,6 +135,9 @@ def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust
 def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False,
               progress: bool = True, workers: int = 2, source_yaml: Path | None = None) -> dict[str, Any]:
     """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
+    method = get_method(cfg.method)
+    if isinstance(method, AdapterMethod):
+        return run_adapter_merge(method, cfg, out, overwrite=overwrite, progress=progress)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
@@ -161,3 +169,23 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
         for ckpt in [base, *models]:
             ckpt.close()
     return info
+
+
+def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, *, overwrite: bool,
+                      progress: bool) -> dict[str, Any]:
+    """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters)."""
+    from .checkpoint import resolve_model_ref
+
+    with_params = [e.model for e in cfg.models if e.parameters]
+    if with_params:
+        raise MergeError(f"method '{cfg.method}' takes no per-model parameters (given for {with_params})")
+    try:
+        params = method.Params(**cfg.parameters)
+    except ValidationError as err:
+        raise MergeError(f"method '{cfg.method}': {describe(err)}") from None
+    started = time.perf_counter()
+    paths = [resolve_model_ref(e.model) for e in cfg.models]
+    summary = method.run(paths, Path(out), **params.model_dump(), seed=cfg.seed, progress=progress,
+                         overwrite=overwrite, dtype=DTYPES[cfg.out_dtype or "float32"],
+                         info={"git_sha": git_sha(), "torch": torch.__version__})
+    return {**summary, "seconds": round(time.perf_counter() - started, 3)}

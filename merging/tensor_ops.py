@@ -24,16 +24,10 @@ def _magnitude_bits(tvs: torch.Tensor) -> torch.Tensor:
     return tvs.abs().float().contiguous().view(torch.int32)
 
 
-def _batched_bincount(values: torch.Tensor, bins: int) -> torch.Tensor:
-    """Row-wise histogram of integer ``values`` [n, c] in [0, bins) -> [n, bins] int64."""
-    n = values.shape[0]
-    offsets = torch.arange(n, device=values.device).unsqueeze(1) * bins  # [n, 1]
-    return torch.bincount((values + offsets).view(-1), minlength=n * bins).view(n, bins)
-
-
 def magnitude_high_histogram(tvs: torch.Tensor) -> torch.Tensor:
     """Pass 1 of an exact top-k threshold: histogram of the high 16 bits of |τ|. [n, c] -> [n, 2^15]."""
-    return _batched_bincount(_magnitude_bits(tvs) >> 16, HIGH_BINS)
+    high = _magnitude_bits(tvs) >> 16  # [n, c]
+    return torch.stack([torch.bincount(row, minlength=HIGH_BINS) for row in high])
 
 
 def select_high_bin(high_hist: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +42,13 @@ def select_high_bin(high_hist: torch.Tensor, k: torch.Tensor) -> tuple[torch.Ten
 
 def magnitude_low_histogram(tvs: torch.Tensor, high_bin: torch.Tensor) -> torch.Tensor:
     """Pass 2: histogram of the low 16 bits of |τ| among elements in each row's ``high_bin``.
-    Elements outside it go to an overflow bin that is dropped. [n, c] -> [n, 2^16]."""
-    bits = _magnitude_bits(tvs)
-    low = torch.where((bits >> 16) == high_bin.unsqueeze(1), bits & 0xFFFF, LOW_BINS)
-    return _batched_bincount(low, LOW_BINS + 1)[:, :LOW_BINS]
+    [n, c] -> [n, 2^16]."""
+    bits = _magnitude_bits(tvs)  # [n, c]
+    rows = []
+    for row, wanted in zip(bits, high_bin.tolist()):
+        inside = row[(row >> 16) == wanted]  # the few elements sharing the threshold's high bits
+        rows.append(torch.bincount(inside & 0xFFFF, minlength=LOW_BINS))
+    return torch.stack(rows)
 
 
 def select_threshold(low_hist: torch.Tensor, high_bin: torch.Tensor, k_left: torch.Tensor) -> torch.Tensor:
@@ -74,8 +71,8 @@ def kth_largest_magnitude(tvs: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def prune_magnitude(tvs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """TIES trim: keep τ_i where |τ_i| >= t_i, zero elsewhere. [n, c], [n] -> [n, c]."""
-    keep = tvs.abs().float() >= thresholds.unsqueeze(1)  # [n, c]
-    return tvs * keep
+    keep = tvs.abs() >= thresholds.to(tvs).unsqueeze(1)  # [n, c]
+    return torch.where(keep, tvs, 0.0)
 
 
 def random_keep_mask(shape: tuple[int, int], keep_prob: torch.Tensor,
@@ -98,12 +95,12 @@ def disjoint_merge(weighted_tvs: torch.Tensor, weights: torch.Tensor, sign: torc
     """TIES disjoint merge: Σ_{i∈A} w_i τ_i / Σ_{i∈A} w_i over A = {i : sgn(w_i τ_i) = γ}
     (the plain sum when not ``normalize``; positions with A empty get 0).
     weighted_tvs: [n, c] (already w_i τ_i), weights: [n], sign: [c] -> [c]."""
-    agree = weighted_tvs.sign() == sign  # [n, c]
-    merged = (weighted_tvs * agree).sum(0)  # [c]
+    aligned = weighted_tvs * sign  # [n, c]: positive exactly where sgn(w_i τ_i) = γ
+    merged = aligned.clamp(min=0).sum(0) * sign  # [c]: Σ_{i∈A} w_i τ_i
     if not normalize:
         return merged
-    divisor = (weights.to(merged).unsqueeze(1) * agree).sum(0)  # [c]
-    return merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    divisor = weights.to(aligned) @ (aligned > 0).to(aligned)  # [c]: Σ_{i∈A} w_i
+    return merged / torch.where(divisor == 0, 1.0, divisor)
 
 
 def slerp_coefficients(t: float, cos_theta: float, colinear_threshold: float = 0.9995) -> tuple[float, float]:

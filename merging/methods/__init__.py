@@ -1,2 +1,2 @@
 """Merge methods; importing this package registers every one of them."""
-from . import average, dare, from_, slerp, task_arithmetic, ties  # noqa: F401
+from . import average, dare, from_, from_lora, slerp, task_arithmetic, ties  # noqa: F401

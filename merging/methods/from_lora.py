@@ -32,17 +32,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
 from ..errors import MergeError
 from ..lora import LoraAdapter, read_lora_adapter, write_lora_adapter
 from ..tensor_ops import frobenius_weights
-from .base import chunk_seed
+from ..registry import register_adapter_method
+from .base import Params, chunk_seed
 
 PAPER = "https://arxiv.org/abs/2506.02478"
 PINV_RTOL = 1e-12  # float64 Gram matrices: singular values below 1e-12·σ_max are round-off, treated as 0
 Factors = tuple[torch.Tensor, torch.Tensor]  # (A [r, in], B [out, r])
+
+
+class FromLoraParams(Params):
+    """The config schema of ``method: from_lora`` (models are peft LoRA adapter folders)."""
+
+    rank: int | None = Field(None, gt=0)
+    k: float = 1.0
+    alpha: float = 1.0
+    max_iters: int = Field(100, gt=0)
+    sigma: float = Field(1.0, gt=0)
+    tol: float = Field(1e-6, ge=0)
 
 
 def _pinv(gram: torch.Tensor) -> torch.Tensor:
@@ -183,7 +196,7 @@ def merge_lora_adapters(adapters: Sequence[LoraAdapter], rank: int | None = None
 def from_lora_to_folder(adapter_paths: Sequence[str | Path], out_dir: Path, *, rank: int | None = None,
                         k: float = 1.0, alpha: float = 1.0, max_iters: int = 100, sigma: float = 1.0,
                         seed: int = 0, tol: float = 1e-6, progress: bool = True, overwrite: bool = False,
-                        dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                        dtype: torch.dtype = torch.float32, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read the peft LoRA folders, merge them with FroM-LoRA and write one peft LoRA folder to ``out_dir``
     (atomically; lora_alpha = rank so scaling is 1 and B carries α; the first adapter's config is the
     template). Also writes ``from_lora.json`` there (parameters + summary). Returns the summary: module
@@ -205,8 +218,12 @@ def from_lora_to_folder(adapter_paths: Sequence[str | Path], out_dir: Path, *, r
         "modules": len(merged), "rank": rank, "k": k, "alpha": alpha, "max_iters": max_iters, "sigma": sigma,
         "seed": seed, "tol": tol, "final_loss_mean": sum(finals) / len(finals),
         "relative_loss_mean": sum(relatives) / len(relatives), "iterations_mean": sum(iterations) / len(iterations),
+        **(info or {}),
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         write_lora_adapter(tmp, merged, rank, float(rank), adapters[0].config, dtype)
         (tmp / "from_lora.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+register_adapter_method("from_lora", PAPER, FromLoraParams, from_lora_to_folder)

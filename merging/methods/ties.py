@@ -69,10 +69,10 @@ class Ties(Method):
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
         tvs = task_vectors(base, models)  # [n, c]
-        if self.trims:
-            tvs = prune_magnitude(tvs, stats["threshold"].to(tvs.device))
         weights = self.model_values("weight").to(tvs)  # [n]
         weighted = tvs * weights.unsqueeze(1)  # [n, c]
+        if self.trims:
+            weighted = prune_magnitude(weighted, stats["threshold"] * weights.abs().cpu())
         merged = disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect),
                                 self.params.normalize)  # [c]
         return base + self.params.scale * merged
