@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +21,12 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     target = Path(target).absolute()
     if target.exists() and not overwrite:
         raise MergeError(f"output folder '{target}' already exists; pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise MergeError(f"output '{target}' exists and is not a folder; expected a folder path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # not tempfile.mkdtemp: its mode 0o700 would stay on the output; mkdir honours the umask like any folder
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:

@@ -9,6 +9,16 @@ from .config import load_config
 from .errors import MergeError
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -19,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     merge.add_argument("--trust-remote-code", action="store_true",
                        help="copy a base's custom modelling code (auto_map) into the output")
-    merge.add_argument("--workers", type=int, default=2, help="tensors merged concurrently (default 2)")
+    merge.add_argument("--workers", type=positive_int, default=2, help="tensors merged concurrently (default 2)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the registered merge methods and their papers")
     return parser

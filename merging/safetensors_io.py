@@ -59,11 +59,15 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = -1  # set first: __del__ runs even when __init__ fails
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise MergeError(f"{self.path}: cannot be opened ({err.strerror})") from None
         try:
             self.infos, self._offsets = self._parse_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()  # marks the descriptor closed, so __del__ cannot close a reused number
             raise
 
     def _parse_header(self) -> tuple[dict[str, TensorInfo], dict[str, int]]:
@@ -79,18 +83,25 @@ class SafetensorsFile:
             header = json.loads(os.pread(self._fd, header_len, 8))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise MergeError(f"{self.path}: unreadable safetensors header ({err})") from None
+        if not isinstance(header, dict):
+            raise MergeError(f"{self.path}: unreadable safetensors header (a JSON {type(header).__name__}, "
+                             "expected an object)")
         data_start = 8 + header_len
         infos, offsets = {}, {}
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            code = entry.get("dtype")
+            code = entry.get("dtype") if isinstance(entry, dict) else None
             if code not in DTYPE_CODES:
                 raise MergeError(f"{self.path}: tensor '{name}' has unsupported dtype {code!r}; "
                                  f"expected one of {sorted(DTYPE_CODES)}")
-            info = TensorInfo(name, tuple(int(d) for d in entry["shape"]), DTYPE_CODES[code])
-            begin, end = (int(o) for o in entry["data_offsets"])
-            if end - begin != info.nbytes:
+            try:
+                info = TensorInfo(name, tuple(int(d) for d in entry["shape"]), DTYPE_CODES[code])
+                begin, end = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise MergeError(f"{self.path}: tensor '{name}' has a malformed header entry {entry} ({err}); "
+                                 "expected 'shape' and two 'data_offsets'") from None
+            if begin < 0 or end - begin != info.nbytes:
                 raise MergeError(f"{self.path}: tensor '{name}' spans {end - begin} bytes but shape "
                                  f"{list(info.shape)} of {code} needs {info.nbytes}")
             if data_start + end > size:

@@ -1,0 +1,181 @@
+"""Tiny random models on disk, built once per session and shared read-only by the tests.
+
+* ``bert_pool``: a ``BertModel`` (2 layers, hidden 32) saved with ``save_pretrained`` as ``base`` (plus a
+  tiny tokenizer), three "fine-tuned" copies ``ft1..ft3`` (base + seeded noise of std 0.01), ``ft1`` again
+  as a sharded checkpoint (``ft1_sharded``, several shards + index) and ``ft2`` again as a
+  ``pytorch_model.bin`` (``ft2_bin``).
+* ``bert_bf16_pool``: the same base and two copies stored in bfloat16.
+* ``llama_lora``: a tiny ``LlamaForCausalLM`` base and a peft LoRA adapter of it (q_proj, v_proj; B ≠ 0),
+  with the weights ``merge_and_unload()`` gives.
+
+Tests that damage a model copy it first (``copy_model``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "merge", "model", "##s"] + [
+    f"w{i}" for i in range(20)]
+NOISE = 0.01
+
+
+@dataclass
+class Pool:
+    """Folders of one tiny model family; ``tensors[name]`` are the exact stored weights of folder ``name``."""
+
+    root: Path
+    folders: dict[str, Path]
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Path:
+        return self.folders[name]
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors folder (single file or shards), read with the reference library."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _noisy(tensors: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (t.float() + NOISE * torch.randn(t.shape, generator=generator)).to(t.dtype).contiguous()
+            if t.dtype.is_floating_point else t.clone() for name, t in tensors.items()}
+
+
+def _save_copy(folder: Path, tensors: dict[str, torch.Tensor], config_from: Path) -> Path:
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy2(config_from / "config.json", folder / "config.json")
+    return folder
+
+
+def _save_tokenizer(folder: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def bert_pool(tmp_path_factory) -> Pool:
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("bert_pool")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**BERT)).eval()
+    model.save_pretrained(root / "base")
+    _save_tokenizer(root / "base")
+    pool = Pool(root, {"base": root / "base"})
+    pool.tensors["base"] = load_file(root / "base" / "model.safetensors")
+    for i in (1, 2, 3):
+        name = f"ft{i}"
+        pool.tensors[name] = _noisy(pool.tensors["base"], seed=i)
+        pool.folders[name] = _save_copy(root / name, pool.tensors[name], root / "base")
+    model.load_state_dict(pool.tensors["ft1"])
+    model.save_pretrained(root / "ft1_sharded", max_shard_size="20KB")
+    pool.folders["ft1_sharded"] = root / "ft1_sharded"
+    (root / "ft2_bin").mkdir()
+    torch.save(pool.tensors["ft2"], root / "ft2_bin" / "pytorch_model.bin")
+    shutil.copy2(root / "base" / "config.json", root / "ft2_bin" / "config.json")
+    pool.folders["ft2_bin"] = root / "ft2_bin"
+    return pool
+
+
+@pytest.fixture(scope="session")
+def bert_bf16_pool(bert_pool, tmp_path_factory) -> Pool:
+    root = tmp_path_factory.mktemp("bert_bf16_pool")
+    pool = Pool(root, {})
+    for name in ("base", "ft1", "ft2"):
+        pool.tensors[name] = {k: v.to(torch.bfloat16) for k, v in bert_pool.tensors[name].items()}
+        pool.folders[name] = _save_copy(root / name, pool.tensors[name], bert_pool["base"])
+    config = json.loads((root / "base" / "config.json").read_text())
+    config["dtype"] = "bfloat16"
+    for name in pool.folders:
+        (root / name / "config.json").write_text(json.dumps(config))
+    return pool
+
+
+@dataclass
+class LoraCase:
+    base: Path
+    adapter: Path
+    merged: dict[str, torch.Tensor]  # merge_and_unload() state dict
+    other_adapter: Path | None = None  # a second adapter of the same base (other seed, same modules)
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def _llama_lora(root: Path, **lora_kwargs) -> LoraCase:
+    from peft import LoraConfig, get_peft_model
+
+    model = _tiny_llama()
+    model.save_pretrained(root / "base")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False, **lora_kwargs)).eval()
+    if lora_kwargs.get("modules_to_save"):  # make the saved copies differ from the base
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "modules_to_save" in name:
+                    param.add_(0.05 * torch.randn_like(param))
+    peft_model.save_pretrained(root / "adapter")
+    merged = {k: v.detach().clone() for k, v in peft_model.merge_and_unload().state_dict().items()}
+    return LoraCase(root / "base", root / "adapter", merged)
+
+
+@pytest.fixture(scope="session")
+def llama_lora(tmp_path_factory) -> LoraCase:
+    from peft import LoraConfig, get_peft_model
+
+    case = _llama_lora(tmp_path_factory.mktemp("llama_lora"))
+    torch.manual_seed(2)
+    other = get_peft_model(_tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
+    case.other_adapter = case.adapter.parent / "other_adapter"
+    other.save_pretrained(case.other_adapter)
+    return case
+
+
+@pytest.fixture(scope="session")
+def llama_lora_modules_to_save(tmp_path_factory) -> LoraCase:
+    return _llama_lora(tmp_path_factory.mktemp("llama_lora_mts"), modules_to_save=["lm_head"])
+
+
+@pytest.fixture
+def copy_model(tmp_path):
+    """Copy a model folder into this test's tmp_path (to damage it); returns the copy."""
+
+    def copy(folder: Path, name: str | None = None) -> Path:
+        return Path(shutil.copytree(folder, tmp_path / (name or Path(folder).name)))
+
+    return copy
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary or half-written siblings of output folder ``out``."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
