@@ -36,13 +36,21 @@ def _map(value: Any, f: Callable[[float], float]) -> Any:
     return f(value)
 
 
+def _drop_rate(density: float, where: str) -> float:
+    if not isinstance(density, (int, float)) or not 0 < density <= 1:
+        raise MergeError(f"{where}: density {density!r} must be a number in (0, 1]")
+    return 1.0 - density
+
+
 def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[str, Any]:
+    if not isinstance(params, dict):
+        raise MergeError(f"{where}: 'parameters' must be a mapping, got {params!r}")
     out = {}
-    for key, value in (params or {}).items():
+    for key, value in params.items():
         if key in IGNORED_PARAMS:
             continue
         if key == "density" and method in ("dare_ties", "dare_linear"):
-            out["drop_rate"] = _map(value, lambda d: 1.0 - d)
+            out["drop_rate"] = _map(value, lambda d: _drop_rate(d, where))
         elif key == "rescale" and method in ("dare_ties", "dare_linear"):
             out["rescale"] = "l1" if value else "none"
         else:
@@ -73,8 +81,13 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if raw.get("tokenizer_source") not in (None, "base") or raw.get("tokenizer"):
         raise MergeError(f"{path}: only the base model's tokenizer is supported (tokenizer_source: base)")
     entries = raw.get("models") or (_models_from_slices(raw["slices"], path) if raw.get("slices") else [])
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise MergeError(f"{path}: models[{index}] must be a mapping with a 'model' path, got {entry!r}")
     base = raw.get("base_model")
     others = [e for e in entries if e.get("model") != base]
+    if base is not None and not others:
+        raise MergeError(f"{path}: no models to merge besides base_model '{base}'")
     if base is None:
         if method not in ("linear",):
             raise MergeError(f"{path}: merge_method '{method}' needs base_model")

@@ -143,8 +143,9 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
         raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
     started = time.perf_counter()
     base = open_checkpoint(cfg.base)
-    models = [open_checkpoint(entry.model, base=base) for entry in cfg.models]
+    models: list[Checkpoint] = []
     try:
+        models.extend(open_checkpoint(entry.model, base=base) for entry in cfg.models)
         plans = plan_merge(cfg, base, models)
         with atomic_directory(out, overwrite=overwrite) as folder:
             writer = ShardedSafetensorsWriter(folder, [p.info for p in plans], cfg.shard_bytes,
@@ -174,7 +175,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
 def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, *, overwrite: bool,
                       progress: bool) -> dict[str, Any]:
     """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters)."""
-    from .checkpoint import resolve_model_ref
+    from .checkpoint import LoraCheckpoint, resolve_model_ref
 
     with_params = [e.model for e in cfg.models if e.parameters]
     if with_params:
@@ -185,7 +186,13 @@ def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, 
         raise MergeError(f"method '{cfg.method}': {describe(err)}") from None
     started = time.perf_counter()
     paths = [resolve_model_ref(e.model) for e in cfg.models]
+    base = open_checkpoint(cfg.base)
+    try:
+        for path in paths:  # each adapter must fit the base it claims to adapt
+            LoraCheckpoint(path, base)
+    finally:
+        base.close()
     summary = method.run(paths, Path(out), **params.model_dump(), seed=cfg.seed, progress=progress,
                          overwrite=overwrite, dtype=DTYPES[cfg.out_dtype or "float32"],
-                         info={"git_sha": git_sha(), "torch": torch.__version__})
+                         info={"git_sha": git_sha(), "torch": torch.__version__, "config": cfg.model_dump()})
     return {**summary, "seconds": round(time.perf_counter() - started, 3)}
