@@ -87,13 +87,12 @@ class Engine:
         return lambda chunk: self.sources.chunk(name, chunk.start, chunk.stop)
 
     def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any],
-                       read: Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                       read: Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
         """One statistics pass over one tensor: the sum of its chunks' observations."""
         read = read or self.reader(plan)
         total = None
         for chunk in chunks_of(plan, self.chunk_size, self.seed):
-            part = plan.method.observe(pass_index, chunk, *read(chunk), stats)
-            total = part if total is None else total + part
+            total = plan.method.accumulate(total, plan.method.observe(pass_index, chunk, *read(chunk), stats))
         return total
 
     def merge_tensor(self, plan: TensorPlan, shared_stats: dict[str, Any] | None) -> None:
@@ -120,7 +119,9 @@ class Engine:
         stats: dict[str, Any] = {}
         numel = sum(p.info.numel for p in merged)
         for p in range(lead.passes):
-            total = sum(pool.map(lambda plan: self.observe_tensor(plan, p, stats).cpu(), merged))
+            total = None
+            for part in pool.map(lambda plan: self.observe_tensor(plan, p, stats), merged):
+                total = lead.accumulate(total, part)
             lead.conclude(p, total, stats, numel)
         return stats
 

@@ -73,10 +73,15 @@ class Method:
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
-        """An additive statistic of one chunk for pass ``pass_index`` (``stats`` holds earlier passes)."""
+        """A statistic of one chunk for pass ``pass_index`` (``stats`` holds earlier passes' results)."""
         raise NotImplementedError
 
-    def conclude(self, pass_index: int, total: torch.Tensor, stats: dict[str, Any], numel: int) -> None:
+    def accumulate(self, total: Any, part: Any) -> Any:
+        """Combine chunk statistics (None starts); the sum unless a method says otherwise."""
+        return part if total is None else total + part
+
+    def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
+        """Turn a pass's accumulated statistic into ``stats`` entries for later passes and ``combine``."""
         raise NotImplementedError
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
@@ -96,8 +101,10 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
               for i, s in enumerate(range(0, max(numel, 1), size))]
     stats: dict[str, Any] = {}
     for p in range(method.passes):
-        total = sum(method.observe(p, c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
-                    for c in chunks)
+        total = None
+        for c in chunks:
+            total = method.accumulate(total, method.observe(p, c, flat_base[c.start:c.stop],
+                                                            stacked[:, c.start:c.stop], stats))
         method.conclude(p, total, stats, numel)
     return torch.cat([method.combine(c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
                       for c in chunks]).reshape(base.shape)

@@ -22,6 +22,9 @@ from ..tensor_ops import disjoint_merge, elect_sign, random_keep_mask, task_vect
 from .base import Chunk, Method, Params
 
 
+MASK_CACHE_ELEMENTS = 1 << 25  # up to 64 MB of bf16 masks per tensor are kept between the two passes
+
+
 class DareModelParams(Params):
     weight: float = 1.0
     drop_rate: float | None = Field(None, ge=0, lt=1)
@@ -51,20 +54,28 @@ class DareTaskArithmetic(Method):
         self.keep = 1 - drop
         self.passes = 1 if params.rescale == "l1" else 0
 
-    def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
-        """m_i ⊙ τ_i, rescaled per ``rescale``. [n, c] -> [n, c]."""
-        kept = tvs * random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs.device)
+    def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any], weights: torch.Tensor) -> torch.Tensor:
+        """w_i · m_i ⊙ τ_i, rescaled per ``rescale``, computed in place in ``tvs``. [n, c], [n] -> [n, c]."""
+        mask = stats.pop(("mask", chunk.start), None)  # kept from the l1 pass, else drawn (same seed, same draws)
+        if mask is None:
+            mask = random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs.device)
+        factor = weights.double()  # [n]: one multiply per row for weight and rescale together
         if self.params.rescale == "inverse":
-            return kept / self.keep.to(tvs).unsqueeze(1)
-        if self.params.rescale == "l1" and "l1_scale" in stats:
-            return kept * stats["l1_scale"].to(tvs).unsqueeze(1)
-        return kept
+            factor = factor / self.keep
+        elif self.params.rescale == "l1":
+            factor = factor * stats["l1_scale"].cpu()
+        return tvs.mul_(mask).mul_(factor.to(tvs).unsqueeze(1))
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
+        """The l1 pass: Σ|τ_i| and Σ|m_i ⊙ τ_i| of this chunk. Masks of small tensors are kept (bf16, 0/1 is
+        exact) for ``combine`` instead of being drawn twice."""
         tvs = task_vectors(base, models)  # [n, c]
-        kept = self.dropped(chunk, tvs, stats)
-        return torch.stack([tvs.abs().sum(1), kept.abs().sum(1)]).double()  # [2, n]
+        mask = random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs)
+        if chunk.numel * len(self.model_params) <= MASK_CACHE_ELEMENTS:
+            stats[("mask", chunk.start)] = mask.to(torch.bfloat16)
+        magnitudes = tvs.abs_()
+        return torch.stack([magnitudes.sum(1), (mask * magnitudes).sum(1)]).double()  # [2, n]
 
     def conclude(self, pass_index: int, total: torch.Tensor, stats: dict[str, Any], numel: int) -> None:
         before, after = total.cpu()
@@ -79,9 +90,9 @@ class DareTaskArithmetic(Method):
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
-        tvs = self.dropped(chunk, task_vectors(base, models), stats)  # [n, c]
-        weights = self.model_values("weight").to(tvs)  # [n]
-        return base + self.params.scale * self.merge_dropped(tvs * weights.unsqueeze(1), weights)
+        weights = self.model_values("weight")  # [n]
+        weighted = self.dropped(chunk, task_vectors(base, models), stats, weights)  # [n, c]
+        return base + self.params.scale * self.merge_dropped(weighted, weights.to(weighted))
 
 
 @register("dare_ties", paper="https://arxiv.org/abs/2311.03099")

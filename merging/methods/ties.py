@@ -8,8 +8,9 @@ arXiv 2306.01708, Sec. 3 / Alg. 1):
     τ_m = Σ_{i∈A} w_i τ̂_i / Σ_{i∈A} w_i,  A = {i : sgn(w_i τ̂_i) = γ}   (disjoint mean)
     θ = θ_base + λ · τ_m
 
-The exact k-th largest magnitude comes from two histogram passes over the float32 bit patterns
-(high 16 bits, then low 16 bits inside the selected bin), so a tensor never has to be held whole.
+The exact k-th largest magnitude comes from two streaming passes (``merging.topk``: a histogram of the
+float32 bit patterns, then the members of the bin that holds the threshold), so a tensor never has to be
+held whole; ``scope: model`` uses finer bins to keep the second pass small.
 With unit weights this equals ``peft.utils.merge_utils.ties``; mergekit's ``ties`` is the same formula.
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 from pydantic import Field
 
 from ..registry import register
-from ..tensor_ops import (disjoint_merge, elect_sign, magnitude_high_histogram, magnitude_low_histogram,
-                          prune_magnitude, select_high_bin, select_threshold, task_vectors)
+from ..tensor_ops import disjoint_merge, elect_sign, prune_magnitude, task_vectors
+from ..topk import bin_histogram, bin_members, locate_bin, threshold_from_members
 from .base import Chunk, Method, Params
 
 
@@ -50,27 +51,35 @@ class Ties(Method):
         self.trims = bool((self.densities < 1).any())
         self.passes = 2 if self.trims else 0
         self.scope = params.scope
+        self.unit_weights = all(p.weight == 1.0 for p in model_params)
+        self.shift = 20 if params.scope == "tensor" else 16  # finer bins when pooling a whole model
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
-                stats: dict[str, Any]) -> torch.Tensor:
+                stats: dict[str, Any]) -> Any:
         tvs = task_vectors(base, models)  # [n, c]
         if pass_index == 0:
-            return magnitude_high_histogram(tvs)
-        return magnitude_low_histogram(tvs, stats["high_bin"].to(tvs.device))
+            return bin_histogram(tvs, self.shift)
+        return [[members] for members in bin_members(tvs, stats["bin"], self.shift)]
 
-    def conclude(self, pass_index: int, total: torch.Tensor, stats: dict[str, Any], numel: int) -> None:
+    def accumulate(self, total: Any, part: Any) -> Any:
+        if isinstance(part, list):  # pass 2: per-row lists of bin members, concatenated at the end
+            return part if total is None else [a + b for a, b in zip(total, part)]
+        return super().accumulate(total, part)
+
+    def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
         if pass_index == 0:
             stats["k"] = (self.densities * numel).floor().to(torch.int64)  # [n]
-            stats["high_bin"], stats["k_left"] = select_high_bin(total.cpu(), stats["k"].clamp(min=1))
+            stats["bin"], stats["k_left"] = locate_bin(total.cpu(), stats["k"].clamp(min=1))
         else:
-            threshold = select_threshold(total.cpu(), stats["high_bin"], stats["k_left"])
+            members = [torch.cat(parts).cpu() for parts in total]
+            threshold = threshold_from_members(members, stats["k_left"])
             stats["threshold"] = torch.where(stats["k"] > 0, threshold, torch.inf)
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
         tvs = task_vectors(base, models)  # [n, c]
         weights = self.model_values("weight").to(tvs)  # [n]
-        weighted = tvs * weights.unsqueeze(1)  # [n, c]
+        weighted = tvs if self.unit_weights else tvs.mul_(weights.unsqueeze(1))  # [n, c]
         if self.trims:
             weighted = prune_magnitude(weighted, stats["threshold"] * weights.abs().cpu())
         merged = disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect),
