@@ -42,6 +42,29 @@ def bin_members(tvs: torch.Tensor, bins: torch.Tensor, shift: int) -> list[torch
     return [row[(row >> shift) == wanted] for row, wanted in zip(bits, bins.tolist())]
 
 
+class BinMembers:
+    """Per-row growing buffers of bin members across chunks (capacity doubles, so few allocations and no
+    heap littered with thousands of small tensors)."""
+
+    def __init__(self, rows: int) -> None:
+        self._buffers = [torch.empty(4096, dtype=torch.int32) for _ in range(rows)]
+        self._sizes = [0] * rows
+
+    def add(self, parts: list[torch.Tensor]) -> "BinMembers":
+        for row, part in enumerate(parts):
+            size, buffer = self._sizes[row], self._buffers[row]
+            if size + part.numel() > buffer.numel():
+                grown = torch.empty(max(2 * buffer.numel(), size + part.numel()), dtype=torch.int32)
+                grown[:size] = buffer[:size]
+                self._buffers[row] = buffer = grown
+            buffer[size:size + part.numel()] = part.cpu()
+            self._sizes[row] = size + part.numel()
+        return self
+
+    def rows(self) -> list[torch.Tensor]:
+        return [buffer[:size] for buffer, size in zip(self._buffers, self._sizes)]
+
+
 def threshold_from_members(members: list[torch.Tensor], k_left: torch.Tensor) -> torch.Tensor:
     """The k_left-th largest of each row's bin members, as float32. -> [n]."""
     values = []

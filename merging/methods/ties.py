@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ..registry import register
 from ..tensor_ops import disjoint_merge, elect_sign, prune_magnitude, task_vectors
-from ..topk import bin_histogram, bin_members, locate_bin, threshold_from_members
+from ..topk import BinMembers, bin_histogram, bin_members, locate_bin, threshold_from_members
 from .base import Chunk, Method, Params
 
 
@@ -59,11 +59,12 @@ class Ties(Method):
         tvs = task_vectors(base, models)  # [n, c]
         if pass_index == 0:
             return bin_histogram(tvs, self.shift)
-        return [[members] for members in bin_members(tvs, stats["bin"], self.shift)]
+        return bin_members(tvs, stats["bin"], self.shift)
 
     def accumulate(self, total: Any, part: Any) -> Any:
-        if isinstance(part, list):  # pass 2: per-row lists of bin members, concatenated at the end
-            return part if total is None else [a + b for a, b in zip(total, part)]
+        if isinstance(part, (list, BinMembers)):  # pass 2: bin members are collected, not summed
+            total = total if total is not None else BinMembers(len(self.model_params))
+            return total.add(part.rows() if isinstance(part, BinMembers) else part)
         return super().accumulate(total, part)
 
     def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
@@ -71,8 +72,7 @@ class Ties(Method):
             stats["k"] = (self.densities * numel).floor().to(torch.int64)  # [n]
             stats["bin"], stats["k_left"] = locate_bin(total.cpu(), stats["k"].clamp(min=1))
         else:
-            members = [torch.cat(parts).cpu() for parts in total]
-            threshold = threshold_from_members(members, stats["k_left"])
+            threshold = threshold_from_members(total.rows(), stats["k_left"])
             stats["threshold"] = torch.where(stats["k"] > 0, threshold, torch.inf)
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
