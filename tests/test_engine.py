@@ -79,3 +79,19 @@ def test_exclude_copies_the_base_exactly(pool):
     out = merged(pool, "task_arithmetic", {}, exclude=["^head"])
     assert torch.equal(out["head.w"], load(base)["head.w"])
     assert not torch.equal(out["layers.0.w"], load(base)["layers.0.w"])
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(pool):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(MergeError, match="cuda.*is_available"):
+        merged(pool, "task_arithmetic", {}, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method,params", [("ties", {"density": 0.2}), ("task_arithmetic", {"weight": 0.3}),
+                                           ("dare_ties", {"drop_rate": 0.5}), ("from", {}), ("average", {})])
+def test_gpu_merge_equals_cpu_merge(pool, method, params):
+    cpu = merged(pool, method, params)
+    gpu = merged(pool, method, params, device="cuda")
+    assert all(torch.allclose(cpu[n], gpu[n], atol=1e-5) for n in cpu)
