@@ -118,11 +118,11 @@ class Engine:
         lead = merged[0].method
         stats: dict[str, Any] = {}
         numel = sum(p.info.numel for p in merged)
-        for p in range(lead.passes):
+        for pass_index in range(lead.passes):
             total = None
-            for part in pool.map(lambda plan: self.observe_tensor(plan, p, stats), merged):
+            for part in pool.map(self.observe_tensor, merged, [pass_index] * len(merged), [stats] * len(merged)):
                 total = lead.accumulate(total, part)
-            lead.conclude(p, total, stats, numel)
+            lead.conclude(pass_index, total, stats, numel)
         return stats
 
     def run(self, plans: list[TensorPlan]) -> None:

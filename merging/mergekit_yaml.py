@@ -15,8 +15,9 @@ meanings and defaults:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import MergeError
 

@@ -1,8 +1,9 @@
 """Merge methods by name: ``@register("ties", paper=URL)`` on a Method subclass."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import MergeError
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from .methods.base import Method
 
 M = TypeVar("M", bound="type[Method]")
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type[Method]] = {}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def known_methods() -> list[str]:
     return sorted([*METHODS, *ADAPTER_METHODS])
 
 
-def get_method(name: str) -> type["Method"] | AdapterMethod:
+def get_method(name: str) -> type[Method] | AdapterMethod:
     """The method registered as ``name``; an unknown name lists the known ones."""
     known = known_methods()
     if name not in known:

@@ -51,7 +51,7 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
     if unknown:
         raise MergeError(f"method '{cfg.method}' has no parameter(s) {sorted(unknown)}; method parameters: "
                          f"{sorted(method_keys)}, per-model: {sorted(model_keys)}")
-    resolve = lambda values: {k: resolve_value(v, name, position, k) for k, v in values.items()}  # noqa: E731
+    resolve = lambda values: {k: resolve_value(v, name, position, k) for k, v in values.items()}
     top = resolve(cfg.parameters)
     try:
         params = method_cls.Params(**{k: v for k, v in top.items() if k in method_keys})

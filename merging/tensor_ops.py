@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 
+
 def task_vectors(base: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
     """τ_i = θ_i − θ_base.  base: [c], models: [n, c] -> [n, c]."""
     return models - base

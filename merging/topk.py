@@ -50,7 +50,7 @@ class BinMembers:
         self._buffers = [torch.empty(4096, dtype=torch.int32) for _ in range(rows)]
         self._sizes = [0] * rows
 
-    def add(self, parts: list[torch.Tensor]) -> "BinMembers":
+    def add(self, parts: list[torch.Tensor]) -> BinMembers:
         for row, part in enumerate(parts):
             size, buffer = self._sizes[row], self._buffers[row]
             if size + part.numel() > buffer.numel():

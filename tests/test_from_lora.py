@@ -10,8 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, read_lora_adapter
-from merging.methods.from_lora import (from_lora_module, from_lora_to_folder, merge_lora_adapters,
-                                       task_vector_norms)
+from merging.methods.from_lora import from_lora_module, from_lora_to_folder, merge_lora_adapters, task_vector_norms
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 OUT, IN = 30, 20

@@ -11,7 +11,7 @@ import yaml
 from conftest import leftovers, read_weights
 from safetensors.torch import load_file, save_file
 
-import merging.safetensors_io as safetensors_io
+from merging import safetensors_io
 from merging.checkpoint import TorchBinCheckpoint, open_checkpoint, resolve_model_ref
 from merging.config import validate_config
 from merging.errors import MergeError
@@ -273,7 +273,7 @@ def test_failure_mid_write_leaves_no_output_folder(bert_pool, tmp_path, monkeypa
 def test_output_folder_gets_the_permissions_of_a_plain_mkdir(bert_pool, tmp_path):
     merge(bert_pool, tmp_path / "out", models=("ft1",))
     (tmp_path / "plain").mkdir()
-    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    mode = lambda p: os.stat(p).st_mode & 0o777
     assert mode(tmp_path / "out") == mode(tmp_path / "plain")
 
 

@@ -68,8 +68,11 @@ class Method:
         self.model_params = model_params
 
     def model_values(self, key: str) -> torch.Tensor:
-        """Per-model parameter ``key`` as a float64 vector [n]."""
-        return torch.tensor([float(getattr(p, key)) for p in self.model_params], dtype=torch.float64)
+        """Per-model parameter ``key`` as a float64 vector [n]; a model's None falls back to the method-level
+        value of the same name (e.g. a per-model TIES density overriding the global one)."""
+        values = [getattr(p, key) for p in self.model_params]
+        return torch.tensor([float(getattr(self.params, key) if v is None else v) for v in values],
+                            dtype=torch.float64)
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:

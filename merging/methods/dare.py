@@ -21,7 +21,6 @@ from ..registry import register
 from ..tensor_ops import disjoint_merge, elect_sign, random_keep_mask, task_vectors
 from .base import Chunk, Method, Params
 
-
 MASK_CACHE_ELEMENTS = 1 << 25  # up to 64 MB of bf16 masks per tensor are kept between the two passes
 
 
@@ -49,9 +48,7 @@ class DareTaskArithmetic(Method):
 
     def __init__(self, params: DareParams, model_params: list[DareModelParams]) -> None:
         super().__init__(params, model_params)
-        drop = torch.tensor([p.drop_rate if p.drop_rate is not None else params.drop_rate
-                             for p in model_params], dtype=torch.float64)  # [n]
-        self.keep = 1 - drop
+        self.keep = 1 - self.model_values("drop_rate")  # [n]
         self.passes = 1 if params.rescale == "l1" else 0
 
     def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any], weights: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,8 @@ from tqdm import tqdm
 from ..atomic import atomic_directory
 from ..errors import MergeError
 from ..lora import LoraAdapter, read_lora_adapter, write_lora_adapter
-from ..tensor_ops import frobenius_weights
 from ..registry import register_adapter_method
+from ..tensor_ops import frobenius_weights
 from .base import Params, chunk_seed
 
 PAPER = "https://arxiv.org/abs/2506.02478"

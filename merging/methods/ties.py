@@ -46,8 +46,7 @@ class Ties(Method):
 
     def __init__(self, params: TiesParams, model_params: list[TiesModelParams]) -> None:
         super().__init__(params, model_params)
-        self.densities = torch.tensor([p.density or params.density for p in model_params],
-                                      dtype=torch.float64)  # [n]
+        self.densities = self.model_values("density")  # [n]
         self.trims = bool((self.densities < 1).any())
         self.passes = 2 if self.trims else 0
         self.scope = params.scope
