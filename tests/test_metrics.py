@@ -1,0 +1,58 @@
+"""Metrics against hand-computed values; results rows and tables."""
+import pytest
+import torch
+
+from merging import metrics
+from merging.results import append_row, read_rows, rebuild_markdown
+
+P = torch.tensor([1, 0, 1, 1, 0, 1])
+L = torch.tensor([1, 0, 0, 1, 1, 1])  # TP 3, TN 1, FP 1, FN 1
+
+
+def test_accuracy_and_f1_by_hand():
+    assert metrics.accuracy(P, L) == pytest.approx(4 / 6)
+    assert metrics.binary_f1(P, L) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert metrics.score("f1_acc", P, L) == pytest.approx(100 * (4 / 6 + 0.75) / 2)
+
+
+def test_matthews_by_hand():
+    # (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (3 − 1) / sqrt(4·4·2·2) = 0.25
+    assert metrics.matthews(P, L) == pytest.approx(0.25)
+    assert metrics.matthews(torch.tensor([1, 1, 1]), torch.tensor([1, 0, 1])) == 0.0  # constant prediction
+
+
+def test_multiclass_matthews_perfect_and_inverted():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert metrics.matthews(labels, labels) == pytest.approx(1.0)
+    assert metrics.matthews(torch.tensor([1, 0, 0, 1, 0, 0]), torch.tensor([0, 1, 1, 0, 1, 1])) == pytest.approx(-1.0)
+
+
+def test_pearson_and_spearman_by_hand():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert metrics.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert metrics.spearman(x, x ** 3) == pytest.approx(1.0)        # monotone, not linear
+    assert metrics.pearson(x, x ** 3) < 1.0
+    # ties get average ranks: ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]
+    assert metrics.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 2.5, 2.5, 4.0])) == pytest.approx(1.0)
+    assert metrics.score("pearson_spearman", x, -x) == pytest.approx(-100.0)
+
+
+def test_normalized_score_is_the_mean_ratio():
+    merged, finetuned = {"a": 45.0, "b": 90.0}, {"a": 90.0, "b": 90.0}
+    assert metrics.normalized_score(merged, finetuned, ["a", "b"]) == pytest.approx(75.0)
+
+
+def test_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        metrics.score("auc", P, L)
+
+
+def test_results_rows_gain_columns_and_tables_are_rebuilt(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(path, {"method": "ta", "avg": 81.234})
+    append_row(path, {"method": "ties", "avg": 83.0, "density": 0.2})
+    rows = read_rows(path)
+    assert [r["method"] for r in rows] == ["ta", "ties"] and rows[0]["density"] == "" and rows[1]["avg"] == "83.00"
+    rebuild_markdown(path, tmp_path / "results.md", "Demo", ["method", "avg"])
+    text = (tmp_path / "results.md").read_text()
+    assert "| method | avg | density |" in text and "| ties | 83.00 | 0.20 |" in text
