@@ -1,0 +1,64 @@
+"""python -m discriminative {prepare, finetune, run} — the entry point behind scripts/discriminative.sh."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from merging.errors import MergeError
+
+DEFAULT_POOL = "configs/discriminative/minilm_8tasks.yaml"
+
+
+def parse_overrides(extra: list[str]) -> dict[str, object]:
+    """``--density 0.2 --scaling 0.7`` -> {"density": 0.2, "scaling": 0.7} (values parsed as YAML scalars)."""
+    import yaml
+
+    if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
+        raise MergeError(f"method parameters must come as --name value pairs, got {extra}")
+    return {key[2:].replace("-", "_"): yaml.safe_load(value) for key, value in zip(extra[::2], extra[1::2])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m discriminative", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="download and split the offline data sets")
+    prepare.add_argument("--pool", default=DEFAULT_POOL)
+    tune = commands.add_parser("finetune", help="fine-tune the pool's missing task checkpoints")
+    tune.add_argument("--pool", default=DEFAULT_POOL)
+    tune.add_argument("--seeds", type=int, nargs="*", help="extra seeds (default: the pool's seed)")
+    tune.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks")
+    run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
+    run.add_argument("--pool", default=DEFAULT_POOL)
+    run.add_argument("--method", required=True)
+    run.add_argument("--experiment", help="outs/ folder name (default: the pool's name)")
+    run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "run" and extra:
+        parser.error(f"unexpected arguments {extra}")
+    try:
+        from .data import prepare as prepare_data
+        from .pool import load_pool
+
+        pool = load_pool(args.pool)
+        if args.command == "prepare":
+            prepare_data(pool.tasks)
+        elif args.command == "finetune":
+            from .finetune import finetune
+
+            for seed in args.seeds or [None]:
+                for task in args.tasks or pool.tasks:
+                    print(finetune(pool, task, seed))
+        else:
+            from .experiment import run_experiment
+
+            row = run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra), args.seed)
+            print(json.dumps(row))
+    except MergeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

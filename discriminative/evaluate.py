@@ -1,0 +1,122 @@
+"""Evaluation shared by every method: per-task scores of "some encoder + each task's own head" on a split,
+the majority-class and linear-probe references, and the normalised score."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from merging.metrics import score
+
+from .data import Example, load_split, task_spec
+from .finetune import DONE, base_folder, checkpoint_folder, pool_dir
+from .models import encode, load_classifier, load_tokenizer, with_merged_body
+from .pool import PoolConfig
+
+
+class Evaluator:
+    """Scores on one split for every task of a pool; inputs are tokenised once."""
+
+    def __init__(self, pool: PoolConfig, split: str, batch_size: int = 64) -> None:
+        self.pool, self.split = pool, split
+        self.tokenizer = load_tokenizer(base_folder(pool))
+        self.examples = {task: load_split(task, split) for task in pool.tasks}
+        self.batches = {task: [encode(self.tokenizer, examples[i:i + batch_size], pool.max_length)
+                               for i in range(0, len(examples), batch_size)]
+                        for task, examples in self.examples.items()}
+
+    @torch.no_grad()
+    def task_score(self, model: PreTrainedModel, task: str) -> float:
+        spec = task_spec(task)
+        model.eval()
+        predictions, labels = [], []
+        for batch in self.batches[task]:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits  # [b, num_labels]
+            predictions.append(logits.squeeze(-1) if spec.kind == "regression" else logits.argmax(-1))
+            labels.append(batch["labels"])
+        return score(spec.metric, torch.cat(predictions), torch.cat(labels))
+
+    def scores(self, model_for: Callable[[str], PreTrainedModel]) -> dict[str, float]:
+        return {task: self.task_score(model_for(task), task) for task in self.pool.tasks}
+
+    def finetuned(self) -> dict[str, float]:
+        """Each task's own checkpoint: the reference (100) of the normalised score. Cached per split in the
+        pool's folder, keyed by the checkpoint folders and their completion records."""
+        key = {task: _fingerprint(checkpoint_folder(self.pool, task)) for task in self.pool.tasks}
+        cache = pool_dir(self.pool) / f"finetuned-{self.split}.json"
+        if cache.is_file():
+            stored = json.loads(cache.read_text())
+            if stored.get("key") == key:
+                return stored["scores"]
+        scores = self.scores(lambda task: load_classifier(checkpoint_folder(self.pool, task)))
+        cache.write_text(json.dumps({"key": key, "scores": scores}, indent=2) + "\n")
+        return scores
+
+    def with_body(self, folder: Path) -> dict[str, float]:
+        """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head."""
+        return self.scores(lambda task: with_merged_body(load_classifier(checkpoint_folder(self.pool, task)),
+                                                         folder, self.pool.head))
+
+    def majority(self) -> dict[str, float]:
+        """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""
+        result = {}
+        for task in self.pool.tasks:
+            spec, labels = task_spec(task), torch.tensor([e.label for e in self.examples[task]])
+            if spec.kind == "regression":
+                result[task] = 0.0
+                continue
+            train = torch.tensor([int(e.label) for e in load_split(task, "train")])
+            guess = torch.full_like(labels, int(train.bincount().argmax()))
+            result[task] = score(spec.metric, guess, labels)
+        return result
+
+    def probe(self, steps: int = 300) -> dict[str, float]:
+        """A linear model on frozen mean-pooled base-encoder features, fit on the train split
+        (softmax regression or least squares, L2 1e-4, full-batch L-BFGS)."""
+        encoder = load_classifier(base_folder(self.pool)).base_model
+        result = {}
+        for task in self.pool.tasks:
+            spec = task_spec(task)
+            train_x, train_y = self._features(encoder, load_split(task, "train"))
+            test_x, test_y = self._features(encoder, self.examples[task])
+            mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+            train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+            out = 1 if spec.kind == "regression" else spec.num_labels
+            linear = torch.nn.Linear(train_x.shape[1], out)
+            optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                logits = linear(train_x)
+                loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), train_y.float())
+                        if spec.kind == "regression" else torch.nn.functional.cross_entropy(logits, train_y.long()))
+                loss = loss + 1e-4 * linear.weight.pow(2).sum()
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            with torch.no_grad():
+                logits = linear(test_x)
+            predictions = logits.squeeze(-1) if spec.kind == "regression" else logits.argmax(-1)
+            result[task] = score(spec.metric, predictions, test_y)
+        return result
+
+    @torch.no_grad()
+    def _features(self, encoder: PreTrainedModel, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        features, labels = [], []
+        for i in range(0, len(examples), 64):
+            batch = encode(self.tokenizer, examples[i:i + 64], self.pool.max_length)
+            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden)  # [b, t, 1]
+            features.append((hidden * mask).sum(1) / mask.sum(1))  # mean pooling, [b, d]
+            labels.append(batch["labels"])
+        return torch.cat(features), torch.cat(labels)
+
+
+def _fingerprint(folder: Path) -> str:
+    record = folder / DONE
+    return f"{folder}:{record.stat().st_mtime_ns}" if record.is_file() else str(folder)

@@ -1,0 +1,108 @@
+"""One row of an experiment: a reference (majority, probe, pretrained, finetuned) or a merge method whose
+hyper-parameters are chosen on the validation split, scored on the test split, appended to
+``outs/<experiment>/results.csv`` (``results.md`` rebuilt)."""
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from merging.config import validate_config
+from merging.errors import MergeError
+from merging.metrics import normalized_score
+from merging.registry import known_methods
+from merging.results import append_row, rebuild_markdown
+from merging.run import git_sha, run_merge
+
+from .evaluate import Evaluator
+from .finetune import base_folder, checkpoint_folder, finetune, pool_dir
+from .pool import PoolConfig
+
+REFERENCES = ("majority", "probe", "pretrained", "finetuned")
+METHOD_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "discriminative" / "methods"
+ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
+
+
+def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[str]]:
+    """(fixed parameters, search grid, extra exclude regexes) from configs/discriminative/methods/<method>.yaml;
+    an override fixes a parameter and removes it from the grid."""
+    path = METHOD_CONFIGS / f"{method}.yaml"
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    unknown = set(raw) - {"parameters", "search", "exclude"}
+    if unknown:
+        raise MergeError(f"{path}: unknown key(s) {sorted(unknown)}; expected parameters, search, exclude")
+    overrides = {ALIASES.get(k, k): v for k, v in overrides.items()}
+    params = {**(raw.get("parameters") or {}), **overrides}
+    grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
+    return params, grid, list(raw.get("exclude") or [])
+
+
+def merge_into(pool: PoolConfig, method: str, params: dict[str, Any], exclude: list[str], out: Path,
+               seed: int) -> None:
+    cfg = validate_config({"method": method, "base": str(base_folder(pool)),
+                           "models": [{"model": str(checkpoint_folder(pool, t))} for t in pool.tasks],
+                           "parameters": params, "exclude": pool.head + exclude, "seed": seed})
+    run_merge(cfg, out, overwrite=True, progress=False)
+
+
+def run_method(pool: PoolConfig, method: str, overrides: dict[str, Any], seed: int,
+               progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None]:
+    """Test scores of one method, its final hyper-parameters and the validation normalised score."""
+    for task in pool.tasks:
+        finetune(pool, task, progress=progress)
+    test = Evaluator(pool, "test")
+    if method == "majority":
+        return test.majority(), {}, None
+    if method == "probe":
+        return test.probe(), {}, None
+    if method == "finetuned":
+        return test.finetuned(), {}, None
+    if method == "pretrained":
+        return test.with_body(base_folder(pool)), {}, None
+    if method not in known_methods():
+        raise MergeError(f"unknown method '{method}'; known: {', '.join([*REFERENCES, *known_methods()])}")
+    params, grid, exclude = method_config(method, overrides)
+    scratch = pool_dir(pool) / "merges" / method
+    best, best_val = params, None
+    if grid:
+        validation = Evaluator(pool, "validation")
+        reference = validation.finetuned()
+        for values in itertools.product(*grid.values()):
+            candidate = {**params, **dict(zip(grid, values))}
+            merge_into(pool, method, candidate, exclude, scratch, seed)
+            value = normalized_score(validation.with_body(scratch), reference, pool.tasks)
+            if progress:
+                print(f"  {method} {candidate}: validation normalised {value:.2f}")
+            if best_val is None or value > best_val:
+                best, best_val = candidate, value
+    merge_into(pool, method, best, exclude, scratch, seed)
+    scores = test.with_body(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return scores, best, best_val
+
+
+def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any], seed: int = 0,
+                   progress: bool = True, outs: Path = Path("outs")) -> dict[str, Any]:
+    started = time.perf_counter()
+    scores, params, validation = run_method(pool, method, overrides, seed, progress)
+    reference = Evaluator(pool, "test").finetuned()
+    row: dict[str, Any] = {
+        "method": method, "normalized": normalized_score(scores, reference, pool.tasks),
+        "average": sum(scores.values()) / len(scores), **scores,
+        "params": json.dumps(params, sort_keys=True), "validation_normalized": "" if validation is None else validation,
+        "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    }
+    folder = outs / experiment
+    append_row(folder / "results.csv", row)
+    rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
+                     ["method", "normalized", "average", *pool.tasks, "params"])
+    return row

@@ -1,0 +1,93 @@
+"""Fine-tune one full checkpoint per task from the pool's base encoder (seeded, resumable per task) and
+save it as an ordinary Hugging Face folder (encoder + its head) in the cache."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from merging.atomic import atomic_directory
+from merging.checkpoint import resolve_model_ref
+
+from .data import cache_dir, load_split, task_spec
+from .models import encode, load_classifier, load_tokenizer
+from .pool import PoolConfig, resolve_base
+
+DONE = "finetune.json"  # written last: a folder without it is incomplete and is rebuilt
+
+
+def pool_dir(pool: PoolConfig) -> Path:
+    return cache_dir() / "discriminative" / "pools" / pool.name
+
+
+def base_folder(pool: PoolConfig) -> Path:
+    """The base encoder as a sequence-classification folder (its head, sized for the first task, is a
+    placeholder that is never merged or evaluated), so task checkpoints and the merge base share names."""
+    folder = pool_dir(pool) / "base"
+    if not (folder / DONE).is_file():
+        source = resolve_model_ref(resolve_base(pool.base))
+        torch.manual_seed(0)
+        model = load_classifier(source, task_spec(pool.tasks[0]))
+        with atomic_directory(folder, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            load_tokenizer(source).save_pretrained(tmp)
+            (tmp / DONE).write_text(json.dumps({"source": str(source)}) + "\n")
+    return folder
+
+
+def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> Path:
+    """Where task ``task``'s checkpoint is: given in the pool, or fine-tuned into the cache."""
+    if task in pool.checkpoints and seed is None:
+        return resolve_model_ref(pool.checkpoints[task])
+    return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seed if seed is None else seed}"
+
+
+def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: bool = True) -> Path:
+    """Fine-tune the base on ``task``'s train split (skipped when the checkpoint exists)."""
+    folder = checkpoint_folder(pool, task, seed)
+    if task in pool.checkpoints and seed is None or (folder / DONE).is_file():
+        return folder
+    cfg, spec = pool.finetune, task_spec(task)
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
+    base = base_folder(pool)
+    model, tokenizer = load_classifier(base, spec), load_tokenizer(base)
+    train = load_split(task, "train")
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * total), total)
+    order = torch.Generator().manual_seed(seed)
+    started, losses = time.perf_counter(), []
+    model.train()
+    with tqdm(total=total, desc=f"fine-tune {task} (seed {seed})", disable=not progress) as bar:
+        while bar.n < total:
+            permutation = torch.randperm(len(train), generator=order).tolist()
+            for start in range(0, len(train), cfg.batch_size):
+                if bar.n >= total:
+                    break
+                batch = encode(tokenizer, [train[i] for i in permutation[start:start + cfg.batch_size]],
+                               pool.max_length)
+                if spec.kind == "regression":
+                    batch["labels"] = batch["labels"].float()
+                loss = model(**batch).loss
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    record = {"task": task, "seed": seed, "steps": total, "examples": len(train), "finetune": cfg.model_dump(),
+              "max_length": pool.max_length, "seconds": round(time.perf_counter() - started, 1),
+              "final_loss": sum(losses[-20:]) / len(losses[-20:])}
+    with atomic_directory(folder, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DONE).write_text(json.dumps(record, indent=2) + "\n")
+    return folder

