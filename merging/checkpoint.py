@@ -12,12 +12,13 @@ import torch
 from .errors import MergeError
 from .safetensors_io import SafetensorsFile, TensorInfo
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<sub>[\w./-]+))?$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
 
 
 def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
-    """Return a local folder (or file) for ``ref``: an existing path, else a Hugging Face hub id.
+    """Return a local folder (or file) for ``ref``: an existing path, else a Hugging Face hub id, optionally
+    with a folder inside the repository (``owner/name/sub/folder``, as lu-vae/roberta-glue stores its tasks).
 
     A hub id is fetched with ``huggingface_hub.snapshot_download`` (served from the local cache when
     ``HF_HUB_OFFLINE=1``); failure to fetch is an error that says how to get the files by hand.
@@ -25,23 +26,26 @@ def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    if not HUB_ID.match(ref):
+    match = HUB_ID.match(ref)
+    if not match or ref.startswith((".", "/", "~")):
         raise MergeError(f"model path '{ref}' does not exist (and is not a Hugging Face hub id "
                          "of the form 'owner/name')")
     from huggingface_hub import snapshot_download
 
+    repo, sub = match["repo"], match["sub"]
+    prefix = f"{sub.rstrip('/')}/" if sub else ""
     try:
-        folder = Path(snapshot_download(ref, revision=revision, allow_patterns=HUB_PATTERNS))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(ref, revision=revision,
-                                            allow_patterns=HUB_PATTERNS + ["pytorch_model*.bin"]))
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[prefix + p for p in HUB_PATTERNS]))
+        if not any((folder / prefix).glob("*.safetensors")):
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[
+                prefix + p for p in [*HUB_PATTERNS, "pytorch_model*.bin"]]))
     except Exception as err:  # network, auth, missing repo: all end the same way for the user
         raise MergeError(
             f"'{ref}' is not a local path and could not be fetched from the Hugging Face Hub "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            f"On a machine with access run `hf download {ref} --local-dir DIR`, copy DIR here and "
-            "put its path in the config instead of the hub id.") from None
-    return folder
+            f"On a machine with access run `hf download {repo} --local-dir DIR`, copy DIR here and "
+            f"put DIR{'/' + sub if sub else ''} in the config instead of the hub id.") from None
+    return folder / prefix if prefix else folder
 
 
 class Checkpoint:

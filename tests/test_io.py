@@ -185,6 +185,18 @@ def test_unreachable_hub_id_says_how_to_download_it_by_hand(monkeypatch, tmp_pat
     assert "'owner/does-not-exist' is not a local path" in str(err.value)
 
 
+def test_hub_id_with_a_folder_inside_the_repo(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MergeError) as err:
+        resolve_model_ref("lu-vae/roberta-glue/cola/roberta-base_lr1e-05")
+    assert "hf download lu-vae/roberta-glue " in str(err.value)
+    assert "DIR/cola/roberta-base_lr1e-05" in str(err.value)
+
+
 def test_missing_local_path_does_not_exist(tmp_path):
     with pytest.raises(MergeError, match="'./nope/model' does not exist"):
         resolve_model_ref("./nope/model")
