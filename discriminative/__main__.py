@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pool = load_pool(args.pool)
         if args.command == "prepare":
+            if pool.data != "offline":
+                raise MergeError(f"pool '{pool.name}' uses data '{pool.data}', which is loaded on first use")
             prepare_data(pool.tasks)
         elif args.command == "finetune":
             from .finetune import finetune

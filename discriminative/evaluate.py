@@ -11,7 +11,8 @@ from transformers import PreTrainedModel
 
 from merging.metrics import score
 
-from .data import Example, load_split, task_spec
+from . import tasks
+from .data import Example
 from .finetune import DONE, base_folder, checkpoint_folder, pool_dir
 from .models import encode, load_classifier, load_tokenizer, with_merged_body
 from .pool import PoolConfig
@@ -23,14 +24,14 @@ class Evaluator:
     def __init__(self, pool: PoolConfig, split: str, batch_size: int = 64) -> None:
         self.pool, self.split = pool, split
         self.tokenizer = load_tokenizer(base_folder(pool))
-        self.examples = {task: load_split(task, split) for task in pool.tasks}
+        self.examples = {task: tasks.examples(pool.data, task, split) for task in pool.tasks}
         self.batches = {task: [encode(self.tokenizer, examples[i:i + batch_size], pool.max_length)
                                for i in range(0, len(examples), batch_size)]
                         for task, examples in self.examples.items()}
 
     @torch.no_grad()
     def task_score(self, model: PreTrainedModel, task: str) -> float:
-        spec = task_spec(task)
+        spec = tasks.spec(self.pool.data, task)
         model.eval()
         predictions, labels = [], []
         for batch in self.batches[task]:
@@ -65,11 +66,11 @@ class Evaluator:
         """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""
         result = {}
         for task in self.pool.tasks:
-            spec, labels = task_spec(task), torch.tensor([e.label for e in self.examples[task]])
+            spec, labels = tasks.spec(self.pool.data, task), torch.tensor([e.label for e in self.examples[task]])
             if spec.kind == "regression":
                 result[task] = 0.0
                 continue
-            train = torch.tensor([int(e.label) for e in load_split(task, "train")])
+            train = torch.tensor([int(e.label) for e in tasks.examples(self.pool.data, task, "train")])
             guess = torch.full_like(labels, int(train.bincount().argmax()))
             result[task] = score(spec.metric, guess, labels)
         return result
@@ -80,8 +81,8 @@ class Evaluator:
         encoder = load_classifier(base_folder(self.pool)).base_model
         result = {}
         for task in self.pool.tasks:
-            spec = task_spec(task)
-            train_x, train_y = self._features(encoder, load_split(task, "train"))
+            spec = tasks.spec(self.pool.data, task)
+            train_x, train_y = self._features(encoder, tasks.examples(self.pool.data, task, "train"))
             test_x, test_y = self._features(encoder, self.examples[task])
             mean, std = train_x.mean(0), train_x.std(0) + 1e-6
             train_x, test_x = (train_x - mean) / std, (test_x - mean) / std

@@ -28,6 +28,7 @@ from .pool import PoolConfig
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 METHOD_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "discriminative" / "methods"
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
+# --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
 def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[str]]:
@@ -39,9 +40,12 @@ def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any
     if unknown:
         raise MergeError(f"{path}: unknown key(s) {sorted(unknown)}; expected parameters, search, exclude")
     overrides = {ALIASES.get(k, k): v for k, v in overrides.items()}
+    exclude = list(raw.get("exclude") or [])
+    if overrides.pop("merge_biases", True) is False:  # the official FW-Merging code keeps biases unmerged
+        exclude.append(r"\.bias$")
     params = {**(raw.get("parameters") or {}), **overrides}
     grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
-    return params, grid, list(raw.get("exclude") or [])
+    return params, grid, exclude
 
 
 def merge_into(pool: PoolConfig, method: str, params: dict[str, Any], exclude: list[str], out: Path,

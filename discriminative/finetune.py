@@ -14,7 +14,8 @@ from transformers import get_linear_schedule_with_warmup
 from merging.atomic import atomic_directory
 from merging.checkpoint import resolve_model_ref
 
-from .data import cache_dir, load_split, task_spec
+from . import tasks
+from .data import cache_dir
 from .models import encode, load_classifier, load_tokenizer
 from .pool import PoolConfig, resolve_base
 
@@ -32,7 +33,7 @@ def base_folder(pool: PoolConfig) -> Path:
     if not (folder / DONE).is_file():
         source = resolve_model_ref(resolve_base(pool.base))
         torch.manual_seed(0)
-        model = load_classifier(source, task_spec(pool.tasks[0]))
+        model = load_classifier(source, tasks.spec(pool.data, pool.tasks[0]))
         with atomic_directory(folder, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             load_tokenizer(source).save_pretrained(tmp)
@@ -52,12 +53,12 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
     folder = checkpoint_folder(pool, task, seed)
     if task in pool.checkpoints and seed is None or (folder / DONE).is_file():
         return folder
-    cfg, spec = pool.finetune, task_spec(task)
+    cfg, spec = pool.finetune, tasks.spec(pool.data, task)
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
     base = base_folder(pool)
     model, tokenizer = load_classifier(base, spec), load_tokenizer(base)
-    train = load_split(task, "train")
+    train = tasks.examples(pool.data, task, "train")
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

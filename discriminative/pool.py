@@ -46,7 +46,7 @@ class PoolConfig(BaseModel):
 
 def load_pool(path: str | Path) -> PoolConfig:
     """Read and check a pool YAML: unknown keys, unknown tasks and checkpoints of unlisted tasks are errors."""
-    from .data import task_spec
+    from .tasks import spec
 
     path = Path(path)
     if not path.is_file():
@@ -59,7 +59,7 @@ def load_pool(path: str | Path) -> PoolConfig:
         raise MergeError(f"{path}: {problems}") from None
     for task in pool.tasks:
         try:
-            task_spec(task)
+            spec(pool.data, task)
         except MergeError as err:
             raise MergeError(f"{path}: {err}") from None
     stray = sorted(set(pool.checkpoints) - set(pool.tasks))
