@@ -67,10 +67,10 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
     started, losses = time.perf_counter(), []
     model.train()
     with tqdm(total=total, desc=f"fine-tune {task} (seed {seed})", disable=not progress) as bar:
-        while bar.n < total:
+        while len(losses) < total:
             permutation = torch.randperm(len(train), generator=order).tolist()
             for start in range(0, len(train), cfg.batch_size):
-                if bar.n >= total:
+                if len(losses) >= total:
                     break
                 batch = encode(tokenizer, [train[i] for i in permutation[start:start + cfg.batch_size]],
                                pool.max_length)
