@@ -57,10 +57,12 @@ class Evaluator:
         cache.write_text(json.dumps({"key": key, "scores": scores}, indent=2) + "\n")
         return scores
 
-    def with_body(self, folder: Path) -> dict[str, float]:
-        """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head."""
+    def with_body(self, folder: Path, own: list[str] = ()) -> dict[str, float]:
+        """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
+        matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own."""
+        keep = [*self.pool.head, *own]
         return self.scores(lambda task: with_merged_body(load_classifier(checkpoint_folder(self.pool, task)),
-                                                         folder, self.pool.head))
+                                                         folder, keep))
 
     def majority(self) -> dict[str, float]:
         """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""

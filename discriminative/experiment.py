@@ -81,13 +81,13 @@ def run_method(pool: PoolConfig, method: str, overrides: dict[str, Any], seed: i
         for values in itertools.product(*grid.values()):
             candidate = {**params, **dict(zip(grid, values))}
             merge_into(pool, method, candidate, exclude, scratch, seed)
-            value = normalized_score(validation.with_body(scratch), reference, pool.tasks)
+            value = normalized_score(validation.with_body(scratch, exclude), reference, pool.tasks)
             if progress:
                 print(f"  {method} {candidate}: validation normalised {value:.2f}")
             if best_val is None or value > best_val:
                 best, best_val = candidate, value
     merge_into(pool, method, best, exclude, scratch, seed)
-    scores = test.with_body(scratch)
+    scores = test.with_body(scratch, exclude)
     shutil.rmtree(scratch, ignore_errors=True)
     return scores, best, best_val
 
