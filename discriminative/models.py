@@ -23,7 +23,7 @@ def load_classifier(folder: str | Path, spec: TaskSpec | None = None) -> PreTrai
     size is created (base encoder -> task model); without, the folder's own head is used."""
     kwargs = {}
     if spec is not None:
-        kwargs = {"num_labels": spec.num_labels,
+        kwargs = {"num_labels": spec.num_labels, "ignore_mismatched_sizes": True,  # a new head of this task's size
                   "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
     return AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
 
