@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from merging.checkpoint import open_checkpoint
 from merging.errors import MergeError
@@ -21,11 +21,13 @@ def is_head(name: str, head: list[str]) -> bool:
 def load_classifier(folder: str | Path, spec: TaskSpec | None = None) -> PreTrainedModel:
     """A sequence classifier from a local folder (no remote code). With ``spec`` a fresh head of the task's
     size is created (base encoder -> task model); without, the folder's own head is used."""
-    kwargs = {}
-    if spec is not None:
-        kwargs = {"num_labels": spec.num_labels, "ignore_mismatched_sizes": True,  # a new head of this task's size
-                  "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
+    if spec is None:
+        return AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    config = AutoConfig.from_pretrained(str(folder))
+    config.num_labels = spec.num_labels
+    config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
+    return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
+                                                              ignore_mismatched_sizes=True).eval()
 
 
 def load_tokenizer(folder: str | Path):
