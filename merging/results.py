@@ -3,6 +3,7 @@ Rows may add new columns (other tasks, other hyper-parameters): the CSV is rewri
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 import tempfile
@@ -26,8 +27,15 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Add ``row`` to the CSV at ``path`` (created if missing)."""
+    """Add ``row`` to the CSV at ``path`` (created if missing); concurrent runs are serialised by a lock."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _append(path, row)
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
     rows = read_rows(path) + [{k: _format(v) for k, v in row.items()}]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
