@@ -14,7 +14,7 @@ from merging.metrics import score
 from . import tasks
 from .data import Example
 from .finetune import DONE, base_folder, checkpoint_folder, pool_dir
-from .models import encode, load_classifier, load_tokenizer, with_merged_body
+from .models import encode, is_head, load_classifier, load_tokenizer, read_body, with_merged_body
 from .pool import PoolConfig
 
 
@@ -59,10 +59,13 @@ class Evaluator:
 
     def with_body(self, folder: Path, own: list[str] = ()) -> dict[str, float]:
         """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
-        matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own."""
+        matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own. The folder is read once."""
         keep = [*self.pool.head, *own]
+        names = [n for n in load_classifier(checkpoint_folder(self.pool, self.pool.tasks[0])).state_dict()
+                 if not is_head(n, keep)]
+        body = read_body(folder, names)
         return self.scores(lambda task: with_merged_body(load_classifier(checkpoint_folder(self.pool, task)),
-                                                         folder, keep))
+                                                         body, keep))
 
     def majority(self) -> dict[str, float]:
         """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""

@@ -56,12 +56,9 @@ def merge_into(pool: PoolConfig, method: str, params: dict[str, Any], exclude: l
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
-def run_method(pool: PoolConfig, method: str, overrides: dict[str, Any], seed: int,
+def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
                progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None]:
     """Test scores of one method, its final hyper-parameters and the validation normalised score."""
-    for task in pool.tasks:
-        finetune(pool, task, progress=progress)
-    test = Evaluator(pool, "test")
     if method == "majority":
         return test.majority(), {}, None
     if method == "probe":
@@ -95,8 +92,11 @@ def run_method(pool: PoolConfig, method: str, overrides: dict[str, Any], seed: i
 def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any], seed: int = 0,
                    progress: bool = True, outs: Path = Path("outs")) -> dict[str, Any]:
     started = time.perf_counter()
-    scores, params, validation = run_method(pool, method, overrides, seed, progress)
-    reference = Evaluator(pool, "test").finetuned()
+    for task in pool.tasks:
+        finetune(pool, task, progress=progress)
+    test = Evaluator(pool, "test")  # tokenised once for the method and the fine-tuned reference
+    scores, params, validation = run_method(pool, test, method, overrides, seed, progress)
+    reference = test.finetuned()
     row: dict[str, Any] = {
         "method": method, "normalized": normalized_score(scores, reference, pool.tasks),
         "average": sum(scores.values()) / len(scores), **scores,

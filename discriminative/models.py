@@ -34,25 +34,30 @@ def load_tokenizer(folder: str | Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def with_merged_body(model: PreTrainedModel, merged_folder: Path, head: list[str]) -> PreTrainedModel:
-    """Replace every non-head parameter of ``model`` by the merged folder's tensor of the same name."""
-    merged = open_checkpoint(str(merged_folder))
+def read_body(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors ``names`` of the merged (or base) checkpoint in ``folder``; missing ones are an error."""
+    merged = open_checkpoint(str(folder))
     try:
-        state = model.state_dict()
-        body = [name for name in state if not is_head(name, head)]
-        missing = [name for name in body if name not in merged.infos]
+        missing = [name for name in names if name not in merged.infos]
         if missing:
-            raise MergeError(f"{merged_folder}: merged weights lack {missing[:5]} (head patterns {head})")
-        update = {}
-        for name in body:
-            values = merged.read(name).reshape(merged.infos[name].shape)
-            if values.shape != state[name].shape:
-                raise MergeError(f"{merged_folder}: '{name}' has shape {list(values.shape)}, the task model "
-                                 f"{list(state[name].shape)}")
-            update[name] = values.to(state[name].dtype)
-        model.load_state_dict(update, strict=False)
+            raise MergeError(f"{folder}: merged weights lack {missing[:5]}")
+        return {name: merged.read(name).reshape(merged.infos[name].shape) for name in names}
     finally:
         merged.close()
+
+
+def with_merged_body(model: PreTrainedModel, body: dict[str, torch.Tensor], head: list[str]) -> PreTrainedModel:
+    """Replace every non-head parameter of ``model`` by the tensor of the same name in ``body``."""
+    state = model.state_dict()
+    update = {}
+    for name in (n for n in state if not is_head(n, head)):
+        if name not in body:
+            raise MergeError(f"merged weights lack '{name}' (head patterns {head})")
+        if body[name].shape != state[name].shape:
+            raise MergeError(f"merged '{name}' has shape {list(body[name].shape)}, the task model "
+                             f"{list(state[name].shape)}")
+        update[name] = body[name].to(state[name].dtype)
+    model.load_state_dict(update, strict=False)
     return model
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from merging.config import describe_errors
 from merging.errors import MergeError
 
 
@@ -55,8 +56,7 @@ def load_pool(path: str | Path) -> PoolConfig:
     try:
         pool = PoolConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in err.errors())
-        raise MergeError(f"{path}: {problems}") from None
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
     for task in pool.tasks:
         try:
             spec(pool.data, task)

@@ -118,6 +118,12 @@ def _problem(error: dict[str, Any]) -> str:
     return f"{where}: {error['msg']}{' (got ' + repr(error['input']) + ')' if error['type'] != 'missing' else ''}"
 
 
+def describe_errors(err: ValidationError, noun: str = "parameter") -> str:
+    """A pydantic validation error as one line: which {noun}, what is wrong, what was given."""
+    return "; ".join(f"{noun} '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
+                     for e in err.errors())
+
+
 def validate_config(raw: dict[str, Any], source: str | Path = "<config>") -> MergeConfig:
     try:
         return MergeConfig.model_validate(raw)

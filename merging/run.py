@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .atomic import atomic_directory
 from .checkpoint import Checkpoint, open_checkpoint, same_architecture
-from .config import DTYPES, MergeConfig, count_layers, layer_position, resolve_value
+from .config import DTYPES, MergeConfig, describe_errors, count_layers, layer_position, resolve_value
 from .engine import Engine, Sources, TensorPlan
 from .errors import MergeError
 from .methods.base import Method
@@ -35,12 +35,6 @@ def git_sha() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
-
-
-def describe(err: ValidationError) -> str:
-    """A parameter validation error as one line: which parameter, what is wrong, what was given."""
-    return "; ".join(f"parameter '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
-                     for e in err.errors())
 
 
 def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position: float) -> Method:
@@ -64,7 +58,7 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
             defaults = {k: v for k, v in top.items() if k in model_keys and k not in method_keys}
             per_model.append(method_cls.ModelParams(**{**defaults, **resolve(entry.parameters)}))
     except ValidationError as err:
-        raise MergeError(f"method '{cfg.method}', tensor '{name}': {describe(err)}") from None
+        raise MergeError(f"method '{cfg.method}', tensor '{name}': {describe_errors(err)}") from None
     return method_cls(params, per_model)
 
 
@@ -183,7 +177,7 @@ def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, 
     try:
         params = method.Params(**cfg.parameters)
     except ValidationError as err:
-        raise MergeError(f"method '{cfg.method}': {describe(err)}") from None
+        raise MergeError(f"method '{cfg.method}': {describe_errors(err)}") from None
     started = time.perf_counter()
     paths = [resolve_model_ref(e.model) for e in cfg.models]
     base = open_checkpoint(cfg.base)
