@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--pool", default=DEFAULT_POOL)
     tune = commands.add_parser("finetune", help="fine-tune the pool's missing task checkpoints")
     tune.add_argument("--pool", default=DEFAULT_POOL)
-    tune.add_argument("--seeds", type=int, nargs="*", help="extra seeds (default: the pool's seed)")
+    tune.add_argument("--seeds", type=int, nargs="*", help="fine-tuning seeds (default: the pool's finetune.seeds)")
     tune.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks")
     run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
     run.add_argument("--pool", default=DEFAULT_POOL)
     run.add_argument("--method", required=True)
     run.add_argument("--experiment", help="outs/ folder name (default: the pool's name)")
+    run.add_argument("--pool-seeds", type=int, nargs="*",
+                     help="fine-tuning seeds to evaluate, one row each (default: the pool's finetune.seeds)")
     run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
     args, extra = parser.parse_known_args(argv)
     if args.command != "run" and extra:
@@ -48,14 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "finetune":
             from .finetune import finetune
 
-            for seed in args.seeds or [None]:
+            for seed in args.seeds or pool.finetune.seeds:
                 for task in args.tasks or pool.tasks:
                     print(finetune(pool, task, seed))
         else:
             from .experiment import run_experiment
 
-            row = run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra), args.seed)
-            print(json.dumps(row))
+            for row in run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra),
+                                      args.pool_seeds, args.seed):
+                print(json.dumps(row))
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

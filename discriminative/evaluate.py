@@ -19,12 +19,15 @@ from .pool import PoolConfig
 
 
 class Evaluator:
-    """Scores on one split for every task of a pool; inputs are tokenised once."""
+    """Scores on one split for every task of a pool (its checkpoints of fine-tuning seed ``seed``, default the
+    pool's first); inputs are tokenised once."""
 
-    def __init__(self, pool: PoolConfig, split: str, batch_size: int = 64) -> None:
+    def __init__(self, pool: PoolConfig, split: str, seed: int | None = None, batch_size: int = 64) -> None:
         self.pool, self.split = pool, split
+        self.seed = pool.finetune.seeds[0] if seed is None else seed
         self.tokenizer = load_tokenizer(base_folder(pool))
-        self.examples = {task: tasks.examples(pool.data, task, split) for task in pool.tasks}
+        # sorted by length so that batches pad little (every metric is order-free)
+        self.examples = {task: sorted(tasks.examples(pool.data, task, split), key=_length) for task in pool.tasks}
         self.batches = {task: [encode(self.tokenizer, examples[i:i + batch_size], pool.max_length)
                                for i in range(0, len(examples), batch_size)]
                         for task, examples in self.examples.items()}
@@ -47,13 +50,13 @@ class Evaluator:
     def finetuned(self) -> dict[str, float]:
         """Each task's own checkpoint: the reference (100) of the normalised score. Cached per split in the
         pool's folder, keyed by the checkpoint folders and their completion records."""
-        key = {task: _fingerprint(checkpoint_folder(self.pool, task)) for task in self.pool.tasks}
-        cache = pool_dir(self.pool) / f"finetuned-{self.split}.json"
+        key = {task: _fingerprint(self.checkpoint(task)) for task in self.pool.tasks}
+        cache = pool_dir(self.pool) / f"finetuned-{self.split}-seed{self.seed}.json"
         if cache.is_file():
             stored = json.loads(cache.read_text())
             if stored.get("key") == key:
                 return stored["scores"]
-        scores = self.scores(lambda task: load_classifier(checkpoint_folder(self.pool, task)))
+        scores = self.scores(lambda task: load_classifier(self.checkpoint(task)))
         cache.write_text(json.dumps({"key": key, "scores": scores}, indent=2) + "\n")
         return scores
 
@@ -61,11 +64,13 @@ class Evaluator:
         """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
         matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own. The folder is read once."""
         keep = [*self.pool.head, *own]
-        names = [n for n in load_classifier(checkpoint_folder(self.pool, self.pool.tasks[0])).state_dict()
+        names = [n for n in load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict()
                  if not is_head(n, keep)]
         body = read_body(folder, names)
-        return self.scores(lambda task: with_merged_body(load_classifier(checkpoint_folder(self.pool, task)),
-                                                         body, keep))
+        return self.scores(lambda task: with_merged_body(load_classifier(self.checkpoint(task)), body, keep))
+
+    def checkpoint(self, task: str) -> Path:
+        return checkpoint_folder(self.pool, task, self.seed)
 
     def majority(self) -> dict[str, float]:
         """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""
@@ -121,6 +126,10 @@ class Evaluator:
             features.append((hidden * mask).sum(1) / mask.sum(1))  # mean pooling, [b, d]
             labels.append(batch["labels"])
         return torch.cat(features), torch.cat(labels)
+
+
+def _length(example: Example) -> int:
+    return len(example.text) + len(example.text_pair or "")
 
 
 def _fingerprint(folder: Path) -> str:

@@ -1,6 +1,7 @@
-"""One row of an experiment: a reference (majority, probe, pretrained, finetuned) or a merge method whose
-hyper-parameters are chosen on the validation split, scored on the test split, appended to
-``outs/<experiment>/results.csv`` (``results.md`` rebuilt)."""
+"""Rows of an experiment: a reference (majority, probe, pretrained, finetuned) or a merge method whose
+hyper-parameters are chosen on the validation split, scored on the test split, one row per fine-tuning seed
+of the pool, appended to ``outs/<experiment>/results.csv``; ``results.md`` is rebuilt with the mean and
+spread over seeds."""
 from __future__ import annotations
 
 import itertools
@@ -26,6 +27,7 @@ from .finetune import base_folder, checkpoint_folder, finetune, pool_dir
 from .pool import PoolConfig
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
+SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
 METHOD_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "discriminative" / "methods"
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
@@ -48,17 +50,20 @@ def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any
     return params, grid, exclude
 
 
-def merge_into(pool: PoolConfig, method: str, params: dict[str, Any], exclude: list[str], out: Path,
-               seed: int) -> None:
+def merge_into(pool: PoolConfig, pool_seed: int, method: str, params: dict[str, Any], exclude: list[str],
+               out: Path, seed: int) -> None:
+    """Merge the pool's checkpoints of fine-tuning seed ``pool_seed`` into ``out`` (``seed``: the merge's own,
+    e.g. DARE masks)."""
     cfg = validate_config({"method": method, "base": str(base_folder(pool)),
-                           "models": [{"model": str(checkpoint_folder(pool, t))} for t in pool.tasks],
+                           "models": [{"model": str(checkpoint_folder(pool, t, pool_seed))} for t in pool.tasks],
                            "parameters": params, "exclude": pool.head + exclude, "seed": seed})
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
                progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None]:
-    """Test scores of one method, its final hyper-parameters and the validation normalised score."""
+    """Test scores of one method on the checkpoints ``test`` evaluates (one fine-tuning seed), its final
+    hyper-parameters and the validation normalised score."""
     if method == "majority":
         return test.majority(), {}, None
     if method == "probe":
@@ -73,40 +78,48 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     scratch = pool_dir(pool) / "merges" / method
     best, best_val = params, None
     if grid:
-        validation = Evaluator(pool, "validation")
+        validation = Evaluator(pool, "validation", test.seed)
         reference = validation.finetuned()
         for values in itertools.product(*grid.values()):
             candidate = {**params, **dict(zip(grid, values))}
-            merge_into(pool, method, candidate, exclude, scratch, seed)
+            merge_into(pool, test.seed, method, candidate, exclude, scratch, seed)
             value = normalized_score(validation.with_body(scratch, exclude), reference, pool.tasks)
             if progress:
                 print(f"  {method} {candidate}: validation normalised {value:.2f}")
             if best_val is None or value > best_val:
                 best, best_val = candidate, value
-    merge_into(pool, method, best, exclude, scratch, seed)
+    merge_into(pool, test.seed, method, best, exclude, scratch, seed)
     scores = test.with_body(scratch, exclude)
     shutil.rmtree(scratch, ignore_errors=True)
     return scores, best, best_val
 
 
-def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any], seed: int = 0,
-                   progress: bool = True, outs: Path = Path("outs")) -> dict[str, Any]:
-    started = time.perf_counter()
-    for task in pool.tasks:
-        finetune(pool, task, progress=progress)
-    test = Evaluator(pool, "test")  # tokenised once for the method and the fine-tuned reference
-    scores, params, validation = run_method(pool, test, method, overrides, seed, progress)
-    reference = test.finetuned()
-    row: dict[str, Any] = {
-        "method": method, "normalized": normalized_score(scores, reference, pool.tasks),
-        "average": sum(scores.values()) / len(scores), **scores,
-        "params": json.dumps(params, sort_keys=True), "validation_normalized": "" if validation is None else validation,
-        "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-        "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-    }
-    folder = outs / experiment
-    append_row(folder / "results.csv", row)
-    rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
-                     ["method", "normalized", "average", *pool.tasks, "params"])
-    return row
+def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any],
+                   pool_seeds: list[int] | None = None, seed: int = 0, progress: bool = True,
+                   outs: Path = Path("outs")) -> list[dict[str, Any]]:
+    """One row per fine-tuning seed in ``pool_seeds`` (default: all the pool's seeds); missing checkpoints are
+    fine-tuned first. ``seed`` is the merge's own seed (DARE masks)."""
+    rows = []
+    pool_seeds = pool_seeds or pool.finetune.seeds
+    for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
+        started = time.perf_counter()
+        for task in pool.tasks:
+            finetune(pool, task, pool_seed, progress=progress)
+        test = Evaluator(pool, "test", pool_seed)  # tokenised once for the method and the fine-tuned reference
+        scores, params, validation = run_method(pool, test, method, overrides, seed, progress)
+        row: dict[str, Any] = {
+            "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
+            "average": sum(scores.values()) / len(scores), **scores,
+            "params": json.dumps(params, sort_keys=True),
+            "validation_normalized": "" if validation is None else validation,
+            "pool_seed": pool_seed, "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+            "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        }
+        folder = outs / experiment
+        append_row(folder / "results.csv", row)
+        rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
+                         ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],
+                         summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]))
+        rows.append(row)
+    return rows

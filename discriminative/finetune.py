@@ -41,20 +41,27 @@ def base_folder(pool: PoolConfig) -> Path:
     return folder
 
 
+def is_given(pool: PoolConfig, task: str, seed: int | None) -> bool:
+    """Whether the pool names this task's checkpoint (it stands for the first seed) instead of fine-tuning it."""
+    return task in pool.checkpoints and (seed is None or seed == pool.finetune.seeds[0])
+
+
 def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> Path:
-    """Where task ``task``'s checkpoint is: given in the pool, or fine-tuned into the cache."""
-    if task in pool.checkpoints and seed is None:
+    """Where task ``task``'s checkpoint of fine-tuning seed ``seed`` (default: the pool's first) is: given in
+    the pool, or fine-tuned into the cache."""
+    if is_given(pool, task, seed):
         return resolve_model_ref(pool.checkpoints[task])
-    return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seed if seed is None else seed}"
+    return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seeds[0] if seed is None else seed}"
 
 
 def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: bool = True) -> Path:
-    """Fine-tune the base on ``task``'s train split (skipped when the checkpoint exists)."""
+    """Fine-tune the base on ``task``'s train split with ``seed`` (default: the pool's first); skipped when the
+    checkpoint exists."""
     folder = checkpoint_folder(pool, task, seed)
-    if task in pool.checkpoints and seed is None or (folder / DONE).is_file():
+    if is_given(pool, task, seed) or (folder / DONE).is_file():
         return folder
     cfg, spec = pool.finetune, tasks.spec(pool.data, task)
-    seed = cfg.seed if seed is None else seed
+    seed = cfg.seeds[0] if seed is None else seed
     torch.manual_seed(seed)
     base = base_folder(pool)
     model, tokenizer = load_classifier(base, spec), load_tokenizer(base)

@@ -7,7 +7,11 @@ each task's head ends, and how missing checkpoints are fine-tuned. Unknown keys 
     checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
     head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged
     max_length: 64
-    finetune: {epochs: 2, lr: 5.0e-5, batch_size: 32, seed: 0, warmup: 0.06}
+    finetune: {epochs: 3, lr: 5.0e-5, batch_size: 16, seeds: [0, 1, 2], warmup: 0.06}
+
+``finetune.seeds`` are the pool's fine-tuning seeds: each seed is one full pool (one checkpoint per task), and
+every experiment row is computed on each of them, so tables report a mean and a spread over seeds. A task
+given under ``checkpoints`` uses that checkpoint for the first seed; other seeds fine-tune it.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(2, gt=0)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(32, gt=0)
-    seed: int = 0
+    seeds: list[int] = Field([0], min_length=1)
     warmup: float = Field(0.06, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
 
@@ -65,6 +69,8 @@ def load_pool(path: str | Path) -> PoolConfig:
     stray = sorted(set(pool.checkpoints) - set(pool.tasks))
     if stray:
         raise MergeError(f"{path}: checkpoints given for {stray}, which are not in tasks {pool.tasks}")
+    if len(set(pool.finetune.seeds)) != len(pool.finetune.seeds):
+        raise MergeError(f"{path}: finetune.seeds {pool.finetune.seeds} repeats a seed")
     return pool
 
 

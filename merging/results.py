@@ -6,6 +6,7 @@ import csv
 import fcntl
 import io
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,37 @@ def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
     return head + "".join("| " + " | ".join(r.get(c, "") for c in columns) + " |\n" for r in rows)
 
 
-def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, first: list[str]) -> None:
-    """Write ``md_path`` from the CSV: columns ``first`` (when present) lead, the rest follow."""
+def mean_std(values: list[float]) -> str:
+    """``"m ± s"`` with the sample standard deviation (``"m"`` alone for one value)."""
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[str]) -> list[dict[str, str]]:
+    """One row per value of ``key`` (in order of first appearance): the mean ± standard deviation of each
+    column over the latest row of every value of ``over`` (a rerun replaces its earlier row), and ``n``."""
+    latest: dict[str, dict[str, dict[str, str]]] = {}
+    for row in rows:
+        latest.setdefault(row[key], {})[row.get(over, "")] = row
+    summary = []
+    for name, by_over in latest.items():
+        out = {key: name, "n": str(len(by_over))}
+        for column in columns:
+            values = [float(r[column]) for r in by_over.values() if r.get(column, "") != ""]
+            out[column] = mean_std(values) if values else ""
+        summary.append(out)
+    return summary
+
+
+def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, first: list[str],
+                     summary: tuple[str, str, list[str]] | None = None) -> None:
+    """Write ``md_path`` from the CSV: columns ``first`` (when present) lead, the rest follow. With
+    ``summary = (key, over, columns)`` a table of mean ± std over ``over`` per ``key`` comes first."""
     rows = read_rows(Path(csv_path))
     columns = list(dict.fromkeys([c for c in first if rows and c in rows[0]] + list(rows[0] if rows else [])))
-    _write_atomically(Path(md_path), f"# {title}\n\nRebuilt from `{Path(csv_path).name}`.\n\n"
-                      + markdown_table(rows, columns))
+    text = f"# {title}\n\nRebuilt from `{Path(csv_path).name}`.\n\n"
+    if summary and rows:
+        key, over, stats = summary
+        text += (f"## Mean ± standard deviation over `{over}` (latest row of each)\n\n"
+                 + markdown_table(summary_rows(rows, key, over, stats), [key, "n", *stats]) + "\n## All rows\n\n")
+    _write_atomically(Path(md_path), text + markdown_table(rows, columns))

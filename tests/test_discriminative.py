@@ -50,16 +50,16 @@ def toy_pool(tmp_path, monkeypatch):
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump({"name": "toy", "base": str(base), "tasks": list(SPECS), "data": "toy",
                                     "max_length": 16,
-                                    "finetune": {"epochs": 5, "lr": 3e-3, "batch_size": 16, "seed": 0}}))
+                                    "finetune": {"epochs": 5, "lr": 3e-3, "batch_size": 16, "seeds": [0]}}))
     return load_pool(path), tmp_path
 
 
 def test_finetune_merge_evaluate_end_to_end(toy_pool):
     pool, root = toy_pool
     outs = root / "outs"
-    finetuned = run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=outs)
-    pretrained = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
-    merged = run_experiment(pool, "task_arithmetic", "toy", {}, progress=False, outs=outs)
+    finetuned, = run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=outs)
+    pretrained, = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
+    merged, = run_experiment(pool, "task_arithmetic", "toy", {}, progress=False, outs=outs)
     assert finetuned["normalized"] == pytest.approx(100.0)
     assert all(finetuned[t] > 85 for t in SPECS)                       # the toy tasks are learnable
     assert merged["normalized"] > pretrained["normalized"] + 10        # merging keeps what fine-tuning learnt
@@ -71,7 +71,7 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
 
 def test_fixed_hyper_parameters_skip_the_search(toy_pool):
     pool, root = toy_pool
-    row = run_experiment(pool, "ties", "toy", {"density": 0.5, "scaling": 0.8}, progress=False, outs=root / "outs")
+    row, = run_experiment(pool, "ties", "toy", {"density": 0.5, "scaling": 0.8}, progress=False, outs=root / "outs")
     assert row["params"] == '{"density": 0.5, "elect": "mass", "lambda": 0.8, "scope": "tensor"}'
     assert row["validation_normalized"] == ""
 
@@ -108,3 +108,22 @@ def test_checkpoint_of_another_architecture_is_an_error(toy_pool, tmp_path):
     pool = pool.model_copy(update={"checkpoints": {"has_good": str(other)}})
     with pytest.raises(MergeError, match="different architectures: model_type is 'bert'.*'roberta'"):
         run_experiment(pool, "average", "toy", {}, progress=False, outs=root / "outs")
+
+
+def test_every_fine_tuning_seed_is_a_pool_and_the_table_gives_the_spread(toy_pool):
+    pool, root = toy_pool
+    pool = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 1]})})
+    outs = root / "outs"
+    rows = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
+    assert [r["pool_seed"] for r in rows] == [0, 1]
+    assert rows[0]["has_good"] != rows[1]["has_good"]       # each seed's own heads, so different scores
+    assert len(run_experiment(pool, "majority", "toy", {}, progress=False, outs=outs)) == 1  # no checkpoint used
+    folders = sorted(p.name for p in (root / "cache" / "discriminative" / "pools" / "toy" / "finetuned").iterdir())
+    assert folders == ["has_good-seed0", "has_good-seed1", "has_sport-seed0", "has_sport-seed1"]
+    mean = sum(float(r["normalized"]) for r in read_rows(outs / "toy" / "results.csv")[:2]) / 2  # as stored
+    assert f"| pretrained | 2 | {mean:.2f} ± " in (outs / "toy" / "results.md").read_text()
+
+
+def test_pool_repeated_seed_is_an_error(tmp_path):
+    with pytest.raises(MergeError, match=r"finetune.seeds \[0, 0\] repeats a seed"):
+        load_pool(write_pool(tmp_path, finetune={"seeds": [0, 0]}))

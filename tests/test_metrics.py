@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from merging import metrics
-from merging.results import append_row, read_rows, rebuild_markdown
+from merging.results import append_row, read_rows, rebuild_markdown, summary_rows
 
 P = torch.tensor([1, 0, 1, 1, 0, 1])
 L = torch.tensor([1, 0, 0, 1, 1, 1])  # TP 3, TN 1, FP 1, FN 1
@@ -56,3 +56,17 @@ def test_results_rows_gain_columns_and_tables_are_rebuilt(tmp_path):
     rebuild_markdown(path, tmp_path / "results.md", "Demo", ["method", "avg"])
     text = (tmp_path / "results.md").read_text()
     assert "| method | avg | density |" in text and "| ties | 83.00 | 0.20 |" in text
+
+
+def test_summary_is_mean_and_sample_std_over_the_latest_row_of_each_seed(tmp_path):
+    path = tmp_path / "results.csv"
+    for method, seed, score in [("ta", 0, 70.0), ("ta", 1, 80.0), ("ta", 1, 84.0), ("ta", 2, 86.0),
+                                ("ties", 0, 90.0)]:
+        append_row(path, {"method": method, "pool_seed": seed, "normalized": score})
+    summary = summary_rows(read_rows(path), "method", "pool_seed", ["normalized"])
+    # ta: seeds 0, 1 (rerun: 84 replaces 80), 2 -> 70, 84, 86: mean 80, sample std sqrt(76) = 8.72
+    assert summary == [{"method": "ta", "n": "3", "normalized": "80.00 ± 8.72"},
+                       {"method": "ties", "n": "1", "normalized": "90.00"}]
+    rebuild_markdown(path, tmp_path / "results.md", "Demo", ["method"], summary=("method", "pool_seed", ["normalized"]))
+    text = (tmp_path / "results.md").read_text()
+    assert text.index("| ta | 3 | 80.00 ± 8.72 |") < text.index("## All rows")
