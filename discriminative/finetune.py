@@ -13,11 +13,11 @@ from transformers import get_linear_schedule_with_warmup
 
 from merging.atomic import atomic_directory
 from merging.checkpoint import resolve_model_ref
+from merging.pypi import cache_dir
 
 from . import tasks
-from .data import cache_dir
 from .models import encode, load_classifier, load_tokenizer
-from .pool import PoolConfig, resolve_base
+from .pool import PoolConfig
 
 DONE = "finetune.json"  # written last: a folder without it is incomplete and is rebuilt
 
@@ -31,7 +31,7 @@ def base_folder(pool: PoolConfig) -> Path:
     placeholder that is never merged or evaluated), so task checkpoints and the merge base share names."""
     folder = pool_dir(pool) / "base"
     if not (folder / DONE).is_file():
-        source = resolve_model_ref(resolve_base(pool.base))
+        source = resolve_model_ref(pool.base)
         torch.manual_seed(0)
         model = load_classifier(source, tasks.spec(pool.data, pool.tasks[0]))
         with atomic_directory(folder, overwrite=True) as tmp:

