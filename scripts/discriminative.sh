@@ -3,19 +3,23 @@
 #   run_all                                   # every reference and data-free method, one table
 #   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
 #   POOL=configs/discriminative/other.yaml run_task_arith
-# Each run appends a row to outs/<experiment>/results.csv and rebuilds outs/<experiment>/results.md
-# (experiment defaults to the pool's name; set EXPERIMENT=... to change). The first call prepares the data
-# and fine-tunes the missing checkpoints (cached under ${MERGING_CACHE:-~/.cache/merging}).
+#   POOL_SEEDS=0 run_all                      # one fine-tuning seed instead of the pool's finetune.seeds
+# Each run appends one row per fine-tuning seed to outs/<experiment>/results.csv and rebuilds
+# outs/<experiment>/results.md (mean ± std over seeds, then every row); experiment defaults to the pool's
+# name (set EXPERIMENT=... to change). The first call prepares the data and fine-tunes the missing
+# checkpoints (cached under ${MERGING_CACHE:-~/.cache/merging}).
 _disc() {
   local command=$1; shift
   python3 -m discriminative "$command" --pool "${POOL:-configs/discriminative/minilm_8tasks.yaml}" "$@"
 }
 _disc_run() {
   local method=$1; shift
-  _disc run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} "$@"
+  # shellcheck disable=SC2086  # POOL_SEEDS is a list of seeds
+  _disc run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@"
 }
 run_prepare()     { _disc prepare "$@"; }
-run_finetune()    { _disc finetune "$@"; }
+# shellcheck disable=SC2086
+run_finetune()    { _disc finetune ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
 run_majority()    { _disc_run majority "$@"; }
 run_probe()       { _disc_run probe "$@"; }
 run_pretrained()  { _disc_run pretrained "$@"; }

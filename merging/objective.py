@@ -1,0 +1,47 @@
+"""What a domain supplies to the data-driven merge methods (FW-Merging, AdaMerging, RegMean, Fisher, greedy
+soup): its tasks, each task's model (a template whose parameters the merge replaces), batches, and the loss.
+The methods never see a dataset, a tokenizer or a head: a new domain implements this protocol, never a copy
+of a method.
+
+Parameters are passed by name as a mapping ``{name: tensor}`` of the *mergeable* parameters (the body; each
+task keeps its own head inside ``model(task)``); ``logits`` runs the task's model with those tensors in place
+of its own (``torch.func.functional_call``), so gradients flow to them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import torch
+
+Batch = Mapping[str, Any]
+
+
+class Objective(Protocol):
+    tasks: list[str]
+
+    def model(self, task: str) -> torch.nn.Module:
+        """The task's model (body + its own head), in eval mode; the same object on every call, so forward
+        hooks registered on its modules see every ``logits`` call of that task."""
+        ...
+
+    def batches(self, task: str, split: str) -> Iterable[Batch]:
+        """Batches of ``split``: ``"proxy"`` (labelled, the few examples data-driven methods may use) or
+        ``"unlabelled"`` (test inputs without labels, for AdaMerging's entropy)."""
+        ...
+
+    def logits(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The task model's outputs on ``batch`` with ``params`` in place of its mergeable parameters."""
+        ...
+
+    def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean loss of ``logits`` on the labelled ``batch`` (cross-entropy; MSE for regression)."""
+        ...
+
+
+def functional_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], inputs: Mapping[str, Any]
+                      ) -> torch.Tensor:
+    """``model(**inputs)`` with ``params`` replacing the parameters of the same names (others stay the
+    model's own); outputs with a ``logits`` attribute (transformers) are unwrapped."""
+    out = torch.func.functional_call(model, dict(params), args=(), kwargs=dict(inputs), strict=False)
+    return out.logits if hasattr(out, "logits") else out
