@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import resource
 import shutil
 import time
@@ -75,7 +76,7 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     if method not in known_methods():
         raise MergeError(f"unknown method '{method}'; known: {', '.join([*REFERENCES, *known_methods()])}")
     params, grid, exclude = method_config(method, overrides)
-    scratch = pool_dir(pool) / "merges" / method
+    scratch = pool_dir(pool) / "merges" / f"{method}-seed{test.seed}-{os.getpid()}"  # concurrent runs never share
     best, best_val = params, None
     if grid:
         validation = Evaluator(pool, "validation", test.seed)

@@ -37,8 +37,10 @@ def glue_spec(task: str) -> TaskSpec:
 
 
 def _load(task: str, split: str) -> Any:
-    import datasets
-
+    try:
+        import datasets
+    except ImportError:
+        raise MergeError(f"GLUE task '{task}' needs the `datasets` package: pip install datasets") from None
     try:
         return datasets.load_dataset(HUB_DATASET, task, split=split)
     except Exception as err:  # offline, missing cache, auth: one clear message

@@ -88,6 +88,13 @@ def test_pool_unknown_key_is_an_error(tmp_path):
         load_pool(write_pool(tmp_path, lr=0.1))
 
 
+def test_pool_without_tasks_is_an_error(tmp_path):
+    path = write_pool(tmp_path)
+    path.write_text(path.read_text().replace("tasks:\n- cola\n", ""))
+    with pytest.raises(MergeError, match="pool.yaml: key 'tasks': Field required"):
+        load_pool(path)
+
+
 def test_pool_unknown_task_lists_the_known_ones(tmp_path):
     with pytest.raises(MergeError, match="unknown GLUE task 'colaa'.*cola, sst2"):
         load_pool(write_pool(tmp_path, tasks=["colaa"]))
