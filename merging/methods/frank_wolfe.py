@@ -1,0 +1,339 @@
+"""FW-Merging, the "hard" Frank-Wolfe variant (Chen et al., "FW-Merging: Scaling Model Merging with
+Frank-Wolfe Optimization", ICCV 2025, arXiv 2503.12649; hard FW with a layer- or task-wise LMO), over any
+``Objective`` (merging/objective.py) and a pool of candidate checkpoints streamed tensor by tensor.
+
+Problem. θ = the mergeable tensors (one tensor = one "layer" l), T = ``objective.tasks``:
+
+    min_θ f(θ) = Σ_{t∈T} (1/N_t) Σ_{x ∈ proxy_t} ℓ_t(θ; x)     s.t.  θ ∈ conv(V)
+
+V = the candidates' full weights θ_i (``vertices: full``, as the official code), the initial merge θ_0 when
+``init_as_vertex`` (the official code appends it as "initial"), and with ``zero_vertex`` the zero vertex:
+the all-zero tensor for ``full``, the base θ_base (the zero task vector, "do nothing") for ``task_vector``.
+With ``vertices: task_vector`` the same checkpoints are scored through τ_i = θ_i − θ_base (the official
+LoRA code, where checkpoints *are* task vectors), so conv(V) = θ_base + conv{0, τ_i, τ_0}.
+
+Iteration k = 0 … K−1 (``iterations`` = K):
+
+    g = ∇f(θ_k)                                               backprop through ``objective.logits``
+    score_il = ⟨g_l, u_il⟩ / (‖g_l‖·‖u_il‖)   (``oracle: cosine``, official; 0 when a norm is 0)
+             = ⟨g_l, u_il⟩                    (``oracle: linear``, the textbook LMO)
+               u_il = θ_il (full) or θ_il − θ_base,l (task_vector)
+    LMO  i*_l = argmin_i score_il  per layer (``granularity: layer``)
+         i*   = argmin_i Σ_l score_il for the whole model (``model``; the official sums layer cosines)
+         the zero vertex (score 0) is taken instead unless min score < 0 (official rule); a layer whose
+         gradient is exactly 0 is kept as it is ("keep")
+    γ_k = λ · 2/(k+2) · η                                     (``lambda``, ``eta``; official λ=0.29, η=0.1)
+          or argmin_{γ ∈ [0, γ_max]} f(θ_k + γ D_k) by a grid or golden section (``line_search``; γ = 0 is
+          a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0)
+    θ_{k+1} = MF(θ_k, [s_k]; scale γ_k) = θ_k + γ_k D_k,    D_k = MF(θ_k, [s_k]; scale 1) − θ_k
+
+MF is a registered per-tensor method with base θ_k and the single model s_k (``merge``): task_arithmetic
+gives D = s − θ, the Frank-Wolfe step θ + γ(s − θ); ties gives D = trim_d(s − θ); dare_ties D = m⊙(s − θ)/(1−p)
+(masks seeded by seed + k); from with one model D = s − θ. Every one is linear in its scale, hence D.
+Recorded per iteration: f(θ_k), the gap ⟨g, θ_k − s_k⟩ = Σ_l ⟨g_l, θ_l − s_l⟩, the Frank-Wolfe duality gap
+max_{v∈V} ⟨g, θ_k − v⟩ (≥ 0 whenever θ_k ∈ conv(V); bounds f(θ_k) − min f for convex f), the slope ⟨g, D_k⟩
+(= −gap for task_arithmetic), γ_k, the choice per layer (a candidate's name, "initial", "zero" or "keep").
+
+Init θ_0 (``init``): ``ta`` θ_base + λ Σ_i τ_i (the official TA config), ``merge`` MF of all candidates with
+scale λ (the official code's init for any second merge, e.g. TIES), ``base``, or ``given`` (``init_tensors``).
+
+Memory does not grow with the pool: resident are θ_k, ∇f, D_k (built while ∇f is alive, for the slope),
+θ_0 when it is a vertex, θ_k + γD_k during a line search, one base tensor and ONE candidate tensor; the
+oracle streams u_il layer by layer and keeps only [vertices, layers] tables of inner products and norms;
+the step re-reads each chosen tensor. Only ``init: merge`` holds the n candidates of one layer at once.
+
+Deviations from the official code (hmarkc/FW-Merging, discriminative/merge.py ``frank_wolfe_merge``,
+generative/merge.py): f is the per-task mean summed over tasks (official: sum of per-example losses, same
+direction when tasks have equal proxy sizes; the cosine LMO is scale-free); MF runs per tensor (official
+TIES trims over the flattened model; ``scope: model`` is refused); zero-gradient layers are kept; the zero
+vertex is optional and also offered for ``granularity: model``; DARE masks change with k; ``oracle: linear``
+and line search are additions (the cosine rule is not a true LMO and can stall short of the minimiser).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, model_validator
+
+from ..candidates import InMemorySource, TensorSource, as_source
+from ..errors import MergeError
+from ..objective import Objective
+from ..registry import get_method
+from .base import Method, Params, merge_in_memory
+
+SCALE_KEYS = {"task_arithmetic": ("scale", "lambda"), "ties": ("scale", "lambda"),
+              "dare_ties": ("scale", "lambda"), "from": ("alpha",)}
+RESERVED = ("initial", "zero", "keep")
+Tensors = dict[str, torch.Tensor]
+
+
+class FrankWolfeParams(Params):
+    iterations: int = Field(10, ge=1)
+    scale: float = Field(0.29, alias="lambda", gt=0)
+    step_size: float = Field(0.1, alias="eta", gt=0)
+    granularity: Literal["layer", "model"] = "layer"
+    vertices: Literal["full", "task_vector"] = "full"
+    oracle: Literal["cosine", "linear"] = "cosine"
+    zero_vertex: bool = True
+    init: Literal["ta", "merge", "base", "given"] = "ta"
+    init_as_vertex: bool = True
+    merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
+    merge_params: dict[str, Any] = Field(default_factory=dict)
+    line_search: Literal["none", "grid", "golden"] = "none"
+    line_search_points: int = Field(8, ge=2)
+    gamma_max: float = Field(1.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_merge(self) -> FrankWolfeParams:
+        merge_method(self, 1.0)
+        return self
+
+
+def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method:
+    """The registered method ``p.merge`` with ``p.merge_params``, its scale set to ``scale``, for ``n_models``."""
+    cls = get_method(p.merge)
+    keys = SCALE_KEYS[p.merge]
+    fixed = sorted(set(keys) & set(p.merge_params))
+    if fixed:
+        raise ValueError(f"merge_params must not set {fixed}: Frank-Wolfe sets the scale of '{p.merge}' "
+                         "(γ_k in a step, λ in the init)")
+    try:
+        method_params = cls.Params(**{**p.merge_params, keys[0]: scale})
+    except ValidationError as err:
+        raise ValueError(f"merge_params for '{p.merge}': {err}") from None
+    if getattr(method_params, "scope", "tensor") != "tensor":
+        raise ValueError("merge_params scope: model is not supported: the Frank-Wolfe step merges per tensor")
+    return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
+
+
+@dataclass
+class FrankWolfeResult:
+    theta: Tensors            # the final merge θ_K, float32, by name
+    history: list[dict[str, Any]]  # per iteration k: objective, gap, gap_max, gamma, choices, counts …
+    final_objective: float    # f(θ_K)
+    params: FrankWolfeParams
+
+
+def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, grad: bool
+                    ) -> tuple[float, Tensors | None]:
+    """f(θ) = Σ_t (1/N_t) Σ_b n_b · loss_t(b) over the "proxy" batches (n_b = rows of the batch's logits,
+    N_t = Σ_b n_b) and, with ``grad``, ∇f(θ) by name (zeros where θ does not reach the loss)."""
+    if not objective.tasks:
+        raise MergeError("the objective has no target tasks")
+    leaves = {n: t.detach().requires_grad_(grad) for n, t in theta.items()}
+    total = {n: torch.zeros_like(t) for n, t in leaves.items()} if grad else None
+    value = 0.0
+    with torch.set_grad_enabled(grad):
+        for task in objective.tasks:
+            task_sum, count, task_grad = 0.0, 0, {n: torch.zeros_like(t) for n, t in leaves.items()} if grad else {}
+            for batch in objective.batches(task, "proxy"):
+                logits = objective.logits(task, leaves, batch)  # [b, ...]
+                rows = logits.shape[0] if logits.dim() else 1
+                loss = objective.loss(task, logits, batch)  # [] mean over the batch
+                if grad:
+                    parts = torch.autograd.grad(loss * rows, list(leaves.values()), allow_unused=True)
+                    for (n, part) in zip(leaves, parts):
+                        if part is not None:
+                            task_grad[n] += part
+                task_sum, count = task_sum + float(loss.detach()) * rows, count + rows
+            if count == 0:
+                raise MergeError(f"task '{task}': the proxy split yielded no batches")
+            value += task_sum / count
+            for n, part in task_grad.items():
+                total[n] += part / count
+    if not math.isfinite(value):
+        raise MergeError(f"the proxy objective is {value}; check the candidates and the proxy data")
+    return value, total
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+
+
+def _oracle(p: FrankWolfeParams, names: list[str], theta: Tensors, grad: Tensors, base: TensorSource,
+            vertices: dict[str, TensorSource]) -> tuple[dict[str, str], float, float]:
+    """The LMO: the vertex chosen per layer, the gap ⟨g, θ − s⟩ and the duality gap max_v ⟨g, θ − v⟩.
+    Streams one vertex tensor at a time; keeps [J, L] tables (J vertices, L layers)."""
+    labels, tv = list(vertices), p.vertices == "task_vector"
+    ip = torch.zeros(len(labels), len(names), dtype=torch.float64)  # [J, L] ⟨g_l, u_jl⟩
+    norm = torch.zeros_like(ip)  # [J, L] ‖u_jl‖
+    g_norm, g_theta, g_base = (torch.zeros(len(names), dtype=torch.float64) for _ in range(3))  # [L] each
+    for l, name in enumerate(names):
+        g = grad[name]  # [*shape]
+        g_norm[l], g_theta[l] = float(g.double().norm()), _dot(g, theta[name])
+        b = base.read(name).to(torch.float32) if tv else None  # [*shape]
+        g_base[l] = _dot(g, b) if tv else 0.0
+        for j, label in enumerate(labels):
+            u = vertices[label].read(name).to(torch.float32)  # [*shape]
+            if b is not None:
+                u = u - b  # [*shape] task vector
+            ip[j, l], norm[j, l] = _dot(g, u), float(u.double().norm())
+            del u
+        del b
+    denom = g_norm.unsqueeze(0) * norm  # [J, L]
+    score = ip if p.oracle == "linear" else torch.where(denom > 0, ip / denom.clamp(min=1e-300), 0.0)
+    full_ip = ip + g_base.unsqueeze(0)  # [J, L] ⟨g_l, v_jl⟩ in weight space
+    zero_ip = g_base  # [L] ⟨g_l, zero vertex⟩: 0 (full) or ⟨g_l, θ_base⟩ (task_vector)
+    choice, s_ip = {}, torch.zeros(len(names), dtype=torch.float64)  # [L] ⟨g_l, s_l⟩
+    if p.granularity == "layer":
+        for l, name in enumerate(names):
+            j = int(score[:, l].argmin())
+            if g_norm[l] == 0:
+                choice[name], s_ip[l] = "keep", g_theta[l]
+            elif p.zero_vertex and score[j, l] >= 0:
+                choice[name], s_ip[l] = "zero", zero_ip[l]
+            else:
+                choice[name], s_ip[l] = labels[j], full_ip[j, l]
+        best = full_ip.min(0).values  # [L]
+        best = torch.minimum(best, zero_ip) if p.zero_vertex else best
+        gap_max = float((g_theta - best).sum())
+    else:
+        j = int(score.sum(1).argmin())
+        pick = "zero" if p.zero_vertex and score[j].sum() >= 0 else labels[j]
+        choice = dict.fromkeys(names, pick)
+        s_ip = zero_ip if pick == "zero" else full_ip[j]
+        best = float(full_ip.sum(1).min())
+        best = min(best, float(zero_ip.sum())) if p.zero_vertex else best
+        gap_max = float(g_theta.sum()) - best
+    return choice, float((g_theta - s_ip).sum()), gap_max
+
+
+def _directions(p: FrankWolfeParams, names: list[str], theta: Tensors, choice: dict[str, str],
+                base: TensorSource, vertices: dict[str, TensorSource], grad: Tensors, k: int
+                ) -> tuple[Tensors, float]:
+    """D_l = MF(θ_l, [s_l]; scale 1) − θ_l, reading each chosen tensor once, and the slope ⟨g, D⟩ = φ'(0)."""
+    method, directions, slope = merge_method(p, 1.0), {}, 0.0
+    for name in names:
+        pick, t = choice[name], theta[name]  # t: [*shape]
+        if pick == "keep":
+            directions[name] = torch.zeros_like(t)
+            continue
+        if pick == "zero":
+            s = base.read(name).to(torch.float32) if p.vertices == "task_vector" else torch.zeros_like(t)
+        else:
+            s = vertices[pick].read(name).to(torch.float32)  # [*shape]
+        directions[name] = merge_in_memory(method, t, [s], name=name, seed=p.seed + k) - t  # [*shape]
+        slope += _dot(grad[name], directions[name])
+        del s
+    return directions, slope
+
+
+def _line_search(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, f0: float,
+                 slope: float) -> float:
+    """argmin of φ(γ) = f(θ + γD) over γ = 0 and the points evaluated in (0, γ_max]: a uniform grid
+    γ_max·j/m (``grid``) or golden section plus γ_max (``golden``), m = ``line_search_points``. When no
+    point beats φ(0) but D descends (φ'(0) < 0), γ is halved from the smallest point tried, up to 30 times,
+    so a coarse grid never stalls the iteration at γ = 0."""
+    def phi(gamma: float) -> float:
+        return proxy_objective(objective, {n: t + gamma * d[n] for n, t in theta.items()}, grad=False)[0]
+
+    seen, m = {0.0: f0}, p.line_search_points
+    if p.line_search == "grid":
+        for j in range(1, m + 1):
+            seen[p.gamma_max * j / m] = phi(p.gamma_max * j / m)
+    else:  # golden section on [0, γ_max]
+        ratio = (math.sqrt(5) - 1) / 2
+        seen[p.gamma_max] = phi(p.gamma_max)
+        lo, hi = 0.0, p.gamma_max
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        seen[a], seen[b] = phi(a), phi(b)
+        for _ in range(m - 3):
+            if seen[a] <= seen[b]:
+                hi, b = b, a
+                a = hi - ratio * (hi - lo)
+                seen[a] = phi(a)
+            else:
+                lo, a = a, b
+                b = lo + ratio * (hi - lo)
+                seen[b] = phi(b)
+    gamma = min(g for g in seen if g > 0)  # the smallest point tried
+    for _ in range(30 if slope < 0 and min(seen.values()) >= f0 else 0):
+        gamma /= 2
+        seen[gamma] = phi(gamma)
+        if seen[gamma] < f0:
+            break
+    return min(seen, key=lambda g: (seen[g], g))
+
+
+def _check_pool(names: list[str], base: TensorSource, pool: dict[str, TensorSource]) -> None:
+    if not pool:
+        raise MergeError("Frank-Wolfe merging needs at least one candidate")
+    for label, src in pool.items():
+        if label in RESERVED:
+            raise MergeError(f"candidate name '{label}' is reserved ({', '.join(RESERVED)}); rename it")
+        held = set(src.names)
+        for name in names:
+            if name not in held:
+                raise MergeError(f"candidate '{label}' has no tensor '{name}' (the base has it)")
+            if tuple(src.shape(name)) != tuple(base.shape(name)):
+                raise MergeError(f"candidate '{label}': tensor '{name}' has shape {list(src.shape(name))}, "
+                                 f"the base has {list(base.shape(name))}")
+
+
+def _initial(p: FrankWolfeParams, names: list[str], base: TensorSource, pool: dict[str, TensorSource],
+             init_tensors: TensorSource | Mapping[str, torch.Tensor] | None) -> Tensors:
+    if (init_tensors is None) == (p.init == "given"):
+        raise MergeError("init_tensors is required by init: given, and only by it")
+    if p.init == "given":
+        given = as_source(init_tensors, "init_tensors")
+        _check_pool(names, base, {"init_tensors": given})
+        return {n: given.read(n).to(torch.float32) for n in names}
+    theta = {}
+    for name in names:
+        b = base.read(name).to(torch.float32)  # [*shape]
+        if p.init == "base":
+            theta[name] = b
+        elif p.init == "ta":  # θ_base + λ Σ_i (θ_i − θ_base), one candidate tensor at a time
+            total = torch.zeros_like(b)  # [*shape] Σ_i θ_i
+            for src in pool.values():
+                total.add_(src.read(name).to(torch.float32))
+            theta[name] = b + p.scale * (total - len(pool) * b)
+        else:
+            models = [src.read(name).to(torch.float32) for src in pool.values()]  # n × [*shape]
+            method = merge_method(p, p.scale, len(models))
+            theta[name] = merge_in_memory(method, b, models, name=name, seed=p.seed)  # [*shape]
+            del models
+    return theta
+
+
+def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],
+                      candidates: Mapping[str, TensorSource | Mapping[str, torch.Tensor]],
+                      params: FrankWolfeParams | Mapping[str, Any] | None = None, *,
+                      init_tensors: TensorSource | Mapping[str, torch.Tensor] | None = None,
+                      progress: bool = False) -> FrankWolfeResult:
+    """Merge ``candidates`` (name -> source) by hard Frank-Wolfe on ``objective``; the mergeable tensors
+    are the base's ``names``. See the module docstring for the algorithm."""
+    p = params if isinstance(params, FrankWolfeParams) else FrankWolfeParams(**dict(params or {}))
+    base_src = as_source(base, "base")
+    names = list(base_src.names)
+    pool = {label: as_source(src, f"candidate '{label}'") for label, src in candidates.items()}
+    _check_pool(names, base_src, pool)
+    theta = _initial(p, names, base_src, pool, init_tensors)
+    vertices = {**pool, "initial": InMemorySource(dict(theta), "initial")} if p.init_as_vertex else pool
+    history: list[dict[str, Any]] = []
+    for k in range(p.iterations):
+        value, grad = proxy_objective(objective, theta, grad=True)
+        grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grad.values()))
+        choice, gap, gap_max = _oracle(p, names, theta, grad, base_src, vertices)
+        d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
+        del grad
+        scheduled = p.scale * 2.0 / (k + 2) * p.step_size
+        gamma = scheduled if p.line_search == "none" else _line_search(objective, theta, d, p, value, slope)
+        theta = {n: t + gamma * d[n] for n, t in theta.items()}  # θ_{k+1} = θ_k + γ_k D_k
+        del d
+        counts = dict(Counter(choice.values()))
+        history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
+                        "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
+                        "counts": counts})
+        if progress:
+            print(f"FW {k + 1}/{p.iterations}: f={value:.6g} gap={gap:.4g} γ={gamma:.4g} {counts}",
+                  file=sys.stderr, flush=True)
+    final = proxy_objective(objective, theta, grad=False)[0]
+    return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p)

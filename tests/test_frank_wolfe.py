@@ -1,0 +1,349 @@
+"""FW-Merging (merging/methods/frank_wolfe.py) as a specification: the iterate, the oracle, the step schedule,
+the zero vertex, the merge functions, the gaps, convergence on a convex toy, and memory that does not grow
+with the candidate pool."""
+from __future__ import annotations
+
+import math
+import weakref
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save_file
+from toy_objective import ToyObjective
+
+from merging.candidates import CheckpointSource
+from merging.errors import MergeError
+from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+
+NAMES = ["body.weight", "body.bias"]
+
+
+class StrongToy(ToyObjective):
+    """The toy with the identity as every head and only ``targets`` as tasks: f_t(θ) = mean ‖(W − W_t)x + b − b_t‖²
+    / d is strongly convex in the body, so ``optimum[t]`` is its unique minimiser."""
+
+    def __init__(self, targets: list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        for t in self.tasks:
+            model = self._models[t]
+            model.head = torch.nn.Identity()
+            x, _ = self._data[t]
+            with torch.no_grad():
+                self._data[t] = (x, model(x))  # [n, d]
+        self.tasks = list(targets)
+
+
+class LinearObjective:
+    """f(θ) = Σ_n ⟨c_n, θ_n⟩: the gradient is c wherever θ is."""
+
+    def __init__(self, c: dict[str, torch.Tensor]) -> None:
+        self.c, self.tasks = c, ["linear"]
+
+    def model(self, task: str) -> torch.nn.Module:
+        return torch.nn.Module()
+
+    def batches(self, task: str, split: str):
+        yield {}
+
+    def logits(self, task, params, batch) -> torch.Tensor:
+        return sum((self.c[n] * params[n]).sum() for n in self.c).reshape(1)  # [1]
+
+    def loss(self, task, logits, batch) -> torch.Tensor:
+        return logits.sum()
+
+
+class TrackingSource:
+    """A lazy candidate: each ``read`` returns a fresh copy, tracked by weak reference in the pool's ``alive``."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], alive: weakref.WeakSet, stats: dict[str, int]) -> None:
+        self.tensors, self.alive, self.stats = tensors, alive, stats
+        self.names = list(tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        tensor = self.tensors[name].clone()
+        self.alive.add(tensor)
+        self.stats["reads"] += 1
+        self.stats["peak"] = max(self.stats["peak"], len(self.alive))
+        return tensor
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() * b.double()).sum())
+
+
+def hand_objective_and_grad(obj: ToyObjective, theta: dict[str, torch.Tensor]) -> tuple[float, dict]:
+    """Σ_t mean loss over all of task t's examples, and its gradient, without the library."""
+    params = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
+    total = 0
+    for t in obj.tasks:
+        x, y = obj._data[t]
+        out = torch.func.functional_call(obj.model(t), params, (x,))  # [n, 1]
+        total = total + torch.nn.functional.mse_loss(out.squeeze(-1), y)
+    total.backward()
+    return float(total.detach()), {n: p.grad for n, p in params.items()}
+
+
+def test_defaults_follow_the_official_script_schedule_init_and_update():
+    obj = ToyObjective()
+    base, opt = obj.base, obj.optimum
+    result = frank_wolfe_merge(obj, base, opt)
+    p = result.params
+    assert (p.scale, p.step_size, p.iterations, p.granularity, p.vertices, p.oracle) == (
+        0.29, 0.1, 10, "layer", "full", "cosine")
+    assert [h["gamma"] for h in result.history] == pytest.approx([0.29 * 2 / (k + 2) * 0.1 for k in range(10)])
+    # replay by hand: θ_0 = base + 0.29 Σ τ_i, then θ ← θ + γ_k (s − θ) with the recorded choices
+    theta = {n: base[n] + 0.29 * sum(opt[t][n] - base[n] for t in obj.tasks) for n in NAMES}
+    vertex = {**opt, "initial": dict(theta), "zero": {n: torch.zeros_like(base[n]) for n in NAMES}}
+    for h in result.history:
+        theta = {n: theta[n] + h["gamma"] * (vertex[h["choices"][n]][n] - theta[n]) for n in NAMES}
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], theta[n], rtol=1e-5, atol=1e-5)
+    assert "zero" in {c for h in result.history for c in h["choices"].values()}  # the replay covered it
+    assert result.final_objective < result.history[0]["objective"]
+
+
+def test_first_iteration_matches_a_hand_computed_cosine_oracle_and_gap():
+    obj = ToyObjective(seed=3)
+    result = frank_wolfe_merge(obj, obj.base, obj.optimum, {"iterations": 1})
+    theta0 = {n: obj.base[n] + 0.29 * sum(obj.optimum[t][n] - obj.base[n] for t in obj.tasks) for n in NAMES}
+    value, grad = hand_objective_and_grad(obj, theta0)
+    vertices = {**obj.optimum, "initial": theta0}
+    expected, gap = {}, 0.0
+    for n in NAMES:
+        cos = {label: dot(grad[n], v[n]) / (grad[n].norm() * v[n].norm()) for label, v in vertices.items()}
+        best = min(cos, key=cos.get)
+        expected[n] = best if cos[best] < 0 else "zero"
+        s = vertices[best][n] if cos[best] < 0 else torch.zeros_like(theta0[n])
+        gap += dot(grad[n], theta0[n] - s)
+    h = result.history[0]
+    assert h["choices"] == expected
+    assert h["objective"] == pytest.approx(value, rel=1e-5)
+    assert h["gap"] == pytest.approx(gap, rel=1e-4)
+
+
+def overshoot_pool(obj: StrongToy, target: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Every task's checkpoint plus "far" = θ_target + 2(θ_target − θ_base): from the base, the LMO first
+    overshoots to "far", so reaching the target vertex takes the iterations that are under test."""
+    far = {n: 3 * obj.optimum[target][n] - 2 * obj.base[n] for n in NAMES}
+    return {**obj.optimum, "far": far}
+
+
+def distance_ratio(obj: StrongToy, theta: dict[str, torch.Tensor], target: str) -> float:
+    """‖θ − θ_target‖ / ‖θ_t0 − θ_target‖."""
+    norm = lambda d: math.sqrt(sum(dot(d[n], d[n]) for n in NAMES))  # noqa: E731
+    opt = obj.optimum
+    return norm({n: theta[n] - opt[target][n] for n in NAMES}) / norm({n: opt["t0"][n] - opt[target][n]
+                                                                        for n in NAMES})
+
+
+def test_textbook_schedule_converges_to_the_target_vertex_and_closes_the_gap():
+    obj = StrongToy(["t1"])
+    params = {"lambda": 1.0, "eta": 1.0, "oracle": "linear", "zero_vertex": False, "init": "base",
+              "init_as_vertex": False, "iterations": 120}
+    result = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t1"), params)
+    history = result.history
+    assert [h["gamma"] for h in history[:3]] == pytest.approx([1, 2 / 3, 1 / 2])  # γ_k = 2/(k+2)
+    assert set(history[0]["choices"].values()) == {"far"} and set(history[-1]["choices"].values()) == {"t1"}
+    assert distance_ratio(obj, result.theta, "t1") < 0.01
+    assert result.final_objective < 1e-3 * history[1]["objective"]
+    gaps = [h["gap_max"] for h in history[1:]]  # from k = 1 on, θ_k ∈ conv(V)
+    assert min(gaps) >= -1e-6 and gaps[-1] < 1e-3 * gaps[0]
+    assert all(h["gap"] == pytest.approx(h["gap_max"]) for h in history)  # the linear LMO attains the max
+    assert all(h["slope"] == pytest.approx(-h["gap"], rel=1e-4, abs=1e-6) for h in history)  # D = s − θ
+
+
+@pytest.mark.parametrize("search", ["grid", "golden"])
+@pytest.mark.parametrize("oracle", ["linear", "cosine"])
+def test_line_search_decreases_the_objective_monotonically(search, oracle):
+    obj = StrongToy(["t2"])
+    params = {"line_search": search, "oracle": oracle, "iterations": 40, "line_search_points": 12}
+    result = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t2"), params)
+    history = result.history
+    values = [h["objective"] for h in history] + [result.final_objective]
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))
+    assert all(0 <= h["gamma"] <= 1 for h in history)
+    assert all(h["gamma"] > 0 for h in history if h["slope"] < -1e-6)  # a descent direction is never wasted
+    assert values[-1] < 1e-2 * values[0]
+    assert history[-1]["gap_max"] < 1e-2 * history[0]["gap_max"]
+    assert distance_ratio(obj, result.theta, "t2") < 0.05
+
+
+def zero_vertex_case():
+    """Layer a: every task vector has ⟨c, τ⟩ > 0 but every full weight ⟨c, θ_i⟩ < 0 (base_a is far
+    negative); layer b: q is the only descent vertex; layer c: nothing descends, in either space."""
+    c = {"a": torch.tensor([1.0, 0, 0]), "b": torch.tensor([0, 1.0, 0]), "c": torch.tensor([0, 0, 1.0])}
+    base = {"a": torch.tensor([-5.0, 0, 0]), "b": torch.zeros(3), "c": torch.tensor([0, 0, 3.0])}
+    pool = {"p": {"a": torch.tensor([-4.0, 1, 0]), "b": torch.tensor([0, 2.0, 1]), "c": torch.tensor([0, 0, 4.0])},
+            "q": {"a": torch.tensor([-3.0, 0, 1]), "b": torch.tensor([1, -1.0, 0]), "c": torch.tensor([1, 0, 5.0])}}
+    theta0 = {n: torch.ones(3) for n in c}
+    return LinearObjective(c), base, pool, theta0
+
+
+@pytest.mark.parametrize("vertices", ["full", "task_vector"])
+def test_zero_vertex_is_zero_weights_for_full_and_the_base_for_task_vectors(vertices):
+    obj, base, pool, theta0 = zero_vertex_case()
+    params = {"vertices": vertices, "init": "given", "init_as_vertex": False, "iterations": 1,
+              "lambda": 1.0, "eta": 0.5}
+    result = frank_wolfe_merge(obj, base, pool, params, init_tensors=theta0)
+    h, th = result.history[0], result.theta
+    assert h["gamma"] == 0.5 and h["objective"] == pytest.approx(3.0)
+    zero = {n: torch.zeros(3) for n in base} if vertices == "full" else base
+    if vertices == "full":  # cosines on full weights: p (−4/√17) beats q (−3/√10) in layer a
+        assert h["choices"] == {"a": "p", "b": "q", "c": "zero"}
+        torch.testing.assert_close(th["a"], 0.5 * theta0["a"] + 0.5 * pool["p"]["a"])
+        assert h["gap"] == pytest.approx((1 + 4) + (1 + 1) + 1)  # Σ ⟨c, θ − s⟩
+    else:  # on task vectors nothing descends in layer a: the step moves towards the base
+        assert h["choices"] == {"a": "zero", "b": "q", "c": "zero"}
+        torch.testing.assert_close(th["a"], 0.5 * theta0["a"] + 0.5 * base["a"])
+        assert h["gap"] == pytest.approx((1 + 5) + (1 + 1) + (1 - 3))
+    torch.testing.assert_close(th["b"], 0.5 * theta0["b"] + 0.5 * pool["q"]["b"])
+    torch.testing.assert_close(th["c"], 0.5 * theta0["c"] + 0.5 * zero["c"])
+    assert h["gap_max"] >= h["gap"] - 1e-9
+
+
+def test_without_the_zero_vertex_the_oracle_takes_the_least_bad_candidate():
+    obj, base, pool, theta0 = zero_vertex_case()
+    params = {"vertices": "task_vector", "zero_vertex": False, "init": "given", "init_as_vertex": False,
+              "iterations": 1}
+    h = frank_wolfe_merge(obj, base, pool, params, init_tensors=theta0).history[0]
+    # layer a: cos(c, τ_p) = 1/√2 < cos(c, τ_q) = 2/√5; layer c: 1 vs 2/√5
+    assert h["choices"] == {"a": "p", "b": "q", "c": "q"}
+
+
+def test_model_granularity_picks_one_candidate_by_the_sum_of_layer_cosines():
+    obj, base, pool, theta0 = zero_vertex_case()
+    params = {"granularity": "model", "init": "given", "init_as_vertex": False, "iterations": 1}
+    h = frank_wolfe_merge(obj, base, pool, params, init_tensors=theta0).history[0]
+    sums = {label: sum(float(torch.nn.functional.cosine_similarity(obj.c[n], v[n], dim=0)) for n in obj.c)
+            for label, v in pool.items()}
+    best = min(sums, key=sums.get)
+    assert sums[best] < 0 and set(h["choices"].values()) == {best}
+
+
+def test_gap_of_the_linear_oracle_is_nonnegative_inside_the_hull():
+    obj = ToyObjective(seed=1)  # init θ_0 = TA is a vertex and λη ≤ 1: every iterate stays in conv(V)
+    result = frank_wolfe_merge(obj, obj.base, obj.optimum, {"oracle": "linear", "lambda": 1.0, "eta": 0.5})
+    for h in result.history:
+        assert h["gap"] >= -1e-6 and h["gap"] == pytest.approx(h["gap_max"])
+    cosine = frank_wolfe_merge(obj, obj.base, obj.optimum, {"lambda": 1.0, "eta": 0.5})
+    assert all(h["gap_max"] >= max(h["gap"], 0) - 1e-6 for h in cosine.history)
+
+
+@pytest.mark.parametrize("init", ["ta", "merge", "base", "given"])
+def test_initial_merge_formulas(init):
+    torch.manual_seed(0)
+    c = {"w": torch.randn(6)}
+    base = {"w": torch.randn(6)}
+    pool = {f"m{i}": {"w": base["w"] + torch.randn(6)} for i in range(3)}
+    given = {"w": torch.randn(6)}
+    params = {"init": init, "iterations": 1, "merge": "ties", "merge_params": {"density": 0.5}}
+    result = frank_wolfe_merge(LinearObjective(c), base, pool, params,
+                               init_tensors=given if init == "given" else None)
+    taus = torch.stack([m["w"] - base["w"] for m in pool.values()])  # [3, 6]
+    if init == "ta":
+        expected = base["w"] + 0.29 * taus.sum(0)
+    elif init == "merge":  # TIES by hand: top-3 of each τ_i, majority sign by mass, disjoint mean
+        trimmed = taus * (taus.abs() >= taus.abs().topk(3, dim=1).values[:, -1:])  # [3, 6]
+        sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)  # [6]
+        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+        expected = base["w"] + 0.29 * (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    else:
+        expected = base["w"] if init == "base" else given["w"]
+    assert result.history[0]["objective"] == pytest.approx(dot(c["w"], expected), rel=1e-5, abs=1e-5)
+
+
+def test_merge_functions_shape_the_step():
+    torch.manual_seed(1)
+    c, base = {"w": torch.randn(1000)}, {"w": torch.zeros(1000)}
+    pool = {"m": {"w": torch.randn(1000)}}
+    theta0 = {"w": torch.randn(1000)}
+    common = {"init": "given", "init_as_vertex": False, "zero_vertex": False, "iterations": 1,
+              "lambda": 1.0, "eta": 0.5}
+    d = pool["m"]["w"] - theta0["w"]  # s − θ_0
+    run = lambda **kw: frank_wolfe_merge(LinearObjective(c), base, pool, {**common, **kw},  # noqa: E731
+                                         init_tensors=theta0).theta["w"] - theta0["w"]
+    torch.testing.assert_close(run(), 0.5 * d)  # task arithmetic: the Frank-Wolfe step γ(s − θ)
+    torch.testing.assert_close(run(merge="from"), 0.5 * d)
+    ties = run(merge="ties", merge_params={"density": 0.3})
+    keep = d.abs() >= d.abs().topk(300).values[-1]
+    torch.testing.assert_close(ties, 0.5 * d * keep)
+    dare = run(merge="dare_ties", merge_params={"drop_rate": 0.5})
+    kept = dare != 0
+    assert 400 < int(kept.sum()) < 600
+    torch.testing.assert_close(dare[kept], 0.5 * d[kept] / 0.5)
+
+
+@pytest.mark.parametrize("config", [{}, {"vertices": "task_vector", "granularity": "model"},
+                                    {"line_search": "grid", "line_search_points": 3}])
+def test_memory_is_one_candidate_tensor_whatever_the_pool_size(config):
+    obj = ToyObjective()
+    reads_per_iteration = {}
+    for size in (4, 16):
+        g = torch.Generator().manual_seed(size)
+        alive, stats = weakref.WeakSet(), {"reads": 0, "peak": 0}
+        pool = {f"c{i}": TrackingSource({n: obj.optimum[obj.tasks[i % 3]][n] + 0.1 * torch.randn(
+            obj.base[n].shape, generator=g) for n in NAMES}, alive, stats) for i in range(size)}
+        result = frank_wolfe_merge(obj, obj.base, pool, {"iterations": 3, **config})
+        assert stats["peak"] == 1
+        assert len(alive) == 0
+        chosen = sum(c in pool for h in result.history for c in h["choices"].values())
+        # TA init and each oracle read every candidate tensor once; each step reads the chosen ones again
+        assert stats["reads"] == size * len(NAMES) * (1 + 3) + chosen
+        reads_per_iteration[size] = (stats["reads"] - chosen) / 4
+    assert reads_per_iteration == {4: 4 * len(NAMES), 16: 16 * len(NAMES)}
+
+
+def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
+    obj = ToyObjective()
+    sources = {}
+    for t in obj.tasks:
+        file = tmp_path / f"{t}.safetensors"
+        save_file({**obj.optimum[t], "head.weight": torch.ones(1, 4)}, str(file))
+        sources[t] = CheckpointSource(file, names=NAMES)
+    on_disk = frank_wolfe_merge(obj, obj.base, sources, {"iterations": 3})
+    in_memory = frank_wolfe_merge(obj, obj.base, obj.optimum, {"iterations": 3})
+    for source in sources.values():
+        source.close()
+    for n in NAMES:
+        torch.testing.assert_close(on_disk.theta[n], in_memory.theta[n])
+    assert [h["choices"] for h in on_disk.history] == [h["choices"] for h in in_memory.history]
+    with pytest.raises(MergeError, match="no tensor"):
+        CheckpointSource(tmp_path / "t0.safetensors", names=["body.missing"])
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"iterations": 10, "stepsize": 0.1}, "stepsize"),
+    ({"iterations": 0}, "iterations"),
+    ({"eta": -1}, "eta"),
+    ({"granularity": "block"}, "granularity"),
+    ({"merge": "slerp"}, "merge"),
+    ({"merge": "ties"}, "density"),
+    ({"merge": "ties", "merge_params": {"density": 0.2, "lambda": 0.5}}, "Frank-Wolfe sets the scale"),
+    ({"merge": "ties", "merge_params": {"density": 0.2, "scope": "model"}}, "scope: model"),
+    ({"merge": "from", "merge_params": {"alpha": 2}}, "Frank-Wolfe sets the scale"),
+    ({"line_search_points": 1}, "line_search_points"),
+])
+def test_bad_params_are_clear_errors(params, message):
+    with pytest.raises(ValidationError, match=message):
+        FrankWolfeParams(**params)
+
+
+def test_bad_pools_are_clear_errors():
+    obj = ToyObjective()
+    opt = obj.optimum
+    with pytest.raises(MergeError, match="at least one candidate"):
+        frank_wolfe_merge(obj, obj.base, {})
+    with pytest.raises(MergeError, match="candidate 't1' has no tensor 'body.bias'"):
+        frank_wolfe_merge(obj, obj.base, {**opt, "t1": {"body.weight": opt["t1"]["body.weight"]}})
+    with pytest.raises(MergeError, match=r"'t2': tensor 'body.bias' has shape \[5\], the base has \[4\]"):
+        frank_wolfe_merge(obj, obj.base, {**opt, "t2": {**opt["t2"], "body.bias": torch.zeros(5)}})
+    with pytest.raises(MergeError, match="reserved"):
+        frank_wolfe_merge(obj, obj.base, {"zero": opt["t0"]})
+    with pytest.raises(MergeError, match="init_tensors"):
+        frank_wolfe_merge(obj, obj.base, opt, {"init": "given"})
+    with pytest.raises(MergeError, match="init_tensors"):
+        frank_wolfe_merge(obj, obj.base, opt, init_tensors=obj.base)
