@@ -1,0 +1,136 @@
+"""AdaMerging (Yang et al., "AdaMerging: Adaptive Model Merging for Multi-Task Learning", ICLR 2024,
+arXiv 2310.02575): task-arithmetic coefficients learned without labels by minimising the prediction entropy
+of the merged model on each task's unlabelled test inputs.
+
+    τ_i = θ_i − θ_base
+    task-wise:   θ(λ) = θ_base + Σ_i λ_i τ_i                       λ ∈ [0, 1]^n
+    layer-wise:  θ_l(λ) = θ_base,l + Σ_i λ_{i,l} τ_{i,l}           one λ per candidate and mergeable tensor l
+    min_λ  Σ_t (1/|B_t|) Σ_{x∈B_t} H(softmax(f_t(x; θ(λ)))),       H(p) = −Σ_c p_c log p_c
+
+f_t is ``objective.logits(task t)`` (so ∂H/∂λ flows through the task's real model), B_t one ``"unlabelled"``
+batch of task t per step (the task's batches are cycled); the entropy is averaged over every leading dimension
+of the logits (examples, and positions for token-level outputs) and summed over tasks. Optimiser as the
+paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after every step, 500 steps.
+
+Regression tasks (one output, logits [..., 1]) have no predictive distribution to sharpen: they are skipped
+(listed in ``AdaMergingHistory.skipped``); if every task is a regression task it is an error.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from ..errors import MergeError
+from ..objective import Batch, Objective
+from ..statistics import Tensors, batches_of, check_candidates
+from .base import Params
+
+PAPER = "https://arxiv.org/abs/2310.02575"
+
+
+class AdaMergingParams(Params):
+    granularity: Literal["task", "layer"] = "task"
+    init: float = Field(0.3, ge=0.0, le=1.0)  # initial λ (FW-Soft re-runs it with 1e-2 after its first step)
+    lr: float = Field(1e-3, gt=0.0)
+    steps: int = Field(500, ge=0)
+
+
+@dataclass
+class AdaMergingHistory:
+    """``entropy[k]``: the summed objective before update k (``steps + 1`` values, the last one at the returned
+    λ); ``per_task[k]``: its terms by task; ``lambdas``: the final coefficients, [n] (task-wise) or [n, L]
+    (layer-wise, columns in the order of ``names``); ``skipped``: regression tasks left out of the entropy."""
+
+    names: list[str]
+    lambdas: Tensor
+    entropy: list[float] = field(default_factory=list)
+    per_task: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def mean_entropy(logits: Tensor) -> Tensor:
+    """(1/M) Σ_m H(softmax(logits_m)) over every leading index m.  [..., C] -> []."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., C]
+    return -(log_p.exp() * log_p).sum(-1).mean()
+
+
+def merge_with(base: Tensors, task_vectors: dict[str, Tensor], lambdas: Tensor, names: list[str]
+               ) -> dict[str, Tensor]:
+    """θ(λ): base + Σ_i λ_i τ_i per tensor; lambdas [n] (shared by every tensor) or [n, L] (column l for
+    ``names[l]``). Differentiable in ``lambdas``."""
+    merged = {}
+    for index, name in enumerate(names):
+        lam = lambdas if lambdas.dim() == 1 else lambdas[:, index]  # [n]
+        tvs = task_vectors[name]  # [n, *shape]
+        merged[name] = base[name] + torch.tensordot(lam.to(tvs.dtype), tvs, dims=1)  # [*shape]
+    return merged
+
+
+class _Cycle:
+    """Endless batches of one task's split: the objective's iterable, restarted when exhausted."""
+
+    def __init__(self, objective: Objective, task: str, split: str) -> None:
+        self.objective, self.task, self.split = objective, task, split
+        self.iterator: Iterator[Batch] = batches_of(objective, task, split)
+
+    def next(self) -> Batch:
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = batches_of(self.objective, self.task, self.split)
+            return next(self.iterator)
+
+
+def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors],
+               params: AdaMergingParams | None = None) -> tuple[dict[str, Tensor], AdaMergingHistory]:
+    """Learn the coefficients (formula above) on every task of ``objective``; returns the merged tensors
+    θ(λ) at the final λ and the optimisation history."""
+    params = params or AdaMergingParams()
+    names = check_candidates(candidates, base)
+    base = {n: base[n].detach() for n in names}
+    task_vectors = {n: torch.stack([c[n].detach() - base[n] for c in candidates]) for n in names}  # [n, *shape]
+    shape = (len(candidates),) if params.granularity == "task" else (len(candidates), len(names))
+    device = base[names[0]].device
+    lambdas = torch.full(shape, params.init, dtype=torch.float32, device=device, requires_grad=True)
+    optimiser = torch.optim.Adam([lambdas], lr=params.lr)
+    history = AdaMergingHistory(names=names, lambdas=lambdas)
+    streams = {task: _Cycle(objective, task, "unlabelled") for task in objective.tasks}
+
+    for step in range(params.steps + 1):
+        optimiser.zero_grad()
+        terms: dict[str, float] = {}
+        training = step < params.steps  # the last pass only measures the objective at the final λ
+        for task in objective.tasks:
+            if task in history.skipped:
+                continue
+            with torch.set_grad_enabled(training):
+                # θ(λ) is rebuilt per task so that one task's activations are freed by its own backward
+                merged = merge_with(base, task_vectors, lambdas, names)
+                logits = objective.logits(task, merged, streams[task].next())  # [..., C]
+                if logits.shape[-1] == 1:
+                    history.skipped.append(task)
+                    continue
+                entropy = mean_entropy(logits)
+            if training:
+                entropy.backward()
+            terms[task] = float(entropy.detach())
+        if not terms:
+            raise MergeError(f"every task ({list(objective.tasks)}) has one output (regression): AdaMerging's "
+                             "entropy objective needs at least one classification task")
+        history.per_task.append(terms)
+        history.entropy.append(sum(terms.values()))
+        if not training:
+            break
+        optimiser.step()
+        with torch.no_grad():
+            lambdas.clamp_(0.0, 1.0)
+
+    with torch.no_grad():
+        merged = merge_with(base, task_vectors, lambdas, names)
+    history.lambdas = lambdas.detach().clone()
+    return {n: merged[n].to(candidates[0][n].dtype) for n in names}, history

@@ -1,0 +1,207 @@
+"""Statistics the data-driven merge methods collect through the ``Objective`` protocol (merging/objective.py),
+and the checks they share. Every collector is a function of ``(objective, params, task)``: it runs the task's
+model with ``params`` in place of its mergeable tensors and never touches a dataset, a tokenizer or a head, so
+a later multi-process wrapper can shard the batches and combine the per-process results.
+
+* ``input_grams``      — per ``nn.Linear`` whose weight is mergeable: G = XᵀX of the layer's inputs X
+                          (rows = every position of every example), for RegMean (Jin et al., arXiv 2212.09849).
+* ``diagonal_fisher``  — F = (1/N) Σ_j (∂ℓ_j/∂θ)², per-example squared gradients, for Fisher merging
+                          (Matena & Raffel, arXiv 2111.09832).
+
+Parameters are mappings ``{name: tensor}`` of the mergeable ("body") tensors; candidate i is paired with task i.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .errors import MergeError
+from .objective import Batch, Objective
+
+Tensors = Mapping[str, Tensor]
+
+
+# ---- checks shared by every data-driven method ------------------------------------------------------
+def check_candidates(candidates: Sequence[Tensors], base: Tensors | None = None) -> list[str]:
+    """The mergeable names (sorted); every candidate (and ``base``) must hold the same names and shapes and
+    finite values, otherwise a MergeError names the candidate, tensor and shapes."""
+    if len(candidates) == 0:
+        raise MergeError("no candidate models to merge: pass at least one {name: tensor} mapping")
+    reference = dict(base) if base is not None else dict(candidates[0])
+    names = sorted(reference)
+    if not names:
+        raise MergeError("the candidate models hold no tensors to merge")
+    labelled = [("base", base)] if base is not None else []
+    for label, tensors in labelled + [(f"candidate {i}", c) for i, c in enumerate(candidates)]:
+        missing, extra = set(names) - set(tensors), set(tensors) - set(names)
+        if missing or extra:
+            raise MergeError(f"{label}: tensor names differ from {'the base' if base is not None else 'candidate 0'}"
+                             f"; missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name in names:
+            t = tensors[name]
+            if tuple(t.shape) != tuple(reference[name].shape):
+                raise MergeError(f"{label}: tensor '{name}' has shape {tuple(t.shape)}, expected "
+                                 f"{tuple(reference[name].shape)}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise MergeError(f"{label}: tensor '{name}' holds NaN or Inf values")
+    return names
+
+
+def paired_tasks(objective: Objective, candidates: Sequence[Tensors], tasks: Sequence[str] | None) -> list[str]:
+    """The task each candidate's statistics are collected on: ``tasks`` (default ``objective.tasks``), one per
+    candidate, each a task of the objective."""
+    chosen = list(objective.tasks if tasks is None else tasks)
+    unknown = [t for t in chosen if t not in objective.tasks]
+    if unknown:
+        raise MergeError(f"unknown task(s) {unknown}; the objective's tasks are {list(objective.tasks)}")
+    if len(chosen) != len(candidates):
+        raise MergeError(f"{len(candidates)} candidate(s) but {len(chosen)} task(s) {chosen}: candidate i's "
+                         "statistics are collected on task i, pass `tasks=` with one task per candidate")
+    return chosen
+
+
+def uniform_average(candidates: Sequence[Tensors], names: Sequence[str]) -> dict[str, Tensor]:
+    """θ = (1/n) Σ_i θ_i per tensor (in float32 or wider, returned in each tensor's dtype)."""
+    out = {}
+    for name in names:
+        first = candidates[0][name]
+        wide = torch.promote_types(first.dtype, torch.float32)
+        out[name] = (torch.stack([c[name].to(wide) for c in candidates]).mean(0)).to(first.dtype)  # [*shape]
+    return out
+
+
+def batches_of(objective: Objective, task: str, split: str) -> Iterator[Batch]:
+    """``objective.batches(task, split)``; an empty split is an error naming the task."""
+    empty = True
+    for batch in objective.batches(task, split):
+        empty = False
+        yield batch
+    if empty:
+        raise MergeError(f"task '{task}' has no '{split}' batches; the data-driven methods need some")
+
+
+def split_examples(batch: Batch) -> list[Batch]:
+    """One single-example batch per example. The batch size n is the leading dimension of the batch's first
+    tensor value; every tensor whose leading dimension is n is sliced to ``[j:j+1]``, every list/tuple of
+    length n to ``[item_j]``; other values (scalars, shared tensors) are passed unchanged."""
+    first = next((v for v in batch.values() if isinstance(v, Tensor) and v.dim() > 0), None)
+    if first is None:
+        raise MergeError(f"cannot split a batch without tensor values into examples (keys {sorted(batch)})")
+    n = first.shape[0]
+
+    def pick(value: Any, j: int) -> Any:
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+            return value[j:j + 1]
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            return type(value)([value[j]])
+        return value
+
+    return [{key: pick(value, j) for key, value in batch.items()} for j in range(n)]
+
+
+# ---- RegMean: input Gram matrices of the mergeable linear layers ------------------------------------
+@dataclass(frozen=True)
+class Grams:
+    """``gram[w]``: Σ_rows xᵀx of the inputs of the linear layer whose weight is named ``w``, [in, in] float64;
+    ``rows[w]``: how many input rows (examples × positions) went into it."""
+
+    gram: dict[str, Tensor]
+    rows: dict[str, int]
+
+
+def linear_modules(model: torch.nn.Module, names: Sequence[str]) -> dict[str, torch.nn.Linear]:
+    """``{weight name: module}`` for every ``nn.Linear`` of ``model`` whose weight is among ``names``."""
+    wanted = set(names)
+    found = {}
+    for module_name, module in model.named_modules():
+        weight = f"{module_name}.weight" if module_name else "weight"
+        if isinstance(module, torch.nn.Linear) and weight in wanted:
+            found[weight] = module
+    return found
+
+
+@torch.no_grad()
+def input_grams(objective: Objective, params: Tensors, task: str, split: str = "proxy") -> Grams:
+    """G = XᵀX of each mergeable linear layer's inputs while ``objective.logits(task, params, ·)`` runs over
+    ``split``'s batches (forward hooks on ``objective.model(task)``; inputs [..., in] are flattened to rows;
+    a layer called several times per forward contributes every call)."""
+    modules = linear_modules(objective.model(task), list(params))
+    grams: dict[str, Tensor] = {}
+    rows: dict[str, int] = {}
+
+    def hook_for(weight: str):
+        def hook(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0].detach()
+            x = x.reshape(-1, x.shape[-1]).to(torch.promote_types(x.dtype, torch.float32))  # [rows, in]
+            xtx = (x.T @ x).double()  # [in, in]
+            grams[weight] = grams[weight] + xtx if weight in grams else xtx
+            rows[weight] = rows.get(weight, 0) + x.shape[0]
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(weight)) for weight, module in modules.items()]
+    try:
+        for batch in batches_of(objective, task, split):
+            objective.logits(task, params, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    silent = sorted(set(modules) - set(grams))
+    if silent:
+        raise MergeError(f"task '{task}': linear layer(s) {silent} never ran on the '{split}' batches, so their "
+                         "input Gram matrices are unknown")
+    return Grams(grams, rows)
+
+
+# ---- Fisher merging: diagonal Fisher from per-example gradients ---------------------------------------
+def diagonal_fisher(objective: Objective, params: Tensors, task: str,
+                    kind: Literal["empirical", "expected"] = "empirical", split: str = "proxy") -> dict[str, Tensor]:
+    """Diagonal Fisher of the task model at ``params``, averaged over the N examples of ``split``:
+
+    * ``empirical``: F = (1/N) Σ_j (∂ℓ_j/∂θ)², ℓ_j = ``objective.loss`` on example j alone. With cross-entropy
+      ℓ_j = −log p(y_j|x_j) (the empirical Fisher); with MSE (regression) it is the squared gradient of the loss.
+    * ``expected``: F = (1/N) Σ_j Σ_c p(c|x_j) (∂ log p(c|x_j)/∂θ)², the expectation over the model's own
+      predictive distribution (the "exact" Fisher of Matena & Raffel's code); needs per-example logits [1, C]
+      with C > 1; one-output (regression) tasks use the empirical rule.
+
+    Per-example gradients come from one forward/backward per example (the batch is split with
+    ``split_examples``), so batch-level statistics never mix examples. Returns float32 tensors (wider if the
+    parameters are), zero where a parameter does not affect the loss.
+    """
+    leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
+    order = list(leaves)
+    total = {name: torch.zeros(t.shape, dtype=torch.promote_types(t.dtype, torch.float32), device=t.device)
+             for name, t in leaves.items()}
+    count = 0
+    for batch in batches_of(objective, task, split):
+        for example in split_examples(batch):
+            with torch.enable_grad():
+                logits = objective.logits(task, leaves, example)  # [1, C] (or [1, ..., C])
+                if kind == "empirical" or logits.shape[-1] == 1:
+                    terms = [(1.0, objective.loss(task, logits, example))]
+                else:
+                    if logits.dim() != 2 or logits.shape[0] != 1:
+                        raise MergeError(f"task '{task}': the expected Fisher needs per-example logits [1, C], got "
+                                         f"{tuple(logits.shape)}; use kind='empirical'")
+                    log_p = torch.log_softmax(logits[0], dim=-1)  # [C]
+                    terms = [(float(p), log_p[c]) for c, p in enumerate(log_p.detach().exp().tolist())]
+                for index, (weight, value) in enumerate(terms):
+                    grads = torch.autograd.grad(value, [leaves[n] for n in order], allow_unused=True,
+                                                retain_graph=index < len(terms) - 1)
+                    for name, grad in zip(order, grads):
+                        if grad is not None:
+                            total[name].add_(grad.to(total[name].dtype).square(), alpha=weight)  # [*shape]
+            count += 1
+    return {name: t / count for name, t in total.items()}
+
+
+def finite_or_error(value: float, what: str) -> float:
+    """``value`` as a float; NaN/Inf is a MergeError naming ``what``."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise MergeError(f"{what} is {value}; expected a finite number")
+    return value
