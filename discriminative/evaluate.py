@@ -63,11 +63,17 @@ class Evaluator:
     def with_body(self, folder: Path, own: list[str] = ()) -> dict[str, float]:
         """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
         matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own. The folder is read once."""
+        return self.with_tensors(read_body(folder, self.body_names(own)), own)
+
+    def with_tensors(self, body: dict[str, torch.Tensor], own: list[str] = ()) -> dict[str, float]:
+        """As ``with_body`` for a merged encoder already in memory (``body``: every name of ``body_names``)."""
         keep = [*self.pool.head, *own]
-        names = [n for n in load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict()
-                 if not is_head(n, keep)]
-        body = read_body(folder, names)
         return self.scores(lambda task: with_merged_body(load_classifier(self.checkpoint(task)), body, keep))
+
+    def body_names(self, own: list[str] = ()) -> list[str]:
+        """The tensors a merge replaces: every tensor of a task checkpoint outside the head and ``own``."""
+        keep = [*self.pool.head, *own]
+        return [n for n in load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict() if not is_head(n, keep)]
 
     def checkpoint(self, task: str) -> Path:
         return checkpoint_folder(self.pool, task, self.seed)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from merging.config import validate_config
@@ -23,8 +24,10 @@ from merging.registry import known_methods
 from merging.results import append_row, rebuild_markdown
 from merging.run import git_sha, run_merge
 
+from .data_driven import DATA_DRIVEN, merge_data_driven
 from .evaluate import Evaluator
 from .finetune import base_folder, checkpoint_folder, finetune, pool_dir
+from .models import read_body
 from .pool import PoolConfig
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
@@ -61,38 +64,58 @@ def merge_into(pool: PoolConfig, pool_seed: int, method: str, params: dict[str, 
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
+def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
+                seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The merged encoder of ``method`` with ``params`` on the checkpoints of ``validation``'s fine-tuning seed,
+    and the method's log: data-free methods run through the merge engine into a scratch folder, data-driven
+    ones in memory (discriminative/data_driven.py)."""
+    if method in DATA_DRIVEN:
+        return merge_data_driven(pool, method, params, exclude, validation)
+    scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
+    try:
+        merge_into(pool, validation.seed, method, params, exclude, scratch, seed)
+        return read_body(scratch, validation.body_names(exclude)), {}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
-               progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None]:
+               progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
     """Test scores of one method on the checkpoints ``test`` evaluates (one fine-tuning seed), its final
-    hyper-parameters and the validation normalised score."""
+    hyper-parameters, the validation normalised score (when a grid was searched) and the method's log."""
     if method == "majority":
-        return test.majority(), {}, None
+        return test.majority(), {}, None, {}
     if method == "probe":
-        return test.probe(), {}, None
+        return test.probe(), {}, None, {}
     if method == "finetuned":
-        return test.finetuned(), {}, None
+        return test.finetuned(), {}, None, {}
     if method == "pretrained":
-        return test.with_body(base_folder(pool)), {}, None
-    if method not in known_methods():
-        raise MergeError(f"unknown method '{method}'; known: {', '.join([*REFERENCES, *known_methods()])}")
+        return test.with_body(base_folder(pool)), {}, None, {}
+    known = [*REFERENCES, *known_methods(), *DATA_DRIVEN]
+    if method not in known:
+        raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
     params, grid, exclude = method_config(method, overrides)
-    scratch = pool_dir(pool) / "merges" / f"{method}-seed{test.seed}-{os.getpid()}"  # concurrent runs never share
-    best, best_val = params, None
-    if grid:
-        validation = Evaluator(pool, "validation", test.seed)
-        reference = validation.finetuned()
-        for values in itertools.product(*grid.values()):
-            candidate = {**params, **dict(zip(grid, values))}
-            merge_into(pool, test.seed, method, candidate, exclude, scratch, seed)
-            value = normalized_score(validation.with_body(scratch, exclude), reference, pool.tasks)
-            if progress:
-                print(f"  {method} {candidate}: validation normalised {value:.2f}")
-            if best_val is None or value > best_val:
-                best, best_val = candidate, value
-    merge_into(pool, test.seed, method, best, exclude, scratch, seed)
-    scores = test.with_body(scratch, exclude)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return scores, best, best_val
+    validation = Evaluator(pool, "validation", test.seed)
+    best, best_val, body, log = params, None, None, {}
+    for values in itertools.product(*grid.values()):  # one empty product when there is no grid
+        candidate = {**params, **dict(zip(grid, values))}
+        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed)
+        if not grid:
+            best, body, log = candidate, merged, merged_log
+            break
+        value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
+        if progress:
+            print(f"  {method} {candidate}: validation normalised {value:.2f}")
+        if best_val is None or value > best_val:
+            best, best_val, body, log = candidate, value, merged, merged_log
+    return test.with_tensors(body, exclude), best, best_val, log
+
+
+def _write_log(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any],
@@ -107,7 +130,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         for task in pool.tasks:
             finetune(pool, task, pool_seed, progress=progress)
         test = Evaluator(pool, "test", pool_seed)  # tokenised once for the method and the fine-tuned reference
-        scores, params, validation = run_method(pool, test, method, overrides, seed, progress)
+        scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress)
         row: dict[str, Any] = {
             "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
             "average": sum(scores.values()) / len(scores), **scores,
@@ -118,6 +141,9 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         }
         folder = outs / experiment
+        if log:
+            _write_log(folder / "logs" / f"{method}-seed{pool_seed}-{row['date'].replace(' ', 'T')}.json",
+                       {"row": row, "log": log})
         append_row(folder / "results.csv", row)
         rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
                          ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from merging.checkpoint import open_checkpoint
+from merging.candidates import CheckpointSource
 from merging.errors import MergeError
 
 from .data import Example, TaskSpec
@@ -36,14 +36,8 @@ def load_tokenizer(folder: str | Path):
 
 def read_body(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
     """Tensors ``names`` of the merged (or base) checkpoint in ``folder``; missing ones are an error."""
-    merged = open_checkpoint(str(folder))
-    try:
-        missing = [name for name in names if name not in merged.infos]
-        if missing:
-            raise MergeError(f"{folder}: merged weights lack {missing[:5]}")
-        return {name: merged.read(name).reshape(merged.infos[name].shape) for name in names}
-    finally:
-        merged.close()
+    with CheckpointSource(folder, names) as source:
+        return {name: source.read(name) for name in names}
 
 
 def with_merged_body(model: PreTrainedModel, body: dict[str, torch.Tensor], head: list[str]) -> PreTrainedModel:

@@ -1,6 +1,6 @@
 # Discriminative domain runners. Usage:
 #   source scripts/discriminative.sh
-#   run_all                                   # every reference and data-free method, one table
+#   run_all                                   # every reference and merge method, one table
 #   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
 #   POOL=configs/discriminative/other.yaml run_task_arith
 #   POOL_SEEDS=0 run_all                      # one fine-tuning seed instead of the pool's finetune.seeds
@@ -29,7 +29,14 @@ run_task_arith()  { _disc_run task_arithmetic "$@"; }
 run_ties()        { _disc_run ties "$@"; }
 run_dare_ties()   { _disc_run dare_ties "$@"; }
 run_from()        { _disc_run from "$@"; }
+# data-driven (proxy split: 100 labelled train examples per task; AdaMerging: unlabelled test inputs)
+run_frank_wolfe() { _disc_run frank_wolfe "$@"; }
+run_regmean()     { _disc_run regmean "$@"; }
+run_fisher()      { _disc_run fisher "$@"; }
+run_adamerging()  { _disc_run adamerging "$@"; }
+run_greedy_soup() { _disc_run greedy_soup "$@"; }
 run_all() {
   run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
-    run_ties && run_dare_ties && run_from
+    run_ties && run_dare_ties && run_from && run_greedy_soup && run_regmean && run_fisher &&
+    run_adamerging && run_frank_wolfe
 }

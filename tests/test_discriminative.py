@@ -134,3 +134,23 @@ def test_every_fine_tuning_seed_is_a_pool_and_the_table_gives_the_spread(toy_poo
 def test_pool_repeated_seed_is_an_error(tmp_path):
     with pytest.raises(MergeError, match=r"finetune.seeds \[0, 0\] repeats a seed"):
         load_pool(write_pool(tmp_path, finetune={"seeds": [0, 0]}))
+
+
+@pytest.mark.parametrize("method, overrides, beats_pretrained", [
+    ("frank_wolfe", {"iterations": 4, "oracle": "linear", "line_search": "grid", "zero_vertex": False}, True),
+    ("greedy_soup", {}, True),
+    ("regmean", {"alpha": 0.9}, False), ("fisher", {}, False), ("adamerging", {"steps": 3, "lr": 0.05}, False)])
+def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_pretrained):
+    """Every data-driven method merges the toy pool and is scored; FW with the textbook LMO and line search,
+    and greedy soup, also beat the pre-trained encoder there (the toy checkpoints are far apart, lr 3e-3,
+    and RegMean / Fisher / 3 AdaMerging steps stay near chance on it)."""
+    pool, root = toy_pool
+    outs = root / "outs"
+    pretrained, = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
+    row, = run_experiment(pool, method, "toy", overrides, progress=False, outs=outs)
+    assert 0 <= row["normalized"] <= 120 and row["method"] == method
+    if beats_pretrained:
+        assert row["normalized"] > pretrained["normalized"] + 10, row
+    if method in ("frank_wolfe", "adamerging", "greedy_soup"):  # their logs land beside the table
+        logs = list((outs / "toy" / "logs").glob(f"{method}-seed0-*.json"))
+        assert len(logs) == 1 and '"log"' in logs[0].read_text()

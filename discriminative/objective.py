@@ -1,0 +1,75 @@
+"""The discriminative domain's ``Objective`` (merging/objective.py): each task is its fine-tuned sequence
+classifier (own head), the mergeable parameters are everything outside the head, the proxy split (100
+labelled train examples per task) drives FW-Merging, RegMean and Fisher, and the test inputs without their
+labels drive AdaMerging's entropy."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from merging.objective import Batch, functional_logits
+
+from . import tasks
+from .finetune import checkpoint_folder
+from .models import encode, is_head, load_classifier, load_tokenizer
+from .pool import PoolConfig
+
+SPLITS = {"proxy": "proxy", "unlabelled": "test"}  # objective split -> data split
+
+
+class ClassifierObjective:
+    """Tasks of ``pool`` with their checkpoints of fine-tuning seed ``seed``; tensors matching ``own`` (regexes,
+    e.g. unmerged biases) stay each task's own like the head."""
+
+    def __init__(self, pool: PoolConfig, seed: int, own: list[str] = (), batch_size: int = 32) -> None:
+        self.pool, self.seed, self.batch_size = pool, seed, batch_size
+        self.tasks = list(pool.tasks)
+        self.own = list(own)
+        self.keep = [*pool.head, *own]
+        self.tokenizer = load_tokenizer(checkpoint_folder(pool, self.tasks[0], seed))
+        self._models: dict[str, torch.nn.Module] = {}
+        self._batches: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = {}
+
+    def model(self, task: str) -> torch.nn.Module:
+        if task not in self._models:
+            self._models[task] = load_classifier(checkpoint_folder(self.pool, task, self.seed))
+        return self._models[task]
+
+    def mergeable(self) -> list[str]:
+        """Names of the merged parameters (every parameter outside the head and the kept patterns)."""
+        return [n for n, _ in self.model(self.tasks[0]).named_parameters() if not is_head(n, self.keep)]
+
+    def body(self, task: str) -> dict[str, torch.Tensor]:
+        """Task ``task``'s checkpoint restricted to the mergeable parameters."""
+        named = dict(self.model(task).named_parameters())
+        return {name: named[name].detach() for name in self.mergeable()}
+
+    def complete(self, body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``body`` plus the non-head buffers (e.g. position ids; never trained, the same in every model)."""
+        model = self.model(self.tasks[0])
+        parameters = {n for n, _ in model.named_parameters()}
+        buffers = {n: t for n, t in model.state_dict().items() if n not in parameters and not is_head(n, self.keep)}
+        return {**buffers, **body}
+
+    def batches(self, task: str, split: str) -> Iterator[Batch]:
+        for batch in self._encoded(task, SPLITS[split]):
+            yield batch if split == "proxy" else {k: v for k, v in batch.items() if k != "labels"}
+
+    def logits(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return functional_logits(self.model(task), params, inputs)  # [b, num_labels]
+
+    def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if tasks.spec(self.pool.data, task).kind == "regression":
+            return torch.nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
+        return torch.nn.functional.cross_entropy(logits, batch["labels"].long())
+
+    def _encoded(self, task: str, split: str) -> list[dict[str, torch.Tensor]]:
+        """Tokenised batches of one task's data split, built once."""
+        if (task, split) not in self._batches:
+            examples = tasks.examples(self.pool.data, task, split)
+            self._batches[(task, split)] = [
+                encode(self.tokenizer, examples[i:i + self.batch_size], self.pool.max_length)
+                for i in range(0, len(examples), self.batch_size)]
+        return self._batches[(task, split)]
