@@ -1,9 +1,10 @@
 # Discriminative domain runners. Usage:
 #   source scripts/discriminative.sh
-#   run_all                                   # every reference and merge method, one table
+#   run_baselines                             # references + data-free merges (the main comparison)
+#   run_all                                   # run_baselines, then the data-driven methods
 #   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
 #   POOL=configs/discriminative/other.yaml run_task_arith
-#   POOL_SEEDS=0 run_all                      # one fine-tuning seed instead of the pool's finetune.seeds
+#   POOL_SEEDS=0 run_baselines                # one fine-tuning seed instead of the pool's finetune.seeds
 # Each run appends one row per fine-tuning seed to outs/<experiment>/results.csv and rebuilds
 # outs/<experiment>/results.md (mean ± std over seeds, then every row); experiment defaults to the pool's
 # name (set EXPERIMENT=... to change). The first call prepares the data and fine-tunes the missing
@@ -35,8 +36,11 @@ run_regmean()     { _disc_run regmean "$@"; }
 run_fisher()      { _disc_run fisher "$@"; }
 run_adamerging()  { _disc_run adamerging "$@"; }
 run_greedy_soup() { _disc_run greedy_soup "$@"; }
-run_all() {
+run_baselines() {     # references and data-free merges: the benchmark's main comparison
   run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
-    run_ties && run_dare_ties && run_from && run_greedy_soup && run_regmean && run_fisher &&
-    run_adamerging && run_frank_wolfe
+    run_ties && run_dare_ties && run_from
 }
+run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
+  run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe
+}
+run_all() { run_baselines && run_data_driven; }
