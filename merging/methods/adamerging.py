@@ -38,6 +38,7 @@ class AdaMergingParams(Params):
     init: float = Field(0.3, ge=0.0, le=1.0)  # initial λ (FW-Soft re-runs it with 1e-2 after its first step)
     lr: float = Field(1e-3, gt=0.0)
     steps: int = Field(500, ge=0)
+    clamp: bool = True  # λ clamped to [0, 1] after every step (FW-Merging soft's inner loop does not clamp)
 
 
 @dataclass
@@ -127,8 +128,9 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
         if not training:
             break
         optimiser.step()
-        with torch.no_grad():
-            lambdas.clamp_(0.0, 1.0)
+        if params.clamp:
+            with torch.no_grad():
+                lambdas.clamp_(0.0, 1.0)
 
     with torch.no_grad():
         merged = merge_with(base, task_vectors, lambdas, names)

@@ -157,28 +157,48 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
 
 
+def stream_inner_products(names: list[str], grads: list[Mapping[str, torch.Tensor]],
+                          vertices: Mapping[str, TensorSource], base: TensorSource | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ip[g, j, l] = ⟨grads[g]_l, u_jl⟩, norm[j, l] = ‖u_jl‖ and base_ip[g, l] = ⟨grads[g]_l, θ_base,l⟩ (0
+    without ``base``), u_jl = vertex j's tensor l, minus the base's when ``base`` is given (task vectors).
+    One pass over the vertices for every gradient; ONE vertex tensor is resident at a time."""
+    labels = list(vertices)
+    ip = torch.zeros(len(grads), len(labels), len(names), dtype=torch.float64)  # [G, J, L]
+    norm = torch.zeros(len(labels), len(names), dtype=torch.float64)  # [J, L]
+    base_ip = torch.zeros(len(grads), len(names), dtype=torch.float64)  # [G, L]
+    for l, name in enumerate(names):
+        b = base.read(name).to(torch.float32) if base is not None else None  # [*shape]
+        for g, grad in enumerate(grads):
+            base_ip[g, l] = _dot(grad[name], b) if b is not None else 0.0
+        for j, label in enumerate(labels):
+            u = vertices[label].read(name).to(torch.float32)  # [*shape]
+            if b is not None:
+                u = u - b  # [*shape] task vector
+            for g, grad in enumerate(grads):
+                ip[g, j, l] = _dot(grad[name], u)
+            norm[j, l] = float(u.double().norm())
+            del u
+        del b
+    return ip, norm, base_ip
+
+
+def cosine_scores(ip: torch.Tensor, norm: torch.Tensor, g_norm: torch.Tensor) -> torch.Tensor:
+    """⟨g_l, u_jl⟩ / (‖g_l‖·‖u_jl‖), 0 where a norm is 0.  ip [..., J, L], norm [J, L], g_norm [..., L]."""
+    denom = g_norm.unsqueeze(-2) * norm  # [..., J, L]
+    return torch.where(denom > 0, ip / denom.clamp(min=1e-300), 0.0)
+
+
 def _oracle(p: FrankWolfeParams, names: list[str], theta: Tensors, grad: Tensors, base: TensorSource,
             vertices: dict[str, TensorSource]) -> tuple[dict[str, str], float, float]:
     """The LMO: the vertex chosen per layer, the gap ⟨g, θ − s⟩ and the duality gap max_v ⟨g, θ − v⟩.
     Streams one vertex tensor at a time; keeps [J, L] tables (J vertices, L layers)."""
     labels, tv = list(vertices), p.vertices == "task_vector"
-    ip = torch.zeros(len(labels), len(names), dtype=torch.float64)  # [J, L] ⟨g_l, u_jl⟩
-    norm = torch.zeros_like(ip)  # [J, L] ‖u_jl‖
-    g_norm, g_theta, g_base = (torch.zeros(len(names), dtype=torch.float64) for _ in range(3))  # [L] each
-    for l, name in enumerate(names):
-        g = grad[name]  # [*shape]
-        g_norm[l], g_theta[l] = float(g.double().norm()), _dot(g, theta[name])
-        b = base.read(name).to(torch.float32) if tv else None  # [*shape]
-        g_base[l] = _dot(g, b) if tv else 0.0
-        for j, label in enumerate(labels):
-            u = vertices[label].read(name).to(torch.float32)  # [*shape]
-            if b is not None:
-                u = u - b  # [*shape] task vector
-            ip[j, l], norm[j, l] = _dot(g, u), float(u.double().norm())
-            del u
-        del b
-    denom = g_norm.unsqueeze(0) * norm  # [J, L]
-    score = ip if p.oracle == "linear" else torch.where(denom > 0, ip / denom.clamp(min=1e-300), 0.0)
+    ip, norm, g_base = stream_inner_products(names, [grad], vertices, base if tv else None)
+    ip, g_base = ip[0], g_base[0]  # [J, L] ⟨g_l, u_jl⟩, [L] ⟨g_l, θ_base,l⟩ (task_vector) or 0
+    g_norm = torch.tensor([float(grad[n].double().norm()) for n in names], dtype=torch.float64)  # [L]
+    g_theta = torch.tensor([_dot(grad[n], theta[n]) for n in names], dtype=torch.float64)  # [L]
+    score = ip if p.oracle == "linear" else cosine_scores(ip, norm, g_norm)
     full_ip = ip + g_base.unsqueeze(0)  # [J, L] ⟨g_l, v_jl⟩ in weight space
     zero_ip = g_base  # [L] ⟨g_l, zero vertex⟩: 0 (full) or ⟨g_l, θ_base⟩ (task_vector)
     choice, s_ip = {}, torch.zeros(len(names), dtype=torch.float64)  # [L] ⟨g_l, s_l⟩

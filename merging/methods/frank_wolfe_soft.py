@@ -1,0 +1,185 @@
+"""FW-Merging, the "soft" Frank-Wolfe variant (Chen et al., "FW-Merging: Scaling Model Merging with
+Frank-Wolfe Optimization", ICCV 2025, arXiv 2503.12649; FW Soft): every iteration selects, per target task,
+one distinct checkpoint by the cosine oracle of the hard variant (merging/methods/frank_wolfe.py), then
+learns layer-wise AdaMerging coefficients (merging/methods/adamerging.py) that mix the selected checkpoints
+into the current iterate. Domain-agnostic: any ``Objective`` (merging/objective.py), a streamed pool.
+
+θ = the mergeable tensors (tensor l = "layer" l), T = ``objective.tasks`` = (t_1 … t_m), pool {θ_j}_{j∈J}.
+θ_0 = θ_base. Iteration k = 0 … K−1 (``iterations`` = K):
+
+  1. per-task gradients (that task's labelled proxy loss only, all at the same θ_k):
+         g_t = ∇_θ f_t(θ_k),   f_t(θ) = (1/N_t) Σ_{x ∈ proxy_t} ℓ_t(θ; x)
+  2. cosine oracle on the checkpoints' FULL weights (not task vectors), per layer:
+         c_tjl = ⟨g_t,l, θ_j,l⟩ / (‖g_t,l‖·‖θ_j,l‖)        (0 where a norm is 0)
+     ``granularity: model`` (official default "task"):  score_tj = Σ_l c_tjl,  one checkpoint s_t per task
+     ``granularity: layer``:                            score_tjl = c_tjl,    s_t,l chosen per layer
+  3. distinct selections, greedily in task order:
+         s_t = argmin_{j ∉ {s_t' : t' before t}} score_tj      (per layer l for ``layer``)
+     ties go to the first candidate in pool order; when the pool has fewer candidates than T, only the first
+     |J| tasks select (the official loop breaks once every checkpoint is taken).
+  4. layer-wise AdaMerging around θ_k with the selected checkpoints' task vectors RELATIVE TO θ_k:
+         θ(λ)_l = θ_k,l + Σ_t λ_t,l (θ_{s_t},l − θ_k,l)            λ ∈ R^{m×L}
+         λ^(0) = 0.3 at k = 0 (``ada_init``), ``ada_coeff`` at k ≥ 1 (official default 1e-8)
+         ``ada_steps`` Adam steps (lr ``ada_lr`` = 1e-3) on  H(λ) = Σ_t mean_x H(softmax(f_t(x; θ(λ)))),
+         one unlabelled batch per task and step;   θ_{k+1} = θ(λ^(final)).
+     There is no step-size schedule: the step is whatever AdaMerging learns (the 2/(k+2) schedule of the
+     official code belongs to its non-AdaMerging ``merge_fn``, not offered here).
+
+Recorded per iteration: f(θ_k) = Σ_t f_t(θ_k) and its terms, ‖g_t‖, the selections and their scores, λ^(0),
+the AdaMerging entropy trace (``entropy``; ``entropy_before`` at λ^(0), ``entropy_after`` at the final λ),
+the final λ by tensor name, and the tasks AdaMerging skipped (regression: no predictive distribution).
+
+Memory does not grow with the pool: the oracle streams the pool once per iteration, ONE candidate tensor at
+a time (``stream_inner_products``, shared with the hard variant), against the m gradients held together;
+only the m selected checkpoints are read whole, for the AdaMerging step, and dropped after it.
+
+Official code read (FW Soft lives in the authors' FusionBench fork, as hmarkc/FW-Merging README.md says):
+tanganke/fusion_bench fusion_bench/method/fw_merging/fw_soft.py (``FrankWolfeSoftAlgorithm``),
+config/method/fw_merging/fw_soft.yaml (defaults: max_iters 10, ada_iters 500, ada_coeff 1e-8, granularity
+task, merge_fn adamerging, ada_loss entropy_loss); hmarkc/fusion_bench fusion_bench/method/fw_merging/
+fw_soft.py, fw_adamerging.py, config/method/fw_merging/adamerging.yaml, eval_scripts/fw4_adamerging.sh (sweeps
+ada_coeff over {0.3, 0, 1e-8, 1e-4, 1e-2, 0.1}; runs with 1e-2 and 1e-8); tanganke/fusion_bench
+fusion_bench/models/wrappers/layer_wise_fusion.py (``LayerWiseMergedModel``: task vectors are taken against
+the model passed as "pretrained", here θ_k; ``clamp_weights=False``); hmarkc/FW-Merging discriminative/
+merge.py (hard variant only).
+
+λ is left unclamped, as in the official code (adamerging.py with ``clamp: false``). Deviations: (1) g_t is the
+gradient of the task's mean loss over its whole proxy split (official: cross-entropy summed over
+``dataset_size`` = 100 random single training examples, scaled by 1/(dataset_size·n_models); the cosine is scale-free, only the sample differs),
+with the task model in eval mode (official: train mode); (2) the entropy batches are the objective's
+unlabelled batches, cycled (official: shuffled test loader, batch 16) and H uses log-softmax (official adds
+eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
+and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
+iteration for all tasks (official: one pass per task, checkpoints in memory) and a zero norm gives cosine 0
+(official: NaN); (5) candidate names "initial", "zero", "keep" are refused (pool check shared with the hard
+variant).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ..candidates import TensorSource, as_source
+from ..errors import MergeError
+from ..objective import Objective
+from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
+from .base import Params
+from .frank_wolfe import _check_pool, cosine_scores, proxy_objective, stream_inner_products
+
+Tensors = dict[str, torch.Tensor]
+
+
+class FrankWolfeSoftParams(Params):
+    iterations: int = Field(10, ge=1)  # official max_iters
+    granularity: Literal["model", "layer"] = "model"  # official "task" = one checkpoint for the whole model
+    ada_steps: int = Field(500, ge=0)  # official ada_iters: Adam steps per AdaMerging phase
+    ada_init: float = Field(0.3, ge=0.0, le=1.0)  # λ^(0) at the first iteration (official: hard-coded 0.3)
+    ada_coeff: float = Field(1e-8, ge=0.0, le=1.0)  # λ^(0) at every later iteration (official ada_coeff)
+    ada_lr: float = Field(1e-3, gt=0.0)  # Adam learning rate (official: hard-coded 1e-3)
+
+
+@dataclass
+class FrankWolfeSoftResult:
+    theta: Tensors                 # the final merge θ_K, float32, by name
+    history: list[dict[str, Any]]  # per iteration k: objective, selections, entropy before/after …
+    final_objective: float         # f(θ_K) = Σ_t f_t(θ_K)
+    params: FrankWolfeSoftParams
+
+
+class _OneTask:
+    """``objective`` restricted to one task, so ``proxy_objective`` gives f_t and ∇f_t."""
+
+    def __init__(self, objective: Objective, task: str) -> None:
+        self._objective, self.tasks = objective, [task]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
+
+
+def greedy_distinct(score: torch.Tensor) -> list[int]:
+    """Row by row, the column of the smallest score not taken by an earlier row (first one on ties).
+    score: [m, J], m ≤ J -> m distinct column indices."""
+    taken: list[int] = []
+    for row in score:  # [J]
+        masked = row.clone()
+        masked[taken] = math.inf
+        taken.append(int(masked.argmin()))
+    return taken
+
+
+def _select(p: FrankWolfeSoftParams, names: list[str], labels: list[str], cos: torch.Tensor
+            ) -> tuple[list[Any], list[float]]:
+    """Per selecting task: a candidate label (``model``) or {tensor name: label} (``layer``), and its score
+    Σ_l c_tjl. cos: [m, J, L]."""
+    if p.granularity == "model":
+        score = cos.sum(-1)  # [m, J]
+        picks = greedy_distinct(score)
+        return [labels[j] for j in picks], [float(score[t, j]) for t, j in enumerate(picks)]
+    per_layer = [greedy_distinct(cos[:, :, l]) for l in range(len(names))]  # L × [m]
+    choices = [{n: labels[per_layer[l][t]] for l, n in enumerate(names)} for t in range(cos.shape[0])]
+    scores = [sum(float(cos[t, per_layer[l][t], l]) for l in range(len(names))) for t in range(cos.shape[0])]
+    return choices, scores
+
+
+def _adamerging_around(objective: Objective, theta: Tensors, selected: list[Tensors], init: float,
+                       p: FrankWolfeSoftParams) -> tuple[Tensors, AdaMergingHistory]:
+    """θ(λ) = θ_k + Σ_t λ_t,l (θ_{s_t} − θ_k) learned by adamerging.py with θ_k as its "base" (its task
+    vectors are then relative to θ_k, as the official LayerWiseMergedModel(pretrained_model=θ_k))."""
+    params = AdaMergingParams(granularity="layer", init=init, lr=p.ada_lr, steps=p.ada_steps, clamp=False)
+    return adamerging(objective, theta, selected, params)
+
+
+def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],
+                           candidates: Mapping[str, TensorSource | Mapping[str, torch.Tensor]],
+                           params: FrankWolfeSoftParams | Mapping[str, Any] | None = None, *,
+                           progress: bool = False) -> FrankWolfeSoftResult:
+    """Merge ``candidates`` (name -> source) by soft Frank-Wolfe on ``objective``: cosine selection of one
+    distinct checkpoint per task, then layer-wise AdaMerging around the iterate (module docstring)."""
+    p = params if isinstance(params, FrankWolfeSoftParams) else FrankWolfeSoftParams(**dict(params or {}))
+    base_src = as_source(base, "base")
+    names = list(base_src.names)
+    pool = {label: as_source(src, f"candidate '{label}'") for label, src in candidates.items()}
+    _check_pool(names, base_src, pool)
+    tasks, labels = list(objective.tasks), list(pool)
+    if not tasks:
+        raise MergeError("the objective has no target tasks")
+    m = min(len(tasks), len(labels))  # tasks that select (the official loop stops once every checkpoint is taken)
+    theta = {n: base_src.read(n).to(torch.float32) for n in names}  # θ_0 = θ_base
+    history: list[dict[str, Any]] = []
+    for k in range(p.iterations):
+        values, grads = {}, []
+        for index, task in enumerate(tasks):
+            values[task], grad = proxy_objective(_OneTask(objective, task), theta, grad=index < m)
+            if grad is not None:
+                grads.append(grad)
+        grad_norms = [math.sqrt(sum(float(g.double().square().sum()) for g in grad.values())) for grad in grads]
+        ip, norm, _ = stream_inner_products(names, grads, pool)  # [m, J, L], [J, L]
+        g_norm = torch.tensor([[float(g[n].double().norm()) for n in names] for g in grads],
+                              dtype=torch.float64)  # [m, L]
+        del grads
+        picks, scores = _select(p, names, labels, cosine_scores(ip, norm, g_norm))  # cos [m, J, L]
+        selected = [{n: pool[pick if isinstance(pick, str) else pick[n]].read(n).to(torch.float32)
+                     for n in names} for pick in picks]  # m × {name: [*shape]}: the only resident candidates
+        init = p.ada_init if k == 0 else p.ada_coeff
+        merged, ada = _adamerging_around(objective, theta, selected, init, p)
+        del selected
+        theta = {n: merged[n] for n in names}  # θ_{k+1}
+        history.append({
+            "iteration": k, "objective": sum(values.values()), "task_objectives": values,
+            "grad_norms": dict(zip(tasks, grad_norms)),
+            "selections": {t: (picks[i] if i < m else None) for i, t in enumerate(tasks)},
+            "scores": dict(zip(tasks, scores)), "ada_init": init, "entropy": ada.entropy,
+            "entropy_before": ada.entropy[0], "entropy_after": ada.entropy[-1],
+            "lambdas": {n: ada.lambdas[:, i].tolist() for i, n in enumerate(ada.names)}, "skipped": ada.skipped})
+        if progress:
+            print(f"FW-soft {k + 1}/{p.iterations}: f={history[-1]['objective']:.6g} "
+                  f"H {ada.entropy[0]:.4g}->{ada.entropy[-1]:.4g} {history[-1]['selections']}",
+                  file=sys.stderr, flush=True)
+    final = proxy_objective(objective, theta, grad=False)[0]
+    return FrankWolfeSoftResult(theta=theta, history=history, final_objective=final, params=p)

@@ -1,0 +1,227 @@
+"""FW-Merging soft (merging/methods/frank_wolfe_soft.py) as a specification: per-task gradients and the cosine
+oracle on full weights, distinct selections per task (whole model and per layer), layer-wise AdaMerging
+around the current iterate with λ^(0) = 0.3 then the small ``ada_coeff``, entropy that does not rise within a
+phase, memory bounded by the number of target tasks whatever the pool size, and clear errors."""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+
+import pytest
+import torch
+from pydantic import ValidationError
+from test_frank_wolfe import TrackingSource
+from toy_objective import ToyObjective
+
+from merging.errors import MergeError
+from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
+from merging.objective import functional_logits
+
+NAMES = ["body.weight", "body.bias"]
+
+
+class ClassModel(torch.nn.Module):
+    def __init__(self, d: int, classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(d, d)
+        self.head = torch.nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x)))  # [b, C]
+
+
+class ClassToy:
+    """``n_tasks`` classification tasks sharing a mergeable body (``body.weight`` [d, d], ``body.bias`` [d])
+    with a fixed head of their own; task t's labels are the argmax of its own model (body ``optimum[t]``).
+    Proxy: labelled batches of 12; unlabelled: ONE batch of every input, so the entropy is a function of λ."""
+
+    def __init__(self, n_tasks: int = 3, d: int = 4, classes: int = 3, n: int = 24, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.tasks = [f"t{i}" for i in range(n_tasks)]
+        self.base = {"body.weight": torch.randn(d, d, generator=g), "body.bias": 0.1 * torch.randn(d, generator=g)}
+        self.optimum = {t: {n: v + torch.randn(v.shape, generator=g) for n, v in self.base.items()}
+                        for t in self.tasks}
+        self._models, self._data = {}, {}
+        for t in self.tasks:
+            model = ClassModel(d, classes)
+            with torch.no_grad():
+                model.head.weight.copy_(2 * torch.randn(classes, d, generator=g))
+                model.head.bias.zero_()
+                model.body.weight.copy_(self.optimum[t]["body.weight"])
+                model.body.bias.copy_(self.optimum[t]["body.bias"])
+                x = torch.randn(n, d, generator=g)
+                self._data[t] = (x, model(x).argmax(-1))  # [n, d], [n]
+            self._models[t] = model.eval()
+
+    def model(self, task: str) -> torch.nn.Module:
+        return self._models[task]
+
+    def batches(self, task: str, split: str):
+        x, y = self._data[task]
+        if split == "unlabelled":
+            yield {"x": x}
+            return
+        for i in range(0, len(x), 12):
+            yield {"x": x[i:i + 12], "labels": y[i:i + 12]}
+
+    def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
+        return functional_logits(self._models[task], params, {"x": batch["x"]})
+
+    def loss(self, task: str, logits: torch.Tensor, batch) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, batch["labels"])
+
+
+def hand_grads(obj: ClassToy, theta: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """∇ of each task's own mean cross-entropy over all its proxy examples, without the library."""
+    out = {}
+    for t in obj.tasks:
+        params = {n: v.clone().requires_grad_(True) for n, v in theta.items()}
+        x, y = obj._data[t]
+        loss = torch.nn.functional.cross_entropy(torch.func.functional_call(obj.model(t), params, (x,)), y)
+        out[t] = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    return out
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm()))
+
+
+def star_pool(obj: ClassToy) -> dict[str, dict[str, torch.Tensor]]:
+    """The task optima plus "star" = −Σ_t g_t/‖g_t‖ per layer (gradients at θ_base): the best-aligned
+    checkpoint of several tasks at once, so the distinctness rule decides their picks."""
+    grads = hand_grads(obj, obj.base)
+    star = {n: -sum(grads[t][n] / grads[t][n].norm() for t in obj.tasks) for n in NAMES}
+    return {**obj.optimum, "star": star}
+
+
+def greedy(order: list[str], score: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Task by task, the best-scoring candidate no earlier task took."""
+    taken: dict[str, str] = {}
+    for t in order:
+        free = [c for c in score[t] if c not in taken.values()]
+        taken[t] = min(free, key=lambda c: score[t][c])
+    return taken
+
+
+def test_defaults_follow_the_official_config():
+    p = FrankWolfeSoftParams()
+    assert (p.iterations, p.granularity, p.ada_steps, p.ada_init, p.ada_coeff, p.ada_lr) == (
+        10, "model", 500, 0.3, 1e-8, 1e-3)
+
+
+@pytest.mark.parametrize("granularity", ["model", "layer"])
+def test_selections_are_distinct_and_follow_the_per_task_cosine_oracle(granularity):
+    obj = ClassToy(seed=1)
+    pool = star_pool(obj)
+    result = frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 1, "ada_steps": 0,
+                                                          "granularity": granularity})
+    h = result.history[0]
+    grads = hand_grads(obj, obj.base)  # θ_0 = θ_base; g_t from task t's loss alone
+    layer_cos = {t: {c: {n: cos(grads[t][n], pool[c][n]) for n in NAMES} for c in pool} for t in obj.tasks}
+    if granularity == "model":  # one checkpoint per task by the summed layer cosines, on full weights
+        score = {t: {c: sum(layer_cos[t][c].values()) for c in pool} for t in obj.tasks}
+        expected = greedy(obj.tasks, score)
+        unconstrained = [min(score[t], key=score[t].get) for t in obj.tasks]
+        assert h["selections"] == expected
+        assert len(set(expected.values())) == len(obj.tasks)
+        assert h["scores"] == pytest.approx({t: score[t][expected[t]] for t in obj.tasks})
+    else:  # per layer, distinct within each layer
+        unconstrained = []
+        for n in NAMES:
+            score = {t: {c: layer_cos[t][c][n] for c in pool} for t in obj.tasks}
+            expected = greedy(obj.tasks, score)
+            assert {t: h["selections"][t][n] for t in obj.tasks} == expected
+            assert len(set(expected.values())) == len(obj.tasks)
+            unconstrained += [min(score[t], key=score[t].get) for t in obj.tasks]
+    assert len(set(unconstrained)) < len(unconstrained)  # the toy makes tasks collide: distinctness mattered
+    with torch.no_grad():
+        total = sum(torch.nn.functional.cross_entropy(obj.logits(t, obj.base, {"x": obj._data[t][0]}),
+                                                      obj._data[t][1]) for t in obj.tasks)
+    assert h["objective"] == pytest.approx(float(total), rel=1e-5)
+
+
+def test_first_phase_starts_at_0_3_later_ones_at_ada_coeff_around_the_current_iterate():
+    obj = ClassToy(seed=2)
+    pool = {**obj.optimum, "extra": {n: v + 0.5 for n, v in obj.optimum["t0"].items()}}
+    result = frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 3, "ada_steps": 0, "ada_coeff": 0.01})
+    assert [h["ada_init"] for h in result.history] == [0.3, 0.01, 0.01]
+    for h in result.history:  # no Adam step: λ stays at its initial value, one per (selected model, layer)
+        assert h["lambdas"] == {n: [pytest.approx(h["ada_init"])] * 3 for n in NAMES}
+        assert h["entropy_before"] == h["entropy_after"]
+    # replay: θ_{k+1} = θ_k + λ^(0) Σ_t (θ_{s_t} − θ_k), task vectors relative to θ_k (not to θ_base)
+    theta = dict(obj.base)
+    for h in result.history:
+        picks = list(h["selections"].values())
+        theta = {n: theta[n] + h["ada_init"] * sum(pool[c][n] - theta[n] for c in picks) for n in NAMES}
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], theta[n])
+    assert result.history[1]["objective"] == pytest.approx(
+        frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 1, "ada_steps": 0}).final_objective, rel=1e-6)
+
+
+def test_adamerging_phase_does_not_raise_the_entropy_and_gives_the_next_iterate():
+    obj = ClassToy(seed=3)
+    result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {"iterations": 2, "ada_steps": 40, "ada_coeff": 0.01})
+    theta = dict(obj.base)
+    for h in result.history:
+        trace = h["entropy"]
+        assert len(trace) == 41 and trace[0] == h["entropy_before"] and trace[-1] == h["entropy_after"]
+        assert all(b <= a + 1e-7 for a, b in zip(trace, trace[1:]))
+        assert h["entropy_after"] < h["entropy_before"] - 1e-4
+        assert any(abs(v - h["ada_init"]) > 1e-3 for lams in h["lambdas"].values() for v in lams)  # λ moved
+        picks = list(h["selections"].values())  # θ_{k+1} = θ_k + Σ_t λ_t,l (θ_{s_t},l − θ_k,l)
+        theta = {n: theta[n] + sum(lam * (obj.optimum[c][n] - theta[n]) for lam, c in zip(h["lambdas"][n], picks))
+                 for n in NAMES}
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], theta[n])
+
+
+def test_memory_is_the_selected_checkpoints_whatever_the_pool_size():
+    obj = ClassToy()
+    peaks = {}
+    for size in (4, 16):
+        g = torch.Generator().manual_seed(size)
+        alive, stats = weakref.WeakSet(), {"reads": 0, "peak": 0}
+        pool = {f"c{i}": TrackingSource({n: obj.optimum[obj.tasks[i % 3]][n] + 0.1 * torch.randn(
+            obj.base[n].shape, generator=g) for n in NAMES}, alive, stats) for i in range(size)}
+        result = frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 2, "ada_steps": 2})
+        assert len(alive) == 0
+        # each iteration: the oracle reads every candidate tensor once, AdaMerging the 3 selected ones
+        assert stats["reads"] == 2 * (size * len(NAMES) + 3 * len(NAMES))
+        assert all(len(set(h["selections"].values())) == 3 for h in result.history)
+        peaks[size] = stats["peak"]
+    assert peaks == {4: 3 * len(NAMES), 16: 3 * len(NAMES)}  # the 3 selected checkpoints, never the pool
+
+
+def test_a_pool_smaller_than_the_tasks_selects_each_checkpoint_once():
+    obj = ClassToy()
+    pool = {"a": obj.optimum["t1"], "b": obj.optimum["t2"]}
+    h = frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 1, "ada_steps": 1}).history[0]
+    assert sorted(h["selections"][t] for t in ("t0", "t1")) == ["a", "b"] and h["selections"]["t2"] is None
+    assert all(len(v) == 2 for v in h["lambdas"].values())
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"max_iters": 5}, "max_iters"),
+    ({"iterations": 0}, "iterations"),
+    ({"ada_steps": -1}, "ada_steps"),
+    ({"ada_coeff": -1e-3}, "ada_coeff"),
+    ({"ada_init": 1.5}, "ada_init"),
+    ({"ada_lr": 0}, "ada_lr"),
+    ({"granularity": "task"}, "granularity"),
+])
+def test_bad_params_are_clear_errors(params, message):
+    with pytest.raises(ValidationError, match=message):
+        FrankWolfeSoftParams(**params)
+
+
+def test_bad_pools_and_objectives_are_clear_errors():
+    obj = ClassToy()
+    opt = obj.optimum
+    with pytest.raises(MergeError, match="at least one candidate"):
+        frank_wolfe_soft_merge(obj, obj.base, {})
+    with pytest.raises(MergeError, match=r"'t2': tensor 'body.bias' has shape \[5\], the base has \[4\]"):
+        frank_wolfe_soft_merge(obj, obj.base, {**opt, "t2": {**opt["t2"], "body.bias": torch.zeros(5)}})
+    regression = ToyObjective()  # one output per task: no entropy to minimise
+    with pytest.raises(MergeError, match="regression"):
+        frank_wolfe_soft_merge(regression, regression.base, regression.optimum, {"iterations": 1, "ada_steps": 1})
