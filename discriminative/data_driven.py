@@ -13,6 +13,7 @@ from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
 from merging.methods.fisher import FisherParams, fisher_merge
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.methods.greedy_soup import greedy_soup
 from merging.methods.regmean import RegMeanParams, regmean_merge
 from merging.metrics import normalized_score
@@ -31,18 +32,28 @@ def _bodies(objective: ClassifierObjective) -> list[Tensors]:
     return [objective.body(task) for task in objective.tasks]
 
 
-def _frank_wolfe(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-                 ) -> tuple[Tensors, dict[str, Any]]:
-    names = list(base)
-    sources = {task: CheckpointSource(checkpoint_folder(objective.pool, task, objective.seed), names)
-               for task in objective.tasks}  # streamed tensor by tensor by the oracle
+def _streamed(merge: Callable[..., Any], schema: type, objective: ClassifierObjective, base: Tensors,
+              params: dict[str, Any]) -> tuple[Tensors, dict[str, Any]]:
+    """Run a Frank-Wolfe variant with the task checkpoints as candidates streamed tensor by tensor."""
+    sources = {task: CheckpointSource(checkpoint_folder(objective.pool, task, objective.seed), list(base))
+               for task in objective.tasks}
     try:
-        result = frank_wolfe_merge(objective, base, sources, FrankWolfeParams.model_validate(params), progress=True)
+        result = merge(objective, base, sources, schema.model_validate(params), progress=True)
     finally:
         for source in sources.values():
             source.close()
-    history = [{k: v for k, v in step.items() if k != "choices"} for step in result.history]
+    history = [{k: v for k, v in step.items() if k not in ("choices", "scores")} for step in result.history]
     return result.theta, {"history": history, "final_objective": result.final_objective}
+
+
+def _frank_wolfe(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
+                 ) -> tuple[Tensors, dict[str, Any]]:
+    return _streamed(frank_wolfe_merge, FrankWolfeParams, objective, base, params)
+
+
+def _frank_wolfe_soft(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
+                      ) -> tuple[Tensors, dict[str, Any]]:
+    return _streamed(frank_wolfe_soft_merge, FrankWolfeSoftParams, objective, base, params)
 
 
 def _regmean(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
@@ -76,7 +87,8 @@ def _greedy_soup(objective: ClassifierObjective, base: Tensors, params: dict[str
                            "validation_soup": result.soup_score}
 
 
-DATA_DRIVEN: dict[str, Merge] = {"frank_wolfe": _frank_wolfe, "regmean": _regmean, "fisher": _fisher,
+DATA_DRIVEN: dict[str, Merge] = {"frank_wolfe": _frank_wolfe, "frank_wolfe_soft": _frank_wolfe_soft,
+                                 "regmean": _regmean, "fisher": _fisher,
                                  "adamerging": _adamerging, "greedy_soup": _greedy_soup}
 
 

@@ -32,6 +32,7 @@ run_dare_ties()   { _disc_run dare_ties "$@"; }
 run_from()        { _disc_run from "$@"; }
 # data-driven (proxy split: 100 labelled train examples per task; AdaMerging: unlabelled test inputs)
 run_frank_wolfe() { _disc_run frank_wolfe "$@"; }
+run_frank_wolfe_soft() { _disc_run frank_wolfe_soft "$@"; }
 run_regmean()     { _disc_run regmean "$@"; }
 run_fisher()      { _disc_run fisher "$@"; }
 run_adamerging()  { _disc_run adamerging "$@"; }
@@ -41,6 +42,6 @@ run_baselines() {     # references and data-free merges: the benchmark's main co
     run_ties && run_dare_ties && run_from
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
-  run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe
+  run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe && run_frank_wolfe_soft
 }
 run_all() { run_baselines && run_data_driven; }

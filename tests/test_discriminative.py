@@ -138,7 +138,7 @@ def test_pool_repeated_seed_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("method, overrides, beats_pretrained", [
     ("frank_wolfe", {"iterations": 4, "oracle": "linear", "line_search": "grid", "zero_vertex": False}, True),
-    ("greedy_soup", {}, True),
+    ("greedy_soup", {}, True), ("frank_wolfe_soft", {"iterations": 2, "ada_steps": 3}, False),
     ("regmean", {"alpha": 0.9}, False), ("fisher", {}, False), ("adamerging", {"steps": 3, "lr": 0.05}, False)])
 def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_pretrained):
     """Every data-driven method merges the toy pool and is scored; FW with the textbook LMO and line search,
@@ -151,6 +151,6 @@ def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_
     assert 0 <= row["normalized"] <= 120 and row["method"] == method
     if beats_pretrained:
         assert row["normalized"] > pretrained["normalized"] + 10, row
-    if method in ("frank_wolfe", "adamerging", "greedy_soup"):  # their logs land beside the table
+    if method in ("frank_wolfe", "frank_wolfe_soft", "adamerging", "greedy_soup"):  # logs beside the table
         logs = list((outs / "toy" / "logs").glob(f"{method}-seed0-*.json"))
         assert len(logs) == 1 and '"log"' in logs[0].read_text()
