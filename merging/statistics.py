@@ -1,7 +1,8 @@
 """Statistics the data-driven merge methods collect through the ``Objective`` protocol (merging/objective.py),
 and the checks they share. Every collector is a function of ``(objective, params, task)``: it runs the task's
-model with ``params`` in place of its mergeable tensors and never touches a dataset, a tokenizer or a head, so
-a later multi-process wrapper can shard the batches and combine the per-process results.
+model with ``params`` in place of its mergeable tensors and never touches a dataset, a tokenizer or a head.
+Under ``accelerate launch`` each process collects sums over its share of the batches (merging/distributed.py)
+and the sums are all-reduced before any division, so the result is the single-process one up to rounding.
 
 * ``input_grams``      — per ``nn.Linear`` whose weight is mergeable: G = XᵀX of the layer's inputs X
                           (rows = every position of every example), for RegMean (Jin et al., arXiv 2212.09849).
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import distributed
 from .errors import MergeError
 from .objective import Batch, Objective
 
@@ -85,23 +87,43 @@ def batches_of(objective: Objective, task: str, split: str) -> Iterator[Batch]:
         raise MergeError(f"task '{task}' has no '{split}' batches; the data-driven methods need some")
 
 
-def split_examples(batch: Batch) -> list[Batch]:
-    """One single-example batch per example. The batch size n is the leading dimension of the batch's first
-    tensor value; every tensor whose leading dimension is n is sliced to ``[j:j+1]``, every list/tuple of
-    length n to ``[item_j]``; other values (scalars, shared tensors) are passed unchanged."""
+def batch_rows(batch: Batch) -> int:
+    """The batch size n: the leading dimension of the first tensor value of the batch that has one."""
     first = next((v for v in batch.values() if isinstance(v, Tensor) and v.dim() > 0), None)
     if first is None:
         raise MergeError(f"cannot split a batch without tensor values into examples (keys {sorted(batch)})")
-    n = first.shape[0]
+    return first.shape[0]
 
-    def pick(value: Any, j: int) -> Any:
+
+def slice_batch(batch: Batch, start: int, stop: int, n: int | None = None) -> Batch:
+    """Rows [start, stop) of a batch of n rows (``batch_rows``): every tensor whose leading dimension is n is
+    sliced, every list/tuple of length n too; other values (scalars, shared tensors) are passed unchanged."""
+    n = batch_rows(batch) if n is None else n
+
+    def pick(value: Any) -> Any:
         if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-            return value[j:j + 1]
+            return value[start:stop]
         if isinstance(value, (list, tuple)) and len(value) == n:
-            return type(value)([value[j]])
+            return type(value)(value[start:stop])
         return value
 
-    return [{key: pick(value, j) for key, value in batch.items()} for j in range(n)]
+    return {key: pick(value) for key, value in batch.items()}
+
+
+def split_examples(batch: Batch) -> list[Batch]:
+    """One single-example batch per example (``slice_batch`` rows [j, j+1))."""
+    n = batch_rows(batch)
+    return [slice_batch(batch, j, j + 1, n) for j in range(n)]
+
+
+def local_rows(batch: Batch) -> Batch | None:
+    """This process's contiguous share of the batch's rows (``distributed.row_range``): the batch itself with
+    one process, None when the share is empty."""
+    if distributed.world_size() == 1:
+        return batch
+    n = batch_rows(batch)
+    start, stop = distributed.row_range(n)
+    return slice_batch(batch, start, stop, n) if stop > start else None
 
 
 # ---- RegMean: input Gram matrices of the mergeable linear layers ------------------------------------
@@ -129,10 +151,12 @@ def linear_modules(model: torch.nn.Module, names: Sequence[str]) -> dict[str, to
 def input_grams(objective: Objective, params: Tensors, task: str, split: str = "proxy") -> Grams:
     """G = XᵀX of each mergeable linear layer's inputs while ``objective.logits(task, params, ·)`` runs over
     ``split``'s batches (forward hooks on ``objective.model(task)``; inputs [..., in] are flattened to rows;
-    a layer called several times per forward contributes every call)."""
+    a layer called several times per forward contributes every call). Data-parallel: each process runs its
+    share of the batches; the Grams, row and call counts are all-reduced."""
     modules = linear_modules(objective.model(task), list(params))
     grams: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
+    calls: dict[str, int] = {}
 
     def hook_for(weight: str):
         def hook(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
@@ -141,15 +165,23 @@ def input_grams(objective: Objective, params: Tensors, task: str, split: str = "
             xtx = (x.T @ x).double()  # [in, in]
             grams[weight] = grams[weight] + xtx if weight in grams else xtx
             rows[weight] = rows.get(weight, 0) + x.shape[0]
+            calls[weight] = calls.get(weight, 0) + 1
         return hook
 
     handles = [module.register_forward_hook(hook_for(weight)) for weight, module in modules.items()]
     try:
-        for batch in batches_of(objective, task, split):
+        for batch in distributed.shard(batches_of(objective, task, split)):
             objective.logits(task, params, batch)
     finally:
         for handle in handles:
             handle.remove()
+    if distributed.world_size() > 1:  # every process reduces every layer, also those its share never reached
+        local = {w: grams[w] if w in grams else torch.zeros(m.in_features, m.in_features, dtype=torch.float64,
+                                                             device=params[w].device) for w, m in modules.items()}
+        local, counts = distributed.all_reduce_sum(
+            (local, {w: [rows.get(w, 0), calls.get(w, 0)] for w in modules}))
+        grams = {w: g for w, g in local.items() if counts[w][1] > 0}
+        rows = {w: c[0] for w, c in counts.items() if c[1] > 0}
     silent = sorted(set(modules) - set(grams))
     if silent:
         raise MergeError(f"task '{task}': linear layer(s) {silent} never ran on the '{split}' batches, so their "
@@ -170,14 +202,15 @@ def diagonal_fisher(objective: Objective, params: Tensors, task: str,
 
     Per-example gradients come from one forward/backward per example (the batch is split with
     ``split_examples``), so batch-level statistics never mix examples. Returns float32 tensors (wider if the
-    parameters are), zero where a parameter does not affect the loss.
+    parameters are), zero where a parameter does not affect the loss. Data-parallel: each process runs its
+    share of the batches; Σ_j and N are all-reduced before the division.
     """
     leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
     order = list(leaves)
     total = {name: torch.zeros(t.shape, dtype=torch.promote_types(t.dtype, torch.float32), device=t.device)
              for name, t in leaves.items()}
     count = 0
-    for batch in batches_of(objective, task, split):
+    for batch in distributed.shard(batches_of(objective, task, split)):
         for example in split_examples(batch):
             with torch.enable_grad():
                 logits = objective.logits(task, leaves, example)  # [1, C] (or [1, ..., C])
@@ -196,6 +229,7 @@ def diagonal_fisher(objective: Objective, params: Tensors, task: str,
                         if grad is not None:
                             total[name].add_(grad.to(total[name].dtype).square(), alpha=weight)  # [*shape]
             count += 1
+    total, count = distributed.all_reduce_sum((total, count))
     return {name: t / count for name, t in total.items()}
 
 

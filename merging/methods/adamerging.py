@@ -14,6 +14,10 @@ paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after 
 
 Regression tasks (one output, logits [..., 1]) have no predictive distribution to sharpen: they are skipped
 (listed in ``AdaMergingHistory.skipped``); if every task is a regression task it is an error.
+
+Data-parallel under ``accelerate launch`` (merging/distributed.py): every process draws the same batch B_t and
+runs a contiguous share of its rows; Σ_x H, |B_t| and ∂(Σ_x H/|B_t|)/∂λ are all-reduced, so every process takes
+the single-process Adam step and holds the same λ.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from .. import distributed
 from ..errors import MergeError
 from ..objective import Batch, Objective
-from ..statistics import Tensors, batches_of, check_candidates
+from ..statistics import Tensors, batches_of, check_candidates, local_rows
 from .base import Params
 
 PAPER = "https://arxiv.org/abs/2310.02575"
@@ -58,6 +63,12 @@ def mean_entropy(logits: Tensor) -> Tensor:
     """(1/M) Σ_m H(softmax(logits_m)) over every leading index m.  [..., C] -> []."""
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., C]
     return -(log_p.exp() * log_p).sum(-1).mean()
+
+
+def entropy_sum(logits: Tensor) -> tuple[Tensor, int]:
+    """Σ_m H(softmax(logits_m)) over every leading index m, and the number M of those indices.  [..., C] -> []."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., C]
+    return -(log_p.exp() * log_p).sum(), logits.numel() // max(logits.shape[-1], 1)
 
 
 def merge_with(base: Tensors, task_vectors: dict[str, Tensor], lambdas: Tensor, names: list[str]
@@ -109,20 +120,29 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
         for task in objective.tasks:
             if task in history.skipped:
                 continue
+            batch = local_rows(streams[task].next())  # this process's rows of the step's batch (None: none)
+            total, count, one_output = None, 0, 0
             with torch.set_grad_enabled(training):
-                # θ(λ) is rebuilt per task so that one task's activations are freed by its own backward
-                merged = merge_with(base, task_vectors, lambdas, names)
-                logits = objective.logits(task, merged, streams[task].next())  # [..., C]
-                if logits.shape[-1] == 1:
-                    history.skipped.append(task)
-                    continue
-                entropy = mean_entropy(logits)
-            if training:
-                entropy.backward()
-            terms[task] = float(entropy.detach())
+                if batch is not None:
+                    # θ(λ) is rebuilt per task so that one task's activations are freed by its own backward
+                    merged = merge_with(base, task_vectors, lambdas, names)
+                    logits = objective.logits(task, merged, batch)  # [..., C]
+                    one_output = int(logits.shape[-1] == 1)
+                    total, count = entropy_sum(logits)  # Σ_m H over this process's M rows
+            summed, count, one_output = distributed.all_reduce_sum(
+                (float(total.detach()) if total is not None else 0.0, count, one_output))
+            if one_output:
+                history.skipped.append(task)
+                continue
+            if training and total is not None:
+                (total / count).backward()  # ∂ of this process's share of the task's mean entropy
+            terms[task] = summed / count
         if not terms:
             raise MergeError(f"every task ({list(objective.tasks)}) has one output (regression): AdaMerging's "
                              "entropy objective needs at least one classification task")
+        if training and distributed.world_size() > 1:
+            grad = lambdas.grad if lambdas.grad is not None else torch.zeros_like(lambdas)
+            lambdas.grad = distributed.all_reduce_sum(grad)  # [n] or [n, L]: Σ over processes
         history.per_task.append(terms)
         history.entropy.append(sum(terms.values()))
         if not training:

@@ -42,6 +42,10 @@ Memory does not grow with the pool: resident are θ_k, ∇f, D_k (built while �
 oracle streams u_il layer by layer and keeps only [vertices, layers] tables of inner products and norms;
 the step re-reads each chosen tensor. Only ``init: merge`` holds the n candidates of one layer at once.
 
+Data-parallel under ``accelerate launch`` (merging/distributed.py): f and ∇f are sums over the proxy batches,
+sharded across processes and all-reduced; every later step uses reduced values only, so every process holds
+the same θ_k and takes the same decisions.
+
 Deviations from the official code (hmarkc/FW-Merging, discriminative/merge.py ``frank_wolfe_merge``,
 generative/merge.py): f is the per-task mean summed over tasks (official: sum of per-example losses, same
 direction when tasks have equal proxy sizes; the cosine LMO is scale-free); MF runs per tensor (official
@@ -61,6 +65,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationError, model_validator
 
+from .. import distributed
 from ..candidates import InMemorySource, TensorSource, as_source
 from ..errors import MergeError
 from ..objective import Objective
@@ -124,7 +129,10 @@ class FrankWolfeResult:
 def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, grad: bool
                     ) -> tuple[float, Tensors | None]:
     """f(θ) = Σ_t (1/N_t) Σ_b n_b · loss_t(b) over the "proxy" batches (n_b = rows of the batch's logits,
-    N_t = Σ_b n_b) and, with ``grad``, ∇f(θ) by name (zeros where θ does not reach the loss)."""
+    N_t = Σ_b n_b) and, with ``grad``, ∇f(θ) by name (zeros where θ does not reach the loss).
+
+    Data-parallel (merging/distributed.py): each process sums n_b · loss_t(b), n_b and ∇(n_b · loss_t(b))
+    over its share of the batches; the three sums are added across processes before the division by N_t."""
     if not objective.tasks:
         raise MergeError("the objective has no target tasks")
     leaves = {n: t.detach().requires_grad_(grad) for n, t in theta.items()}
@@ -133,7 +141,7 @@ def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, 
     with torch.set_grad_enabled(grad):
         for task in objective.tasks:
             task_sum, count, task_grad = 0.0, 0, {n: torch.zeros_like(t) for n, t in leaves.items()} if grad else {}
-            for batch in objective.batches(task, "proxy"):
+            for batch in distributed.shard(objective.batches(task, "proxy")):
                 logits = objective.logits(task, leaves, batch)  # [b, ...]
                 rows = logits.shape[0] if logits.dim() else 1
                 loss = objective.loss(task, logits, batch)  # [] mean over the batch
@@ -143,6 +151,7 @@ def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, 
                         if part is not None:
                             task_grad[n] += part
                 task_sum, count = task_sum + float(loss.detach()) * rows, count + rows
+            (task_sum, count), task_grad = distributed.all_reduce_sum(((task_sum, count), task_grad))
             if count == 0:
                 raise MergeError(f"task '{task}': the proxy split yielded no batches")
             value += task_sum / count
@@ -352,7 +361,7 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
         history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
                         "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
                         "counts": counts})
-        if progress:
+        if progress and distributed.is_main():
             print(f"FW {k + 1}/{p.iterations}: f={value:.6g} gap={gap:.4g} γ={gamma:.4g} {counts}",
                   file=sys.stderr, flush=True)
     final = proxy_objective(objective, theta, grad=False)[0]

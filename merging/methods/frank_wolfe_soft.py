@@ -29,6 +29,9 @@ Recorded per iteration: f(θ_k) = Σ_t f_t(θ_k) and its terms, ‖g_t‖, the s
 the AdaMerging entropy trace (``entropy``; ``entropy_before`` at λ^(0), ``entropy_after`` at the final λ),
 the final λ by tensor name, and the tasks AdaMerging skipped (regression: no predictive distribution).
 
+Data-parallel under ``accelerate launch`` (merging/distributed.py): the per-task gradients g_t shard the proxy
+batches (``proxy_objective``) and AdaMerging shards each entropy batch's rows; both all-reduce their sums.
+
 Memory does not grow with the pool: the oracle streams the pool once per iteration, ONE candidate tensor at
 a time (``stream_inner_products``, shared with the hard variant), against the m gradients held together;
 only the m selected checkpoints are read whole, for the AdaMerging step, and dropped after it.
@@ -65,6 +68,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from .. import distributed
 from ..candidates import TensorSource, as_source
 from ..errors import MergeError
 from ..objective import Objective
@@ -177,7 +181,7 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
             "scores": dict(zip(tasks, scores)), "ada_init": init, "entropy": ada.entropy,
             "entropy_before": ada.entropy[0], "entropy_after": ada.entropy[-1],
             "lambdas": {n: ada.lambdas[:, i].tolist() for i, n in enumerate(ada.names)}, "skipped": ada.skipped})
-        if progress:
+        if progress and distributed.is_main():
             print(f"FW-soft {k + 1}/{p.iterations}: f={history[-1]['objective']:.6g} "
                   f"H {ada.entropy[0]:.4g}->{ada.entropy[-1]:.4g} {history[-1]['selections']}",
                   file=sys.stderr, flush=True)
