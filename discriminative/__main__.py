@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from merging.errors import MergeError
 
@@ -35,8 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--pool-seeds", type=int, nargs="*",
                      help="fine-tuning seeds to evaluate, one row each (default: the pool's finetune.seeds)")
     run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
+    scale = commands.add_parser("scale", help="one point of a scaling claim (extra checkpoints beside the targets)")
+    scale.add_argument("--pool", default=DEFAULT_POOL)
+    scale.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
+    scale.add_argument("--method", required=True)
+    scale.add_argument("--targets", nargs="+", required=True, help="target tasks (a subset of the pool's)")
+    scale.add_argument("--extra", type=int, required=True, help="how many extra checkpoints join the targets'")
+    scale.add_argument("--pool-seeds", type=int, nargs="*", help="fine-tuning seeds of the targets' checkpoints")
+    draw = commands.add_parser("plot", help="PNG of a scaling claim's rows (score or peak RSS against extra)")
+    draw.add_argument("--pool", default=DEFAULT_POOL)
+    draw.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
+    draw.add_argument("--y", default="normalized", choices=["normalized", "peak_rss_gb"])
     args, extra = parser.parse_known_args(argv)
-    if args.command != "run" and extra:
+    if args.command not in ("run", "scale") and extra:
         parser.error(f"unexpected arguments {extra}")
     try:
         from .data import prepare as prepare_data
@@ -53,12 +65,28 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds or pool.finetune.seeds:
                 for task in args.tasks or pool.tasks:
                     print(finetune(pool, task, seed))
-        else:
+        elif args.command == "run":
             from .experiment import run_experiment
 
             for row in run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra),
                                       args.pool_seeds, args.seed):
                 print(json.dumps(row))
+        elif args.command == "scale":
+            from .experiment import run_experiment
+            from .scaling import extra_candidates, target_pool
+
+            targets = target_pool(pool, args.targets)
+            for pool_seed in args.pool_seeds or pool.finetune.seeds[:1]:
+                others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
+                for row in run_experiment(targets, args.method, f"{pool.name}_{args.claim}", parse_overrides(extra),
+                                          [pool_seed], extra=others,
+                                          columns={"claim": args.claim, "extra": args.extra}):
+                    print(json.dumps(row))
+        else:
+            from .scaling import plot
+
+            folder = Path("outs") / f"{pool.name}_{args.claim}"
+            print(plot(folder / "results.csv", folder / f"{args.claim}_{args.y}.png", args.y))
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

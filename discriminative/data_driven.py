@@ -4,6 +4,8 @@ validation split scores greedy soup. Each returns the merged body (tensors by na
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,20 +27,43 @@ from .objective import ClassifierObjective
 from .pool import PoolConfig
 
 Tensors = dict[str, torch.Tensor]
-Merge = Callable[[ClassifierObjective, Tensors, dict[str, Any], Evaluator], tuple[Tensors, dict[str, Any]]]
+Candidate = tuple[str, int]  # (task, fine-tuning seed): one checkpoint of the pool
 
 
-def _bodies(objective: ClassifierObjective) -> list[Tensors]:
-    return [objective.body(task) for task in objective.tasks]
+@dataclass
+class MergeInputs:
+    """What a data-driven merge gets: the objective over the target tasks, the base encoder, the candidate
+    checkpoints (by default the targets' own; scaling experiments add others), the method's parameters and
+    the validation evaluator (held-out scores for greedy soup)."""
+
+    objective: ClassifierObjective
+    base: Tensors
+    candidates: list[Candidate]
+    params: dict[str, Any]
+    validation: Evaluator
+
+    def folder(self, candidate: Candidate) -> Path:
+        return checkpoint_folder(self.objective.pool, *candidate)
+
+    def bodies(self) -> list[Tensors]:
+        return [read_body(self.folder(c), list(self.base)) for c in self.candidates]
+
+    def paired(self) -> ClassifierObjective:
+        """An objective over each candidate's own task (RegMean / Fisher statistics of candidate i are taken
+        on task i; an extra seed of a task uses the template head of the objective's seed)."""
+        tasks = list(dict.fromkeys(task for task, _ in self.candidates))
+        return self.objective.with_tasks(tasks)
 
 
-def _streamed(merge: Callable[..., Any], schema: type, objective: ClassifierObjective, base: Tensors,
-              params: dict[str, Any]) -> tuple[Tensors, dict[str, Any]]:
-    """Run a Frank-Wolfe variant with the task checkpoints as candidates streamed tensor by tensor."""
-    sources = {task: CheckpointSource(checkpoint_folder(objective.pool, task, objective.seed), list(base))
-               for task in objective.tasks}
+def _label(candidate: Candidate) -> str:
+    return f"{candidate[0]}-seed{candidate[1]}"
+
+
+def _streamed(merge: Callable[..., Any], schema: type, inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    """Run a Frank-Wolfe variant with the candidates streamed tensor by tensor from their checkpoints."""
+    sources = {_label(c): CheckpointSource(inputs.folder(c), list(inputs.base)) for c in inputs.candidates}
     try:
-        result = merge(objective, base, sources, schema.model_validate(params), progress=True)
+        result = merge(inputs.objective, inputs.base, sources, schema.model_validate(inputs.params), progress=True)
     finally:
         for source in sources.values():
             source.close()
@@ -46,57 +71,58 @@ def _streamed(merge: Callable[..., Any], schema: type, objective: ClassifierObje
     return result.theta, {"history": history, "final_objective": result.final_objective}
 
 
-def _frank_wolfe(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-                 ) -> tuple[Tensors, dict[str, Any]]:
-    return _streamed(frank_wolfe_merge, FrankWolfeParams, objective, base, params)
+def _frank_wolfe(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    return _streamed(frank_wolfe_merge, FrankWolfeParams, inputs)
 
 
-def _frank_wolfe_soft(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-                      ) -> tuple[Tensors, dict[str, Any]]:
-    return _streamed(frank_wolfe_soft_merge, FrankWolfeSoftParams, objective, base, params)
+def _frank_wolfe_soft(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    return _streamed(frank_wolfe_soft_merge, FrankWolfeSoftParams, inputs)
 
 
-def _regmean(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-             ) -> tuple[Tensors, dict[str, Any]]:
-    return regmean_merge(objective, _bodies(objective), RegMeanParams.model_validate(params)), {}
+def _regmean(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    return regmean_merge(inputs.paired(), inputs.bodies(), RegMeanParams.model_validate(inputs.params),
+                         tasks=[task for task, _ in inputs.candidates]), {}
 
 
-def _fisher(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-            ) -> tuple[Tensors, dict[str, Any]]:
-    return fisher_merge(objective, _bodies(objective), FisherParams.model_validate(params)), {}
+def _fisher(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    return fisher_merge(inputs.paired(), inputs.bodies(), FisherParams.model_validate(inputs.params),
+                        tasks=[task for task, _ in inputs.candidates]), {}
 
 
-def _adamerging(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], _: Evaluator
-                ) -> tuple[Tensors, dict[str, Any]]:
-    merged, history = adamerging(objective, base, _bodies(objective), AdaMergingParams.model_validate(params))
+def _adamerging(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    merged, history = adamerging(inputs.objective, inputs.base, inputs.bodies(),
+                                 AdaMergingParams.model_validate(inputs.params))
     return merged, {"entropy_first": history.entropy[0], "entropy_last": history.entropy[-1],
                     "lambdas": history.lambdas.tolist(), "skipped": history.skipped}
 
 
-def _greedy_soup(objective: ClassifierObjective, base: Tensors, params: dict[str, Any], validation: Evaluator
-                 ) -> tuple[Tensors, dict[str, Any]]:
-    if params:
-        raise MergeError(f"greedy_soup takes no parameters, got {sorted(params)}")
+def _greedy_soup(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
+    if inputs.params:
+        raise MergeError(f"greedy_soup takes no parameters, got {sorted(inputs.params)}")
+    objective, validation = inputs.objective, inputs.validation
     reference = validation.finetuned()
 
     def score(body: Mapping[str, torch.Tensor]) -> float:  # held-out = the validation split, never test
-        return normalized_score(validation.with_tensors(objective.complete(body), objective.own), reference, objective.tasks)
+        return normalized_score(validation.with_tensors(objective.complete(body), objective.own), reference,
+                                objective.tasks)
 
-    result = greedy_soup(_bodies(objective), score)
-    return result.params, {"members": [objective.tasks[i] for i in result.members],
+    result = greedy_soup(inputs.bodies(), score)
+    return result.params, {"members": [_label(inputs.candidates[i]) for i in result.members],
                            "validation_soup": result.soup_score}
 
 
-DATA_DRIVEN: dict[str, Merge] = {"frank_wolfe": _frank_wolfe, "frank_wolfe_soft": _frank_wolfe_soft,
-                                 "regmean": _regmean, "fisher": _fisher,
-                                 "adamerging": _adamerging, "greedy_soup": _greedy_soup}
+DATA_DRIVEN: dict[str, Callable[[MergeInputs], tuple[Tensors, dict[str, Any]]]] = {
+    "frank_wolfe": _frank_wolfe, "frank_wolfe_soft": _frank_wolfe_soft, "regmean": _regmean, "fisher": _fisher,
+    "adamerging": _adamerging, "greedy_soup": _greedy_soup}
 
 
-def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator
-                      ) -> tuple[Tensors, dict[str, Any]]:
-    """The merged body of ``method`` on the pool's checkpoints of the fine-tuning seed ``validation`` evaluates
-    (``own``: extra per-task tensor patterns, e.g. unmerged biases), with its buffers, and the method's log."""
+def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
+                      candidates: list[Candidate] | None = None) -> tuple[Tensors, dict[str, Any]]:
+    """The merged body of ``method`` for the pool's tasks from ``candidates`` (default: each task's checkpoint of
+    the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor patterns, e.g. unmerged
+    biases), with its buffers, and the method's log."""
     objective = ClassifierObjective(pool, validation.seed, own)
     base = read_body(base_folder(pool), objective.mergeable())
-    merged, log = DATA_DRIVEN[method](objective, base, params, validation)
+    candidates = candidates or [(task, validation.seed) for task in pool.tasks]
+    merged, log = DATA_DRIVEN[method](MergeInputs(objective, base, candidates, params, validation))
     return objective.complete(merged), log

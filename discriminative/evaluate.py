@@ -3,6 +3,7 @@ the majority-class and linear-probe references, and the normalised score."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,16 +49,20 @@ class Evaluator:
         return {task: self.task_score(model_for(task), task) for task in self.pool.tasks}
 
     def finetuned(self) -> dict[str, float]:
-        """Each task's own checkpoint: the reference (100) of the normalised score. Cached per split in the
-        pool's folder, keyed by the checkpoint folders and their completion records."""
-        key = {task: _fingerprint(self.checkpoint(task)) for task in self.pool.tasks}
+        """Each task's own checkpoint: the reference (100) of the normalised score. Cached per split and seed
+        in the pool's folder, one entry per task keyed by its checkpoint folder and completion record (so pools
+        over other task subsets share it)."""
         cache = pool_dir(self.pool) / f"finetuned-{self.split}-seed{self.seed}.json"
-        if cache.is_file():
-            stored = json.loads(cache.read_text())
-            if stored.get("key") == key:
-                return stored["scores"]
-        scores = self.scores(lambda task: load_classifier(self.checkpoint(task)))
-        cache.write_text(json.dumps({"key": key, "scores": scores}, indent=2) + "\n")
+        stored = _read_cache(cache)
+        scores = {}
+        for task in self.pool.tasks:
+            key = _fingerprint(self.checkpoint(task))
+            if stored.get(task, {}).get("key") != key:
+                stored[task] = {"key": key, "score": self.task_score(load_classifier(self.checkpoint(task)), task)}
+            scores[task] = stored[task]["score"]
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        tmp.replace(cache)
         return scores
 
     def with_body(self, folder: Path, own: list[str] = ()) -> dict[str, float]:
@@ -136,6 +141,16 @@ class Evaluator:
 
 def _length(example: Example) -> int:
     return len(example.text) + len(example.text_pair or "")
+
+
+def _read_cache(path: Path) -> dict[str, dict]:
+    """{task: {"key", "score"}}; the earlier layout {"key": {task: key}, "scores": {task: score}} is read too."""
+    if not path.is_file():
+        return {}
+    stored = json.loads(path.read_text())
+    if "scores" in stored:
+        return {task: {"key": stored["key"].get(task), "score": s} for task, s in stored["scores"].items()}
+    return stored
 
 
 def _fingerprint(folder: Path) -> str:

@@ -24,7 +24,7 @@ from merging.registry import known_methods
 from merging.results import append_row, rebuild_markdown
 from merging.run import git_sha, run_merge
 
-from .data_driven import DATA_DRIVEN, merge_data_driven
+from .data_driven import DATA_DRIVEN, Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .finetune import base_folder, checkpoint_folder, finetune, pool_dir
 from .models import read_body
@@ -54,35 +54,37 @@ def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any
     return params, grid, exclude
 
 
-def merge_into(pool: PoolConfig, pool_seed: int, method: str, params: dict[str, Any], exclude: list[str],
-               out: Path, seed: int) -> None:
-    """Merge the pool's checkpoints of fine-tuning seed ``pool_seed`` into ``out`` (``seed``: the merge's own,
-    e.g. DARE masks)."""
+def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],
+               exclude: list[str], out: Path, seed: int) -> None:
+    """Merge the pool's checkpoints ``candidates`` ((task, fine-tuning seed) pairs) into ``out`` (``seed``: the
+    merge's own, e.g. DARE masks)."""
     cfg = validate_config({"method": method, "base": str(base_folder(pool)),
-                           "models": [{"model": str(checkpoint_folder(pool, t, pool_seed))} for t in pool.tasks],
+                           "models": [{"model": str(checkpoint_folder(pool, *c))} for c in candidates],
                            "parameters": params, "exclude": pool.head + exclude, "seed": seed})
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
-                seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The merged encoder of ``method`` with ``params`` on the checkpoints of ``validation``'s fine-tuning seed,
-    and the method's log: data-free methods run through the merge engine into a scratch folder, data-driven
-    ones in memory (discriminative/data_driven.py)."""
+                seed: int, candidates: list[Candidate]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The merged encoder of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
+    methods run through the merge engine into a scratch folder, data-driven ones in memory
+    (discriminative/data_driven.py)."""
     if method in DATA_DRIVEN:
-        return merge_data_driven(pool, method, params, exclude, validation)
+        return merge_data_driven(pool, method, params, exclude, validation, candidates)
     scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
     try:
-        merge_into(pool, validation.seed, method, params, exclude, scratch, seed)
+        merge_into(pool, candidates, method, params, exclude, scratch, seed)
         return read_body(scratch, validation.body_names(exclude)), {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
-               progress: bool = True) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
-    """Test scores of one method on the checkpoints ``test`` evaluates (one fine-tuning seed), its final
-    hyper-parameters, the validation normalised score (when a grid was searched) and the method's log."""
+               progress: bool = True, candidates: list[Candidate] | None = None
+               ) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
+    """Test scores of one method merging ``candidates`` (default: the checkpoints ``test`` evaluates, one per
+    task, of its fine-tuning seed), its final hyper-parameters, the validation normalised score (when a grid
+    was searched) and the method's log."""
     if method == "majority":
         return test.majority(), {}, None, {}
     if method == "probe":
@@ -96,10 +98,11 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
     params, grid, exclude = method_config(method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
+    candidates = candidates or [(task, test.seed) for task in pool.tasks]
     best, best_val, body, log = params, None, None, {}
     for values in itertools.product(*grid.values()):  # one empty product when there is no grid
         candidate = {**params, **dict(zip(grid, values))}
-        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed)
+        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates)
         if not grid:
             best, body, log = candidate, merged, merged_log
             break
@@ -120,22 +123,27 @@ def _write_log(path: Path, record: dict[str, Any]) -> None:
 
 def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any],
                    pool_seeds: list[int] | None = None, seed: int = 0, progress: bool = True,
-                   outs: Path = Path("outs")) -> list[dict[str, Any]]:
+                   outs: Path = Path("outs"), extra: list[Candidate] = (),
+                   columns: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per fine-tuning seed in ``pool_seeds`` (default: all the pool's seeds); missing checkpoints are
-    fine-tuned first. ``seed`` is the merge's own seed (DARE masks)."""
+    fine-tuned first. ``seed`` is the merge's own seed (DARE masks). ``extra`` checkpoints join each seed's
+    task checkpoints as merge candidates (scaling experiments); ``columns`` are added to every row."""
     rows = []
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
         started = time.perf_counter()
-        for task in pool.tasks:
-            finetune(pool, task, pool_seed, progress=progress)
+        candidates = [(task, pool_seed) for task in pool.tasks] + list(extra)
+        for task, task_seed in candidates:
+            finetune(pool, task, task_seed, progress=progress)
         test = Evaluator(pool, "test", pool_seed)  # tokenised once for the method and the fine-tuned reference
-        scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress)
+        scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,
+                                                     candidates if extra else None)
         row: dict[str, Any] = {
             "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
             "average": sum(scores.values()) / len(scores), **scores,
             "params": json.dumps(params, sort_keys=True),
             "validation_normalized": "" if validation is None else validation,
+            **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
             "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -22,14 +22,21 @@ class ClassifierObjective:
     """Tasks of ``pool`` with their checkpoints of fine-tuning seed ``seed``; tensors matching ``own`` (regexes,
     e.g. unmerged biases) stay each task's own like the head."""
 
-    def __init__(self, pool: PoolConfig, seed: int, own: list[str] = (), batch_size: int = 32) -> None:
+    def __init__(self, pool: PoolConfig, seed: int, own: list[str] = (), batch_size: int = 32,
+                 tasks: list[str] | None = None) -> None:
         self.pool, self.seed, self.batch_size = pool, seed, batch_size
-        self.tasks = list(pool.tasks)
+        self.tasks = list(pool.tasks if tasks is None else tasks)
         self.own = list(own)
         self.keep = [*pool.head, *own]
         self.tokenizer = load_tokenizer(checkpoint_folder(pool, self.tasks[0], seed))
         self._models: dict[str, torch.nn.Module] = {}
         self._batches: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = {}
+
+    def with_tasks(self, tasks: list[str]) -> ClassifierObjective:
+        """The same pool, seed and kept tensors over other tasks (loaded models and batches are shared)."""
+        other = ClassifierObjective(self.pool, self.seed, self.own, self.batch_size, tasks)
+        other._models, other._batches = self._models, self._batches
+        return other
 
     def model(self, task: str) -> torch.nn.Module:
         if task not in self._models:

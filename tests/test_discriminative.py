@@ -154,3 +154,33 @@ def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_
     if method in ("frank_wolfe", "frank_wolfe_soft", "adamerging", "greedy_soup"):  # logs beside the table
         logs = list((outs / "toy" / "logs").glob(f"{method}-seed0-*.json"))
         assert len(logs) == 1 and '"log"' in logs[0].read_text()
+
+
+def test_extra_candidates_are_seed_major_and_exclude_or_repeat_the_targets():
+    from discriminative.pool import PoolConfig
+    from discriminative.scaling import extra_candidates
+
+    pool = PoolConfig(name="p", base="b", tasks=["a", "b", "c"], finetune={"seeds": [0, 1]})
+    assert extra_candidates(pool, ["a"], "irrelevance", 5, seed=0) == [("b", 0), ("c", 0), ("b", 1), ("c", 1),
+                                                                        ("b", 2)]
+    assert extra_candidates(pool, ["a", "b"], "relevance", 3, seed=0) == [("a", 1), ("b", 1), ("a", 2)]
+    with pytest.raises(MergeError, match="no non-target tasks"):
+        extra_candidates(pool, ["a", "b", "c"], "irrelevance", 1, seed=0)
+
+
+def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
+    from discriminative.__main__ import main
+    from discriminative.scaling import plot
+
+    pool, root = toy_pool
+    monkeypatch.chdir(root)
+    path = str(root / "pool.yaml")
+    for claim, extra in [("irrelevance", 0), ("irrelevance", 1), ("relevance", 1)]:
+        assert main(["scale", "--pool", path, "--claim", claim, "--method", "task_arithmetic", "--targets",
+                     "has_good", "--extra", str(extra), "--scaling", "0.5"]) == 0
+    rows = read_rows(root / "outs" / "toy_irrelevance" / "results.csv")
+    assert [(r["extra"], r["candidates"]) for r in rows] == [("0", "1"), ("1", "2")]
+    assert "has_sport" not in rows[0]                       # scored on the targets only
+    assert (root / "cache" / "discriminative" / "pools" / "toy" / "finetuned" / "has_good-seed1").is_dir()
+    png = plot(root / "outs" / "toy_irrelevance" / "results.csv", root / "irrelevance.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

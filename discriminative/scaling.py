@@ -1,0 +1,76 @@
+"""The FW-Merging paper's scaling claims on a discriminative pool (arXiv 2503.12649, Sec. 4):
+
+1. irrelevance robustness: fixed target tasks, their own checkpoints plus k checkpoints of *other* tasks;
+2. relevance utilisation: the targets' checkpoints plus k extra checkpoints of the *target* tasks (other
+   fine-tuning seeds);
+3. memory: peak RSS of one merge process against the number of candidates.
+
+Each point is one ``run_experiment`` row (target tasks only, normalised by their own fine-tuned checkpoints)
+appended to ``outs/<pool>_<claim>/results.csv`` with ``extra`` = k; ``plot`` draws the normalised score (or
+peak RSS) against k per method. Hyper-parameters follow the method configs (chosen on validation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from merging.errors import MergeError
+from merging.results import read_rows
+
+from .data_driven import Candidate
+from .pool import PoolConfig
+
+Claim = Literal["irrelevance", "relevance"]
+
+
+def extra_candidates(pool: PoolConfig, targets: list[str], claim: Claim, k: int, seed: int) -> list[Candidate]:
+    """The first ``k`` extra checkpoints for ``claim``, seed-major so that every task contributes before any
+    task repeats: irrelevance — the non-target tasks of the pool at seeds ``seed``, the next seeds …;
+    relevance — the target tasks at the pool's other fine-tuning seeds (then further seeds)."""
+    others = [t for t in pool.tasks if t not in targets]
+    tasks = others if claim == "irrelevance" else targets
+    if not tasks:
+        raise MergeError(f"no {'non-target' if claim == 'irrelevance' else 'target'} tasks to draw extra "
+                         f"checkpoints from (pool tasks {pool.tasks}, targets {targets})")
+    seeds = [seed, *(s for s in pool.finetune.seeds if s != seed)] if claim == "irrelevance" else \
+        [s for s in pool.finetune.seeds if s != seed]
+    while len(seeds) * len(tasks) < k:  # more seeds than the pool lists: fine-tuned on demand
+        seeds.append(max([seed, *seeds]) + 1)
+    return [(task, s) for s in seeds for task in tasks][:k]
+
+
+def target_pool(pool: PoolConfig, targets: list[str]) -> PoolConfig:
+    unknown = [t for t in targets if t not in pool.tasks]
+    if unknown:
+        raise MergeError(f"target task(s) {unknown} are not in pool '{pool.name}' ({pool.tasks})")
+    return pool.model_copy(update={"tasks": list(targets)})
+
+
+def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
+    """``y`` (normalised score or peak_rss_gb) against ``extra`` per method, mean over fine-tuning seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows(csv)
+    if not rows:
+        raise MergeError(f"{csv}: no rows to plot")
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points: dict[int, list[float]] = {}
+        for r in rows:
+            if r["method"] == method:
+                points.setdefault(int(r["extra"]), []).append(float(r[y]))
+        xs = sorted(points)
+        axis.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", label=method)
+    axis.set_xlabel(f"extra checkpoints ({rows[0].get('claim', '')})")
+    axis.set_ylabel({"normalized": "normalised score (%)", "peak_rss_gb": "peak RSS (GB)"}.get(y, y))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    tmp.replace(out)
+    return out
