@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--pool", default=DEFAULT_POOL)
     tune.add_argument("--seeds", type=int, nargs="*", help="fine-tuning seeds (default: the pool's finetune.seeds)")
     tune.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks")
+    tune.add_argument("--workers", type=int, default=1, help="parallel fine-tuning processes (e.g. the core count)")
+    tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
     run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
     run.add_argument("--pool", default=DEFAULT_POOL)
     run.add_argument("--method", required=True)
@@ -60,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise MergeError(f"pool '{pool.name}' uses data '{pool.data}', which is loaded on first use")
             prepare_data(pool.tasks)
         elif args.command == "finetune":
-            from .finetune import finetune
+            from .finetune import finetune, finetune_many
 
-            for seed in args.seeds or pool.finetune.seeds:
-                for task in args.tasks or pool.tasks:
-                    print(finetune(pool, task, seed))
+            if args.only:
+                for pair in args.only:
+                    task, seed = pair.rsplit(":", 1)
+                    print(finetune(pool, task, int(seed)))
+            else:
+                finetune_many(args.pool, pool, [(t, s) for s in args.seeds or pool.finetune.seeds
+                                                 for t in args.tasks or pool.tasks], args.workers)
         elif args.command == "run":
             from .experiment import run_experiment
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from merging.atomic import atomic_directory
+from merging.errors import MergeError
 from merging.checkpoint import resolve_model_ref
 from merging.pypi import cache_dir
 
@@ -99,3 +103,27 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
         tokenizer.save_pretrained(tmp)
         (tmp / DONE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
+
+
+def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]], workers: int = 1) -> None:
+    """Fine-tune the missing checkpoints of ``work`` ((task, seed) pairs). With ``workers`` > 1 they are dealt
+    to that many processes (``python -m discriminative finetune --only``), each with cores / workers threads,
+    largest train splits first to the least-loaded process: on a small CPU machine two one-thread processes
+    finish sooner than one two-thread process."""
+    missing = [(t, s) for t, s in work
+               if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
+    if workers <= 1 or len(missing) <= 1:
+        for task, seed in missing:
+            finetune(pool, task, seed)
+        return
+    base_folder(pool)  # built once here, not raced by the workers
+    size = {t: len(tasks.examples(pool.data, t, "train")) for t in dict.fromkeys(t for t, _ in missing)}
+    shares: list[list[tuple[str, int]]] = [[] for _ in range(min(workers, len(missing)))]
+    for pair in sorted(missing, key=lambda p: -size[p[0]]):
+        min(shares, key=lambda share: sum(size[t] for t, _ in share)).append(pair)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(shares)))}
+    running = [subprocess.Popen([sys.executable, "-m", "discriminative", "finetune", "--pool", pool_file, "--only",
+                                 *(f"{t}:{s}" for t, s in share)], env=env) for share in shares]
+    failed = [p.args[-len(share):] for p, share in zip(running, shares) if p.wait() != 0]
+    if failed:
+        raise MergeError(f"fine-tuning failed in worker(s) for {failed}; rerun to resume (finished checkpoints stay)")

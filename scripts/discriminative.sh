@@ -20,7 +20,7 @@ _disc_run() {
 }
 run_prepare()     { _disc prepare "$@"; }
 # shellcheck disable=SC2086
-run_finetune()    { _disc finetune ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
+run_finetune()    { _disc finetune --workers "${WORKERS:-$(nproc)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
 run_majority()    { _disc_run majority "$@"; }
 run_probe()       { _disc_run probe "$@"; }
 run_pretrained()  { _disc_run pretrained "$@"; }
@@ -38,7 +38,7 @@ run_fisher()      { _disc_run fisher "$@"; }
 run_adamerging()  { _disc_run adamerging "$@"; }
 run_greedy_soup() { _disc_run greedy_soup "$@"; }
 run_baselines() {     # references and data-free merges: the benchmark's main comparison
-  run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
+  run_finetune && run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
     run_ties && run_dare_ties && run_from
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)

@@ -184,3 +184,27 @@ def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
     assert (root / "cache" / "discriminative" / "pools" / "toy" / "finetuned" / "has_good-seed1").is_dir()
     png = plot(root / "outs" / "toy_irrelevance" / "results.csv", root / "irrelevance.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):
+    from discriminative import finetune as ft
+
+    pool, root = toy_pool
+    pool = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 1]})})
+    ft.finetune(pool, "has_good", 0, progress=False)  # already there: not dealt again
+    launched = []
+
+    class FakeWorker:
+        def __init__(self, cmd, env):
+            launched.append((cmd, env["OMP_NUM_THREADS"]))
+            self.args = cmd
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr(ft.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(ft.os, "cpu_count", lambda: 4)
+    ft.finetune_many("pool.yaml", pool, [(t, s) for s in (0, 1) for t in pool.tasks], workers=2)
+    shares = sorted(sorted(cmd[cmd.index("--only") + 1:]) for cmd, _ in launched)
+    # equal train sizes: each pair goes to the least-loaded worker, the first such on ties
+    assert shares == [["has_good:1"], ["has_sport:0", "has_sport:1"]]
+    assert {threads for _, threads in launched} == {"2"}   # 4 cores / 2 workers
