@@ -114,6 +114,12 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     return test.with_tensors(body, exclude), best, best_val, log
 
 
+def variant(row: dict[str, str]) -> str:
+    """A summary line per method and command-line overrides: seeds of one configuration are averaged, a run
+    with other fixed hyper-parameters (``run_frank_wolfe --oracle linear``) gets its own line."""
+    return f"{row['method']} {row['overrides']}" if row.get("overrides") else row["method"]
+
+
 def _write_log(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -142,6 +148,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
             "average": sum(scores.values()) / len(scores), **scores,
             "params": json.dumps(params, sort_keys=True),
+            "overrides": json.dumps(overrides, sort_keys=True) if overrides else "",
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
@@ -155,6 +162,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         append_row(folder / "results.csv", row)
         rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
                          ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],
-                         summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]))
+                         summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]),
+                         label=variant)
         rows.append(row)
     return rows

@@ -9,6 +9,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -63,12 +64,14 @@ def mean_std(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
-def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[str]) -> list[dict[str, str]]:
-    """One row per value of ``key`` (in order of first appearance): the mean ± standard deviation of each
-    column over the latest row of every value of ``over`` (a rerun replaces its earlier row), and ``n``."""
+def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[str],
+                 label: Callable[[dict[str, str]], str] | None = None) -> list[dict[str, str]]:
+    """One row per value of ``key`` (``label(row)`` when given; in order of first appearance): the mean ±
+    standard deviation of each column over the latest row of every value of ``over`` (a rerun replaces its
+    earlier row), and ``n``."""
     latest: dict[str, dict[str, dict[str, str]]] = {}
     for row in rows:
-        latest.setdefault(row[key], {})[row.get(over, "")] = row
+        latest.setdefault(label(row) if label else row[key], {})[row.get(over, "")] = row
     summary = []
     for name, by_over in latest.items():
         out = {key: name, "n": str(len(by_over))}
@@ -80,14 +83,17 @@ def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[
 
 
 def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, first: list[str],
-                     summary: tuple[str, str, list[str]] | None = None) -> None:
+                     summary: tuple[str, str, list[str]] | None = None,
+                     label: Callable[[dict[str, str]], str] | None = None) -> None:
     """Write ``md_path`` from the CSV: columns ``first`` (when present) lead, the rest follow. With
-    ``summary = (key, over, columns)`` a table of mean ± std over ``over`` per ``key`` comes first."""
+    ``summary = (key, over, columns)`` a table of mean ± std over ``over`` per ``key`` (or ``label(row)``)
+    comes first."""
     rows = read_rows(Path(csv_path))
     columns = list(dict.fromkeys([c for c in first if rows and c in rows[0]] + list(rows[0] if rows else [])))
     text = f"# {title}\n\nRebuilt from `{Path(csv_path).name}`.\n\n"
     if summary and rows:
         key, over, stats = summary
         text += (f"## Mean ± standard deviation over `{over}` (latest row of each)\n\n"
-                 + markdown_table(summary_rows(rows, key, over, stats), [key, "n", *stats]) + "\n## All rows\n\n")
+                 + markdown_table(summary_rows(rows, key, over, stats, label), [key, "n", *stats])
+                 + "\n## All rows\n\n")
     _write_atomically(Path(md_path), text + markdown_table(rows, columns))

@@ -208,3 +208,13 @@ def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, mon
     # equal train sizes: each pair goes to the least-loaded worker, the first such on ties
     assert shares == [["has_good:1"], ["has_sport:0", "has_sport:1"]]
     assert {threads for _, threads in launched} == {"2"}   # 4 cores / 2 workers
+
+
+def test_runs_with_other_fixed_hyper_parameters_get_their_own_summary_line(toy_pool):
+    pool, root = toy_pool
+    outs = root / "outs"
+    run_experiment(pool, "task_arithmetic", "toy", {"scaling": 0.3}, progress=False, outs=outs)
+    run_experiment(pool, "task_arithmetic", "toy", {"scaling": 0.6}, progress=False, outs=outs)
+    summary = (outs / "toy" / "results.md").read_text().split("## All rows")[0]
+    assert '| task_arithmetic {"scaling": 0.3} | 1 |' in summary
+    assert '| task_arithmetic {"scaling": 0.6} | 1 |' in summary
