@@ -26,6 +26,7 @@ class Evaluator:
     def __init__(self, pool: PoolConfig, split: str, seed: int | None = None, batch_size: int = 64) -> None:
         self.pool, self.split = pool, split
         self.seed = pool.finetune.seeds[0] if seed is None else seed
+        self._state_names: list[str] | None = None
         self.tokenizer = load_tokenizer(base_folder(pool))
         # sorted by length so that batches pad little (every metric is order-free)
         self.examples = {task: sorted(tasks.examples(pool.data, task, split), key=_length) for task in pool.tasks}
@@ -77,8 +78,10 @@ class Evaluator:
 
     def body_names(self, own: list[str] = ()) -> list[str]:
         """The tensors a merge replaces: every tensor of a task checkpoint outside the head and ``own``."""
+        if self._state_names is None:  # read once: every grid point of a search asks again
+            self._state_names = list(load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict())
         keep = [*self.pool.head, *own]
-        return [n for n in load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict() if not is_head(n, keep)]
+        return [n for n in self._state_names if not is_head(n, keep)]
 
     def checkpoint(self, task: str) -> Path:
         return checkpoint_folder(self.pool, task, self.seed)

@@ -47,11 +47,6 @@ class ClassifierObjective:
         """Names of the merged parameters (every parameter outside the head and the kept patterns)."""
         return [n for n, _ in self.model(self.tasks[0]).named_parameters() if not is_head(n, self.keep)]
 
-    def body(self, task: str) -> dict[str, torch.Tensor]:
-        """Task ``task``'s checkpoint restricted to the mergeable parameters."""
-        named = dict(self.model(task).named_parameters())
-        return {name: named[name].detach() for name in self.mergeable()}
-
     def complete(self, body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``body`` plus the non-head buffers (e.g. position ids; never trained, the same in every model)."""
         model = self.model(self.tasks[0])
