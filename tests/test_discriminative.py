@@ -203,11 +203,26 @@ def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, mon
             return 0
     monkeypatch.setattr(ft.subprocess, "Popen", FakeWorker)
     monkeypatch.setattr(ft.os, "cpu_count", lambda: 4)
+    cost = {"has_good": 3, "has_sport": 5}
+    monkeypatch.setattr(ft, "train_tokens", lambda pool, task, tokenizer: cost[task])
     ft.finetune_many("pool.yaml", pool, [(t, s) for s in (0, 1) for t in pool.tasks], workers=2)
     shares = sorted(sorted(cmd[cmd.index("--only") + 1:]) for cmd, _ in launched)
-    # equal train sizes: each pair goes to the least-loaded worker, the first such on ties
-    assert shares == [["has_good:1"], ["has_sport:0", "has_sport:1"]]
+    # costliest first, each to the least-loaded worker (the first such on ties):
+    # has_sport:0 (5) -> A, has_sport:1 (5) -> B, has_good:1 (3) -> A
+    assert shares == [["has_good:1", "has_sport:0"], ["has_sport:1"]]
     assert {threads for _, threads in launched} == {"2"}   # 4 cores / 2 workers
+
+
+def test_fine_tuning_cost_is_the_train_tokens_after_truncation(toy_pool):
+    from discriminative import finetune as ft
+    from discriminative import tasks
+
+    pool, _ = toy_pool
+    tokenizer = ft.load_tokenizer(ft.base_folder(pool))
+    train = tasks.examples(pool.data, "has_good", "train")
+    full = sum(len(tokenizer(e.text)["input_ids"]) for e in train)
+    assert ft.train_tokens(pool.model_copy(update={"max_length": 512}), "has_good", tokenizer) == full
+    assert ft.train_tokens(pool.model_copy(update={"max_length": 4}), "has_good", tokenizer) == 4 * len(train) < full
 
 
 def test_runs_with_other_fixed_hyper_parameters_get_their_own_summary_line(toy_pool):
