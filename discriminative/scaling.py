@@ -47,7 +47,8 @@ def target_pool(pool: PoolConfig, targets: list[str]) -> PoolConfig:
 
 
 def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
-    """``y`` (normalised score or peak_rss_gb) against ``extra`` per method, mean over fine-tuning seeds."""
+    """``y`` (normalised score, or peak_rss_gb) per method, mean over fine-tuning seeds, against the number of
+    extra checkpoints (scores) or of checkpoints in the pool (memory: targets' own + extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,16 +57,20 @@ def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
     rows = read_rows(csv)
     if not rows:
         raise MergeError(f"{csv}: no rows to plot")
+    x = "candidates" if y == "peak_rss_gb" else "extra"
     figure, axis = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         points: dict[int, list[float]] = {}
         for r in rows:
             if r["method"] == method:
-                points.setdefault(int(r["extra"]), []).append(float(r[y]))
+                points.setdefault(int(r[x]), []).append(float(r[y]))
         xs = sorted(points)
-        axis.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", label=method)
-    axis.set_xlabel(f"extra checkpoints ({rows[0].get('claim', '')})")
+        axis.plot(xs, [sum(points[k]) / len(points[k]) for k in xs], marker="o", label=method)
+    claim = rows[0].get("claim", "")
+    axis.set_xlabel("checkpoints in the pool" if x == "candidates" else f"extra checkpoints ({claim})")
     axis.set_ylabel({"normalized": "normalised score (%)", "peak_rss_gb": "peak RSS (GB)"}.get(y, y))
+    if x == "candidates":
+        axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

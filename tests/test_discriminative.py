@@ -182,8 +182,9 @@ def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
     assert [(r["extra"], r["candidates"]) for r in rows] == [("0", "1"), ("1", "2")]
     assert "has_sport" not in rows[0]                       # scored on the targets only
     assert (root / "cache" / "discriminative" / "pools" / "toy" / "finetuned" / "has_good-seed1").is_dir()
-    png = plot(root / "outs" / "toy_irrelevance" / "results.csv", root / "irrelevance.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    for y in ("normalized", "peak_rss_gb"):  # scores against extra checkpoints, memory against pool size
+        png = plot(root / "outs" / "toy_irrelevance" / "results.csv", root / f"irrelevance_{y}.png", y)
+        assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):
