@@ -83,8 +83,9 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
                progress: bool = True, candidates: list[Candidate] | None = None
                ) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
     """Test scores of one method merging ``candidates`` (default: the checkpoints ``test`` evaluates, one per
-    task, of its fine-tuning seed), its final hyper-parameters, the validation normalised score (when a grid
-    was searched) and the method's log."""
+    task, of its fine-tuning seed), its final hyper-parameters, the validation normalised score (the best of
+    the grid; recorded for every merge, so that variants run with other fixed hyper-parameters can be
+    compared on validation too) and the method's log."""
     if method == "majority":
         return test.majority(), {}, None, {}
     if method == "probe":
@@ -103,11 +104,8 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     for values in itertools.product(*grid.values()):  # one empty product when there is no grid
         candidate = {**params, **dict(zip(grid, values))}
         merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates)
-        if not grid:
-            best, body, log = candidate, merged, merged_log
-            break
         value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
-        if progress:
+        if progress and grid:
             print(f"  {method} {candidate}: validation normalised {value:.2f}")
         if best_val is None or value > best_val:
             best, best_val, body, log = candidate, value, merged, merged_log

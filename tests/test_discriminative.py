@@ -69,11 +69,17 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
     assert "| task_arithmetic |" in (outs / "toy" / "results.md").read_text()
 
 
-def test_fixed_hyper_parameters_skip_the_search(toy_pool):
+def test_fixed_hyper_parameters_skip_the_search_and_still_record_the_validation_score(toy_pool, monkeypatch):
+    from discriminative import experiment
+
     pool, root = toy_pool
+    merged = []
+    real = experiment.merged_body
+    monkeypatch.setattr(experiment, "merged_body", lambda *args: merged.append(args[3]) or real(*args))
     row, = run_experiment(pool, "ties", "toy", {"density": 0.5, "scaling": 0.8}, progress=False, outs=root / "outs")
     assert row["params"] == '{"density": 0.5, "elect": "mass", "lambda": 0.8, "scope": "tensor"}'
-    assert row["validation_normalized"] == ""
+    assert len(merged) == 1                                   # one merge, no grid
+    assert 50 < row["validation_normalized"] <= 110           # variants can be compared on validation
 
 
 def write_pool(tmp_path, **changes):
