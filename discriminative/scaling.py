@@ -18,6 +18,7 @@ from merging.errors import MergeError
 from merging.results import read_rows
 
 from .data_driven import Candidate
+from .experiment import variant
 from .pool import PoolConfig
 
 Claim = Literal["irrelevance", "relevance"]
@@ -47,7 +48,8 @@ def target_pool(pool: PoolConfig, targets: list[str]) -> PoolConfig:
 
 
 def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
-    """``y`` (normalised score, or peak_rss_gb) per method, mean over fine-tuning seeds, against the number of
+    """``y`` (normalised score, or peak_rss_gb) per method and overrides (one line per variant, as the summary
+    of results.md), mean over fine-tuning seeds, against the number of
     extra checkpoints (scores) or of checkpoints in the pool (memory: targets' own + extra)."""
     import matplotlib
 
@@ -59,20 +61,20 @@ def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
         raise MergeError(f"{csv}: no rows to plot")
     x = "candidates" if y == "peak_rss_gb" else "extra"
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for line in dict.fromkeys(variant(r) for r in rows):
         points: dict[int, list[float]] = {}
         for r in rows:
-            if r["method"] == method:
+            if variant(r) == line:
                 points.setdefault(int(r[x]), []).append(float(r[y]))
         xs = sorted(points)
-        axis.plot(xs, [sum(points[k]) / len(points[k]) for k in xs], marker="o", label=method)
+        axis.plot(xs, [sum(points[k]) / len(points[k]) for k in xs], marker="o", label=line)
     claim = rows[0].get("claim", "")
     axis.set_xlabel("checkpoints in the pool" if x == "candidates" else f"extra checkpoints ({claim})")
     axis.set_ylabel({"normalized": "normalised score (%)", "peak_rss_gb": "peak RSS (GB)"}.get(y, y))
     if x == "candidates":
         axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize="small")
     figure.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
