@@ -50,27 +50,29 @@ run_all() { run_baselines && run_data_driven; }
 # Rows in outs/<pool>_<claim>/results.csv, plots beside them.
 #   run_irrelevance                         # k = 0 2 4 8 16, FW hard/soft vs TA, TIES, AdaMerging
 #   SIZES="1 4" METHODS="frank_wolfe ties" run_relevance
+#   SIZES="0 12" METHODS=frank_wolfe run_irrelevance --init base --lambda 1 --eta 1   # overrides for every point
 #   run_memory                              # peak RSS at 4, 8, 16 candidates: FW, AdaMerging, RegMean
 _scaling() {
   local claim=$1 sizes=$2 methods=$3 k m
+  shift 3
   for k in $sizes; do
     for m in $methods; do
       # shellcheck disable=SC2086  # TARGETS and POOL_SEEDS are lists
       _disc scale --claim "$claim" --method "$m" --extra "$k" \
         --targets ${TARGETS:-sarcasm_headlines bbc_topic hyperbaton epistemic_reasoning} \
-        ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} || return
+        ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@" || return
     done
   done
 }
 run_irrelevance() {
-  _scaling irrelevance "${SIZES:-0 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" &&
+  _scaling irrelevance "${SIZES:-0 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
     _disc plot --claim irrelevance
 }
 run_relevance() {
-  _scaling relevance "${SIZES:-1 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" &&
+  _scaling relevance "${SIZES:-1 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
     _disc plot --claim relevance
 }
 run_memory() {
-  _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" &&
+  _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&
     _disc plot --claim irrelevance --y peak_rss_gb
 }
