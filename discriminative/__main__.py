@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from merging import distributed
 from merging.errors import MergeError
 
 DEFAULT_POOL = "configs/discriminative/minilm_8tasks.yaml"
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    distributed.finish()  # under `accelerate launch`: every process leaves the group together
     return 0
 
 

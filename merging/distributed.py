@@ -92,6 +92,15 @@ def world() -> World:
     return _WORLD
 
 
+def finish() -> None:
+    """Leave the process group together: a barrier, then ``destroy_process_group``. A launched process that
+    simply exits while another still talks to it can be aborted by gloo ("terminate called without an active
+    exception"); call this last in every entry point that may run under a launcher. No-op in one process."""
+    if _WORLD is not None and _WORLD.size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def rank() -> int:
     return world().rank
 

@@ -109,6 +109,7 @@ def main() -> None:
                     "ranks_agree": all(same(results, other) for other in every),
                     "omp_threads": os.environ.get("OMP_NUM_THREADS")}, tmp)
         tmp.replace(out)
+    distributed.finish()
 
 
 if __name__ == "__main__":
