@@ -118,6 +118,16 @@ def variant(row: dict[str, str]) -> str:
     return f"{row['method']} {row['overrides']}" if row.get("overrides") else row["method"]
 
 
+def chosen(row: dict[str, str]) -> str:
+    """The hyper-parameters the validation search chose for ``row``: its method config's grid keys, less the
+    ones fixed on the command line ("lambda 0.5"; empty for references and fixed runs)."""
+    if row["method"] in REFERENCES or not row.get("params"):
+        return ""
+    _, grid, _ = method_config(row["method"], json.loads(row["overrides"]) if row.get("overrides") else {})
+    params = json.loads(row["params"])
+    return ", ".join(f"{k} {params[k]}" for k in grid if k in params)
+
+
 def _write_log(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -161,6 +171,6 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
                          ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],
                          summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]),
-                         label=variant)
+                         label=variant, describe=("chosen on validation", chosen))
         rows.append(row)
     return rows

@@ -65,10 +65,12 @@ def mean_std(values: list[float]) -> str:
 
 
 def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[str],
-                 label: Callable[[dict[str, str]], str] | None = None) -> list[dict[str, str]]:
+                 label: Callable[[dict[str, str]], str] | None = None,
+                 describe: tuple[str, Callable[[dict[str, str]], str]] | None = None) -> list[dict[str, str]]:
     """One row per value of ``key`` (``label(row)`` when given; in order of first appearance): the mean ±
     standard deviation of each column over the latest row of every value of ``over`` (a rerun replaces its
-    earlier row), and ``n``."""
+    earlier row), and ``n``. ``describe = (column, text)`` adds ``column`` = "v: text(row)" for each such row
+    whose text is not empty (e.g. the hyper-parameters chosen for each seed), joined by "; "."""
     latest: dict[str, dict[str, dict[str, str]]] = {}
     for row in rows:
         latest.setdefault(label(row) if label else row[key], {})[row.get(over, "")] = row
@@ -78,13 +80,17 @@ def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[
         for column in columns:
             values = [float(r[column]) for r in by_over.values() if r.get(column, "") != ""]
             out[column] = mean_std(values) if values else ""
+        if describe:
+            texts = ((value, describe[1](row)) for value, row in by_over.items())
+            out[describe[0]] = "; ".join(f"{value}: {text}" for value, text in texts if text)
         summary.append(out)
     return summary
 
 
 def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, first: list[str],
                      summary: tuple[str, str, list[str]] | None = None,
-                     label: Callable[[dict[str, str]], str] | None = None) -> None:
+                     label: Callable[[dict[str, str]], str] | None = None,
+                     describe: tuple[str, Callable[[dict[str, str]], str]] | None = None) -> None:
     """Write ``md_path`` from the CSV: columns ``first`` (when present) lead, the rest follow. With
     ``summary = (key, over, columns)`` a table of mean ± std over ``over`` per ``key`` (or ``label(row)``)
     comes first."""
@@ -94,6 +100,7 @@ def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, firs
     if summary and rows:
         key, over, stats = summary
         text += (f"## Mean ± standard deviation over `{over}` (latest row of each)\n\n"
-                 + markdown_table(summary_rows(rows, key, over, stats, label), [key, "n", *stats])
+                 + markdown_table(summary_rows(rows, key, over, stats, label, describe),
+                                  [key, "n", *stats, *([describe[0]] if describe else [])])
                  + "\n## All rows\n\n")
     _write_atomically(Path(md_path), text + markdown_table(rows, columns))

@@ -1,5 +1,6 @@
 """The discriminative pipeline end to end on a tiny BERT and two toy keyword tasks: fine-tune -> merge ->
 evaluate, result rows, and bad pool YAMLs."""
+import json
 import random
 
 import pytest
@@ -67,6 +68,8 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
     rows = read_rows(outs / "toy" / "results.csv")
     assert [r["method"] for r in rows] == ["finetuned", "pretrained", "task_arithmetic"]
     assert "| task_arithmetic |" in (outs / "toy" / "results.md").read_text()
+    lam = json.loads(merged["params"])["lambda"]
+    assert f"| 0: lambda {lam} |" in (outs / "toy" / "results.md").read_text()  # the λ validation chose
 
 
 def test_fixed_hyper_parameters_skip_the_search_and_still_record_the_validation_score(toy_pool, monkeypatch):

@@ -70,3 +70,13 @@ def test_summary_is_mean_and_sample_std_over_the_latest_row_of_each_seed(tmp_pat
     rebuild_markdown(path, tmp_path / "results.md", "Demo", ["method"], summary=("method", "pool_seed", ["normalized"]))
     text = (tmp_path / "results.md").read_text()
     assert text.index("| ta | 3 | 80.00 ± 8.72 |") < text.index("## All rows")
+
+
+def test_summary_describes_each_seed_row_when_asked(tmp_path):
+    path = tmp_path / "results.csv"
+    for seed, lam in [(0, "0.5"), (1, "0.4"), (1, "0.3")]:
+        append_row(path, {"method": "ta", "pool_seed": seed, "normalized": 80.0, "lambda": lam})
+    append_row(path, {"method": "ref", "pool_seed": 0, "normalized": 100.0, "lambda": ""})
+    describe = ("chosen", lambda row: f"lambda {row['lambda']}" if row["lambda"] else "")
+    summary = summary_rows(read_rows(path), "method", "pool_seed", ["normalized"], describe=describe)
+    assert [s["chosen"] for s in summary] == ["0: lambda 0.5; 1: lambda 0.3", ""]  # the rerun's choice wins
