@@ -4,6 +4,7 @@ of the pool, appended to ``outs/<experiment>/results.csv``; ``results.md`` is re
 spread over seeds."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -37,14 +38,21 @@ ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging script
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
-def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[str]]:
-    """(fixed parameters, search grid, extra exclude regexes) from configs/discriminative/methods/<method>.yaml;
-    an override fixes a parameter and removes it from the grid."""
+@functools.cache
+def _method_yaml(method: str) -> dict[str, Any]:
+    """configs/discriminative/methods/<method>.yaml, read once per process (every summary rebuild asks again)."""
     path = METHOD_CONFIGS / f"{method}.yaml"
     raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     unknown = set(raw) - {"parameters", "search", "exclude"}
     if unknown:
         raise MergeError(f"{path}: unknown key(s) {sorted(unknown)}; expected parameters, search, exclude")
+    return raw
+
+
+def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[str]]:
+    """(fixed parameters, search grid, extra exclude regexes) from configs/discriminative/methods/<method>.yaml;
+    an override fixes a parameter and removes it from the grid."""
+    raw = _method_yaml(method)
     overrides = {ALIASES.get(k, k): v for k, v in overrides.items()}
     exclude = list(raw.get("exclude") or [])
     if overrides.pop("merge_biases", True) is False:  # the official FW-Merging code keeps biases unmerged

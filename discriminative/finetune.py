@@ -107,8 +107,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
 
 def train_tokens(pool: PoolConfig, task: str, tokenizer) -> int:
     """Tokens in ``task``'s train split after truncation to the pool's ``max_length`` (pairs counted jointly)."""
-    return sum(int(encode(tokenizer, [example], pool.max_length)["attention_mask"].sum())
-               for example in tasks.examples(pool.data, task, "train"))
+    return int(encode(tokenizer, tasks.examples(pool.data, task, "train"), pool.max_length)["attention_mask"].sum())
 
 
 def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]], workers: int = 1) -> None:

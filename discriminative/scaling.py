@@ -61,11 +61,10 @@ def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
         raise MergeError(f"{csv}: no rows to plot")
     x = "candidates" if y == "peak_rss_gb" else "extra"
     figure, axis = plt.subplots(figsize=(6, 4))
-    for line in dict.fromkeys(variant(r) for r in rows):
-        points: dict[int, list[float]] = {}
-        for r in rows:
-            if variant(r) == line:
-                points.setdefault(int(r[x]), []).append(float(r[y]))
+    lines: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        lines.setdefault(variant(r), {}).setdefault(int(r[x]), []).append(float(r[y]))
+    for line, points in lines.items():
         xs = sorted(points)
         axis.plot(xs, [sum(points[k]) / len(points[k]) for k in xs], marker="o", label=line)
     claim = rows[0].get("claim", "")
