@@ -1,104 +1,18 @@
-"""python -m discriminative {prepare, finetune, run} — the entry point behind scripts/discriminative.sh."""
+"""python -m discriminative {prepare, finetune, run, scale, plot} — the entry point behind
+scripts/discriminative.sh (merging/benchmark/cli.py)."""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from merging import distributed
-from merging.errors import MergeError
+from merging.benchmark.cli import main as cli_main
+
+from .pool import load_pool
 
 DEFAULT_POOL = "configs/discriminative/minilm_8tasks.yaml"
 
 
-def parse_overrides(extra: list[str]) -> dict[str, object]:
-    """``--density 0.2 --scaling 0.7`` -> {"density": 0.2, "scaling": 0.7} (values parsed as YAML scalars)."""
-    import yaml
-
-    if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
-        raise MergeError(f"method parameters must come as --name value pairs, got {extra}")
-    return {key[2:].replace("-", "_"): yaml.safe_load(value) for key, value in zip(extra[::2], extra[1::2])}
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m discriminative", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="download and split the offline data sets")
-    prepare.add_argument("--pool", default=DEFAULT_POOL)
-    tune = commands.add_parser("finetune", help="fine-tune the pool's missing task checkpoints")
-    tune.add_argument("--pool", default=DEFAULT_POOL)
-    tune.add_argument("--seeds", type=int, nargs="*", help="fine-tuning seeds (default: the pool's finetune.seeds)")
-    tune.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks")
-    tune.add_argument("--workers", type=int, default=1, help="parallel fine-tuning processes (e.g. the core count)")
-    tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
-    run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
-    run.add_argument("--pool", default=DEFAULT_POOL)
-    run.add_argument("--method", required=True)
-    run.add_argument("--experiment", help="outs/ folder name (default: the pool's name)")
-    run.add_argument("--pool-seeds", type=int, nargs="*",
-                     help="fine-tuning seeds to evaluate, one row each (default: the pool's finetune.seeds)")
-    run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
-    scale = commands.add_parser("scale", help="one point of a scaling claim (extra checkpoints beside the targets)")
-    scale.add_argument("--pool", default=DEFAULT_POOL)
-    scale.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
-    scale.add_argument("--method", required=True)
-    scale.add_argument("--targets", nargs="+", required=True, help="target tasks (a subset of the pool's)")
-    scale.add_argument("--extra", type=int, required=True, help="how many extra checkpoints join the targets'")
-    scale.add_argument("--pool-seeds", type=int, nargs="*", help="fine-tuning seeds of the targets' checkpoints")
-    draw = commands.add_parser("plot", help="PNG of a scaling claim's rows (score or peak RSS against extra)")
-    draw.add_argument("--pool", default=DEFAULT_POOL)
-    draw.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
-    draw.add_argument("--y", default="normalized", choices=["normalized", "peak_rss_gb"])
-    args, extra = parser.parse_known_args(argv)
-    if args.command not in ("run", "scale") and extra:
-        parser.error(f"unexpected arguments {extra}")
-    try:
-        from .data import prepare as prepare_data
-        from .pool import load_pool
-
-        pool = load_pool(args.pool)
-        if args.command == "prepare":
-            if pool.data != "offline":
-                raise MergeError(f"pool '{pool.name}' uses data '{pool.data}', which is loaded on first use")
-            prepare_data(pool.tasks)
-        elif args.command == "finetune":
-            from .finetune import finetune, finetune_many
-
-            if args.only:
-                for pair in args.only:
-                    task, seed = pair.rsplit(":", 1)
-                    print(finetune(pool, task, int(seed)))
-            else:
-                finetune_many(args.pool, pool, [(t, s) for s in args.seeds or pool.finetune.seeds
-                                                 for t in args.tasks or pool.tasks], args.workers)
-        elif args.command == "run":
-            from .experiment import run_experiment
-
-            for row in run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra),
-                                      args.pool_seeds, args.seed):
-                print(json.dumps(row))
-        elif args.command == "scale":
-            from .experiment import run_experiment
-            from .scaling import extra_candidates, target_pool
-
-            targets = target_pool(pool, args.targets)
-            for pool_seed in args.pool_seeds or pool.finetune.seeds[:1]:
-                others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
-                for row in run_experiment(targets, args.method, f"{pool.name}_{args.claim}", parse_overrides(extra),
-                                          [pool_seed], extra=others,
-                                          columns={"claim": args.claim, "extra": args.extra}):
-                    print(json.dumps(row))
-        else:
-            from .scaling import plot
-
-            folder = Path("outs") / f"{pool.name}_{args.claim}"
-            print(plot(folder / "results.csv", folder / f"{args.claim}_{args.y}.png", args.y))
-    except MergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    distributed.finish()  # under `accelerate launch`: every process leaves the group together
-    return 0
+    return cli_main("discriminative", load_pool, DEFAULT_POOL, argv)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import yaml
 
+from merging.benchmark.domain import TaskSpec
 from merging.errors import MergeError
 from merging.pypi import cache_dir, fetch
 
@@ -55,15 +56,6 @@ class Example:
     text: str
     label: float | int
     text_pair: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    kind: Literal["classification", "regression"]
-    num_labels: int  # 1 for regression
-    metric: Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
-    label_names: tuple[str, ...] = ()
 
 
 # -------------------------------------------------------------------------------------------- the task list

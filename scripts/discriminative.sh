@@ -45,7 +45,7 @@ run_data_driven() {   # methods that read data (proxy examples, unlabelled test 
   run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe && run_frank_wolfe_soft
 }
 run_all() { run_baselines && run_data_driven; }
-# The paper's scaling claims (discriminative/scaling.py): TARGETS (4 of the pool's tasks) keep their own
+# The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (4 of the pool's tasks) keep their own
 # checkpoints; k extra checkpoints join them: other tasks' (irrelevance) or the targets' other seeds (relevance).
 # Rows in outs/<pool>_<claim>/results.csv, plots beside them.
 #   run_irrelevance                         # k = 0 2 4 8 16, FW hard/soft vs TA, TIES, AdaMerging

@@ -11,7 +11,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and unaffected b
 
 from discriminative import tasks
 from discriminative.data import Example, TaskSpec
-from discriminative.experiment import run_experiment
+from merging.benchmark.experiment import run_experiment
 from discriminative.pool import load_pool
 from merging.errors import MergeError
 from merging.results import read_rows
@@ -73,7 +73,7 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
 
 
 def test_fixed_hyper_parameters_skip_the_search_and_still_record_the_validation_score(toy_pool, monkeypatch):
-    from discriminative import experiment
+    from merging.benchmark import experiment
 
     pool, root = toy_pool
     merged = []
@@ -166,10 +166,10 @@ def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_
 
 
 def test_extra_candidates_are_seed_major_and_exclude_or_repeat_the_targets():
-    from discriminative.pool import PoolConfig
-    from discriminative.scaling import extra_candidates
+    from discriminative.pool import TextPool
+    from merging.benchmark.scaling import extra_candidates
 
-    pool = PoolConfig(name="p", base="b", tasks=["a", "b", "c"], finetune={"seeds": [0, 1]})
+    pool = TextPool(name="p", base="b", tasks=["a", "b", "c"], finetune={"seeds": [0, 1]})
     assert extra_candidates(pool, ["a"], "irrelevance", 5, seed=0) == [("b", 0), ("c", 0), ("b", 1), ("c", 1),
                                                                         ("b", 2)]
     assert extra_candidates(pool, ["a", "b"], "relevance", 3, seed=0) == [("a", 1), ("b", 1), ("a", 2)]
@@ -179,7 +179,7 @@ def test_extra_candidates_are_seed_major_and_exclude_or_repeat_the_targets():
 
 def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
     from discriminative.__main__ import main
-    from discriminative.scaling import plot
+    from merging.benchmark.scaling import plot
 
     pool, root = toy_pool
     monkeypatch.chdir(root)
@@ -197,7 +197,7 @@ def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
 
 
 def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):
-    from discriminative import finetune as ft
+    from merging.benchmark import store as ft
 
     pool, root = toy_pool
     pool = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 1]})})
@@ -214,7 +214,7 @@ def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, mon
     monkeypatch.setattr(ft.subprocess, "Popen", FakeWorker)
     monkeypatch.setattr(ft.os, "cpu_count", lambda: 4)
     cost = {"has_good": 3, "has_sport": 5}
-    monkeypatch.setattr(ft, "train_tokens", lambda pool, task, tokenizer: cost[task])
+    monkeypatch.setattr(type(pool.domain), "cost", lambda self, pool, task, processor: cost[task])
     ft.finetune_many("pool.yaml", pool, [(t, s) for s in (0, 1) for t in pool.tasks], workers=2)
     shares = sorted(sorted(cmd[cmd.index("--only") + 1:]) for cmd, _ in launched)
     # costliest first, each to the least-loaded worker (the first such on ties):
@@ -224,15 +224,15 @@ def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, mon
 
 
 def test_fine_tuning_cost_is_the_train_tokens_after_truncation(toy_pool):
-    from discriminative import finetune as ft
-    from discriminative import tasks
+    from merging.benchmark.store import base_folder
 
     pool, _ = toy_pool
-    tokenizer = ft.load_tokenizer(ft.base_folder(pool))
+    domain = pool.domain
+    tokenizer = domain.processor(pool, base_folder(pool))
     train = tasks.examples(pool.data, "has_good", "train")
     full = sum(len(tokenizer(e.text)["input_ids"]) for e in train)
-    assert ft.train_tokens(pool.model_copy(update={"max_length": 512}), "has_good", tokenizer) == full
-    assert ft.train_tokens(pool.model_copy(update={"max_length": 4}), "has_good", tokenizer) == 4 * len(train) < full
+    assert domain.cost(pool.model_copy(update={"max_length": 512}), "has_good", tokenizer) == full
+    assert domain.cost(pool.model_copy(update={"max_length": 4}), "has_good", tokenizer) == 4 * len(train) < full
 
 
 def test_runs_with_other_fixed_hyper_parameters_get_their_own_summary_line(toy_pool):

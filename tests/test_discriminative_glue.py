@@ -10,9 +10,9 @@ import yaml
 torch.set_num_threads(1)
 
 from discriminative import glue
-from discriminative.evaluate import Evaluator
-from discriminative.experiment import run_experiment
-from discriminative.finetune import finetune
+from merging.benchmark.evaluate import Evaluator
+from merging.benchmark.experiment import run_experiment
+from merging.benchmark.store import finetune
 from discriminative.pool import load_pool
 from merging.results import read_rows
 

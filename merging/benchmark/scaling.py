@@ -1,4 +1,4 @@
-"""The FW-Merging paper's scaling claims on a discriminative pool (arXiv 2503.12649, Sec. 4):
+"""The FW-Merging paper's scaling claims on a benchmark pool (any domain) (arXiv 2503.12649, Sec. 4):
 
 1. irrelevance robustness: fixed target tasks, their own checkpoints plus k checkpoints of *other* tasks;
 2. relevance utilisation: the targets' checkpoints plus k extra checkpoints of the *target* tasks (other

@@ -1,4 +1,4 @@
-"""The data-driven methods on a discriminative pool: ``merging/`` supplies each merge, ``ClassifierObjective``
+"""The data-driven methods on a benchmark pool: ``merging/methods`` supplies each merge, ``TaskObjective``
 the tasks (proxy split for FW-Merging / RegMean / Fisher, unlabelled test inputs for AdaMerging) and the
 validation split scores greedy soup. Each returns the merged body (tensors by name) and a JSON-able log."""
 from __future__ import annotations
@@ -20,11 +20,11 @@ from merging.methods.greedy_soup import greedy_soup
 from merging.methods.regmean import RegMeanParams, regmean_merge
 from merging.metrics import normalized_score
 
+from .body import read_body
 from .evaluate import Evaluator
-from .finetune import base_folder, checkpoint_folder
-from .models import read_body
-from .objective import ClassifierObjective
+from .objective import TaskObjective
 from .pool import PoolConfig
+from .store import base_folder, checkpoint_folder
 
 Tensors = dict[str, torch.Tensor]
 Candidate = tuple[str, int]  # (task, fine-tuning seed): one checkpoint of the pool
@@ -32,11 +32,11 @@ Candidate = tuple[str, int]  # (task, fine-tuning seed): one checkpoint of the p
 
 @dataclass
 class MergeInputs:
-    """What a data-driven merge gets: the objective over the target tasks, the base encoder, the candidate
+    """What a data-driven merge gets: the objective over the target tasks, the base model, the candidate
     checkpoints (by default the targets' own; scaling experiments add others), the method's parameters and
     the validation evaluator (held-out scores for greedy soup)."""
 
-    objective: ClassifierObjective
+    objective: TaskObjective
     base: Tensors
     candidates: list[Candidate]
     params: dict[str, Any]
@@ -48,7 +48,7 @@ class MergeInputs:
     def bodies(self) -> list[Tensors]:
         return [read_body(self.folder(c), list(self.base)) for c in self.candidates]
 
-    def paired(self) -> ClassifierObjective:
+    def paired(self) -> TaskObjective:
         """An objective over each candidate's own task (RegMean / Fisher statistics of candidate i are taken
         on task i; an extra seed of a task uses the template head of the objective's seed)."""
         tasks = list(dict.fromkeys(task for task, _ in self.candidates))
@@ -121,7 +121,7 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
     """The merged body of ``method`` for the pool's tasks from ``candidates`` (default: each task's checkpoint of
     the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor patterns, e.g. unmerged
     biases), with its buffers, and the method's log."""
-    objective = ClassifierObjective(pool, validation.seed, own)
+    objective = TaskObjective(pool, validation.seed, own)
     base = read_body(base_folder(pool), objective.mergeable())
     candidates = candidates or [(task, validation.seed) for task in pool.tasks]
     merged, log = DATA_DRIVEN[method](MergeInputs(objective, base, candidates, params, validation))

@@ -1,5 +1,5 @@
-"""Evaluation shared by every method: per-task scores of "some encoder + each task's own head" on a split,
-the majority-class and linear-probe references, and the normalised score."""
+"""Evaluation shared by every method and domain: per-task scores of "some body + each task's own head" on a
+split, and the majority-class and linear-probe references."""
 from __future__ import annotations
 
 import json
@@ -8,45 +8,53 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
 
 from merging.metrics import score
 
-from . import tasks
-from .data import Example
-from .finetune import DONE, base_folder, checkpoint_folder, pool_dir
-from .models import encode, is_head, load_classifier, load_tokenizer, read_body, with_merged_body
+from .body import is_head, read_body, with_merged_body
 from .pool import PoolConfig
+from .store import DONE, base_folder, checkpoint_folder, pool_dir
 
 
 class Evaluator:
     """Scores on one split for every task of a pool (its checkpoints of fine-tuning seed ``seed``, default the
-    pool's first); inputs are tokenised once."""
+    pool's first); inputs are batched once (tokenised, or images transformed)."""
 
     def __init__(self, pool: PoolConfig, split: str, seed: int | None = None, batch_size: int = 64) -> None:
         self.pool, self.split = pool, split
         self.seed = pool.finetune.seeds[0] if seed is None else seed
+        self.domain, self.batch_size = pool.domain, batch_size
         self._state_names: list[str] | None = None
-        self.tokenizer = load_tokenizer(base_folder(pool))
-        # sorted by length so that batches pad little (every metric is order-free)
-        self.examples = {task: sorted(tasks.examples(pool.data, task, split), key=_length) for task in pool.tasks}
-        self.batches = {task: [encode(self.tokenizer, examples[i:i + batch_size], pool.max_length)
-                               for i in range(0, len(examples), batch_size)]
-                        for task, examples in self.examples.items()}
+        self.processor = self.domain.processor(pool, base_folder(pool))
+        # ordered by the domain's key (text: length, so that batches pad little; every metric is order-free)
+        self.examples = {task: sorted(self.domain.examples(pool, task, split), key=self.domain.sort_key)
+                         for task in pool.tasks}
+        self.batches = {task: self._batched(examples) for task, examples in self.examples.items()}
+
+    def _batched(self, examples) -> list[dict[str, torch.Tensor]]:
+        return [self.domain.collate(self.pool, self.processor, examples[i:i + self.batch_size])
+                for i in range(0, len(examples), self.batch_size)]
+
+    def spec(self, task: str):
+        return self.domain.spec(self.pool, task)
+
+    def model(self, folder: Path) -> torch.nn.Module:
+        return self.domain.load_model(folder)
 
     @torch.no_grad()
-    def task_score(self, model: PreTrainedModel, task: str) -> float:
-        spec = tasks.spec(self.pool.data, task)
+    def task_score(self, model: torch.nn.Module, task: str) -> float:
+        spec = self.spec(task)
         model.eval()
         predictions, labels = [], []
         for batch in self.batches[task]:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits  # [b, num_labels]
+            logits = model(**inputs)
+            logits = getattr(logits, "logits", logits)  # [b, num_labels]
             predictions.append(logits.squeeze(-1) if spec.kind == "regression" else logits.argmax(-1))
             labels.append(batch["labels"])
         return score(spec.metric, torch.cat(predictions), torch.cat(labels))
 
-    def scores(self, model_for: Callable[[str], PreTrainedModel]) -> dict[str, float]:
+    def scores(self, model_for: Callable[[str], torch.nn.Module]) -> dict[str, float]:
         return {task: self.task_score(model_for(task), task) for task in self.pool.tasks}
 
     def finetuned(self) -> dict[str, float]:
@@ -59,7 +67,7 @@ class Evaluator:
         for task in self.pool.tasks:
             key = _fingerprint(self.checkpoint(task))
             if stored.get(task, {}).get("key") != key:
-                stored[task] = {"key": key, "score": self.task_score(load_classifier(self.checkpoint(task)), task)}
+                stored[task] = {"key": key, "score": self.task_score(self.model(self.checkpoint(task)), task)}
             scores[task] = stored[task]["score"]
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
         tmp.write_text(json.dumps(stored, indent=2) + "\n")
@@ -67,21 +75,25 @@ class Evaluator:
         return scores
 
     def with_body(self, folder: Path, own: list[str] = ()) -> dict[str, float]:
-        """The encoder in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
+        """The body in ``folder`` (a merge, or the pre-trained base) with each task's fine-tuned head; tensors
         matching ``own`` (regexes, e.g. unmerged biases) also stay each task's own. The folder is read once."""
         return self.with_tensors(read_body(folder, self.body_names(own)), own)
 
     def with_tensors(self, body: dict[str, torch.Tensor], own: list[str] = ()) -> dict[str, float]:
-        """As ``with_body`` for a merged encoder already in memory (``body``: every name of ``body_names``)."""
+        """As ``with_body`` for a merged body already in memory (``body``: every name of ``body_names``)."""
         keep = [*self.pool.head, *own]
-        return self.scores(lambda task: with_merged_body(load_classifier(self.checkpoint(task)), body, keep))
+        return self.scores(lambda task: with_merged_body(self.model(self.checkpoint(task)), body, keep))
 
     def body_names(self, own: list[str] = ()) -> list[str]:
         """The tensors a merge replaces: every tensor of a task checkpoint outside the head and ``own``."""
         if self._state_names is None:  # read once: every grid point of a search asks again
-            self._state_names = list(load_classifier(self.checkpoint(self.pool.tasks[0])).state_dict())
+            self._state_names = list(self.model(self.checkpoint(self.pool.tasks[0])).state_dict())
         keep = [*self.pool.head, *own]
         return [n for n in self._state_names if not is_head(n, keep)]
+
+    def statistic_names(self) -> list[str]:
+        """The body's running statistics (``Domain.statistics``, e.g. BatchNorm means and variances)."""
+        return [n for n in self.body_names() if is_head(n, list(self.domain.statistics))]
 
     def checkpoint(self, task: str) -> Path:
         return checkpoint_folder(self.pool, task, self.seed)
@@ -90,24 +102,24 @@ class Evaluator:
         """Predict the most frequent train label (regression: the train mean, whose correlation is 0)."""
         result = {}
         for task in self.pool.tasks:
-            spec, labels = tasks.spec(self.pool.data, task), torch.tensor([e.label for e in self.examples[task]])
+            spec, labels = self.spec(task), torch.tensor([e.label for e in self.examples[task]])
             if spec.kind == "regression":
                 result[task] = 0.0
                 continue
-            train = torch.tensor([int(e.label) for e in tasks.examples(self.pool.data, task, "train")])
+            train = torch.tensor([int(e.label) for e in self.domain.examples(self.pool, task, "train")])
             guess = torch.full_like(labels, int(train.bincount().argmax()))
             result[task] = score(spec.metric, guess, labels)
         return result
 
     def probe(self, steps: int = 300) -> dict[str, float]:
-        """A linear model on frozen mean-pooled base-encoder features, fit on the train split
+        """A linear model on frozen pooled base-model features (``Domain.features``), fit on the train split
         (softmax regression or least squares, L2 1e-4, full-batch L-BFGS)."""
-        encoder = load_classifier(base_folder(self.pool)).base_model
+        base = self.model(base_folder(self.pool))
         result = {}
         for task in self.pool.tasks:
-            spec = tasks.spec(self.pool.data, task)
-            train_x, train_y = self._features(encoder, tasks.examples(self.pool.data, task, "train"))
-            test_x, test_y = self._features(encoder, self.examples[task])
+            spec = self.spec(task)
+            train_x, train_y = self._features(base, self._batched(self.domain.examples(self.pool, task, "train")))
+            test_x, test_y = self._features(base, self.batches[task])
             mean, std = train_x.mean(0), train_x.std(0) + 1e-6
             train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
             out = 1 if spec.kind == "regression" else spec.num_labels
@@ -131,19 +143,10 @@ class Evaluator:
         return result
 
     @torch.no_grad()
-    def _features(self, encoder: PreTrainedModel, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        features, labels = [], []
-        for i in range(0, len(examples), 64):
-            batch = encode(self.tokenizer, examples[i:i + 64], self.pool.max_length)
-            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden)  # [b, t, 1]
-            features.append((hidden * mask).sum(1) / mask.sum(1))  # mean pooling, [b, d]
-            labels.append(batch["labels"])
-        return torch.cat(features), torch.cat(labels)
-
-
-def _length(example: Example) -> int:
-    return len(example.text) + len(example.text_pair or "")
+    def _features(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = [self.domain.features(model, {k: v for k, v in b.items() if k != "labels"}) for b in batches]
+        return torch.cat(features), torch.cat([b["labels"] for b in batches])
 
 
 def _read_cache(path: Path) -> dict[str, dict]:

@@ -1,7 +1,7 @@
-"""The discriminative domain's ``Objective`` (merging/objective.py): each task is its fine-tuned sequence
-classifier (own head), the mergeable parameters are everything outside the head, the proxy split (100
-labelled train examples per task) drives FW-Merging, RegMean and Fisher, and the test inputs without their
-labels drive AdaMerging's entropy."""
+"""A benchmark pool's ``Objective`` (merging/objective.py), for every domain: each task is its fine-tuned
+model (own head), the mergeable parameters are everything outside the head, the proxy split (100 labelled
+train examples per task) drives FW-Merging, RegMean and Fisher, and the test inputs without their labels
+drive AdaMerging's entropy."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -10,15 +10,14 @@ import torch
 
 from merging.objective import Batch, functional_logits
 
-from . import tasks
-from .finetune import checkpoint_folder
-from .models import encode, is_head, load_classifier, load_tokenizer
+from .body import is_head
 from .pool import PoolConfig
+from .store import checkpoint_folder
 
 SPLITS = {"proxy": "proxy", "unlabelled": "test"}  # objective split -> data split
 
 
-class ClassifierObjective:
+class TaskObjective:
     """Tasks of ``pool`` with their checkpoints of fine-tuning seed ``seed``; tensors matching ``own`` (regexes,
     e.g. unmerged biases) stay each task's own like the head."""
 
@@ -28,19 +27,19 @@ class ClassifierObjective:
         self.tasks = list(pool.tasks if tasks is None else tasks)
         self.own = list(own)
         self.keep = [*pool.head, *own]
-        self.tokenizer = load_tokenizer(checkpoint_folder(pool, self.tasks[0], seed))
+        self.processor = pool.domain.processor(pool, checkpoint_folder(pool, self.tasks[0], seed))
         self._models: dict[str, torch.nn.Module] = {}
         self._batches: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = {}
 
-    def with_tasks(self, tasks: list[str]) -> ClassifierObjective:
+    def with_tasks(self, tasks: list[str]) -> TaskObjective:
         """The same pool, seed and kept tensors over other tasks (loaded models and batches are shared)."""
-        other = ClassifierObjective(self.pool, self.seed, self.own, self.batch_size, tasks)
+        other = TaskObjective(self.pool, self.seed, self.own, self.batch_size, tasks)
         other._models, other._batches = self._models, self._batches
         return other
 
     def model(self, task: str) -> torch.nn.Module:
         if task not in self._models:
-            self._models[task] = load_classifier(checkpoint_folder(self.pool, task, self.seed))
+            self._models[task] = self.pool.domain.load_model(checkpoint_folder(self.pool, task, self.seed))
         return self._models[task]
 
     def mergeable(self) -> list[str]:
@@ -63,15 +62,15 @@ class ClassifierObjective:
         return functional_logits(self.model(task), params, inputs)  # [b, num_labels]
 
     def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if tasks.spec(self.pool.data, task).kind == "regression":
+        if self.pool.domain.spec(self.pool, task).kind == "regression":
             return torch.nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
         return torch.nn.functional.cross_entropy(logits, batch["labels"].long())
 
     def _encoded(self, task: str, split: str) -> list[dict[str, torch.Tensor]]:
-        """Tokenised batches of one task's data split, built once."""
+        """Batches of one task's data split, built once."""
         if (task, split) not in self._batches:
-            examples = tasks.examples(self.pool.data, task, split)
-            self._batches[(task, split)] = [
-                encode(self.tokenizer, examples[i:i + self.batch_size], self.pool.max_length)
-                for i in range(0, len(examples), self.batch_size)]
+            domain = self.pool.domain
+            examples = domain.examples(self.pool, task, split)
+            self._batches[(task, split)] = [domain.collate(self.pool, self.processor, examples[i:i + self.batch_size])
+                                            for i in range(0, len(examples), self.batch_size)]
         return self._batches[(task, split)]

@@ -1,5 +1,6 @@
-"""Fine-tune one full checkpoint per task from the pool's base encoder (seeded, resumable per task) and
-save it as an ordinary Hugging Face folder (encoder + its head) in the cache."""
+"""Where a pool's models live (``cache_dir()/<domain>/pools/<pool>/{base, finetuned/<task>-seed<s>}``) and
+how a missing task checkpoint is made: fine-tune the base on the task's train split (seeded, AdamW, linear
+warm-up and decay), saved whole (body + head) in the domain's own format; resumable per task."""
 from __future__ import annotations
 
 import json
@@ -15,32 +16,29 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from merging.atomic import atomic_directory
-from merging.errors import MergeError
 from merging.checkpoint import resolve_model_ref
+from merging.errors import MergeError
 from merging.pypi import cache_dir
 
-from . import tasks
-from .models import encode, load_classifier, load_tokenizer
 from .pool import PoolConfig
 
 DONE = "finetune.json"  # written last: a folder without it is incomplete and is rebuilt
 
 
 def pool_dir(pool: PoolConfig) -> Path:
-    return cache_dir() / "discriminative" / "pools" / pool.name
+    return cache_dir() / pool.domain.name / "pools" / pool.name
 
 
 def base_folder(pool: PoolConfig) -> Path:
-    """The base encoder as a sequence-classification folder (its head, sized for the first task, is a
-    placeholder that is never merged or evaluated), so task checkpoints and the merge base share names."""
+    """The base model saved as a task model (its head, sized for the first task, is a placeholder that is never
+    merged or evaluated), so task checkpoints and the merge base share names."""
     folder = pool_dir(pool) / "base"
     if not (folder / DONE).is_file():
-        source = resolve_model_ref(pool.base)
+        domain, source = pool.domain, resolve_model_ref(pool.base)
         torch.manual_seed(0)
-        model = load_classifier(source, tasks.spec(pool.data, pool.tasks[0]))
+        model = domain.load_model(source, domain.spec(pool, pool.tasks[0]))
         with atomic_directory(folder, overwrite=True) as tmp:
-            model.save_pretrained(tmp)
-            load_tokenizer(source).save_pretrained(tmp)
+            domain.save_model(model, domain.processor(pool, source), tmp)
             (tmp / DONE).write_text(json.dumps({"source": str(source)}) + "\n")
     return folder
 
@@ -59,17 +57,18 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
 
 
 def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: bool = True) -> Path:
-    """Fine-tune the base on ``task``'s train split with ``seed`` (default: the pool's first); skipped when the
-    checkpoint exists."""
+    """Fine-tune the base on ``task``'s train split with ``seed`` (default: the pool's first), every parameter,
+    cross-entropy (MSE for regression); skipped when the checkpoint exists."""
     folder = checkpoint_folder(pool, task, seed)
     if is_given(pool, task, seed) or (folder / DONE).is_file():
         return folder
-    cfg, spec = pool.finetune, tasks.spec(pool.data, task)
+    domain, cfg = pool.domain, pool.finetune
+    spec = domain.spec(pool, task)
     seed = cfg.seeds[0] if seed is None else seed
     torch.manual_seed(seed)
     base = base_folder(pool)
-    model, tokenizer = load_classifier(base, spec), load_tokenizer(base)
-    train = tasks.examples(pool.data, task, "train")
+    model, processor = domain.load_model(base, spec), domain.processor(pool, base)
+    train = domain.examples(pool, task, "train")
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -83,11 +82,13 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
             for start in range(0, len(train), cfg.batch_size):
                 if len(losses) >= total:
                     break
-                batch = encode(tokenizer, [train[i] for i in permutation[start:start + cfg.batch_size]],
-                               pool.max_length)
-                if spec.kind == "regression":
-                    batch["labels"] = batch["labels"].float()
-                loss = model(**batch).loss
+                batch = domain.collate(pool, processor, [train[i] for i in permutation[start:start + cfg.batch_size]],
+                                       train=True)
+                labels = batch.pop("labels")
+                logits = model(**batch)
+                logits = getattr(logits, "logits", logits)  # [b, num_labels]
+                loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float()) if spec.kind == "regression"
+                        else torch.nn.functional.cross_entropy(logits, labels.long()))
                 loss.backward()
                 optimizer.step()
                 schedule.step()
@@ -95,40 +96,35 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
                 losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
     record = {"task": task, "seed": seed, "steps": total, "examples": len(train), "finetune": cfg.model_dump(),
-              "max_length": pool.max_length, "seconds": round(time.perf_counter() - started, 1),
+              **pool.model_dump(exclude={"name", "base", "tasks", "checkpoints", "head", "finetune", "data"}),
+              "seconds": round(time.perf_counter() - started, 1),
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     with atomic_directory(folder, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        domain.save_model(model, processor, tmp)
         (tmp / DONE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
 
-def train_tokens(pool: PoolConfig, task: str, tokenizer) -> int:
-    """Tokens in ``task``'s train split after truncation to the pool's ``max_length`` (pairs counted jointly)."""
-    return int(encode(tokenizer, tasks.examples(pool.data, task, "train"), pool.max_length)["attention_mask"].sum())
-
-
 def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]], workers: int = 1) -> None:
     """Fine-tune the missing checkpoints of ``work`` ((task, seed) pairs). With ``workers`` > 1 they are dealt
-    to that many processes (``python -m discriminative finetune --only``), each with cores / workers threads,
-    costliest first to the least-loaded process (cost = train tokens after truncation, which is what a step's
-    compute follows: a 2,000-example headline task costs a fifth of a 2,000-review one). On a small CPU
-    machine two one-thread processes finish sooner than one two-thread process."""
+    to that many processes (``python -m <domain> finetune --only``), each with cores / workers threads,
+    costliest first to the least-loaded process (cost: ``Domain.cost``). On a small CPU machine two one-thread
+    processes finish sooner than one two-thread process."""
     missing = [(t, s) for t, s in work
                if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
     if workers <= 1 or len(missing) <= 1:
         for task, seed in missing:
             finetune(pool, task, seed)
         return
-    tokenizer = load_tokenizer(base_folder(pool))
-    size = {t: train_tokens(pool, t, tokenizer) for t in dict.fromkeys(t for t, _ in missing)}
+    processor = pool.domain.processor(pool, base_folder(pool))
+    size = {t: pool.domain.cost(pool, t, processor) for t in dict.fromkeys(t for t, _ in missing)}
     shares: list[list[tuple[str, int]]] = [[] for _ in range(min(workers, len(missing)))]
     for pair in sorted(missing, key=lambda p: -size[p[0]]):
         min(shares, key=lambda share: sum(size[t] for t, _ in share)).append(pair)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(shares)))}
-    running = [subprocess.Popen([sys.executable, "-m", "discriminative", "finetune", "--pool", pool_file, "--only",
+    running = [subprocess.Popen([sys.executable, "-m", pool.domain.name, "finetune", "--pool", pool_file, "--only",
                                  *(f"{t}:{s}" for t, s in share)], env=env) for share in shares]
     failed = [p.args[-len(share):] for p, share in zip(running, shares) if p.wait() != 0]
     if failed:

