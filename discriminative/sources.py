@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from merging.errors import MergeError
+from merging.bigbench import BIGBENCH
 from merging.pypi import Package
 
 PACKAGES: dict[str, Package] = {p.name: p for p in [
@@ -40,8 +41,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", sdist=True),
     Package("evals", "3.0.1.post1", "evals-3.0.1.post1.tar.gz", 44_186_145,
             "0ffd9bed75c273a4a9f0b10ccf11a5e1e1c63c89926f12958375551429a4dc21", sdist=True),
-    Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
-            "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True),
+    BIGBENCH,
 ]}
 
 
@@ -129,24 +129,6 @@ def evals_sarcasm(sdist: Path) -> list[tuple[str, int]]:
                 raise MergeError(f"{sdist}:{name} line {i}: ideal {row['ideal']!r}, expected '0' or '1'")
             out.append((clean(row["input"][-1]["content"]), int(row["ideal"])))
     return out
-
-
-def bigbench_tasks(sdist: Path, tasks: Iterable[str]) -> dict[str, dict]:
-    """Parsed ``benchmark_tasks/<task>/task.json`` of each task ('goal_step_wikihow/step_ordering' for a
-    subtask), in one streaming pass over the sdist (nothing else is decompressed to disk)."""
-    wanted = {f"benchmark_tasks/{t}/task.json": t for t in tasks}
-    found: dict[str, dict] = {}
-    with tarfile.open(sdist, "r|gz") as tar:
-        for member in tar:
-            key = next((k for k in wanted if member.name.endswith("/" + k)), None)
-            if key and member.isfile():
-                found[wanted[key]] = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
-                if len(found) == len(wanted):
-                    break
-    missing = sorted(set(wanted.values()) - set(found))
-    if missing:
-        raise MergeError(f"{sdist}: no benchmark_tasks/<task>/task.json for {', '.join(missing)}")
-    return found
 
 
 def bigbench_choice_rows(task: dict) -> list[tuple[str, list[str], int]]:

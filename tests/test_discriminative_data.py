@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from discriminative import data, sources
+from merging.bigbench import bigbench_tasks
 from discriminative.data import Example
 from merging import pypi
 from merging.errors import MergeError
@@ -131,7 +132,7 @@ def test_sarcasm_reader(tmp_path):
 
 def test_bigbench_stream_and_choice_reader(tmp_path):
     sdist = fake_bigbench_sdist(tmp_path / "b.tar.gz", n=6)
-    parsed = sources.bigbench_tasks(sdist, ["hyperbaton", "fact_checker/fever"])
+    parsed = bigbench_tasks(sdist, ["hyperbaton", "fact_checker/fever"])
     assert set(parsed) == {"hyperbaton", "fact_checker/fever"}
     spec = data.TaskSpec("hyperbaton", "classification", 2, "accuracy", ("first", "second"))
     pattern = 'Which sentence has the correct adjective order: a " (?P<text>.*) " b " (?P<pair>.*) " \\?'
@@ -141,7 +142,7 @@ def test_bigbench_stream_and_choice_reader(tmp_path):
     with pytest.raises(MergeError, match="does not match"):
         sources.read_bigbench_choice(parsed["hyperbaton"], spec, "Premise: (?P<text>.*)")
     with pytest.raises(MergeError, match="no benchmark_tasks/<task>/task.json for nope"):
-        sources.bigbench_tasks(sdist, ["hyperbaton", "nope"])
+        bigbench_tasks(sdist, ["hyperbaton", "nope"])
 
 
 # --------------------------------------------------------------------------------------------- splitting

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from merging.errors import MergeError
+
 if TYPE_CHECKING:
     from .pool import PoolConfig
 
@@ -77,7 +79,8 @@ class Domain(ABC):
         """Build the pool's offline data sets ahead of time (they are otherwise built on first use)."""
 
     def finish(self, pool: PoolConfig, body: dict[str, torch.Tensor], candidates: list[Path],
-               statistic_names: list[str]) -> dict[str, torch.Tensor]:
+               statistic_names: list[str], mode: str = "average") -> dict[str, torch.Tensor]:
         """Fill the ``statistics`` tensors of a merged body (e.g. BatchNorm running statistics) from the merged
-        ``candidates``' checkpoints; domains without statistics return ``body`` unchanged."""
-        return body
+        ``candidates``' checkpoints, as ``mode`` says (``--statistics`` on the command line); called only
+        when the body has statistics."""
+        raise MergeError(f"domain '{self.name}' declares statistics {self.statistics} but no way to fill them")

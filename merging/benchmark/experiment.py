@@ -33,15 +33,18 @@ from .store import base_folder, checkpoint_folder, finetune, pool_dir
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # <domain>/methods/<method>.yaml
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
 @functools.cache
 def _method_yaml(domain: str, method: str) -> dict[str, Any]:
-    """configs/<domain>/methods/<method>.yaml, read once per process (every summary rebuild asks again)."""
+    """The method's parameters and validation grid: configs/<domain>/methods/<method>.yaml where a domain
+    has its own, else the shared configs/methods/<method>.yaml; read once per process (every summary
+    rebuild asks again)."""
     path = CONFIGS / domain / "methods" / f"{method}.yaml"
+    path = path if path.is_file() else CONFIGS / "methods" / f"{method}.yaml"
     raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     unknown = set(raw) - {"parameters", "search", "exclude"}
     if unknown:
@@ -75,10 +78,12 @@ def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, param
 
 
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
-                seed: int, candidates: list[Candidate]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                seed: int, candidates: list[Candidate], statistics: str = "average"
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The merged body of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
     methods run through the merge engine into a scratch folder, data-driven ones in memory
-    (merging/benchmark/data_driven.py); the domain then fills its running statistics (``Domain.finish``)."""
+    (merging/benchmark/data_driven.py); the domain then fills its running statistics as ``statistics`` says
+    (``Domain.finish``)."""
     if method in DATA_DRIVEN:
         body, log = merge_data_driven(pool, method, params, exclude, validation, candidates)
     else:
@@ -88,9 +93,9 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
             body, log = read_body(scratch, validation.body_names(exclude)), {}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    statistics = validation.statistic_names()
-    if statistics:
-        body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], statistics)
+    names = validation.statistic_names()
+    if names:
+        body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], names, statistics)
     return body, log
 
 
@@ -112,13 +117,18 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     known = [*REFERENCES, *known_methods(), *DATA_DRIVEN]
     if method not in known:
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
+    overrides = dict(overrides)
+    statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
+    if statistics != "average" and not pool.domain.statistics:
+        raise MergeError(f"--statistics {statistics}: the {pool.domain.name} domain's models have no running "
+                         f"statistics")
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
     best, best_val, body, log = params, None, None, {}
     for values in itertools.product(*grid.values()):  # one empty product when there is no grid
         candidate = {**params, **dict(zip(grid, values))}
-        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates)
+        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates, statistics)
         value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
         if progress and grid:
             print(f"  {method} {candidate}: validation normalised {value:.2f}")

@@ -1,0 +1,65 @@
+# Runner functions shared by every domain (merging/benchmark): a domain's script sets _DOMAIN (its python -m
+# module), _DEFAULT_POOL and _DEFAULT_TARGETS (the scaling claims' 4 target tasks), then sources this file.
+# Usage and examples: scripts/discriminative.sh, scripts/vision.sh.
+_bench() {
+  local command=$1; shift
+  python3 -m "$_DOMAIN" "$command" --pool "${POOL:-$_DEFAULT_POOL}" "$@"
+}
+_bench_run() {
+  local method=$1; shift
+  # shellcheck disable=SC2086  # POOL_SEEDS is a list of seeds
+  _bench run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@"
+}
+run_prepare()     { _bench prepare "$@"; }
+# shellcheck disable=SC2086
+run_finetune()    { _bench finetune --workers "${WORKERS:-$(nproc)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
+run_majority()    { _bench_run majority "$@"; }
+run_probe()       { _bench_run probe "$@"; }
+run_pretrained()  { _bench_run pretrained "$@"; }
+run_finetuned()   { _bench_run finetuned "$@"; }
+run_avg()         { _bench_run average "$@"; }
+run_task_arith()  { _bench_run task_arithmetic "$@"; }
+run_ties()        { _bench_run ties "$@"; }
+run_dare_ties()   { _bench_run dare_ties "$@"; }
+run_from()        { _bench_run from "$@"; }
+# data-driven (proxy split: 100 labelled train examples per task; AdaMerging: unlabelled test inputs)
+run_frank_wolfe() { _bench_run frank_wolfe "$@"; }
+run_frank_wolfe_soft() { _bench_run frank_wolfe_soft "$@"; }
+run_regmean()     { _bench_run regmean "$@"; }
+run_fisher()      { _bench_run fisher "$@"; }
+run_adamerging()  { _bench_run adamerging "$@"; }
+run_greedy_soup() { _bench_run greedy_soup "$@"; }
+run_baselines() {     # references and data-free merges: the benchmark's main comparison
+  run_finetune && run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
+    run_ties && run_dare_ties && run_from
+}
+run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
+  run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe && run_frank_wolfe_soft
+}
+run_all() { run_baselines && run_data_driven; }
+# The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own
+# checkpoints; k extra checkpoints join them: other tasks' (irrelevance) or the targets' other seeds (relevance).
+_scaling() {
+  local claim=$1 sizes=$2 methods=$3 k m
+  shift 3
+  for k in $sizes; do
+    for m in $methods; do
+      # shellcheck disable=SC2086  # TARGETS and POOL_SEEDS are lists
+      _bench scale --claim "$claim" --method "$m" --extra "$k" \
+        --targets ${TARGETS:-$_DEFAULT_TARGETS} \
+        ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@" || return
+    done
+  done
+}
+run_irrelevance() {
+  _scaling irrelevance "${SIZES:-0 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
+    _bench plot --claim irrelevance
+}
+run_relevance() {
+  _scaling relevance "${SIZES:-1 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
+    _bench plot --claim relevance
+}
+run_memory() {
+  _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&
+    _bench plot --claim irrelevance --y peak_rss_gb
+}

