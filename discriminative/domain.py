@@ -45,8 +45,8 @@ class TextDomain(Domain):
     def examples(self, pool, task: str, split: str) -> list[Example]:
         return tasks.examples(pool.data, task, split)
 
-    def load_model(self, folder: Path, spec: TaskSpec | None = None) -> PreTrainedModel:
-        return load_classifier(folder, spec)
+    def load_model(self, pool, folder: Path, task: str, fresh_head: bool = False) -> PreTrainedModel:
+        return load_classifier(folder, self.spec(pool, task) if fresh_head else None)
 
     def save_model(self, model: torch.nn.Module, processor: Any, folder: Path) -> None:
         model.save_pretrained(folder)

@@ -12,6 +12,7 @@ import random
 from typing import Any
 
 from merging.errors import MergeError
+from merging.hub_data import load_hub_dataset
 
 from .data import Example, TaskSpec
 
@@ -37,17 +38,7 @@ def glue_spec(task: str) -> TaskSpec:
 
 
 def _load(task: str, split: str) -> Any:
-    try:
-        import datasets
-    except ImportError:
-        raise MergeError(f"GLUE task '{task}' needs the `datasets` package: pip install datasets") from None
-    try:
-        return datasets.load_dataset(HUB_DATASET, task, split=split)
-    except Exception as err:  # offline, missing cache, auth: one clear message
-        raise MergeError(f"GLUE task '{task}' ({HUB_DATASET}, split {split}) could not be loaded "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). On a machine "
-                         f"with access run `python -c \"import datasets; datasets.load_dataset('{HUB_DATASET}', "
-                         f"'{task}')\"` and copy the Hugging Face cache (HF_HOME) here.") from None
+    return load_hub_dataset(HUB_DATASET, task, split)
 
 
 def glue_split(task: str, split: str, seed: int = 0) -> list[Example]:

@@ -155,7 +155,8 @@ def toy_split(task: str, split: str) -> data.PictureSet:
 
 @pytest.fixture
 def toy_vision_pool(tmp_path, monkeypatch):
-    from vision.domain import VISION, build, pixels
+    from vision.domain import VISION
+    from vision.models import build_efficientnet, efficientnet_pixels
 
     monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "task_spec", SPECS.__getitem__)
@@ -163,8 +164,8 @@ def toy_vision_pool(tmp_path, monkeypatch):
     torch.manual_seed(0)
     base = tmp_path / "base"
     base.mkdir()
-    network = build("efficientnet-lite0", 3)   # random weights (no download in tests), BatchNorm statistics of
-    reestimate_statistics(network, [{"inputs": pixels(toy_split(t, "train").images, 16)} for t in SPECS])  # the data
+    network = build_efficientnet("efficientnet-lite0", 3)   # random weights (no download in tests), BatchNorm statistics of
+    reestimate_statistics(network, [efficientnet_pixels(toy_split(t, "train").images, 16) for t in SPECS])  # the data
     VISION.save_model(network, None, base)
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump({"name": "toy", "base": str(base), "tasks": list(SPECS), "image_size": 16,
@@ -228,3 +229,87 @@ def test_vision_pool_yaml_rejects_unknown_keys_and_tasks(tmp_path):
     with pytest.raises(MergeError, match="unknown vision task 'svhn'"):
         load_pool(bad)
     assert json.loads(json.dumps(load_pool("configs/vision/efficientnet_lite0_20tasks.yaml").tasks))[0] == "mnist"
+
+
+# ------------------------------------------------------------------------------------- the paper's CLIP path
+@pytest.fixture
+def tiny_clip_pool(tmp_path, monkeypatch):
+    """A random tiny CLIP as the base, two 'fine-tuned' vision encoders (perturbed copies), stored zero-shot
+    heads, and the toy picture tasks."""
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "task_spec", SPECS.__getitem__)
+    monkeypatch.setattr(data, "load_split", toy_split)
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+                                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
+                        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=8)
+    clip = CLIPModel(config)
+    clip.save_pretrained(tmp_path / "clip")
+    checkpoints = {}
+    for i, task in enumerate(SPECS):
+        vision = CLIPVisionModel.from_pretrained(str(tmp_path / "clip"))
+        with torch.no_grad():
+            for p in vision.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        vision.save_pretrained(tmp_path / task)
+        checkpoints[task] = str(tmp_path / task)
+        head = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1) * 100.0
+        (tmp_path / "heads").mkdir(exist_ok=True)
+        save_file({"visual_projection": clip.visual_projection.weight.detach().contiguous(), "head": head},
+                  tmp_path / "heads" / f"{task}.safetensors")
+    path = tmp_path / "clip.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny_clip", "model": "clip", "base": str(tmp_path / "clip"),
+                                    "tasks": list(SPECS), "checkpoints": checkpoints,
+                                    "head": ["^visual_projection$", "^head$"], "heads": str(tmp_path / "heads"),
+                                    "image_size": 32}))
+    return load_pool(path), tmp_path
+
+
+def test_clip_pool_merges_vision_encoders_under_zero_shot_heads(tiny_clip_pool):
+    from merging.benchmark.store import base_folder
+    from vision.models import ZeroShotClassifier
+
+    pool, root = tiny_clip_pool
+    outs = root / "outs"
+    model = pool.domain.load_model(pool, base_folder(pool), "bright")
+    assert isinstance(model, ZeroShotClassifier)
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"vision_model"}   # heads are buffers
+    finetuned, = run_experiment(pool, "finetuned", "clip", {}, progress=False, outs=outs)
+    pretrained, = run_experiment(pool, "pretrained", "clip", {}, progress=False, outs=outs)
+    assert finetuned["normalized"] == pytest.approx(100.0)
+    zero, = run_experiment(pool, "task_arithmetic", "clip", {"scaling": 0.0}, progress=False, outs=outs)
+    assert all(zero[t] == pretrained[t] for t in SPECS)            # λ = 0 is the base under each task's head
+    fw, = run_experiment(pool, "frank_wolfe", "clip", {"iterations": 2}, progress=False, outs=outs)
+    assert 0 <= fw["normalized"] and fw["validation_normalized"] != ""
+    assert pool.domain.statistics and not _statistic_names(pool)   # a ViT has no BatchNorm statistics
+
+
+def _statistic_names(pool):
+    from merging.benchmark.evaluate import Evaluator
+
+    return Evaluator(pool, "validation", 0).statistic_names()
+
+
+def test_computed_zero_shot_head_averages_normalised_prompt_embeddings(monkeypatch):
+    from vision import models
+
+    embeddings = {"a photo of a cat.": [3.0, 0.0], "a sketch of a cat.": [0.0, 1.0],
+                  "a photo of a dog.": [0.0, -2.0], "a sketch of a dog.": [0.0, -5.0]}
+
+    class FakeClip:
+        visual_projection = torch.nn.Linear(4, 2, bias=False)
+        logit_scale = torch.tensor(2.0).log()
+
+        def get_text_features(self, prompts):
+            return torch.tensor([embeddings[p] for p in prompts])
+
+    monkeypatch.setattr(models, "_clip_text", lambda base: (FakeClip(), lambda texts, **kw: {"prompts": texts}))
+    out = models.zero_shot_head("base", ("cat", "dog"), ("a photo of a {}.", "a sketch of a {}."))
+    half = 2 ** -0.5
+    assert torch.allclose(out["head"], 2.0 * torch.tensor([[half, half], [0.0, -1.0]]))  # s · renormalised means
+    assert torch.equal(out["visual_projection"], FakeClip.visual_projection.weight)

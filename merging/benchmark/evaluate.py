@@ -38,8 +38,8 @@ class Evaluator:
     def spec(self, task: str):
         return self.domain.spec(self.pool, task)
 
-    def model(self, folder: Path) -> torch.nn.Module:
-        return self.domain.load_model(folder)
+    def model(self, folder: Path, task: str) -> torch.nn.Module:
+        return self.domain.load_model(self.pool, folder, task)
 
     @torch.no_grad()
     def task_score(self, model: torch.nn.Module, task: str) -> float:
@@ -67,7 +67,7 @@ class Evaluator:
         for task in self.pool.tasks:
             key = _fingerprint(self.checkpoint(task))
             if stored.get(task, {}).get("key") != key:
-                stored[task] = {"key": key, "score": self.task_score(self.model(self.checkpoint(task)), task)}
+                stored[task] = {"key": key, "score": self.task_score(self.model(self.checkpoint(task), task), task)}
             scores[task] = stored[task]["score"]
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
         tmp.write_text(json.dumps(stored, indent=2) + "\n")
@@ -82,12 +82,13 @@ class Evaluator:
     def with_tensors(self, body: dict[str, torch.Tensor], own: list[str] = ()) -> dict[str, float]:
         """As ``with_body`` for a merged body already in memory (``body``: every name of ``body_names``)."""
         keep = [*self.pool.head, *own]
-        return self.scores(lambda task: with_merged_body(self.model(self.checkpoint(task)), body, keep))
+        return self.scores(lambda task: with_merged_body(self.model(self.checkpoint(task), task), body, keep))
 
     def body_names(self, own: list[str] = ()) -> list[str]:
         """The tensors a merge replaces: every tensor of a task checkpoint outside the head and ``own``."""
         if self._state_names is None:  # read once: every grid point of a search asks again
-            self._state_names = list(self.model(self.checkpoint(self.pool.tasks[0])).state_dict())
+            first = self.pool.tasks[0]
+            self._state_names = list(self.model(self.checkpoint(first), first).state_dict())
         keep = [*self.pool.head, *own]
         return [n for n in self._state_names if not is_head(n, keep)]
 
@@ -114,9 +115,9 @@ class Evaluator:
     def probe(self, steps: int = 300) -> dict[str, float]:
         """A linear model on frozen pooled base-model features (``Domain.features``), fit on the train split
         (softmax regression or least squares, L2 1e-4, full-batch L-BFGS)."""
-        base = self.model(base_folder(self.pool))
         result = {}
         for task in self.pool.tasks:
+            base = self.model(base_folder(self.pool), task)
             spec = self.spec(task)
             train_x, train_y = self._features(base, self._batched(self.domain.examples(self.pool, task, "train")))
             test_x, test_y = self._features(base, self.batches[task])

@@ -39,7 +39,8 @@ class TaskObjective:
 
     def model(self, task: str) -> torch.nn.Module:
         if task not in self._models:
-            self._models[task] = self.pool.domain.load_model(checkpoint_folder(self.pool, task, self.seed))
+            self._models[task] = self.pool.domain.load_model(self.pool, checkpoint_folder(self.pool, task, self.seed),
+                                                              task)
         return self._models[task]
 
     def mergeable(self) -> list[str]:

@@ -37,7 +37,7 @@ def base_folder(pool: PoolConfig) -> Path:
     if not (folder / DONE).is_file():
         domain, source = pool.domain, resolve_model_ref(pool.base)
         torch.manual_seed(0)
-        model = domain.load_model(source, domain.spec(pool, pool.tasks[0]))
+        model = domain.load_model(pool, source, pool.tasks[0], fresh_head=True)
         with atomic_directory(folder, overwrite=True) as tmp:
             domain.save_model(model, domain.processor(pool, source), tmp)
             (tmp / DONE).write_text(json.dumps({"source": str(source)}) + "\n")
@@ -70,7 +70,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
     seed = cfg.seeds[0] if seed is None else seed
     torch.manual_seed(seed)
     base = base_folder(pool)
-    model, processor = domain.load_model(base, spec), domain.processor(pool, base)
+    model, processor = domain.load_model(pool, base, task, fresh_head=True), domain.processor(pool, base)
     train = domain.examples(pool, task, "train")
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
