@@ -313,3 +313,33 @@ def test_computed_zero_shot_head_averages_normalised_prompt_embeddings(monkeypat
     half = 2 ** -0.5
     assert torch.allclose(out["head"], 2.0 * torch.tensor([[half, half], [0.0, -1.0]]))  # s · renormalised means
     assert torch.equal(out["visual_projection"], FakeClip.visual_projection.weight)
+
+
+def test_data_driven_merges_run_their_forward_passes_with_the_candidates_mean_statistics(toy_vision_pool,
+                                                                                       monkeypatch):
+    from merging.benchmark import data_driven
+    from merging.benchmark.evaluate import Evaluator
+    from merging.benchmark.store import checkpoint_folder, finetune
+
+    pool, _ = toy_vision_pool
+    for task in pool.tasks:
+        finetune(pool, task, 0, progress=False)
+    seen = {}
+
+    def spy(inputs):
+        model = inputs.objective.model("reddish")
+        seen.update({k: v.clone() for k, v in model.state_dict().items() if is_statistic(k)})
+        return inputs.base, {}
+    monkeypatch.setitem(data_driven.DATA_DRIVEN, "frank_wolfe", spy)
+    data_driven.merge_data_driven(pool, "frank_wolfe", {}, [], Evaluator(pool, "validation", 0))
+    folders = [checkpoint_folder(pool, t, 0) for t in pool.tasks]
+    name = next(k for k in seen if k.endswith("running_mean"))
+    stored = [read_body_one(f, name) for f in folders]
+    assert torch.allclose(seen[name], (stored[0] + stored[1]) / 2)
+    assert not torch.allclose(seen[name], stored[1])
+
+
+def read_body_one(folder, name):
+    from merging.benchmark.body import read_body
+
+    return read_body(folder, [name])[name]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from merging.batchnorm import average_statistics
 from merging.candidates import CheckpointSource
 from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
@@ -124,5 +125,9 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
     objective = TaskObjective(pool, validation.seed, own)
     base = read_body(base_folder(pool), objective.mergeable())
     candidates = candidates or [(task, validation.seed) for task in pool.tasks]
+    statistics = validation.statistic_names()
+    if statistics:  # forward passes during the merge use the candidates' mean statistics, as the evaluation will
+        objective.use_statistics(average_statistics([read_body(checkpoint_folder(pool, *c), statistics)
+                                                     for c in candidates]))
     merged, log = DATA_DRIVEN[method](MergeInputs(objective, base, candidates, params, validation))
     return objective.complete(merged), log

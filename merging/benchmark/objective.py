@@ -30,17 +30,27 @@ class TaskObjective:
         self.processor = pool.domain.processor(pool, checkpoint_folder(pool, self.tasks[0], seed))
         self._models: dict[str, torch.nn.Module] = {}
         self._batches: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = {}
+        self._statistics: dict[str, torch.Tensor] = {}
 
     def with_tasks(self, tasks: list[str]) -> TaskObjective:
-        """The same pool, seed and kept tensors over other tasks (loaded models and batches are shared)."""
+        """The same pool, seed and kept tensors over other tasks (loaded models, batches and running statistics
+        are shared)."""
         other = TaskObjective(self.pool, self.seed, self.own, self.batch_size, tasks)
-        other._models, other._batches = self._models, self._batches
+        other._models, other._batches, other._statistics = self._models, self._batches, self._statistics
         return other
+
+    def use_statistics(self, statistics: Mapping[str, torch.Tensor]) -> None:
+        """Running statistics (BatchNorm) every task model uses from now on, e.g. the candidates' average: what
+        the merge is evaluated with, instead of the template checkpoint's own."""
+        self._statistics.update(statistics)
+        for model in self._models.values():
+            model.load_state_dict(self._statistics, strict=False)
 
     def model(self, task: str) -> torch.nn.Module:
         if task not in self._models:
-            self._models[task] = self.pool.domain.load_model(self.pool, checkpoint_folder(self.pool, task, self.seed),
-                                                              task)
+            model = self.pool.domain.load_model(self.pool, checkpoint_folder(self.pool, task, self.seed), task)
+            model.load_state_dict(self._statistics, strict=False)
+            self._models[task] = model
         return self._models[task]
 
     def mergeable(self) -> list[str]:
