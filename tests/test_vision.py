@@ -343,3 +343,33 @@ def read_body_one(folder, name):
     from merging.benchmark.body import read_body
 
     return read_body(folder, [name])[name]
+
+
+def test_a_vit_pool_fine_tunes_and_merges_with_its_own_heads(tmp_path, monkeypatch):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "task_spec", SPECS.__getitem__)
+    monkeypatch.setattr(data, "load_split", toy_split)
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=64, image_size=16, patch_size=4, num_labels=2))
+    vit.save_pretrained(tmp_path / "vit")       # hub layout: transformers 5 renames ViT tensors on disk
+    vit.save_pretrained(tmp_path / "given")     # a 'fine-tuned' checkpoint given for one task
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny_vit", "model": "hf", "base": str(tmp_path / "vit"),
+                                    "tasks": list(SPECS), "head": ["^classifier\\."], "image_size": 16,
+                                    "checkpoints": {"reddish": str(tmp_path / "given")},
+                                    "finetune": {"epochs": 6, "lr": 2e-3, "batch_size": 16, "seeds": [0]}}))
+    pool = load_pool(path)
+    outs = tmp_path / "outs"
+    finetuned, = run_experiment(pool, "finetuned", "vit", {}, progress=False, outs=outs)
+    pretrained, = run_experiment(pool, "pretrained", "vit", {}, progress=False, outs=outs)
+    merged, = run_experiment(pool, "task_arithmetic", "vit", {"scaling": 0.5}, progress=False, outs=outs)
+    fw, = run_experiment(pool, "frank_wolfe", "vit", {"iterations": 2}, progress=False, outs=outs)
+    assert fw["validation_normalized"] != ""                        # gradients flow through the named tensors
+    assert finetuned["bright"] > 85, finetuned                      # fine-tuned here; reddish is the given one
+    assert merged["normalized"] > pretrained["normalized"] + 10, (merged, pretrained)
+    from merging.benchmark.store import checkpoint_folder
+
+    assert checkpoint_folder(pool, "reddish", 0) == tmp_path / "cache" / "vision" / "pools" / "tiny_vit" / "given" / "reddish"

@@ -1,8 +1,10 @@
 """The image domain's plug-in for merging/benchmark: task models of the pool's family (vision/models.py:
-EfficientNet-Lite with a linear head per task, or CLIP with zero-shot heads), batches of normalised pictures,
+EfficientNet-Lite with a linear head per task, CLIP with zero-shot heads, or a transformers classifier), batches of normalised pictures,
 pooled features for the probe, and the BatchNorm running statistics of a merge (merging/batchnorm.py)."""
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,28 @@ class VisionDomain(Domain):
     def load_model(self, pool, folder: Path, task: str, fresh_head: bool = False) -> torch.nn.Module:
         if pool.model == "clip":  # the zero-shot head is the task's whatever the folder: nothing to refresh
             return models.ZeroShotClassifier(models.load_clip_vision(folder), **self.zero_shot_head(pool, task))
-        return models.load_efficientnet(folder, self.spec(pool, task).num_labels if fresh_head else None)
+        num_labels = self.spec(pool, task).num_labels if fresh_head else None
+        if pool.model == "hf":
+            return models.load_hf(folder, num_labels)
+        return models.load_efficientnet(folder, num_labels)
+
+    def given_folder(self, pool, task: str, source: Path) -> Path:
+        """hf pools: a given checkpoint whose files do not hold the model's in-memory tensor names is rewritten
+        with them once, into the pool's cache (vision/models.py)."""
+        if pool.model != "hf":
+            return source
+        from merging.atomic import atomic_directory
+        from merging.benchmark.store import DONE, pool_dir
+
+        target = pool_dir(pool) / "given" / task
+        if (target / DONE).is_file():
+            return target
+        if _holds_memory_names(str(source)):
+            return source  # read it where it is
+        with atomic_directory(target, overwrite=True) as tmp:
+            models.save_hf(models.load_hf(source), tmp)
+            (tmp / DONE).write_text(json.dumps({"source": str(source)}) + "\n")
+        return target
 
     def zero_shot_head(self, pool, task: str) -> dict[str, torch.Tensor]:
         """The task's stored head (``heads/<task>.safetensors`` of the pool), else computed from the base CLIP's
@@ -59,6 +82,8 @@ class VisionDomain(Domain):
     def save_model(self, model: torch.nn.Module, processor: Any, folder: Path) -> None:
         if isinstance(model, models.ZeroShotClassifier):
             models.save_clip(model, folder)
+        elif hasattr(model, "config"):
+            models.save_hf(model, folder)
         else:
             models.save_efficientnet(model, folder)
 
@@ -71,13 +96,17 @@ class VisionDomain(Domain):
             images, labels = examples.images, examples.labels
         else:
             images, labels = torch.stack([e.pixels for e in examples]), torch.tensor([e.label for e in examples])
-        pixels = models.clip_pixels if pool.model == "clip" else models.efficientnet_pixels
+        pixels = {"clip": models.clip_pixels, "hf": models.hf_pixels}.get(pool.model, models.efficientnet_pixels)
         return {**pixels(images, pool.image_size), "labels": labels}
 
     @torch.no_grad()
     def features(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if isinstance(model, models.ZeroShotClassifier):
             return model.embed(inputs["pixel_values"])  # [b, p]
+        if "pixel_values" in inputs:  # hf: the backbone's pooled output, else its first token
+            out = model.base_model(pixel_values=inputs["pixel_values"])
+            pooled = getattr(out, "pooler_output", None)
+            return pooled.flatten(1) if pooled is not None else out.last_hidden_state[:, 0]
         return model.extract_features(inputs["inputs"]).mean((2, 3))  # global average pool, [b, 1280]
 
     def prepare(self, pool) -> None:
@@ -101,6 +130,18 @@ class VisionDomain(Domain):
                        for i in range(0, len(proxy), 64)]
             body = {**body, **reestimate_statistics(model, batches)}
         return body
+
+
+@functools.cache
+def _holds_memory_names(folder: str) -> bool:
+    """Whether the checkpoint files in ``folder`` hold every tensor of its model under its in-memory name."""
+    from merging.candidates import CheckpointSource
+
+    try:
+        with CheckpointSource(folder, list(models.load_hf(Path(folder)).state_dict())):
+            return True
+    except MergeError:
+        return False
 
 
 VISION = VisionDomain()

