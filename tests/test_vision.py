@@ -33,6 +33,18 @@ def test_task_list_has_twenty_tasks_with_one_name_per_label():
         data.task_spec("svhn")
 
 
+def test_task_lists_name_the_entry_with_bad_keys_or_a_repeated_name(tmp_path):
+    from merging.benchmark.task_list import task_entries
+
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump({"tasks": [{"name": "a", "source": "mnist"}, {"name": "a", "source": "x"}]}))
+    with pytest.raises(MergeError, match=r"tasks\[1\]: task 'a' listed twice"):
+        list(task_entries(path, {"name", "source"}, {"name", "source"}))
+    path.write_text(yaml.safe_dump({"tasks": [{"name": "a", "colour": "red"}]}))
+    with pytest.raises(MergeError, match=r"tasks\[0\]: keys \['colour', 'name'\]; required name, source"):
+        list(task_entries(path, {"name", "source"}, {"name", "source"}))
+
+
 def test_pictures_become_32x32_rgb_and_transforms_move_pixels_as_named():
     grey = torch.zeros(1, 8, 8, dtype=torch.uint8)
     grey[0, 0, 0] = 255

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, overload
 
 import torch
-import yaml
 
 from merging.atomic import atomic_directory
 from merging.benchmark.domain import TaskSpec
+from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
 from merging.pypi import cache_dir
 
@@ -80,15 +80,8 @@ class PictureSet(Sequence[Picture]):
 @functools.cache
 def _entries() -> dict[str, dict[str, Any]]:
     """tasks.yaml, checked: unknown keys, sources, transforms and label maps are errors."""
-    raw = yaml.safe_load(TASKS_YAML.read_text())
-    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
-        raise MergeError(f"{TASKS_YAML}: expected a mapping with a 'tasks' list")
     out: dict[str, dict[str, Any]] = {}
-    for i, entry in enumerate(raw["tasks"]):
-        where = f"{TASKS_YAML}: tasks[{i}]"
-        if set(entry) - _KEYS or not {"name", "source", "label_names"} <= set(entry):
-            raise MergeError(f"{where}: keys {sorted(entry)}; required name, source, label_names; allowed "
-                             f"also transform, relabel")
+    for where, entry in task_entries(TASKS_YAML, {"name", "source", "label_names"}, _KEYS):
         if entry["source"] not in SOURCES:
             raise MergeError(f"{where}: source '{entry['source']}' unknown; known: {', '.join(SOURCES)}")
         if entry.get("transform", "identity") not in TRANSFORMS:
@@ -99,8 +92,6 @@ def _entries() -> dict[str, dict[str, Any]]:
         if len(relabel) != len(names) or len(set(flat)) != len(flat):
             raise MergeError(f"{where}: relabel {relabel} must give each of the {len(names)} label_names one "
                              f"group of source labels, no source label twice")
-        if entry["name"] in out:
-            raise MergeError(f"{where}: task '{entry['name']}' listed twice")
         spec = TaskSpec(entry["name"], "classification", len(names), "accuracy", tuple(names))
         out[entry["name"]] = {"source": entry["source"], "transform": entry.get("transform", "identity"),
                               "relabel": relabel, "spec": spec}
