@@ -1,6 +1,7 @@
 """The image domain's plug-in for merging/benchmark: task models of the pool's family (vision/models.py:
-EfficientNet-Lite with a linear head per task, CLIP with zero-shot heads, or a transformers classifier), batches of normalised pictures,
-pooled features for the probe, and the BatchNorm running statistics of a merge (merging/batchnorm.py)."""
+EfficientNet-Lite with a linear head per task, CLIP with zero-shot heads, or a transformers classifier),
+batches of normalised pictures, pooled features for the probe, and the BatchNorm running statistics of a
+merge (merging/batchnorm.py)."""
 from __future__ import annotations
 
 import functools
