@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from .errors import MergeError
+
 STATISTICS = (r"\.running_mean$", r"\.running_var$", r"\.num_batches_tracked$")
 MODES = ("average", "reestimate")
 
@@ -48,7 +50,7 @@ def reestimate_statistics(model: torch.nn.Module, batches: Iterable[Mapping[str,
         model(**batch)
         seen += 1
     if not seen:
-        raise ValueError("no batches to re-estimate BatchNorm statistics on")
+        raise MergeError("no batches to re-estimate BatchNorm statistics on")
     for name, m in norms.items():
         m.momentum = momenta[name]
         m.eval()

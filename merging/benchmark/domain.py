@@ -9,7 +9,7 @@ other entries and returns logits ([b, num_labels]) or an object with a ``logits`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,9 +76,9 @@ class Domain(ABC):
         domain must first rewrite it (e.g. with the tensor names its models use in memory)."""
         return source
 
-    def sort_key(self, example: Any) -> float:
-        """Evaluation order inside a task (e.g. text length, so batches pad little); metrics are order-free."""
-        return 0.0
+    sort_key: Callable[[Any], float] | None = None
+    """Evaluation order inside a task (text: length, so batches pad little); None keeps the split's order
+    (and its storage, e.g. one picture tensor). Metrics are order-free."""
 
     def prepare(self, pool: PoolConfig) -> None:
         """Build the pool's offline data sets ahead of time (they are otherwise built on first use)."""

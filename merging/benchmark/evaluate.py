@@ -26,10 +26,12 @@ class Evaluator:
         self.domain, self.batch_size = pool.domain, batch_size
         self._state_names: list[str] | None = None
         self.processor = self.domain.processor(pool, base_folder(pool))
-        # ordered by the domain's key (text: length, so that batches pad little; every metric is order-free)
-        self.examples = {task: sorted(self.domain.examples(pool, task, split), key=self.domain.sort_key)
-                         for task in pool.tasks}
+        self.examples = {task: self._ordered(self.domain.examples(pool, task, split)) for task in pool.tasks}
         self.batches = {task: self._batched(examples) for task, examples in self.examples.items()}
+
+    def _ordered(self, examples):
+        key = self.domain.sort_key
+        return examples if key is None else sorted(examples, key=key)
 
     def _batched(self, examples) -> list[dict[str, torch.Tensor]]:
         return [self.domain.collate(self.pool, self.processor, examples[i:i + self.batch_size])
@@ -115,9 +117,9 @@ class Evaluator:
     def probe(self, steps: int = 300) -> dict[str, float]:
         """A linear model on frozen pooled base-model features (``Domain.features``), fit on the train split
         (softmax regression or least squares, L2 1e-4, full-batch L-BFGS)."""
+        base = self.model(base_folder(self.pool), self.pool.tasks[0])  # features are the body's: any head does
         result = {}
         for task in self.pool.tasks:
-            base = self.model(base_folder(self.pool), task)
             spec = self.spec(task)
             train_x, train_y = self._features(base, self._batched(self.domain.examples(self.pool, task, "train")))
             test_x, test_y = self._features(base, self.batches[task])
