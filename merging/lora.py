@@ -23,6 +23,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -248,3 +249,31 @@ def write_lora_adapter(out_dir: Path, factors: dict[str, tuple[torch.Tensor, tor
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(state, str(out_dir / SAFETENSORS_NAME), metadata={"format": "pt"})
+
+
+def check_adapters(adapters: Sequence[LoraAdapter], what: str) -> list[str]:
+    """The sorted parameter names the adapters adapt; ``what`` (the method) names the error when they do not
+    all adapt the same modules with the same (in, out) shapes and layout, or hold non-LoRA tensors."""
+    if not adapters:
+        raise MergeError(f"{what}: no LoRA adapters given; expected at least one")
+    first = adapters[0]
+    for adapter in adapters:
+        if adapter.extra:
+            raise MergeError(f"{what}: adapter '{adapter.path}' holds non-LoRA tensors "
+                             f"{sorted(adapter.extra)[:5]} (modules_to_save / bias); merges only "
+                             "lora_A/lora_B factors")
+        if adapter.fan_in_fan_out != first.fan_in_fan_out:
+            raise MergeError(f"{what}: adapter '{adapter.path}' has fan_in_fan_out={adapter.fan_in_fan_out} "
+                             f"but '{first.path}' has {first.fan_in_fan_out}; expected the same layout")
+        missing, surplus = set(first.factors) - set(adapter.factors), set(adapter.factors) - set(first.factors)
+        if missing or surplus:
+            module, verb = (min(missing), "does not adapt") if missing else (min(surplus), "alone adapts")
+            raise MergeError(f"{what}: adapter '{adapter.path}' {verb} module '{module}' (compared with "
+                             f"'{first.path}'); expected every adapter to target the same modules")
+        for name, (a, b) in adapter.factors.items():
+            a0, b0 = first.factors[name]
+            if (a.shape[1], b.shape[0]) != (a0.shape[1], b0.shape[0]):
+                raise MergeError(f"{what}: adapter '{adapter.path}', module '{name}': ΔW is "
+                                 f"[{b.shape[0]}, {a.shape[1]}] but '{first.path}' has [{b0.shape[0]}, "
+                                 f"{a0.shape[1]}]; expected the same shape")
+    return sorted(first.factors)

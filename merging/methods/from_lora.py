@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_directory
 from ..errors import MergeError
-from ..lora import LoraAdapter, read_lora_adapter, write_lora_adapter
+from ..lora import LoraAdapter, check_adapters, read_lora_adapter, write_lora_adapter
 from ..registry import register_adapter_method
 from ..tensor_ops import frobenius_weights
 from .base import Params, chunk_seed
@@ -135,33 +135,6 @@ def from_lora_module(factors: Sequence[Factors], scalings: Sequence[float], rank
     return accepted[0].float(), accepted[1].float(), history
 
 
-def _check_adapters(adapters: Sequence[LoraAdapter]) -> list[str]:
-    """All adapters adapt the same modules with the same (in, out) shapes and layout; no extra tensors."""
-    if not adapters:
-        raise MergeError("from_lora: no LoRA adapters given; expected at least one")
-    first = adapters[0]
-    for adapter in adapters:
-        if adapter.extra:
-            raise MergeError(f"from_lora: adapter '{adapter.path}' holds non-LoRA tensors "
-                             f"{sorted(adapter.extra)[:5]} (modules_to_save / bias); FroM-LoRA merges only "
-                             "lora_A/lora_B factors")
-        if adapter.fan_in_fan_out != first.fan_in_fan_out:
-            raise MergeError(f"from_lora: adapter '{adapter.path}' has fan_in_fan_out={adapter.fan_in_fan_out} "
-                             f"but '{first.path}' has {first.fan_in_fan_out}; expected the same layout")
-        missing, surplus = set(first.factors) - set(adapter.factors), set(adapter.factors) - set(first.factors)
-        if missing or surplus:
-            module, what = (min(missing), "does not adapt") if missing else (min(surplus), "alone adapts")
-            raise MergeError(f"from_lora: adapter '{adapter.path}' {what} module '{module}' (compared with "
-                             f"'{first.path}'); expected every adapter to target the same modules")
-        for name, (a, b) in adapter.factors.items():
-            a0, b0 = first.factors[name]
-            if (a.shape[1], b.shape[0]) != (a0.shape[1], b0.shape[0]):
-                raise MergeError(f"from_lora: adapter '{adapter.path}', module '{name}': ΔW is "
-                                 f"[{b.shape[0]}, {a.shape[1]}] but '{first.path}' has [{b0.shape[0]}, "
-                                 f"{a0.shape[1]}]; expected the same shape")
-    return sorted(first.factors)
-
-
 def _merged_modules(adapters: Sequence[LoraAdapter], names: list[str], rank: int, k: float, alpha: float,
                     max_iters: int, sigma: float, seed: int,
                     tol: float) -> Iterator[tuple[str, Factors, list[float], float]]:
@@ -187,7 +160,7 @@ def merge_lora_adapters(adapters: Sequence[LoraAdapter], rank: int | None = None
                         tol: float = 1e-6) -> dict[str, Factors]:
     """FroM-LoRA over every module: {base parameter name: (A [rank, in], α·B [out, rank])}, so that the
     merged update is ΔW = B·A (scaling 1). ``rank`` None means ``default_rank(adapters)``."""
-    names = _check_adapters(adapters)
+    names = check_adapters(adapters, "from_lora")
     rank = default_rank(adapters) if rank is None else rank
     return {name: factors for name, factors, _, _ in
             _merged_modules(adapters, names, rank, k, alpha, max_iters, sigma, seed, tol)}
@@ -202,7 +175,7 @@ def from_lora_to_folder(adapter_paths: Sequence[str | Path], out_dir: Path, *, r
     template). Also writes ``from_lora.json`` there (parameters + summary). Returns the summary: module
     count, rank, mean final loss, mean final loss relative to Σ w_i‖θ_i‖², mean accepted iterations."""
     adapters = [read_lora_adapter(path) for path in adapter_paths]
-    names = _check_adapters(adapters)
+    names = check_adapters(adapters, "from_lora")
     rank = default_rank(adapters) if rank is None else rank
     merged: dict[str, Factors] = {}
     finals, relatives, iterations = [], [], []
