@@ -7,13 +7,17 @@
 * ``bert_bf16_pool``: the same base and two copies stored in bfloat16.
 * ``llama_lora``: a tiny ``LlamaForCausalLM`` base and a peft LoRA adapter of it (q_proj, v_proj; B ≠ 0),
   with the weights ``merge_and_unload()`` gives.
+* ``suite``: the generative suite (generative/data.py) on a fake BIG-bench sdist with three tiny tasks.
 
 Tests that damage a model copy it first (``copy_model``).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+
+from merging.pypi import Package
 
 BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64)
@@ -179,3 +185,57 @@ def copy_model(tmp_path):
 def leftovers(out: Path) -> list[str]:
     """Temporary or half-written siblings of output folder ``out``."""
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+BIGBENCH_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
+GENERATIVE_TASKS = """tasks:
+  - {name: add, bigbench: arithmetic/2_digit_addition, kind: exact_match}
+  - {name: qa, bigbench: elementary_math_qa/question_only, kind: multiple_choice}
+  - {name: yesno, bigbench: natural_instructions/subtask056_x, kind: multiple_choice, prompt: "{{input}} ok?"}
+"""
+
+
+def fake_bigbench_sdist(path):
+    """A bigbench sdist with three tiny tasks (GENERATIVE_TASKS): exact match, target_scores choices, a label set."""
+    add = [{"input": f"What is {i} plus 1?", "target": str(i + 1), "target_scores": {str(i + 1): 1, "x": 0}}
+           for i in range(30)]
+    add += [{"input": "What is 0 plus 1?", "target": "1"},  # an identical copy: kept once
+            {"input": "What is 5 plus 1?", "target": "7"}]  # a disagreeing copy: input 5 dropped
+    qa = [{"input": f"q{i}", "target_scores": {"10": 0, "20": 1, "30": 0}} for i in range(20)]
+    qa.append({"input": "tie", "target_scores": {"1": 1, "2": 1}})  # no single answer: skipped
+    yesno = [{"input": f"passage {i}", "target": ["Yes." if i % 3 else "No."]} for i in range(20)]
+    members = {f"{BIGBENCH_ROOT}/arithmetic/2_digit_addition/task.json": {"examples": add},
+               f"{BIGBENCH_ROOT}/elementary_math_qa/question_only/task.json": {"examples": qa},
+               f"{BIGBENCH_ROOT}/natural_instructions/subtask056_x/task.json": {"examples": yesno}}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in members.items():
+            blob = json.dumps(content).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    path.write_bytes(buf.getvalue())
+    return Package("bigbench", "1.0.0", path.name, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest(),
+                   sdist=True)
+
+
+@pytest.fixture
+def suite(tmp_path, monkeypatch):
+    """The generative suite on the fake sdist (tasks add, qa, yesno), in a private cache."""
+    from generative import data
+    from merging import pypi
+
+    downloads = tmp_path / "cache" / "downloads"
+    downloads.mkdir(parents=True)
+    monkeypatch.setattr(data, "BIGBENCH", fake_bigbench_sdist(downloads / "bigbench-1.0.0.tar.gz"))
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tasks.yaml").write_text(GENERATIVE_TASKS)
+    monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
+    run = pypi.subprocess.run
+
+    def no_pip(cmd, *args, **kwargs):  # the sdist is in the cache; git (the rows' git_sha) may run
+        if "pip" in cmd:
+            pytest.fail(f"pip must not run: {cmd}")
+        return run(cmd, *args, **kwargs)
+    monkeypatch.setattr(pypi.subprocess, "run", no_pip)
+    return tmp_path / "cache"

@@ -2,68 +2,14 @@
 examples (on a fake bigbench sdist), prepared once, and lm-eval local tasks."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 
 import pytest
 
 from generative import data
 from generative.__main__ import main
-from merging import pypi
 from merging.errors import MergeError
-from merging.pypi import Package
 from tiny_lm import tiny_byte_llama
-
-ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
-TASKS = """tasks:
-  - {name: add, bigbench: arithmetic/2_digit_addition, kind: exact_match}
-  - {name: qa, bigbench: elementary_math_qa/question_only, kind: multiple_choice}
-  - {name: yesno, bigbench: natural_instructions/subtask056_x, kind: multiple_choice, prompt: "{{input}} ok?"}
-"""
-
-
-def fake_sdist(path):
-    add = [{"input": f"What is {i} plus 1?", "target": str(i + 1), "target_scores": {str(i + 1): 1, "x": 0}}
-           for i in range(30)]
-    add += [{"input": "What is 0 plus 1?", "target": "1"},  # an identical copy: kept once
-            {"input": "What is 5 plus 1?", "target": "7"}]  # a disagreeing copy: input 5 dropped
-    qa = [{"input": f"q{i}", "target_scores": {"10": 0, "20": 1, "30": 0}} for i in range(20)]
-    qa.append({"input": "tie", "target_scores": {"1": 1, "2": 1}})  # no single answer: skipped
-    yesno = [{"input": f"passage {i}", "target": ["Yes." if i % 3 else "No."]} for i in range(20)]
-    members = {f"{ROOT}/arithmetic/2_digit_addition/task.json": {"examples": add},
-               f"{ROOT}/elementary_math_qa/question_only/task.json": {"examples": qa},
-               f"{ROOT}/natural_instructions/subtask056_x/task.json": {"examples": yesno}}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, content in members.items():
-            blob = json.dumps(content).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    path.write_bytes(buf.getvalue())
-    return Package("bigbench", "1.0.0", path.name, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest(),
-                   sdist=True)
-
-
-@pytest.fixture
-def suite(tmp_path, monkeypatch):
-    downloads = tmp_path / "cache" / "downloads"
-    downloads.mkdir(parents=True)
-    monkeypatch.setattr(data, "BIGBENCH", fake_sdist(downloads / "bigbench-1.0.0.tar.gz"))
-    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "tasks.yaml").write_text(TASKS)
-    monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
-    run = pypi.subprocess.run
-
-    def no_pip(cmd, *args, **kwargs):  # the sdist is in the cache; git (the rows' git_sha) may run
-        if "pip" in cmd:
-            pytest.fail(f"pip must not run: {cmd}")
-        return run(cmd, *args, **kwargs)
-    monkeypatch.setattr(pypi.subprocess, "run", no_pip)
-    return tmp_path / "cache"
-
 
 def test_splits_are_seeded_disjoint_and_sized_by_the_formula(suite):
     splits = {s: data.load_split("add", s) for s in data.SPLITS}

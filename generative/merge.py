@@ -1,0 +1,100 @@
+"""Merge the suite's LoRA adapters with one method and write both outputs: a peft adapter and the merged full
+model (peft ``merge_and_unload``), each loadable on its own by transformers / peft.
+
+Methods (merging/lora_merge.py has the two spaces):
+- ``task_arithmetic``, ``ties``, ``dare_ties`` (and any per-tensor method): on ΔW_i in product space, the
+  merged ΔW re-factored to ``rank`` by truncated SVD;
+- ``from_lora``: FroM-LoRA's alternating least squares at ``rank`` (merging/methods/from_lora.py);
+- ``frank_wolfe``: FW-Merging hard (merging/methods/frank_wolfe.py) on the proxy split
+  (generative/objective.py), in ``space: factors`` (the official code: A and B merged as separate tensors,
+  same rank and lora_alpha as the adapters) or ``space: product`` (ΔW, re-factored to ``rank``).
+
+``rank`` defaults to the adapters' largest r (the merged adapter is as small as one of them).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.atomic import atomic_directory
+from merging.errors import MergeError
+from merging.lora import LoraAdapter, write_lora_adapter
+from merging.lora_merge import Factors, merge_deltas, sources, to_factors
+from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+from merging.methods.from_lora import FromLoraParams, default_rank, merge_lora_adapters
+from merging.registry import get_method
+
+from .lm_eval_tasks import LocalTask
+from .objective import CausalLMObjective
+
+LORA_KEYS = ("rank", "space", "proxy_examples", "proxy_batch_size")  # the runner's, not the method's
+
+
+def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraAdapter], labels: Sequence[str],
+                   base_folder: Path | None = None, proxy: Sequence[LocalTask] = (), seed: int = 0,
+                   progress: bool = False) -> tuple[dict[str, Factors], int, float, dict[str, Any]]:
+    """(factors by base parameter name, rank, lora_alpha, log) of ``method`` with ``params`` on ``adapters``.
+    ``frank_wolfe`` also needs the base model folder and the proxy tasks."""
+    params = dict(params)
+    rank = int(params.pop("rank", None) or default_rank(adapters))
+    space = params.pop("space", "product")
+    per_task, batch_size = params.pop("proxy_examples", None), int(params.pop("proxy_batch_size", 8))
+    log: dict[str, Any] = {"rank": rank}
+    if method == "frank_wolfe":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if base_folder is None or not proxy:
+            raise MergeError("frank_wolfe on LoRA adapters needs the base model and the proxy tasks")
+        base, candidates = sources(adapters, space, labels)
+        first = adapters[0]
+        scaling = next(iter(first.scalings.values()))
+        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype="float32")
+        objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
+                                      batch_size=batch_size, per_task=per_task)
+        result = frank_wolfe_merge(objective, base, candidates, FrankWolfeParams(**params, seed=seed),
+                                   progress=progress)
+        factors, errors = to_factors(result.theta, space, rank)
+        if space == "factors":
+            rank, alpha = first.rank, first.alpha
+        else:
+            alpha = float(rank)
+        log.update(space=space, proxy_examples=per_task, final_objective=result.final_objective,
+                   history=[{k: v for k, v in h.items() if k != "choices"} for h in result.history],
+                   choices=[h["choices"] for h in result.history])
+    elif method == "from_lora":
+        factors = merge_lora_adapters(adapters, rank=rank, seed=seed, **FromLoraParams(**params).model_dump(
+            exclude={"rank"}))
+        alpha, errors = float(rank), {}
+    else:
+        cls = get_method(method)
+        if not hasattr(cls, "combine"):
+            raise MergeError(f"method '{method}' cannot merge LoRA adapters here; use a per-tensor method, "
+                             "from_lora or frank_wolfe")
+        instance = cls(cls.Params(**params), [cls.ModelParams() for _ in adapters])
+        factors, errors = merge_deltas(adapters, instance, rank, seed)
+        alpha = float(rank)
+    if errors:
+        log["refactor_error_mean"] = sum(errors.values()) / len(errors)
+        log["refactor_error_max"] = max(errors.values())
+    return factors, rank, alpha, log
+
+
+def write_outputs(out: Path, base_folder: Path, factors: dict[str, Factors], rank: int, alpha: float,
+                  template: dict[str, Any], info: dict[str, Any], overwrite: bool = True) -> Path:
+    """``out/adapter`` (peft LoRA folder), ``out/model`` (base + the adapter's ΔW, with the tokenizer) and
+    ``out/merge.json``, written atomically."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_lora_adapter(tmp / "adapter", factors, rank, alpha, {**template, "base_model_name_or_path":
+                                                                    str(base_folder)}, torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype="float32")
+        PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload().save_pretrained(tmp / "model")
+        AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp / "model")
+        (tmp / "merge.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return Path(out)
