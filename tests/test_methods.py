@@ -139,6 +139,23 @@ def test_from_k_zero_is_the_mean_of_task_vectors(pool):
     assert torch.allclose(merge("from", base, models, k=0.0), expected, atol=1e-6)
 
 
+def test_dare_from_weighs_the_dropped_task_vectors_by_their_own_norms(pool):
+    from merging.methods.base import chunk_seed
+    from merging.tensor_ops import random_keep_mask
+
+    base, models = pool
+    tvs = torch.stack([(m - base).reshape(-1) for m in models])  # [4, 192]
+    mask = random_keep_mask(tuple(tvs.shape), torch.full((4,), 0.4, dtype=torch.float64),
+                            torch.Generator().manual_seed(chunk_seed(3, "tensor", 0)))
+    dropped = tvs * mask / 0.4  # τ̃_i
+    weights = dropped.norm(dim=1) / dropped.norm(dim=1).sum()
+    expected = base + (weights @ dropped).reshape(base.shape)
+    assert torch.allclose(merge("from", base, models, k=1.0, drop_rate=0.6, seed=3), expected, atol=1e-6)
+    # k = 0, α = n: base + Σ_i τ̃_i, i.e. dare_ta with λ = 1 on the same seeded masks, chunk by chunk
+    assert torch.allclose(merge("from", base, models, k=0.0, alpha=4.0, drop_rate=0.6, seed=3, chunk_size=50),
+                          merge("dare_ta", base, models, drop_rate=0.6, seed=3, chunk_size=50), atol=1e-6)
+
+
 def test_from_large_k_picks_the_largest_norm_task_vector(pool):
     base, models = pool
     models = models[:3] + [base + 3 * (models[3] - base)]
