@@ -1,11 +1,12 @@
-"""LoRA fine-tuning of a causal LM on one task of the suite (generative/data.py), as the FW-Merging paper trains
-its LLaMA-2 adapters: LoRA on q_proj and v_proj (r 8, α 16, dropout 0.05), AdamW, next-token cross-entropy on
-the answer tokens only. An example is lm-eval's prompt (the task's Jinja template) + " " + the answer (the
-target, or the correct choice), so training and evaluation see the same text.
+"""Fine-tuning of a causal LM on one task of the suite (generative/data.py): LoRA as the FW-Merging paper trains
+its LLaMA-2 adapters (q_proj and v_proj, r 8, α 16, dropout 0.05), or all weights (the FroM paper's full
+fine-tunes); AdamW, next-token cross-entropy on the answer tokens only. An example is lm-eval's prompt (the
+task's Jinja template) + " " + the answer (the target, or the correct choice), so training and evaluation see
+the same text.
 
-The adapter is written with peft's ``save_pretrained`` to a temporary folder and renamed into place with
-``finetune.json`` (hyper-parameters, seconds, losses): an existing adapter is kept (resumable), a half-trained
-one never appears.
+The adapter (peft ``save_pretrained``) or model (transformers ``save_pretrained`` + tokenizer) is written to a
+temporary folder and renamed into place with ``finetune.json`` (hyper-parameters, seconds, losses): an existing
+one is kept (resumable), a half-trained one never appears.
 """
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ class LoraTraining(BaseModel):
     epochs: float = Field(1.0, gt=0)  # passes over the train split (a fraction stops early)
 
 
+class FullTraining(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(0.5, gt=0)
+
+
 def render(prompt: str, example: dict[str, Any]) -> str:
     """The prompt of one example, as lm-eval renders ``doc_to_text`` (Jinja)."""
     import jinja2
@@ -66,6 +74,28 @@ def batch_of(tokenizer: Any, task: LocalTask, examples: Sequence[dict[str, Any]]
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])}
 
 
+def _train(model: torch.nn.Module, tokenizer: Any, task: LocalTask, training: LoraTraining | FullTraining,
+           seed: int, progress: bool, what: str) -> dict[str, Any]:
+    """AdamW on the trainable parameters over ``epochs`` passes of the shuffled train split; the log."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.lr)
+    order = list(task.examples)
+    random.Random(seed).shuffle(order)
+    steps = max(1, round(training.epochs * len(order) / training.batch_size))
+    losses, started = [], time.perf_counter()
+    model.train()
+    for step in tqdm(range(steps), desc=f"{what} {task.name} (seed {seed})", disable=not progress):
+        first = step * training.batch_size
+        batch = batch_of(tokenizer, task, [order[(first + j) % len(order)] for j in range(training.batch_size)])
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(round(loss.item(), 4))
+    model.eval()
+    return {"task": task.name, "seed": seed, "steps": steps, "training": training.model_dump(), "losses": losses,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 def train_adapter(base: Path, task: LocalTask, out: Path, training: LoraTraining | None = None, seed: int = 0,
                   progress: bool = True) -> Path:
     """Fine-tune a LoRA adapter of the model in ``base`` on ``task.examples`` (its train split) into ``out``;
@@ -77,27 +107,31 @@ def train_adapter(base: Path, task: LocalTask, out: Path, training: LoraTraining
 
     training = training or LoraTraining()
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
     model = get_peft_model(model, LoraConfig(r=training.r, lora_alpha=training.alpha, lora_dropout=training.dropout,
                                              target_modules=training.target_modules, task_type="CAUSAL_LM"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.lr)
-    order = list(task.examples)
-    random.Random(seed).shuffle(order)
-    steps = max(1, round(training.epochs * len(order) / training.batch_size))
-    losses, started = [], time.perf_counter()
-    model.train()
-    for step in tqdm(range(steps), desc=f"LoRA {task.name} (seed {seed})", disable=not progress):
-        first = step * training.batch_size
-        batch = batch_of(tokenizer, task, [order[(first + j) % len(order)] for j in range(training.batch_size)])
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(round(loss.item(), 4))
+    log = _train(model, AutoTokenizer.from_pretrained(base), task, training, seed, progress, "LoRA")
     with atomic_directory(out, overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"task": task.name, "seed": seed, "base": str(base), "steps": steps,
-                                              "training": training.model_dump(), "losses": losses,
-                                              "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+        (tmp / MARKER).write_text(json.dumps({**log, "base": str(base)}, indent=1))
+    return Path(out)
+
+
+def train_full(base: Path, task: LocalTask, out: Path, training: FullTraining | None = None, seed: int = 0,
+               progress: bool = True) -> Path:
+    """Fine-tune every weight of the model in ``base`` on ``task.examples`` into ``out`` (model + tokenizer);
+    a model already in ``out`` is returned untouched."""
+    if (Path(out) / MARKER).is_file():
+        return Path(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    training = training or FullTraining()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    log = _train(model, tokenizer, task, training, seed, progress, "full")
+    with atomic_directory(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({**log, "base": str(base)}, indent=1))
     return Path(out)

@@ -239,3 +239,24 @@ def suite(tmp_path, monkeypatch):
         return run(cmd, *args, **kwargs)
     monkeypatch.setattr(pypi.subprocess, "run", no_pip)
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def tiny_pool(suite, tmp_path):
+    """Write a pool YAML over a tiny byte-level Llama (tests/tiny_lm.py) for the fake suite's ``qa`` and
+    ``yesno``: ``tiny_pool(kind, **keys)`` -> its path; the model folder is ``tmp_path / "tiny"``."""
+    from tiny_lm import tiny_byte_llama
+
+    model, tokenizer = tiny_byte_llama()
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    training = {"lora": {"lr": 0.05, "epochs": 15},
+                "full": {"lr": 0.01, "epochs": 5}}
+
+    def write(kind: str = "lora", **keys) -> Path:
+        path = tmp_path / f"pool-{kind}.yaml"
+        pool = {"name": f"tiny_{kind}", "base": str(tmp_path / "tiny"), "kind": kind, "tasks": ["qa", "yesno"],
+                "training": training[kind], **keys}
+        path.write_text(yaml.safe_dump(pool))
+        return path
+    return write

@@ -9,7 +9,6 @@ import pytest
 from generative import data
 from generative.__main__ import main
 from merging.errors import MergeError
-from tiny_lm import tiny_byte_llama
 
 def test_splits_are_seeded_disjoint_and_sized_by_the_formula(suite):
     splits = {s: data.load_split("add", s) for s in data.SPLITS}
@@ -47,22 +46,20 @@ def test_bad_names_and_entries_are_errors(suite, tmp_path):
         data.entries()
 
 
-def test_one_command_evaluates_a_model_folder_on_the_suite(suite, tmp_path, capsys):
-    model, tokenizer = tiny_byte_llama()
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    main(["evaluate", "--model", str(tmp_path / "tiny"), "--label", "tiny", "--tasks", "add", "yesno",
-          "--limit", "3", "--outs", str(tmp_path / "outs"), "--experiment", "demo", "--batch-size", "1"])
+def test_one_command_evaluates_a_model_folder_on_the_suite(tiny_pool, suite, tmp_path, capsys):
+    pool = str(tiny_pool(tasks=["add", "yesno"]))
+    main(["evaluate", "--pool", pool, "--label", "tiny", "--limit", "3", "--outs", str(tmp_path / "outs"),
+          "--batch-size", "1"])
     scores = eval(capsys.readouterr().out.strip().splitlines()[-1])  # the printed {task: %} dict
     assert set(scores) == {"add", "yesno"} and all(0 <= v <= 100 for v in scores.values())
-    row = (tmp_path / "outs" / "demo" / "results.csv").read_text().splitlines()
+    row = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
     assert row[0].startswith("model,average,add,yesno") and row[1].startswith("tiny,")
-    saved = json.loads((tmp_path / "outs" / "demo" / "lm_eval" / "tiny-test.json").read_text())
+    saved = json.loads((tmp_path / "outs" / "tiny_lora" / "lm_eval" / "tiny-test.json").read_text())
     assert saved["results"]["yesno"]["acc,none"] == pytest.approx(scores["yesno"] / 100, abs=1e-4)  # printed: 2 d.p.
-    main(["finetune", "--model", str(tmp_path / "tiny"), "--tasks", "yesno", "--epochs", "0.5"])  # one step
-    adapter = suite / "generative" / "adapters" / "yesno-seed0"
+    main(["finetune", "--pool", pool, "--tasks", "yesno", "--set", "epochs=0.5"])  # one step
+    adapter = suite / "generative" / "pools" / "tiny_lora" / "yesno-seed0"
     assert json.loads((adapter / "finetune.json").read_text())["steps"] == 1
-    main(["evaluate", "--model", str(tmp_path / "tiny"), "--adapter", str(adapter), "--label", "yesno",
-          "--tasks", "yesno", "--limit", "3", "--outs", str(tmp_path / "outs"), "--experiment", "demo"])
-    rows = (tmp_path / "outs" / "demo" / "results.csv").read_text().splitlines()
+    main(["evaluate", "--pool", pool, "--adapter", str(adapter), "--label", "yesno", "--tasks", "yesno",
+          "--limit", "3", "--outs", str(tmp_path / "outs")])
+    rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[2].startswith("yesno,") and str(adapter) in rows[2]

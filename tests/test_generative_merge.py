@@ -12,6 +12,7 @@ from generative import data
 from generative.__main__ import main
 from generative.finetune import batch_of
 from generative.objective import CausalLMObjective
+from generative.pool import load_pool
 from generative.run import merged_dir
 from merging.errors import MergeError
 from tiny_lm import tiny_byte_llama
@@ -35,41 +36,76 @@ def test_the_objective_is_the_models_own_answer_token_loss(suite):
         next(objective.batches("yesno", "test"))
 
 
-def test_cli_trains_merges_scores_and_saves_reloadable_outputs(suite, tmp_path, capsys):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model, tokenizer = tiny_byte_llama()
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    common = ["--model", str(tmp_path / "tiny"), "--tasks", "qa", "yesno", "--outs", str(tmp_path / "outs"),
-              "--experiment", "demo", "--limit", "4"]
-    main(["finetune", *common, "--epochs", "15", "--lr", "0.05"])  # 2 adapters, 15 steps each
+def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_path):
+    common = ["--pool", str(tiny_pool()), "--outs", str(tmp_path / "outs"), "--limit", "4"]
+    main(["finetune", *common])  # 2 adapters, 15 steps each
     main(["finetuned", *common])
     runs = [("task_arithmetic", ["--set", "lambda=0.5"]),
             ("frank_wolfe", ["--set", "iterations=2", "--set", "proxy_examples=4"]),
             ("frank_wolfe", ["--set", "iterations=2", "--set", "proxy_examples=4", "--set", "space=product"])]
     for method, settings in runs:
         main(["merge", method, *common, "--limit-validation", "4", *settings])
-    rows = (tmp_path / "outs" / "demo" / "results.csv").read_text().splitlines()
+    rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert [r.split(",")[0] for r in rows[1:]] == ["finetuned", "task_arithmetic lambda=0.5",
                                                    "frank_wolfe iterations=2 proxy_examples=4",
                                                    "frank_wolfe iterations=2 proxy_examples=4 space=product"]
     assert float(rows[1].split(",")[header.index("normalized")]) == 100
-    assert (tmp_path / "outs" / "demo" / "lm_eval" / "task_arithmetic_lambda_0.5-seed0-test.json").is_file()
+    assert (tmp_path / "outs" / "tiny_lora" / "lm_eval" / "task_arithmetic_lambda_0.5-seed0-test.json").is_file()
 
-    out = merged_dir("frank_wolfe iterations=2 proxy_examples=4", 0)  # factor space: the adapters' r and alpha
+    pool = load_pool(tiny_pool())
+    out = merged_dir(pool, "frank_wolfe iterations=2 proxy_examples=4", 0)  # factor space: the adapters' r, α
     info = json.loads((out / "merge.json").read_text())
     assert info["space"] == "factors" and len(info["history"]) == 2
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    trained = json.loads((data.task_dir("qa").parents[0] / "adapters" / "qa-seed0" / "adapter_config.json")
-                         .read_text())
-    assert (config["r"], config["lora_alpha"]) == (trained["r"], trained["lora_alpha"])
+    assert (config["r"], config["lora_alpha"]) == (8, 16)
+    _assert_outputs_agree(out, tmp_path / "tiny")
+
+
+def _assert_outputs_agree(out, base):
+    """out/model (full) and base + out/adapter (peft) give the same logits, which differ from the base's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     ids = torch.tensor([[5, 6, 7, 8]])
     full = AutoModelForCausalLM.from_pretrained(out / "model").eval()
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "tiny"),
-                                             out / "adapter").eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(full(ids).logits, with_adapter(ids).logits, atol=1e-4)
-        assert not torch.allclose(full(ids).logits, model(ids).logits, atol=1e-4)  # the merge changed the model
+        assert not torch.allclose(full(ids).logits, AutoModelForCausalLM.from_pretrained(base)(ids).logits,
+                                  atol=1e-4)  # the merge changed the model
+
+
+def test_full_fine_tunes_merge_through_the_engine_with_dare_from(tiny_pool, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    common = ["--pool", str(tiny_pool("full")), "--outs", str(tmp_path / "outs"), "--limit", "4"]
+    main(["finetune", *common])
+    main(["merge", "from", *common, "--limit-validation", "4", "--set", "drop_rate=0.5"])
+    rows = (tmp_path / "outs" / "tiny_full" / "results.csv").read_text().splitlines()
+    assert rows[1].startswith("from drop_rate=0.5,")
+    out = merged_dir(load_pool(tiny_pool("full")), "from drop_rate=0.5", 0)
+    info = json.loads((out / "merge.json").read_text())
+    assert info["parameters"]["drop_rate"] == 0.5 and info["parameters"]["alpha"] in (1.0, 2.0, 3.0)
+    assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 16
+
+
+def test_a_pool_of_given_adapters_merges_with_the_official_proxy_file(tiny_pool, tmp_path):
+    """The paper's pool shape: named adapters (here local folders), FW on a proxy_300.json-style file, no
+    suite tasks: the merge is written, not scored."""
+    trained = tiny_pool()
+    main(["finetune", "--pool", str(trained)])
+    folders = load_pool(trained).candidates(0)
+    proxy = tmp_path / "proxy.json"
+    proxy.write_text(json.dumps({"code": {"input": ["def f(", "x = "], "output": ["):", "1"]},
+                                 "piqa": {"input": ["Goal: boil water"], "output": ["use a kettle"]}}))
+    given = tiny_pool(tasks=[], checkpoints={"code": str(folders["qa"]), "piqa": str(folders["yesno"])},
+                      proxy=str(proxy), name="given")
+    main(["merge", "frank_wolfe", "--pool", str(given), "--set", "iterations=2"])
+    out = merged_dir(load_pool(given), "frank_wolfe iterations=2", 0)
+    info = json.loads((out / "merge.json").read_text())
+    assert info["checkpoints"] == {"code": str(folders["qa"]), "piqa": str(folders["yesno"])}
+    assert info["history"][0]["objective"] > 0
+    _assert_outputs_agree(out, tmp_path / "tiny")
+    with pytest.raises(SystemExit, match="no tasks to choose"):
+        main(["merge", "ties", "--pool", str(given)])
