@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from merging import distributed
 from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             print(result if isinstance(result, Path) else {k: result[k] for k in ("model", "normalized", "average")})
     except MergeError as error:
         raise SystemExit(f"error: {error}") from None
+    distributed.finish()  # under `accelerate launch`: every process leaves the group together
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ LORA_KEYS = ("rank", "space", "proxy_examples", "proxy_batch_size")  # the runne
 
 def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraAdapter], labels: Sequence[str],
                    base_folder: Path | None = None, proxy: Sequence[LocalTask] = (), seed: int = 0,
-                   progress: bool = False) -> tuple[dict[str, Factors], int, float, dict[str, Any]]:
+                   progress: bool = False, dtype: str = "float32"
+                   ) -> tuple[dict[str, Factors], int, float, dict[str, Any]]:
     """(factors by base parameter name, rank, lora_alpha, log) of ``method`` with ``params`` on ``adapters``.
-    ``frank_wolfe`` also needs the base model folder and the proxy tasks."""
+    ``frank_wolfe`` also needs the base model folder (loaded in ``dtype``) and the proxy tasks."""
     params = dict(params)
     rank = int(params.pop("rank", None) or default_rank(adapters))
     space = params.pop("space", "product")
@@ -52,7 +53,7 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
         base, candidates = sources(adapters, space, labels)
         first = adapters[0]
         scaling = next(iter(first.scalings.values()))
-        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype="float32")
+        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
         objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
                                       batch_size=batch_size, per_task=per_task)
         result = frank_wolfe_merge(objective, base, candidates, FrankWolfeParams(**params, seed=seed),

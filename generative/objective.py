@@ -4,6 +4,11 @@ causal LM, and the loss of a task is the next-token cross-entropy on the answer 
 (the prompt is masked, as in the official FW-Merging LLaMA code and in fine-tuning, generative/finetune.py):
 
     ℓ_t(θ; x) = −(1/|answer(x)|) Σ_{j ∈ answer(x)} log p_θ(x_j | x_<j)      (mean over a batch's answer tokens)
+
+The model runs on ``merging.distributed.device()`` (a GPU when there is one; under ``accelerate launch`` each
+process takes its share of the proxy batches and the gradients are all-reduced, merging/distributed.py); the
+merged tensors θ stay where the caller keeps them (the CPU) and are moved per forward, so only the base model,
+one batch's activations and ∇θ live on the device.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from merging import distributed
 from merging.errors import MergeError
 from merging.lora_merge import Space, merged_weights
 from merging.objective import Batch, functional_logits
@@ -27,7 +33,8 @@ class CausalLMObjective:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, tasks: Sequence[LocalTask], space: Space,
                  scaling: float = 1.0, batch_size: int = 8, per_task: int | None = None) -> None:
-        self._model = model.eval().requires_grad_(False)
+        self.device = distributed.device()
+        self._model = model.eval().requires_grad_(False).to(self.device)
         self._weights = {name: p.detach() for name, p in model.named_parameters()}
         self._tasks = {t.name: t for t in tasks}
         self.tasks = list(self._tasks)
@@ -45,10 +52,12 @@ class CausalLMObjective:
             yield batch_of(self.tokenizer, self._tasks[task], examples[start:start + self.batch_size])
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        params = {name: t.to(self.device) for name, t in params.items()}  # differentiable: ∇ returns to θ
         weights = merged_weights(self.space, self._weights, params, self.scaling)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        inputs = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
         return functional_logits(self._model, weights, inputs)  # [b, T, vocab]
 
     def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        labels = batch["labels"][:, 1:]  # [b, T-1] token j+1 is predicted from position j
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        labels = batch["labels"][:, 1:].to(logits.device)  # [b, T-1] token j+1 is predicted from position j
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=-100)

@@ -10,6 +10,7 @@ of published checkpoints (the paper's LLaMA-2 adapters), the checkpoints themsel
     checkpoints: {code: arnavgrg/codealpaca-qlora, …}   # given checkpoints (no training); label: reference
     proxy: proxy.json                           # FW's proxy for given checkpoints, the official format
                                                 # {task: {"input": [...], "output": [...]}}
+    dtype: bfloat16                             # the base model in FW's objective (default float32)
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class GenerativePool(BaseModel):
     training: dict[str, Any] = {}
     checkpoints: dict[str, str] = {}
     proxy: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the base as FW's objective loads it
     path: Path | None = None  # where it was read from (set by load_pool)
 
     def training_config(self) -> LoraTraining | FullTraining:

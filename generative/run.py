@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from merging import distributed
 from merging.atomic import atomic_write_text
 from merging.benchmark.experiment import method_config
 from merging.checkpoint import resolve_model_ref
@@ -160,12 +161,15 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
             proxy = []
 
         def merge(point: dict[str, Any]) -> tuple[Any, ...]:
-            return merge_adapters(method, point, adapters, list(folders), base_folder, proxy, seed, progress)
+            return merge_adapters(method, point, adapters, list(folders), base_folder, proxy, seed, progress,
+                                  pool.dtype)
     if not pool.tasks:
         if len(points) != 1:
             raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --set")
         if pool.kind == "lora":
             factors, rank, alpha, log = merge(points[0])
+            if not distributed.is_main():  # under accelerate launch, process 0 writes
+                return out
             write_outputs(out, base_folder, factors, rank, alpha, adapters[0].config,
                           {"method": method, "parameters": points[0], "checkpoints": pool.checkpoints, **log})
         else:

@@ -167,12 +167,13 @@ def merge_deltas(adapters: Sequence[LoraAdapter], method: Method, rank: int, see
 def merged_weights(space: Space, weights: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],
                    scaling: float = 1.0) -> dict[str, torch.Tensor]:
     """The base weights the merged tensors ``params`` stand for (differentiable in ``params``):
-    product: W + ΔW; factors: W + scaling·B·A. ``weights``: the base's weights by parameter name."""
+    product: W + ΔW; factors: W + scaling·B·A, in W's dtype. ``weights``: the base's weights by name."""
     if space == "product":
-        return {name: weights[name] + delta for name, delta in params.items()}
+        return {name: weights[name] + delta.to(weights[name].dtype) for name, delta in params.items()}
     out = {}
     for name, tensor in params.items():
         if name.endswith(".lora_A"):
             module = name[:-len(".lora_A")]
-            out[f"{module}.weight"] = weights[f"{module}.weight"] + scaling * (params[f"{module}.lora_B"] @ tensor)
+            w = weights[f"{module}.weight"]
+            out[f"{module}.weight"] = w + (scaling * (params[f"{module}.lora_B"] @ tensor)).to(w.dtype)
     return out

@@ -12,7 +12,7 @@ from generative import data
 from generative.__main__ import main
 from generative.finetune import batch_of
 from generative.objective import CausalLMObjective
-from generative.pool import load_pool
+from generative.pool import CONFIGS, load_pool
 from generative.run import merged_dir
 from merging.errors import MergeError
 from tiny_lm import tiny_byte_llama
@@ -109,3 +109,14 @@ def test_a_pool_of_given_adapters_merges_with_the_official_proxy_file(tiny_pool,
     _assert_outputs_agree(out, tmp_path / "tiny")
     with pytest.raises(SystemExit, match="no tasks to choose"):
         main(["merge", "ties", "--pool", str(given)])
+
+
+def test_the_paper_configs_name_the_official_checkpoints():
+    lora = load_pool(CONFIGS / "llama2_16_lora.yaml")
+    assert (lora.base, lora.kind, len(lora.checkpoints)) == ("meta-llama/Llama-2-7b-hf", "lora", 16)
+    assert lora.checkpoints["code"] == "arnavgrg/codealpaca-qlora" and lora.proxy and not lora.tasks
+    full = load_pool(CONFIGS / "llama2_3_full_from.yaml")
+    assert (full.kind, sorted(full.checkpoints)) == ("full", ["code", "instruction", "math"])
+    offline = load_pool(CONFIGS / "smollm2_16_lora.yaml")
+    assert len(offline.tasks) == 16 and offline.training_config().r == 8 and offline.training_config().alpha == 16
+    assert set(offline.tasks) == set(data.entries())
