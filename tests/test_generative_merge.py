@@ -120,3 +120,20 @@ def test_the_paper_configs_name_the_official_checkpoints():
     offline = load_pool(CONFIGS / "smollm2_16_lora.yaml")
     assert len(offline.tasks) == 16 and offline.training_config().r == 8 and offline.training_config().alpha == 16
     assert set(offline.tasks) == set(data.entries())
+
+
+@pytest.mark.parametrize("call,expected", [
+    ("run_frank_wolfe --set space=product",
+     "-m generative merge --pool configs/generative/smollm2_16_lora.yaml frank_wolfe --set space=product"),
+    ("run_from", "-m generative merge --pool configs/generative/smollm2_16_lora.yaml from_lora"),
+    ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 run_from",
+     "-m generative merge --pool configs/generative/smollm2_3_full.yaml --limit 5 from"),
+    ("run_pretrained", "-m generative evaluate --pool configs/generative/smollm2_16_lora.yaml --label base"),
+])
+def test_the_script_functions_call_the_cli(call, expected):
+    import subprocess
+
+    script = f'source scripts/generative.sh; python3() {{ echo "$@"; }}; {call}'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                         cwd=CONFIGS.parents[1]).stdout.strip()
+    assert out == expected
