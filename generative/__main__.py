@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = commands.add_parser("finetuned", help="score each task's checkpoint on its own task",
                                     parents=[common])
     reference.add_argument("--seed", type=int, default=0)
+    reference.add_argument("--split", default="test", choices=["test", "validation"])
     merge = commands.add_parser("merge", help="merge the pool (grid on validation), score on test",
                                 parents=[common])
     merge.add_argument("method", help="task_arithmetic, ties, dare_ties, from, from_lora, frank_wolfe, …")
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             print({name: round(100 * value, 2) for name, value in scores.items()})
         elif args.command == "finetuned":
             started = time.perf_counter()
-            scores = finetuned_scores(pool, "test", args.seed, args.limit, args.outs)
+            scores = finetuned_scores(pool, args.split, args.seed, args.limit, args.outs)
             record(args.outs, pool, "finetuned", scores, started, normalized=normalized(scores, scores),
-                   split="test", limit=args.limit or "", seed=args.seed)
+                   split=args.split, limit=args.limit or "", seed=args.seed)
             print({name: round(100 * value, 2) for name, value in scores.items()})
         else:
             result = run_method(pool, args.method, dict(args.overrides), args.seed, args.outs, args.limit,
