@@ -31,9 +31,6 @@ from merging.registry import get_method
 from .lm_eval_tasks import LocalTask
 from .objective import CausalLMObjective
 
-LORA_KEYS = ("rank", "space", "proxy_examples", "proxy_batch_size")  # the runner's, not the method's
-
-
 def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraAdapter], labels: Sequence[str],
                    base_folder: Path | None = None, proxy: Sequence[LocalTask] = (), seed: int = 0,
                    progress: bool = False, dtype: str = "float32"
@@ -53,6 +50,9 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
         base, candidates = sources(adapters, space, labels)
         first = adapters[0]
         scaling = next(iter(first.scalings.values()))
+        if space == "factors" and set(first.scalings.values()) != {scaling}:
+            raise MergeError(f"factor-space merge: adapter '{first.path}' has per-module scalings "
+                             f"{sorted(set(first.scalings.values()))} (alpha_pattern / rank_pattern); expected one")
         model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
         objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
                                       batch_size=batch_size, per_task=per_task)

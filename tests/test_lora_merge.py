@@ -100,14 +100,22 @@ def _two_peft_adapters(llama_lora, tmp_path):
     return model, [read_lora_adapter(llama_lora.adapter), read_lora_adapter(tmp_path / "second")]
 
 
-@pytest.mark.parametrize("combination,rank", [("cat", 8), ("svd", 4)])
-def test_task_arithmetic_matches_peft_add_weighted_adapter(llama_lora, tmp_path, combination, rank):
-    """peft's ``cat`` stacks the factors (ΔW = Σ w_i ΔW_i exactly), ``svd`` fits Σ w_i ΔW_i at svd_rank."""
+@pytest.mark.parametrize("combination,rank", [("cat", 8), ("svd", 4), ("ties_svd", 4)])
+def test_product_space_merges_match_peft_add_weighted_adapter(llama_lora, tmp_path, combination, rank):
+    """peft's ``cat`` stacks the factors (ΔW = Σ w_i ΔW_i exactly), ``svd`` fits Σ w_i ΔW_i at svd_rank,
+    ``ties_svd`` fits TIES of the ΔW_i (density 0.5, sign by mass) at svd_rank."""
     model, pool = _two_peft_adapters(llama_lora, tmp_path)
-    model.add_weighted_adapter(["first", "second"], [0.7, 0.7], "merged", combination_type=combination,
-                               svd_rank=rank if combination == "svd" else None)
+    weights = [1.0, 1.0] if combination == "ties_svd" else [0.7, 0.7]
+    model.add_weighted_adapter(["first", "second"], weights, "merged", combination_type=combination,
+                               svd_rank=None if combination == "cat" else rank, density=0.5,
+                               majority_sign_method="total")
     model.set_adapter("merged")
-    ours, _ = merge_deltas(pool, task_arithmetic(2, 0.7), rank=rank)
+    if combination == "ties_svd":
+        cls = get_method("ties")
+        method = cls(cls.Params(density=0.5, elect="mass"), [cls.ModelParams(), cls.ModelParams()])
+    else:
+        method = task_arithmetic(2, 0.7)
+    ours, _ = merge_deltas(pool, method, rank=rank)
     for name, (a, b) in ours.items():
         module = model.base_model.model.get_submodule(name[:-len(".weight")])
         theirs = module.get_delta_weight("merged")  # [out, in]
