@@ -25,7 +25,7 @@ from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
 
 from . import data
-from .finetune import train_adapter, train_full
+from .finetune import train
 from .pool import CONFIGS, load_pool
 from .run import evaluate_model, finetuned_scores, normalized, record, run_method
 
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> None:
             base = resolve_model_ref(pool.base)
             pool.training.update(dict(args.overrides))
             training = pool.training_config()
-            train = train_adapter if pool.kind == "lora" else train_full
             for task in data.local_tasks("train", pool.tasks):
                 for seed in args.seeds:
                     print(train(base, task, pool.folder(task.name, seed), training, seed=seed))

@@ -96,42 +96,29 @@ def _train(model: torch.nn.Module, tokenizer: Any, task: LocalTask, training: Lo
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def train_adapter(base: Path, task: LocalTask, out: Path, training: LoraTraining | None = None, seed: int = 0,
-                  progress: bool = True) -> Path:
-    """Fine-tune a LoRA adapter of the model in ``base`` on ``task.examples`` (its train split) into ``out``;
-    an adapter already in ``out`` is returned untouched."""
-    if (Path(out) / MARKER).is_file():
-        return Path(out)
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    training = training or LoraTraining()
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
-    model = get_peft_model(model, LoraConfig(r=training.r, lora_alpha=training.alpha, lora_dropout=training.dropout,
-                                             target_modules=training.target_modules, task_type="CAUSAL_LM"))
-    log = _train(model, AutoTokenizer.from_pretrained(base), task, training, seed, progress, "LoRA")
-    with atomic_directory(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({**log, "base": str(base)}, indent=1))
-    return Path(out)
-
-
-def train_full(base: Path, task: LocalTask, out: Path, training: FullTraining | None = None, seed: int = 0,
-               progress: bool = True) -> Path:
-    """Fine-tune every weight of the model in ``base`` on ``task.examples`` into ``out`` (model + tokenizer);
-    a model already in ``out`` is returned untouched."""
+def train(base: Path, task: LocalTask, out: Path, training: LoraTraining | FullTraining, seed: int = 0,
+          progress: bool = True) -> Path:
+    """Fine-tune the model in ``base`` on ``task.examples`` (its train split) into ``out``: a LoRA adapter
+    (``LoraTraining``) or the whole model with its tokenizer (``FullTraining``); a finished one in ``out`` is
+    returned untouched."""
     if (Path(out) / MARKER).is_file():
         return Path(out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    training = training or FullTraining()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    log = _train(model, tokenizer, task, training, seed, progress, "full")
+    lora = isinstance(training, LoraTraining)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=training.r, lora_alpha=training.alpha,
+                                                 lora_dropout=training.dropout,
+                                                 target_modules=training.target_modules, task_type="CAUSAL_LM"))
+    log = _train(model, tokenizer, task, training, seed, progress, "LoRA" if lora else "full")
     with atomic_directory(out, overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if not lora:
+            tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({**log, "base": str(base)}, indent=1))
     return Path(out)

@@ -7,7 +7,7 @@ import json
 import torch
 from peft import PeftModel
 
-from generative.finetune import MARKER, LoraTraining, batch_of, render, train_adapter
+from generative.finetune import MARKER, LoraTraining, batch_of, render, train
 from generative.lm_eval_tasks import LocalTask
 from tiny_lm import tiny_byte_llama
 
@@ -33,11 +33,11 @@ def test_an_adapter_learns_the_task_is_saved_once_and_reloads(tmp_path):
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     training = LoraTraining(r=4, alpha=8, dropout=0.0, lr=0.05, batch_size=8, epochs=40)
-    out = train_adapter(tmp_path / "base", TASK, tmp_path / "adapter", training, progress=False)
+    out = train(tmp_path / "base", TASK, tmp_path / "adapter", training, progress=False)
     log = json.loads((out / MARKER).read_text())
     assert log["steps"] == 40 and log["losses"][-1] < 0.5 * log["losses"][0], log["losses"]
     stamp = (out / MARKER).stat().st_mtime_ns
-    assert train_adapter(tmp_path / "base", TASK, out, training) == out  # kept, not retrained
+    assert train(tmp_path / "base", TASK, out, training) == out  # kept, not retrained
     assert (out / MARKER).stat().st_mtime_ns == stamp
     tuned = PeftModel.from_pretrained(model, out).eval()
     batch = batch_of(tokenizer, TASK, TASK.examples)
