@@ -11,6 +11,8 @@ V = the candidates' full weights θ_i (``vertices: full``, as the official code)
 the all-zero tensor for ``full``, the base θ_base (the zero task vector, "do nothing") for ``task_vector``.
 With ``vertices: task_vector`` the same checkpoints are scored through τ_i = θ_i − θ_base (the official
 LoRA code, where checkpoints *are* task vectors), so conv(V) = θ_base + conv{0, τ_i, τ_0}.
+LoRA adapters enter as tensor sources of merging/lora_merge.py: their factors A_i, B_i (the official code)
+or their updates ΔW_i, with an all-zero base.
 
 Iteration k = 0 … K−1 (``iterations`` = K):
 
