@@ -5,6 +5,10 @@ score) and merges of the pool whose hyper-parameters are chosen on the validatio
 
     normalised = mean_t 100 · score_t(merged) / score_t(checkpoint_t)        (merging/metrics.py)
 
+The validation choice maximises the mean score over tasks, not the normalised score: on a few validation
+examples a checkpoint can score 0 on its own exact-match task (the ratio is then undefined) or close to it
+(the ratio is then noise).
+
 LoRA pools merge through generative/merge.py (adapter + full model out); full fine-tunes through the merge
 engine (merging/run.py), as any checkpoints.
 """
@@ -175,7 +179,6 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
         else:
             _merge_full(pool, method, points[0], folders, out, seed)
         return out
-    reference = finetuned_scores(pool, "validation", seed, limit_validation, outs)
     best: tuple[float, dict[str, Any], Any] | None = None
     for point in points:
         with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
@@ -188,15 +191,15 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
                 merged = None
                 _merge_full(pool, method, point, folders, Path(scratch) / "model", seed)
                 scores = scores_of(Path(scratch) / "model", "validation", pool.tasks, limit_validation, None)
-        value = normalized(scores, reference)
+        value = 100 * sum(scores.values()) / len(scores)
         if progress:
-            print(f"  {method} {point}: validation normalised {value:.2f}", flush=True)
+            print(f"  {method} {point}: validation mean score {value:.2f}", flush=True)
         if best is None or value > best[0]:
             best = (value, point, merged)
     assert best is not None  # the grid has at least the empty point
     value, point, merged = best
     info = {"method": method, "parameters": point, "checkpoints": {k: str(v) for k, v in folders.items()},
-            "validation_normalized": value}
+            "validation_average": value}
     if pool.kind == "lora":
         factors, rank, alpha, log = merged
         info.update(log)
@@ -211,5 +214,5 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     test_reference = finetuned_scores(pool, "test", seed, limit, outs)
     return record(outs, pool, label, scores, started, normalized=normalized(scores, test_reference),
                   split="test", limit=limit or "", seed=seed, method=method, parameters=json.dumps(point),
-                  validation_normalized=value, refactor_error=info.get("refactor_error_mean", ""),
+                  validation_average=value, refactor_error=info.get("refactor_error_mean", ""),
                   model_ref=str(model))
