@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from merging.lora import read_lora_adapter, write_lora_adapter
 from merging.metrics import normalized_score
 from merging.pypi import cache_dir
 from merging.results import append_row, rebuild_markdown
-from merging.run import git_sha, run_merge
+from merging.run import run_merge, run_stamp
 
 from . import data
 from .evaluate import evaluate
@@ -76,10 +74,7 @@ def record(outs: Path, pool: GenerativePool, label: str, scores: dict[str, float
            **extra: Any) -> dict[str, Any]:
     """Append the row of ``label`` (scores ×100) to results.csv and rebuild results.md."""
     row = {"model": label, "average": 100 * sum(scores.values()) / len(scores),
-           **{name: 100 * value for name, value in scores.items()}, **extra,
-           "seconds": round(time.perf_counter() - started, 1),
-           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-           "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
+           **{name: 100 * value for name, value in scores.items()}, **extra, **run_stamp(started)}
     out = outs / pool.name
     append_row(out / "results.csv", row)
     rebuild_markdown(out / "results.csv", out / "results.md", f"{pool.name}: lm-eval scores (%)",
@@ -126,9 +121,6 @@ def finetuned_scores(pool: GenerativePool, split: data.Split, seed: int, limit: 
 
 
 def normalized(scores: dict[str, float], reference: dict[str, float]) -> float:
-    zero = [t for t in scores if reference[t] <= 0]
-    if zero:
-        raise MergeError(f"the fine-tuned checkpoints score 0 on {zero}: the normalised score is undefined there")
     return normalized_score(scores, reference, list(scores))
 
 

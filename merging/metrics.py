@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from .errors import MergeError
+
 Metric = Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
 
 
@@ -70,5 +72,10 @@ def score(metric: Metric, predictions: torch.Tensor, labels: torch.Tensor) -> fl
 
 
 def normalized_score(merged: dict[str, float], finetuned: dict[str, float], tasks: Sequence[str]) -> float:
-    """Mean over tasks of 100 · merged_t / finetuned_t (FW-Merging / Twin-Merging normalisation)."""
+    """Mean over tasks of 100 · merged_t / finetuned_t (FW-Merging / Twin-Merging normalisation); a task whose
+    fine-tuned score is ≤ 0 makes it undefined (an error naming the tasks)."""
+    undefined = [t for t in tasks if finetuned[t] <= 0]
+    if undefined:
+        raise MergeError(f"the fine-tuned checkpoints score {[finetuned[t] for t in undefined]} on {undefined}: "
+                         "the normalised score is undefined there")
     return sum(100 * merged[t] / finetuned[t] for t in tasks) / len(tasks)

@@ -28,6 +28,17 @@ SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json
               "chat_template.jinja", "preprocessor_config.json", "sentencepiece.bpe.model")
 
 
+def run_stamp(started: float) -> dict[str, Any]:
+    """The provenance columns of a results row: seconds since ``started`` (perf_counter), this process's peak
+    RSS, the code version and the UTC date."""
+    import resource
+    from datetime import datetime, timezone
+
+    return {"seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+            "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
+
+
 def git_sha() -> str:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

@@ -8,10 +8,8 @@ import functools
 import itertools
 import json
 import os
-import resource
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from merging.errors import MergeError
 from merging.metrics import normalized_score
 from merging.registry import known_methods
 from merging.results import append_row, pivot_table, rebuild_markdown
-from merging.run import git_sha, run_merge
+from merging.run import run_merge, run_stamp
 
 from .body import read_body
 from .data_driven import DATA_DRIVEN, Candidate, merge_data_driven
@@ -195,9 +193,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "overrides": json.dumps(overrides, sort_keys=True) if overrides else "",
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
-            "pool_seed": pool_seed, "seed": seed, "pool": pool.name, "seconds": round(time.perf_counter() - started, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-            "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **run_stamp(started),
         }
         folder = outs / experiment
         if log:
