@@ -5,7 +5,9 @@
 
 ``compute()`` is also imported by the test and run in-process (one process) for the reference. The toys have
 40 examples in batches of 15, 15, 10: three batches, so two processes get unequal shares (2 and 1 batches, 25
-and 15 rows) and the AdaMerging batches split 7/8 and 5/5 rows.
+and 15 rows) and the AdaMerging batches split 7/8 and 5/5 rows. The generative objective (a tiny Llama with LoRA
+merges in product and factor space, generative/objective.py) has 5 proxy examples per task in batches of 2,
+2, 1: again shares of 2 and 1 batches (3 and 2 rows).
 """
 from __future__ import annotations
 
@@ -55,6 +57,45 @@ def _flat(prefix: str, tensors) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{name}": t.detach().clone() for name, t in tensors.items()}
 
 
+def generative() -> dict[str, object]:
+    """FW's objective and a 2-iteration FW run on a tiny Llama, for LoRA merges in both spaces (r = 2 on the
+    q/v projections of its one layer; two random adapters)."""
+    from tiny_lm import tiny_byte_llama
+
+    from generative.lm_eval_tasks import LocalTask
+    from generative.objective import CausalLMObjective
+
+    model, tokenizer = tiny_byte_llama()
+    tasks = [LocalTask("plus", "exact_match", [{"input": f"{i} plus 1 is", "target": str(i + 1)} for i in range(5)]),
+             LocalTask("pick", "multiple_choice", [{"input": f"q{i}", "choices": ["yes", "no"], "label": i % 2}
+                                                   for i in range(5)])]
+    weights = dict(model.named_parameters())
+    modules = [f"model.layers.0.self_attn.{m}_proj" for m in ("q", "v")]
+    g = torch.Generator().manual_seed(5)
+    adapters = {f"a{i}": {**{f"{m}.lora_A": 0.3 * torch.randn(2, weights[f"{m}.weight"].shape[1], generator=g)
+                             for m in modules},
+                          **{f"{m}.lora_B": 0.3 * torch.randn(weights[f"{m}.weight"].shape[0], 2, generator=g)
+                             for m in modules}} for i in range(2)}
+    out: dict[str, object] = {}
+    for space in ("factors", "product"):
+        if space == "factors":
+            candidates = adapters
+        else:  # ΔW_i = s·B_i·A_i with s = 2
+            candidates = {k: {f"{m}.weight": 2.0 * a[f"{m}.lora_B"] @ a[f"{m}.lora_A"] for m in modules}
+                          for k, a in adapters.items()}
+        base = {n: torch.zeros_like(t) for n, t in candidates["a0"].items()}
+        objective = CausalLMObjective(model, tokenizer, tasks, space, scaling=2.0, batch_size=2)
+        theta = {n: 0.5 * (candidates["a0"][n] + candidates["a1"][n]) for n in base}
+        value, grad = proxy_objective(objective, theta, grad=True)
+        out[f"gen_{space}.value"] = value
+        out.update(_flat(f"gen_{space}.grad", grad))
+        run = frank_wolfe_merge(objective, base, candidates, {"iterations": 2, "lambda": 0.3, "init_as_vertex": False})
+        out.update(_flat(f"gen_{space}_run.theta", run.theta))
+        out[f"gen_{space}_run.objective"] = torch.tensor([h["objective"] for h in run.history], dtype=torch.float64)
+        out[f"gen_{space}_run.choices"] = repr([h["choices"] for h in run.history])
+    return out
+
+
 def compute() -> dict[str, object]:
     """Every data-parallel quantity, by name: tensors, floats and (for FW's choices) strings."""
     torch.manual_seed(0)
@@ -88,6 +129,7 @@ def compute() -> dict[str, object]:
     soft = frank_wolfe_soft_merge(cls, cls.base, cls.optimum, {"iterations": 2, "ada_steps": 2})
     out.update(_flat("fw_soft_run.theta", soft.theta))
     out["fw_soft_run.selections"] = repr([h["selections"] for h in soft.history])
+    out.update(generative())
     return out
 
 

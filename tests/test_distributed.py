@@ -1,6 +1,7 @@
 """merging/distributed.py: one process needs no setup (the helpers are identities, accelerate is not imported),
 the shares partition the batches and rows, and two CPU processes under ``accelerate launch`` give the
-single-process FW gradient, RegMean Grams, Fisher diagonals, AdaMerging step and FW runs."""
+single-process FW gradient, RegMean Grams, Fisher diagonals, AdaMerging step and FW runs, and the
+generative FW objective and FW runs on a tiny Llama with LoRA merges in product and factor space."""
 from __future__ import annotations
 
 import importlib.util
