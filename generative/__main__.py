@@ -15,6 +15,7 @@ to ``outs/<pool name>/results.csv`` (+ results.md).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -22,10 +23,11 @@ import yaml
 
 from merging import distributed
 from merging.checkpoint import resolve_model_ref
+from merging.cli import positive_int
 from merging.errors import MergeError
 
 from . import data
-from .finetune import train
+from .finetune import train_many
 from .pool import CONFIGS, load_pool
 from .run import evaluate_model, finetuned_scores, normalized, record, run_method
 
@@ -35,6 +37,13 @@ def _setting(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE")
     return key, yaml.safe_load(value)
+
+
+def _pair(text: str) -> tuple[str, int]:
+    task, sep, seed = text.rpartition(":")
+    if not sep or not task or not seed.isdigit():
+        raise MergeError(f"--only {text!r}: expected TASK:SEED")
+    return task, int(seed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     tune = commands.add_parser("finetune", help="train the pool's checkpoints that are not in the cache yet",
                                parents=[common])
     tune.add_argument("--seeds", type=int, nargs="*", default=[0])
+    tune.add_argument("--workers", type=positive_int, default=1,
+                      help="parallel fine-tuning processes, one thread each on a machine with as many cores")
+    tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
     tune.add_argument("--set", dest="overrides", type=_setting, action="append", default=[],
                       help="KEY=VALUE overriding the pool's training (e.g. epochs=2, lr=0.01)")
     run = commands.add_parser("evaluate", help="score a model on the suite through lm-eval", parents=[common])
@@ -79,12 +91,20 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "prepare":
             data.prepare(pool.tasks)
         elif args.command == "finetune":
-            base = resolve_model_ref(pool.base)
             pool.training.update(dict(args.overrides))
-            training = pool.training_config()
-            for task in data.local_tasks("train", pool.tasks):
-                for seed in args.seeds:
-                    print(train(base, task, pool.folder(task.name, seed), training, seed=seed))
+            pairs = [_pair(text) for text in args.only] if args.only is not None else None
+            names = list(dict.fromkeys(t for t, _ in pairs)) if pairs is not None else pool.tasks
+            tasks = data.local_tasks("train", names)
+            command = ["-m", "generative", "finetune", "--pool", str(args.pool),
+                       *(f"--set={k}={json.dumps(v)}" for k, v in args.overrides), "--only"]
+            if pairs is not None:  # a worker: exactly these (task, seed) pairs
+                for task in tasks:
+                    train_many(resolve_model_ref(pool.base), [task], [s for t, s in pairs if t == task.name],
+                               pool.folder, pool.training_config())
+            else:
+                for folder in train_many(resolve_model_ref(pool.base), tasks, args.seeds, pool.folder,
+                                         pool.training_config(), args.workers, command):
+                    print(folder)
         elif args.command == "evaluate":
             scores = evaluate_model(pool, args.model or pool.base, args.label, args.split, pool.tasks, args.outs,
                                     args.limit, args.batch_size, args.adapter)

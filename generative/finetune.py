@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from merging.atomic import atomic_directory
+from merging.parallel import deal, run_workers
 
 from .lm_eval_tasks import LocalTask
 
@@ -122,3 +123,27 @@ def train(base: Path, task: LocalTask, out: Path, training: LoraTraining | FullT
             tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({**log, "base": str(base)}, indent=1))
     return Path(out)
+
+
+def cost(task: LocalTask) -> float:
+    """Relative compute of fine-tuning on ``task`` (to deal tasks to parallel workers): the characters of its
+    training texts, about proportional to the tokens every epoch passes through the model."""
+    return float(sum(len(render(task.prompt, e)) + 1 + len(answer(task, e)) for e in task.examples))
+
+
+def train_many(base: Path, tasks: Sequence[LocalTask], seeds: Sequence[int], folder: Callable[[str, int], Path],
+               training: LoraTraining | FullTraining, workers: int = 1,
+               worker_command: Sequence[str] = ()) -> list[Path]:
+    """Train every (task, seed) whose ``folder(task, seed)`` has no finished checkpoint; the folders of all.
+    With ``workers`` > 1 the missing ones are dealt, costliest first (``cost``), to that many processes
+    ``python worker_command… TASK:SEED…`` (merging/parallel.py), each with cores / workers threads."""
+    by_name = {task.name: task for task in tasks}
+    work = [(task.name, seed) for task in tasks for seed in seeds]
+    missing = [(name, seed) for name, seed in work if not (folder(name, seed) / MARKER).is_file()]
+    if workers > 1 and len(missing) > 1:
+        shares = deal(missing, lambda pair: cost(by_name[pair[0]]), workers)
+        run_workers(worker_command, [[f"{name}:{seed}" for name, seed in share] for share in shares])
+    else:
+        for name, seed in missing:
+            train(base, by_name[name], folder(name, seed), training, seed=seed)
+    return [folder(name, seed) for name, seed in work]

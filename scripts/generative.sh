@@ -1,7 +1,8 @@
 # Generative domain runners (the same function names as scripts/discriminative.sh and scripts/vision.sh).
 # Usage:
 #   source scripts/generative.sh
-#   run_prepare; run_finetune                 # the 16-task suite; one LoRA adapter per task (SmolLM2-135M)
+#   run_prepare; run_finetune                 # the 16-task suite; one LoRA adapter per task (SmolLM2-135M),
+#                                             # WORKERS processes (default: the core count), one thread each
 #   run_pretrained; run_finetuned             # the base, and each adapter on its own task (the 100)
 #   run_task_arith; run_ties; run_dare_ties; run_from      # data-free merges of the 16 adapters (from: FroM-LoRA)
 #   run_frank_wolfe                           # FW hard, A and B merged separately (the official code)
@@ -16,7 +17,7 @@ _POOL() { echo "${POOL:-configs/generative/smollm2_16_lora.yaml}"; }
 _gen() { local command=$1; shift; python3 -m generative "$command" --pool "$(_POOL)" ${LIMIT:+--limit $LIMIT} "$@"; }
 _merge() { _gen merge "$@"; }
 run_prepare()     { _gen prepare "$@"; }
-run_finetune()    { _gen finetune ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
+run_finetune()    { _gen finetune --workers "${WORKERS:-$(nproc)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
 run_pretrained()  { _gen evaluate --label base "$@"; }
 run_finetuned()   { _gen finetuned "$@"; }
 run_task_arith()  { _merge task_arithmetic "$@"; }

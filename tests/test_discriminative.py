@@ -197,6 +197,7 @@ def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
 
 
 def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):
+    from merging import parallel
     from merging.benchmark import store as ft
 
     pool, root = toy_pool
@@ -211,8 +212,8 @@ def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, mon
 
         def wait(self):
             return 0
-    monkeypatch.setattr(ft.subprocess, "Popen", FakeWorker)
-    monkeypatch.setattr(ft.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(parallel.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
     cost = {"has_good": 3, "has_sport": 5}
     monkeypatch.setattr(type(pool.domain), "cost", lambda self, pool, task, processor: cost[task])
     ft.finetune_many("pool.yaml", pool, [(t, s) for s in (0, 1) for t in pool.tasks], workers=2)

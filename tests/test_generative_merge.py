@@ -62,6 +62,41 @@ def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_pa
     _assert_outputs_agree(out, tmp_path / "tiny")
 
 
+def test_finetune_deals_the_missing_adapters_to_workers(tiny_pool, monkeypatch):
+    """--workers 2: the (task, seed) pairs without a finished adapter go, costliest first, to two worker
+    processes `python -m generative finetune … --only TASK:SEED…` of cores / 2 threads; each trains its share."""
+    from generative.finetune import cost
+    from merging import parallel
+
+    pool_file = tiny_pool()
+    pool = load_pool(pool_file)
+    main(["finetune", "--pool", str(pool_file), "--tasks", "qa", "--set", "epochs=1"])  # qa, seed 0: not dealt
+    launched = []
+
+    class InProcessWorker:  # runs the worker's command line here (the fixtures' suite is not in a subprocess)
+        def __init__(self, cmd, env):
+            launched.append((cmd, env["OMP_NUM_THREADS"]))
+            assert cmd[1:4] == ["-m", "generative", "finetune"]
+            main(cmd[3:])
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr(parallel.subprocess, "Popen", InProcessWorker)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
+    main(["finetune", "--pool", str(pool_file), "--seeds", "0", "1", "--workers", "2", "--set", "epochs=1"])
+    shares = [cmd[cmd.index("--only") + 1:] for cmd, _ in launched]
+    assert all("--set=epochs=1" in cmd for cmd, _ in launched)
+    assert {threads for _, threads in launched} == {"2"}  # 4 cores / 2 workers
+    qa, yesno = data.local_tasks("train", ["qa", "yesno"])
+    assert cost(yesno) > cost(qa)  # longer texts ("passage 7" + " Yes." against "q7" + " 20")
+    # costliest first, each to the least-loaded worker: yesno:0 -> A, yesno:1 -> B, qa:1 -> A
+    assert shares == [["yesno:0", "qa:1"], ["yesno:1"]]
+    for task in ("qa", "yesno"):
+        for seed in (0, 1):
+            log = json.loads((pool.folder(task, seed) / "finetune.json").read_text())
+            assert (log["task"], log["seed"]) == (task, seed)
+
+
 def _assert_outputs_agree(out, base):
     """out/model (full) and base + out/adapter (peft) give the same logits, which differ from the base's."""
     from peft import PeftModel
@@ -129,6 +164,8 @@ def test_the_paper_configs_name_the_official_checkpoints():
     ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 run_from",
      "-m generative merge --pool configs/generative/smollm2_3_full.yaml --limit 5 from"),
     ("run_pretrained", "-m generative evaluate --pool configs/generative/smollm2_16_lora.yaml --label base"),
+    ("WORKERS=2 POOL_SEEDS='0 1' run_finetune",
+     "-m generative finetune --pool configs/generative/smollm2_16_lora.yaml --workers 2 --seeds 0 1"),
 ])
 def test_the_script_functions_call_the_cli(call, expected):
     import subprocess

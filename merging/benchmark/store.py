@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 from merging.atomic import atomic_directory
 from merging.batchnorm import reestimate_statistics
 from merging.checkpoint import resolve_model_ref
-from merging.errors import MergeError
+from merging.parallel import deal, run_workers
 from merging.pypi import cache_dir
 
 from .pool import PoolConfig
@@ -126,12 +123,6 @@ def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]],
         return
     processor = pool.domain.processor(pool, base_folder(pool))
     size = {t: pool.domain.cost(pool, t, processor) for t in dict.fromkeys(t for t, _ in missing)}
-    shares: list[list[tuple[str, int]]] = [[] for _ in range(min(workers, len(missing)))]
-    for pair in sorted(missing, key=lambda p: -size[p[0]]):
-        min(shares, key=lambda share: sum(size[t] for t, _ in share)).append(pair)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(shares)))}
-    running = [subprocess.Popen([sys.executable, "-m", pool.domain.name, "finetune", "--pool", pool_file, "--only",
-                                 *(f"{t}:{s}" for t, s in share)], env=env) for share in shares]
-    failed = [p.args[-len(share):] for p, share in zip(running, shares) if p.wait() != 0]
-    if failed:
-        raise MergeError(f"fine-tuning failed in worker(s) for {failed}; rerun to resume (finished checkpoints stay)")
+    shares = deal(missing, lambda pair: size[pair[0]], workers)
+    run_workers(["-m", pool.domain.name, "finetune", "--pool", pool_file, "--only"],
+                [[f"{t}:{s}" for t, s in share] for share in shares])

@@ -1,0 +1,42 @@
+"""Independent jobs (fine-tuning runs) dealt to parallel worker processes on one CPU machine.
+
+On a small CPU machine, P one-thread processes finish a list of jobs sooner than one P-thread process (a small
+model's matrix products do not scale over threads). ``deal`` balances the shares by a cost estimate, costliest
+first to the least-loaded share (longest-processing-time-first: at most 4/3 of the best makespan), and
+``run_workers`` runs one process per share, each with cores / P threads.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from .errors import MergeError
+
+T = TypeVar("T")
+
+
+def deal(items: Sequence[T], cost: Callable[[T], float], workers: int) -> list[list[T]]:
+    """``items`` in at most ``workers`` non-empty shares: costliest first, each to the share with the least
+    total cost so far."""
+    if workers < 1:
+        raise MergeError(f"workers={workers}: expected at least 1")
+    shares: list[list[T]] = [[] for _ in range(min(workers, len(items)))]
+    totals = [0.0] * len(shares)
+    for item in sorted(items, key=cost, reverse=True):
+        least = totals.index(min(totals))
+        shares[least].append(item)
+        totals[least] += cost(item)
+    return shares
+
+
+def run_workers(command: Sequence[str], shares: Sequence[Sequence[str]]) -> None:
+    """Run ``python command… share…`` once per share, all at once, each with cores / len(shares) OMP threads
+    (at least 1); wait for all and raise MergeError naming the shares whose process failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, len(shares))))}
+    running = [(share, subprocess.Popen([sys.executable, *command, *share], env=env)) for share in shares]
+    failed = [list(share) for share, process in running if process.wait() != 0]
+    if failed:
+        raise MergeError(f"worker(s) failed for {failed}; rerun to resume (finished jobs are kept)")
