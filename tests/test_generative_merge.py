@@ -14,6 +14,7 @@ from generative.finetune import batch_of
 from generative.objective import CausalLMObjective
 from generative.pool import CONFIGS, load_pool
 from generative.run import merged_dir
+from merging.benchmark.experiment import method_config
 from merging.errors import MergeError
 from tiny_lm import tiny_byte_llama
 
@@ -121,7 +122,8 @@ def test_full_fine_tunes_merge_through_the_engine_with_dare_from(tiny_pool, tmp_
     assert rows[1].startswith("from drop_rate=0.5,")
     out = merged_dir(load_pool(tiny_pool("full")), "from drop_rate=0.5", 0)
     info = json.loads((out / "merge.json").read_text())
-    assert info["parameters"]["drop_rate"] == 0.5 and info["parameters"]["alpha"] in (1.0, 2.0, 3.0)
+    grid = method_config("generative", "from", {})[1]["alpha"]
+    assert info["parameters"]["drop_rate"] == 0.5 and info["parameters"]["alpha"] in grid
     assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 16
 
 
