@@ -36,24 +36,54 @@ Space = Literal["product", "factors"]
 Factors = tuple[torch.Tensor, torch.Tensor]  # (A [r, in], B [out, r])
 
 
+ARPACK_MIN_SIDE = 256  # below this a full SVD is as fast as ARPACK
+
+
+def top_singular(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` largest singular triplets (u [out, k], s [k] descending, vh [k, in]) of a float64 ``delta``.
+    Large matrices use ARPACK (scipy ``svds``, tol 0: converged to machine precision, seeded start vector),
+    which costs a few hundred products with ``delta`` instead of a full SVD: 4 s against 50 s for a
+    4096 × 4096 ΔW on one thread. Small ones, a ``k`` close to the side, or an ARPACK failure take
+    ``torch.linalg.svd``."""
+    side = min(delta.shape)
+    if side >= ARPACK_MIN_SIDE and k < side - 1:
+        import numpy as np
+        from scipy.sparse.linalg import ArpackError, svds
+
+        try:
+            u, s, vh = svds(delta.numpy(), k=k, tol=0, v0=np.random.default_rng(0).standard_normal(side))
+        except ArpackError:
+            pass
+        else:
+            order = np.argsort(s)[::-1].copy()
+            return (torch.from_numpy(u[:, order].copy()), torch.from_numpy(s[order].copy()),
+                    torch.from_numpy(vh[order].copy()))
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)  # [out, m], [m], [m, in]
+    return u[:, :k], s[:k], vh[:k]
+
+
 def refactor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(A [rank, in], B [out, rank], relative error) with B·A the best rank-``rank`` approximation of
-    ``delta`` [out, in]; singular values are split evenly, √σ to each factor; rank > min(out, in) pads with
-    zero rows/columns (the adapter keeps its declared rank)."""
+    ``delta`` [out, in] (``top_singular``); singular values are split evenly, √σ to each factor; rank >
+    min(out, in) pads with zero rows/columns (the adapter keeps its declared rank). The error is
+    ‖ΔW − B·A‖_F / ‖ΔW‖_F = √(1 − Σ_{i≤r} σ_i² / ‖ΔW‖_F²)."""
     if delta.dim() != 2:
         raise MergeError(f"refactor: ΔW has shape {tuple(delta.shape)}; expected [out, in]")
     if int(rank) != rank or rank < 1:
         raise MergeError(f"refactor: rank={rank!r}; expected a positive integer")
-    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)  # [out, m], [m], [m, in]
-    keep = min(rank, s.numel())
-    root = s[:keep].sqrt()  # [keep]
     a = torch.zeros(rank, delta.shape[1], dtype=torch.float64)  # [rank, in]
     b = torch.zeros(delta.shape[0], rank, dtype=torch.float64)  # [out, rank]
-    a[:keep] = root[:, None] * vh[:keep]
-    b[:, :keep] = u[:, :keep] * root[None, :]
-    total = float(s.square().sum())
-    error = float(s[keep:].square().sum() / total) ** 0.5 if total > 0 else 0.0
-    return a.float(), b.float(), error
+    delta = delta.double()
+    total = float(delta.square().sum())
+    if total == 0:
+        return a.float(), b.float(), 0.0
+    keep = min(rank, *delta.shape)
+    u, s, vh = top_singular(delta, keep)
+    root = s.clamp_min(0).sqrt()  # [keep]
+    a[:keep] = root[:, None] * vh
+    b[:, :keep] = u * root[None, :]
+    error = max(total - float(s.square().sum()), 0.0) / total
+    return a.float(), b.float(), error ** 0.5
 
 
 class DeltaSource:

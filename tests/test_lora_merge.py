@@ -7,7 +7,7 @@ import torch
 
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, read_lora_adapter
-from merging.lora_merge import merge_deltas, merged_weights, refactor, sources, to_factors
+from merging.lora_merge import ARPACK_MIN_SIDE, merge_deltas, merged_weights, refactor, sources, to_factors
 from merging.registry import get_method
 
 
@@ -36,6 +36,29 @@ def test_refactor_is_exact_up_to_the_rank_and_eckart_young_below_it():
     a, b, error = refactor(delta, 1)
     assert error == pytest.approx(float(s[1:].norm() / s.norm()), rel=1e-6)
     assert float((delta - b @ a).norm()) == pytest.approx(float(s[1:].norm()), rel=1e-4)
+
+
+def test_large_modules_take_arpack_and_get_the_full_svds_best_fit(monkeypatch):
+    import scipy.sparse.linalg
+
+    calls = []
+    svds = scipy.sparse.linalg.svds
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", lambda *a, **k: calls.append(k["k"]) or svds(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    side = ARPACK_MIN_SIDE + 44
+    delta = torch.randn(side, 20, generator=g) @ torch.randn(20, side + 100, generator=g)  # rank 20
+    a, b, error = refactor(delta, 8)
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    best = (u[:, :8] * s[:8]) @ vh[:8]
+    assert calls == [8]
+    assert torch.allclose((b @ a).double(), best, atol=1e-3 * float(best.abs().max()))
+    assert error == pytest.approx(float(s[8:].norm() / s.norm()), rel=1e-6)
+    low = delta[:, :side] @ torch.diag((torch.arange(side) < 3).float()) @ delta[:, :side].T  # rank 3
+    a, b, error = refactor(low, 8)  # 5 zero singular values: still exact
+    assert calls == [8, 8] and error < 1e-6
+    assert torch.allclose(b @ a, low, atol=1e-4 * float(low.abs().max()))
+    a, b, error = refactor(torch.zeros(side, side), 8)
+    assert error == 0 and not a.any() and not b.any()
 
 
 def test_product_space_merge_of_one_adapter_reproduces_it():
