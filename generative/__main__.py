@@ -25,6 +25,7 @@ from merging import distributed
 from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
 from merging.errors import MergeError
+from merging.parallel import parse_job
 
 from . import data
 from .finetune import train_many
@@ -37,13 +38,6 @@ def _setting(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE")
     return key, yaml.safe_load(value)
-
-
-def _pair(text: str) -> tuple[str, int]:
-    task, sep, seed = text.rpartition(":")
-    if not sep or not task or not seed.isdigit():
-        raise MergeError(f"--only {text!r}: expected TASK:SEED")
-    return task, int(seed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,19 +86,14 @@ def main(argv: list[str] | None = None) -> None:
             data.prepare(pool.tasks)
         elif args.command == "finetune":
             pool.training.update(dict(args.overrides))
-            pairs = [_pair(text) for text in args.only] if args.only is not None else None
-            names = list(dict.fromkeys(t for t, _ in pairs)) if pairs is not None else pool.tasks
-            tasks = data.local_tasks("train", names)
+            jobs = ([parse_job(text) for text in args.only] if args.only is not None  # a worker's share
+                    else [(task, seed) for task in pool.tasks for seed in args.seeds])
             command = ["-m", "generative", "finetune", "--pool", str(args.pool),
                        *(f"--set={k}={json.dumps(v)}" for k, v in args.overrides), "--only"]
-            if pairs is not None:  # a worker: exactly these (task, seed) pairs
-                for task in tasks:
-                    train_many(resolve_model_ref(pool.base), [task], [s for t, s in pairs if t == task.name],
-                               pool.folder, pool.training_config())
-            else:
-                for folder in train_many(resolve_model_ref(pool.base), tasks, args.seeds, pool.folder,
-                                         pool.training_config(), args.workers, command):
-                    print(folder)
+            for folder in train_many(resolve_model_ref(pool.base),
+                                     data.local_tasks("train", list(dict.fromkeys(t for t, _ in jobs))), jobs,
+                                     pool.folder, pool.training_config(), args.workers, command):
+                print(folder)
         elif args.command == "evaluate":
             scores = evaluate_model(pool, args.model or pool.base, args.label, args.split, pool.tasks, args.outs,
                                     args.limit, args.batch_size, args.adapter)

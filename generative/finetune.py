@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from merging.atomic import atomic_directory
-from merging.parallel import deal, run_workers
+from merging.parallel import run_jobs
 
 from .lm_eval_tasks import LocalTask
 
@@ -132,19 +132,14 @@ def cost(task: LocalTask) -> float:
     return float(sum(len(render(task.prompt, e)) + 1 + len(answer(task, e)) for e in task.examples))
 
 
-def train_many(base: Path, tasks: Sequence[LocalTask], seeds: Sequence[int], folder: Callable[[str, int], Path],
-               training: LoraTraining | FullTraining, workers: int = 1,
+def train_many(base: Path, tasks: Sequence[LocalTask], jobs: Sequence[tuple[str, int]],
+               folder: Callable[[str, int], Path], training: LoraTraining | FullTraining, workers: int = 1,
                worker_command: Sequence[str] = ()) -> list[Path]:
-    """Train every (task, seed) whose ``folder(task, seed)`` has no finished checkpoint; the folders of all.
-    With ``workers`` > 1 the missing ones are dealt, costliest first (``cost``), to that many processes
-    ``python worker_command… TASK:SEED…`` (merging/parallel.py), each with cores / workers threads."""
+    """Train every (task name, seed) of ``jobs`` whose ``folder(task, seed)`` has no finished checkpoint; the
+    folders of all. With ``workers`` > 1 the missing ones are dealt, costliest first (``cost``), to that many
+    processes ``python worker_command… TASK:SEED…`` (merging/parallel.py), each with cores / workers threads."""
     by_name = {task.name: task for task in tasks}
-    work = [(task.name, seed) for task in tasks for seed in seeds]
-    missing = [(name, seed) for name, seed in work if not (folder(name, seed) / MARKER).is_file()]
-    if workers > 1 and len(missing) > 1:
-        shares = deal(missing, lambda pair: cost(by_name[pair[0]]), workers)
-        run_workers(worker_command, [[f"{name}:{seed}" for name, seed in share] for share in shares])
-    else:
-        for name, seed in missing:
-            train(base, by_name[name], folder(name, seed), training, seed=seed)
-    return [folder(name, seed) for name, seed in work]
+    missing = [(name, seed) for name, seed in jobs if not (folder(name, seed) / MARKER).is_file()]
+    run_jobs(missing, lambda name, seed: train(base, by_name[name], folder(name, seed), training, seed=seed),
+             workers, worker_command, lambda name: cost(by_name[name]))
+    return [folder(name, seed) for name, seed in jobs]

@@ -43,8 +43,8 @@ def top_singular(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """The ``k`` largest singular triplets (u [out, k], s [k] descending, vh [k, in]) of a float64 ``delta``.
     Large matrices use ARPACK (scipy ``svds``, tol 0: converged to machine precision, seeded start vector),
     which costs a few hundred products with ``delta`` instead of a full SVD: a 16-adapter TA merge of a
-    4096 × 4096 module takes 8.5 s against 49 s on one thread (scripts/bench_lora_merge.py). Small ones, a ``k`` close to the side, or an ARPACK failure take
-    ``torch.linalg.svd``."""
+    4096 × 4096 module takes 8.5 s against 49 s on one thread (scripts/bench_lora_merge.py). Small
+    matrices, a ``k`` close to the side, or an ARPACK failure take ``torch.linalg.svd``."""
     side = min(delta.shape)
     if side >= ARPACK_MIN_SIDE and k < side - 1:
         import numpy as np

@@ -1,9 +1,11 @@
-"""Independent jobs (fine-tuning runs) dealt to parallel worker processes on one CPU machine.
+"""Independent jobs (fine-tuning runs, one per (task, seed)) run here or dealt to parallel worker processes on
+one CPU machine.
 
 On a small CPU machine, P one-thread processes finish a list of jobs sooner than one P-thread process (a small
 model's matrix products do not scale over threads). ``deal`` balances the shares by a cost estimate, costliest
 first to the least-loaded share (longest-processing-time-first: at most 4/3 of the best makespan), and
-``run_workers`` runs one process per share, each with cores / P threads.
+``run_workers`` runs one process per share, each with cores / P threads. ``run_jobs`` is the entry point of
+the fine-tuning commands: a worker is the same command with ``--only TASK:SEED…`` (``parse_job``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import TypeVar
 from .errors import MergeError
 
 T = TypeVar("T")
+Job = tuple[str, int]  # (task, seed)
 
 
 def deal(items: Sequence[T], cost: Callable[[T], float], workers: int) -> list[list[T]]:
@@ -25,10 +28,10 @@ def deal(items: Sequence[T], cost: Callable[[T], float], workers: int) -> list[l
         raise MergeError(f"workers={workers}: expected at least 1")
     shares: list[list[T]] = [[] for _ in range(min(workers, len(items)))]
     totals = [0.0] * len(shares)
-    for item in sorted(items, key=cost, reverse=True):
+    for weight, item in sorted(((cost(i), i) for i in items), key=lambda pair: pair[0], reverse=True):
         least = totals.index(min(totals))
         shares[least].append(item)
-        totals[least] += cost(item)
+        totals[least] += weight
     return shares
 
 
@@ -40,3 +43,25 @@ def run_workers(command: Sequence[str], shares: Sequence[Sequence[str]]) -> None
     failed = [list(share) for share, process in running if process.wait() != 0]
     if failed:
         raise MergeError(f"worker(s) failed for {failed}; rerun to resume (finished jobs are kept)")
+
+
+def parse_job(text: str) -> Job:
+    """'TASK:SEED' (a worker's ``--only`` argument) -> (task, seed)."""
+    task, sep, seed = text.rpartition(":")
+    if not sep or not task or not seed.isdigit():
+        raise MergeError(f"--only {text!r}: expected TASK:SEED")
+    return task, int(seed)
+
+
+def run_jobs(jobs: Sequence[Job], run_one: Callable[[str, int], object], workers: int, command: Sequence[str],
+             cost: Callable[[str], float]) -> None:
+    """Run ``jobs`` here one by one (``run_one(task, seed)``) or, with ``workers`` > 1 and more than one job,
+    dealt by the cost of their task (``cost(task)``, called once per task) to workers ``python command…
+    TASK:SEED…``."""
+    if workers <= 1 or len(jobs) <= 1:
+        for task, seed in jobs:
+            run_one(task, seed)
+        return
+    costs = {task: cost(task) for task in dict.fromkeys(task for task, _ in jobs)}
+    shares = deal(jobs, lambda job: costs[job[0]], workers)
+    run_workers(command, [[f"{task}:{seed}" for task, seed in share] for share in shares])

@@ -61,12 +61,13 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         if args.command == "prepare":
             pool.domain.prepare(pool)
         elif args.command == "finetune":
+            from merging.parallel import parse_job
+
             from .store import finetune, finetune_many
 
             if args.only:
-                for pair in args.only:
-                    task, seed = pair.rsplit(":", 1)
-                    print(finetune(pool, task, int(seed)))
+                for task, seed in map(parse_job, args.only):
+                    print(finetune(pool, task, seed))
             else:
                 finetune_many(args.pool, pool, [(t, s) for s in args.seeds or pool.finetune.seeds
                                                  for t in args.tasks or pool.tasks], args.workers)

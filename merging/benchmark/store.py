@@ -3,6 +3,7 @@ how a missing task checkpoint is made: fine-tune the base on the task's train sp
 warm-up and decay), saved whole (body + head) in the domain's own format; resumable per task."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 from merging.atomic import atomic_directory
 from merging.batchnorm import reestimate_statistics
 from merging.checkpoint import resolve_model_ref
-from merging.parallel import deal, run_workers
+from merging.parallel import run_jobs
 from merging.pypi import cache_dir
 
 from .pool import PoolConfig
@@ -117,12 +118,7 @@ def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]],
     processes finish sooner than one two-thread process."""
     missing = [(t, s) for t, s in work
                if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
-    if workers <= 1 or len(missing) <= 1:
-        for task, seed in missing:
-            finetune(pool, task, seed)
-        return
-    processor = pool.domain.processor(pool, base_folder(pool))
-    size = {t: pool.domain.cost(pool, t, processor) for t in dict.fromkeys(t for t, _ in missing)}
-    shares = deal(missing, lambda pair: size[pair[0]], workers)
-    run_workers(["-m", pool.domain.name, "finetune", "--pool", pool_file, "--only"],
-                [[f"{t}:{s}" for t, s in share] for share in shares])
+    processor = functools.cache(lambda: pool.domain.processor(pool, base_folder(pool)))  # only to deal
+    run_jobs(missing, lambda task, seed: finetune(pool, task, seed), workers,
+             ["-m", pool.domain.name, "finetune", "--pool", pool_file, "--only"],
+             lambda task: pool.domain.cost(pool, task, processor()))
