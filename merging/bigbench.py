@@ -8,6 +8,7 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .archives import checked_member
 from .errors import MergeError
 from .pypi import Package
 
@@ -17,13 +18,15 @@ BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
 
 def bigbench_tasks(sdist: Path, tasks: Iterable[str]) -> dict[str, dict]:
     """Parsed ``benchmark_tasks/<task>/task.json`` of each task ('goal_step_wikihow/step_ordering' for a
-    subtask), in one streaming pass over the sdist (nothing else is decompressed to disk)."""
+    subtask), in one streaming pass over the sdist (nothing is decompressed to disk); a member with a
+    wanted name must be a regular file inside the archive (merging/archives.py)."""
     wanted = {f"benchmark_tasks/{t}/task.json": t for t in tasks}
     found: dict[str, dict] = {}
     with tarfile.open(sdist, "r|gz") as tar:
         for member in tar:
             key = next((k for k in wanted if member.name.endswith("/" + k)), None)
-            if key and member.isfile():
+            if key:
+                checked_member(sdist, member)
                 found[wanted[key]] = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
                 if len(found) == len(wanted):
                     break

@@ -132,14 +132,36 @@ class TorchBinCheckpoint(Checkpoint):
         return self._tensors[name].reshape(-1)[start:stop]
 
 
+def same_model_name(a: str, b: str) -> bool:
+    """Whether model references ``a`` and ``b`` name the same model: equal strings, the same local folder, or
+    the same last name component (``meta-llama/Llama-2-7b-hf`` and ``/models/llama-2-7b-hf``)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return pa.name.lower() == pb.name.lower() != ""
+
+
 class LoraCheckpoint(Checkpoint):
     """A peft LoRA adapter seen as a full model: base weights plus ΔW = scaling·B·A on its modules;
-    tensors the adapter stores whole (``modules_to_save`` copies, trained biases) replace the base's."""
+    tensors the adapter stores whole (``modules_to_save`` copies, trained biases) replace the base's.
 
-    def __init__(self, adapter_path: Path, base: Checkpoint) -> None:
+    An adapter whose ``adapter_config.json`` names another base model (``base_model_name_or_path`` matches
+    neither ``base_ref``, the base folder nor its config's ``_name_or_path``) is refused even when the shapes
+    fit, unless ``allow_other_base``."""
+
+    def __init__(self, adapter_path: Path, base: Checkpoint, base_ref: str | None = None,
+                 allow_other_base: bool = False) -> None:
         from .lora import read_lora_adapter
 
         self.adapter = read_lora_adapter(adapter_path)
+        trained_on = self.adapter.config.get("base_model_name_or_path")
+        names = [n for n in (base_ref, str(base.path), (base.config or {}).get("_name_or_path")) if n]
+        if trained_on and not allow_other_base and not any(same_model_name(trained_on, n) for n in names):
+            raise MergeError(f"{adapter_path / 'adapter_config.json'}: the adapter was trained on "
+                             f"'{trained_on}' (base_model_name_or_path), but the base is '{names[0]}'; if that "
+                             "is the same model under another name, set allow_adapter_base_mismatch: true")
         super().__init__(adapter_path, base.config)
         self.base = base
         self.infos = dict(base.infos)
@@ -193,8 +215,10 @@ def _files_from_index(folder: Path, index_name: str) -> list[Path]:
     return files
 
 
-def open_checkpoint(ref: str, revision: str | None = None, base: Checkpoint | None = None) -> Checkpoint:
-    """Open a model by local path or hub id; a LoRA adapter folder needs its ``base``."""
+def open_checkpoint(ref: str, revision: str | None = None, base: Checkpoint | None = None,
+                    base_ref: str | None = None, allow_other_base: bool = False) -> Checkpoint:
+    """Open a model by local path or hub id; a LoRA adapter folder needs its ``base`` (``base_ref``: how the
+    config names it; ``allow_other_base``: see ``LoraCheckpoint``)."""
     path = resolve_model_ref(ref, revision)
     if path.is_file():
         if path.suffix == ".safetensors":
@@ -203,7 +227,7 @@ def open_checkpoint(ref: str, revision: str | None = None, base: Checkpoint | No
     if (path / "adapter_config.json").is_file():
         if base is None:
             raise MergeError(f"{path} is a LoRA adapter; it can only be merged against a base model")
-        return LoraCheckpoint(path, base)
+        return LoraCheckpoint(path, base, base_ref, allow_other_base)
     config = _read_config(path)
     if (path / "model.safetensors.index.json").is_file():
         return SafetensorsCheckpoint(path, _files_from_index(path, "model.safetensors.index.json"), config)

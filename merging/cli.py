@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from .config import load_config
+from .atomic import interrupt_on_sigterm, os_error
+from .config import load_config, validate_config
 from .errors import MergeError
 
 
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a bad input, an OS error, Ctrl-C or SIGTERM ends with one ``error:`` line on stderr,
+    a non-zero exit (2, or 130 when interrupted) and no output folder."""
     args = build_parser().parse_args(argv)
+    interrupt_on_sigterm()
     try:
         if args.command == "methods":
             from .registry import get_method, known_methods
@@ -48,11 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config)
         if args.device:
-            cfg = cfg.model_copy(update={"device": args.device})
+            cfg = validate_config({**cfg.model_dump(), "device": args.device}, "--device")
         info = run_merge(cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
                          progress=not args.quiet, workers=args.workers, source_yaml=args.config)
     except MergeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {os_error(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
     print(json.dumps(info))
     return 0

@@ -12,13 +12,17 @@
     out_dtype: null                    # default: each tensor's dtype in the base
     seed: 0
     device: cpu
-    shard_size: 5GB
+    shard_size: 5GB                    # a positive size: bytes, or 200MB, 5GB, 2GiB
+    allow_adapter_base_mismatch: false # merge a LoRA adapter whose adapter_config.json names another base
+
+Every number in ``parameters`` must be finite (NaN and ±Inf are refused here, before any work).
 
 A parameter value is a number, a list of numbers (a gradient interpolated over layer depth), or a list
 of ``{filter: substring, value: number | list}`` where the first matching filter wins (mergekit's forms).
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -40,10 +44,27 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
+def _finite(value: Any, where: str) -> None:
+    """Raise ValueError if a number inside a parameter value (scalar, gradient, filter rules) is NaN or ±Inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"parameter '{where}' is {value}; expected a finite number")
+    if isinstance(value, list):
+        for item in value:
+            _finite(item.get("value") if isinstance(item, dict) else item, where)
+
+
+def _finite_parameters(parameters: dict[str, ParamValue]) -> dict[str, ParamValue]:
+    for key, value in parameters.items():
+        _finite(value, key)
+    return parameters
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     parameters: dict[str, ParamValue] = {}
+
+    _check_parameters = field_validator("parameters")(_finite_parameters)
 
 
 class MergeConfig(BaseModel):
@@ -62,7 +83,28 @@ class MergeConfig(BaseModel):
     device: str = "cpu"
     shard_size: int | str = "5GB"
     chunk_size: int = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
+    allow_adapter_base_mismatch: bool = False
+    layer_range: tuple[int, int] | None = None  # mergekit's single slice: it must cover every layer of the base
     origin: Literal["native", "mergekit"] = "native"
+
+    _check_parameters = field_validator("parameters")(_finite_parameters)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or another torch device"
+                             ) from None
+        return device
+
+    @field_validator("shard_size")
+    @classmethod
+    def _positive_size(cls, size: int | str) -> int | str:
+        if shard_bytes(size) < 1:
+            raise ValueError(f"shard_size {size!r} must be a positive size such as 200MB or 5GB")
+        return size
 
     @field_validator("include", "exclude")
     @classmethod
@@ -76,12 +118,7 @@ class MergeConfig(BaseModel):
 
     @property
     def shard_bytes(self) -> int:
-        if isinstance(self.shard_size, int):
-            return self.shard_size
-        match = _SIZE.match(self.shard_size)
-        if not match:
-            raise MergeError(f"shard_size {self.shard_size!r} is not a size such as 200MB or 5GB")
-        return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+        return shard_bytes(self.shard_size)
 
     def merges(self, name: str) -> bool:
         """Whether tensor ``name`` is merged (else copied from the base)."""
@@ -90,15 +127,34 @@ class MergeConfig(BaseModel):
         return not any(re.search(p, name) for p in self.exclude)
 
 
+def shard_bytes(size: int | str) -> int:
+    """Bytes of a shard size: an int, or a string such as ``200MB``, ``5GB``, ``2GiB``."""
+    if isinstance(size, int):
+        return size
+    match = _SIZE.match(size)
+    if not match:
+        raise ValueError(f"shard_size {size!r} is not a size such as 200MB or 5GB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The YAML document in ``path``; a missing file, non-UTF-8 bytes or a syntax error is a MergeError."""
+    if not path.is_file():
+        raise MergeError(f"{what} '{path}' does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise MergeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except yaml.YAMLError as err:
+        raise MergeError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    except OSError as err:
+        raise MergeError(f"{path}: {err.strerror}") from None
+
+
 def load_config(path: str | Path) -> MergeConfig:
     """Read a native or mergekit YAML file (mergekit's has ``merge_method``) into a MergeConfig."""
     path = Path(path)
-    if not path.is_file():
-        raise MergeError(f"config file '{path}' does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise MergeError(f"{path}: invalid YAML ({err})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     if "merge_method" in raw:

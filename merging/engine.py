@@ -62,6 +62,14 @@ class Sources:
         return values[0], values[1:]
 
 
+def check_finite(values: torch.Tensor, problem: Callable[[], str]) -> None:
+    """Raise MergeError(problem()) if floating ``values`` hold NaN or ±Inf (one sum first; the element-wise
+    test runs only when the sum is not finite, which a large but finite half-precision chunk can also give)."""
+    if values.is_floating_point() and not bool(torch.isfinite(values.sum())) and not bool(
+            torch.isfinite(values).all()):
+        raise MergeError(problem())
+
+
 def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
     numel, name = plan.info.numel, plan.info.name
     return [Chunk(name, plan.info.shape, s, min(s + chunk_size, numel), chunk_seed(seed, name, i))
@@ -100,8 +108,10 @@ class Engine:
         chunks = chunks_of(plan, self.chunk_size, self.seed)
         if method is None:
             for chunk in chunks:
-                values = self.sources.base.read(name, chunk.start, chunk.stop)
-                self.writer.write(name, chunk.start, values.to(plan.out_dtype))
+                values = self.sources.base.read(name, chunk.start, chunk.stop).to(plan.out_dtype)
+                check_finite(values, lambda: f"{self.sources.base.describe(name)} contains NaN or Inf values "
+                                             "(it is copied to the output, not merged)")
+                self.writer.write(name, chunk.start, values)
             return
         read = self.reader(plan)
         stats = shared_stats if shared_stats is not None else {}
@@ -109,8 +119,10 @@ class Engine:
             for p in range(method.passes):
                 method.conclude(p, self.observe_tensor(plan, p, stats, read), stats, plan.info.numel)
         for chunk in chunks:
-            merged = method.combine(chunk, *read(chunk), stats)
-            self.writer.write(name, chunk.start, merged.to(plan.out_dtype))
+            merged = method.combine(chunk, *read(chunk), stats).to(plan.out_dtype)
+            check_finite(merged, lambda: f"method '{method.name}' gives NaN or Inf in tensor '{name}' (elements "
+                                         f"{chunk.start}..{chunk.stop} as {plan.out_dtype}); nothing was saved")
+            self.writer.write(name, chunk.start, merged)
 
     def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:
         """Statistics pooled over every merged tensor (e.g. TIES trimming over the whole task vector)."""

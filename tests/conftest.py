@@ -26,6 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from merging.cli import main as cli_main
 from merging.pypi import Package
 
 BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -180,6 +181,41 @@ def copy_model(tmp_path):
         return Path(shutil.copytree(folder, tmp_path / (name or Path(folder).name)))
 
     return copy
+
+
+def native(pool, method="ties", models=("ft1", "ft2", "ft3"), parameters=None, **extra):
+    """A native config; ``models`` are pool names or paths (damaged copies)."""
+    paths = [pool[m] if isinstance(m, str) else m for m in models]
+    return {"method": method, "base": str(pool["base"]), "models": [{"model": str(p)} for p in paths],
+            "parameters": {"density": 0.5} if parameters is None else parameters, **extra}
+
+
+def run_cli(tmp_path, capsys, config, *flags, out_name="out"):
+    """Run ``merge`` on ``config`` (a dict, or a path); returns (exit code, stdout, stderr, out folder)."""
+    path = config if not isinstance(config, dict) else write_yaml(tmp_path / "merge.yaml", config)
+    out = tmp_path / out_name
+    code = cli_main(["merge", str(path), "--out", str(out), "--quiet", *flags])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err, out
+
+
+def assert_refused(tmp_path, capsys, config, *needles, flags=()):
+    """The merge CLI refuses ``config``: exit != 0, one ``error:`` line naming every needle, no output."""
+    code, stdout, stderr, out = run_cli(tmp_path, capsys, config, *flags)
+    assert code != 0 and stdout == ""
+    assert stderr.startswith("error: ") and "Traceback" not in stderr
+    for needle in needles:
+        assert str(needle) in stderr, f"{needle!r} not in {stderr!r}"
+    assert not out.exists() and leftovers(out) == []
+    return stderr
+
+
+def edit_tensors(folder, edit):
+    """Rewrite ``folder/model.safetensors`` after ``edit(tensors)``."""
+    file = folder / "model.safetensors"
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
 
 
 def leftovers(out: Path) -> list[str]:

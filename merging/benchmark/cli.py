@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from merging import distributed
+from merging.cli import positive_int
 from merging.errors import MergeError
 
 from .pool import PoolConfig
+from .request import check_local
 
 
 def parse_overrides(extra: list[str]) -> dict[str, object]:
@@ -21,6 +23,40 @@ def parse_overrides(extra: list[str]) -> dict[str, object]:
     if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
         raise MergeError(f"method parameters must come as --name value pairs, got {extra}")
     return {key[2:].replace("-", "_"): yaml.safe_load(value) for key, value in zip(extra[::2], extra[1::2])}
+
+
+def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict[str, object]) -> None:
+    """Refuse a bad request before any download, data preparation or fine-tuning, naming the bad value: a local
+    base or checkpoint folder of the pool that does not exist; fine-tuning --tasks outside the pool or negative
+    --seeds; an unknown method or a parameter its schema rejects (``experiment.check_method``); --pool-seeds
+    that are not the pool's fine-tuning seeds; scaling --targets outside the pool, a negative --extra or a
+    claim without checkpoints to draw from. (--workers is a positive integer by its argparse type.)"""
+    if args.command in ("finetune", "run", "scale"):
+        check_local(pool.base, "base")
+        for task, ref in pool.checkpoints.items():
+            check_local(ref, f"checkpoint of '{task}'")
+    if args.command == "finetune":
+        unknown = [t for t in args.tasks or [] if t not in pool.tasks]
+        if unknown:
+            raise MergeError(f"--tasks {unknown} are not tasks of pool '{pool.name}' ({', '.join(pool.tasks)})")
+        negative = [s for s in args.seeds or [] if s < 0]
+        if negative:
+            raise MergeError(f"--seeds {negative}: fine-tuning seeds are integers >= 0")
+    if args.command in ("run", "scale"):
+        from .experiment import check_method
+
+        check_method(pool, args.method, overrides)
+        stray = [s for s in args.pool_seeds or [] if s not in pool.finetune.seeds]
+        if stray:
+            raise MergeError(f"--pool-seeds {stray} are not fine-tuning seeds of pool '{pool.name}' "
+                             f"{pool.finetune.seeds}; add them to finetune.seeds in {args.pool}")
+    if args.command == "scale":
+        from .scaling import extra_candidates, target_pool
+
+        target_pool(pool, args.targets)
+        if args.extra < 0:
+            raise MergeError(f"--extra {args.extra}: expected a number of extra checkpoints >= 0")
+        extra_candidates(pool, args.targets, args.claim, args.extra, pool.finetune.seeds[0])
 
 
 def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str, argv: list[str] | None = None
@@ -33,7 +69,8 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     tune.add_argument("--pool", default=default_pool)
     tune.add_argument("--seeds", type=int, nargs="*", help="fine-tuning seeds (default: the pool's finetune.seeds)")
     tune.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks")
-    tune.add_argument("--workers", type=int, default=1, help="parallel fine-tuning processes (e.g. the core count)")
+    tune.add_argument("--workers", type=positive_int, default=1,
+                      help="parallel fine-tuning processes (e.g. the core count)")
     tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
     run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
     run.add_argument("--pool", default=default_pool)
@@ -58,6 +95,8 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         parser.error(f"unexpected arguments {extra}")
     try:
         pool = load_pool(args.pool)
+        overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}
+        validate_request(args, pool, overrides)
         if args.command == "prepare":
             pool.domain.prepare(pool)
         elif args.command == "finetune":
@@ -74,7 +113,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         elif args.command == "run":
             from .experiment import run_experiment
 
-            for row in run_experiment(pool, args.method, args.experiment or pool.name, parse_overrides(extra),
+            for row in run_experiment(pool, args.method, args.experiment or pool.name, overrides,
                                       args.pool_seeds, args.seed):
                 print(json.dumps(row))
         elif args.command == "scale":
@@ -84,7 +123,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
             targets = target_pool(pool, args.targets)
             for pool_seed in args.pool_seeds or pool.finetune.seeds[:1]:
                 others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
-                for row in run_experiment(targets, args.method, f"{pool.name}_{args.claim}", parse_overrides(extra),
+                for row in run_experiment(targets, args.method, f"{pool.name}_{args.claim}", overrides,
                                           [pool_seed], extra=others,
                                           columns={"claim": args.claim, "extra": args.extra}):
                     print(json.dumps(row))

@@ -14,6 +14,7 @@ from merging.batchnorm import average_statistics
 from merging.candidates import CheckpointSource
 from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
+from merging.methods.base import NoParams, Params
 from merging.methods.fisher import FisherParams, fisher_merge
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
@@ -115,6 +116,9 @@ def _greedy_soup(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
 DATA_DRIVEN: dict[str, Callable[[MergeInputs], tuple[Tensors, dict[str, Any]]]] = {
     "frank_wolfe": _frank_wolfe, "frank_wolfe_soft": _frank_wolfe_soft, "regmean": _regmean, "fisher": _fisher,
     "adamerging": _adamerging, "greedy_soup": _greedy_soup}
+PARAMS: dict[str, type[Params]] = {  # each method's parameter schema (checked before any work)
+    "frank_wolfe": FrankWolfeParams, "frank_wolfe_soft": FrankWolfeSoftParams, "regmean": RegMeanParams,
+    "fisher": FisherParams, "adamerging": AdaMergingParams, "greedy_soup": NoParams}
 
 
 def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,

@@ -11,30 +11,42 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merging.atomic import atomic_write_text
-from merging.config import validate_config
+from merging.batchnorm import MODES
+from merging.config import describe_errors, validate_config
 from merging.errors import MergeError
 from merging.metrics import normalized_score
-from merging.registry import known_methods
 from merging.results import append_row, pivot_table, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
 from .body import read_body
-from .data_driven import DATA_DRIVEN, Candidate, merge_data_driven
+from .data_driven import DATA_DRIVEN, PARAMS, Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
+from .request import check_grid, engine_methods, engine_schemas
 from .store import base_folder, checkpoint_folder, finetune, pool_dir
+from .task_list import read_mapping
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
+
+
+class MethodFile(BaseModel):
+    """A method YAML: fixed parameters, the validation grid (a non-empty list of values per parameter) and
+    extra exclude regexes; the values themselves are checked against the method's schema (``check_method``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] | None = None
+    search: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
+    exclude: list[str] | None = None
 
 
 @functools.cache
@@ -44,10 +56,11 @@ def _method_yaml(domain: str, method: str) -> dict[str, Any]:
     rebuild asks again)."""
     path = CONFIGS / domain / "methods" / f"{method}.yaml"
     path = path if path.is_file() else CONFIGS / "methods" / f"{method}.yaml"
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    unknown = set(raw) - {"parameters", "search", "exclude"}
-    if unknown:
-        raise MergeError(f"{path}: unknown key(s) {sorted(unknown)}; expected parameters, search, exclude")
+    raw = read_mapping(path) if path.is_file() else {}
+    try:
+        MethodFile.model_validate(raw)
+    except ValidationError as err:
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
     return raw
 
 
@@ -63,6 +76,33 @@ def method_config(domain: str, method: str, overrides: dict[str, Any]
     params = {**(raw.get("parameters") or {}), **overrides}
     grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
     return params, grid, exclude
+
+
+def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> None:
+    """Refuse, before any work, an unknown method (the known ones are listed), parameters given to a
+    reference, a --statistics mode the pool's models lack, a --merge-biases that is not true or false, and any
+    parameter (command line, method YAML, each point of its grid) that the method's schema rejects."""
+    known = [*REFERENCES, *engine_methods(), *DATA_DRIVEN]
+    if method not in known:
+        raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
+    if method in REFERENCES:
+        if overrides:
+            raise MergeError(f"'{method}' is a reference and takes no parameters, got "
+                             f"{', '.join('--' + k.replace('_', '-') for k in overrides)}")
+        return
+    overrides = dict(overrides)
+    statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
+    if statistics != "average" and not pool.domain.statistics:
+        raise MergeError(f"--statistics {statistics}: the {pool.domain.name} domain's models have no running "
+                         f"statistics")
+    if statistics not in MODES:
+        raise MergeError(f"--statistics {statistics!r}: expected one of {', '.join(MODES)}")
+    if not isinstance(overrides.get("merge_biases", True), bool):
+        raise MergeError(f"--merge-biases {overrides['merge_biases']!r}: expected true or false")
+    params, grid, _ = method_config(pool.domain.name, method, overrides)
+    data_driven = method in DATA_DRIVEN
+    check_grid(method, params, grid, [PARAMS[method]] if data_driven else engine_schemas(method),
+               per_tensor=not data_driven)
 
 
 def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],
@@ -105,6 +145,7 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     task, of its fine-tuning seed), its final hyper-parameters, the validation normalised score (the best of
     the grid; recorded for every merge, so that variants run with other fixed hyper-parameters can be
     compared on validation too) and the method's log."""
+    check_method(pool, method, overrides)
     if method == "majority":
         return test.majority(), {}, None, {}
     if method == "probe":
@@ -113,14 +154,8 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
         return test.finetuned(), {}, None, {}
     if method == "pretrained":
         return test.with_body(base_folder(pool)), {}, None, {}
-    known = [*REFERENCES, *known_methods(), *DATA_DRIVEN]
-    if method not in known:
-        raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
     overrides = dict(overrides)
     statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
-    if statistics != "average" and not pool.domain.statistics:
-        raise MergeError(f"--statistics {statistics}: the {pool.domain.name} domain's models have no running "
-                         f"statistics")
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
@@ -175,7 +210,9 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
                    columns: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per fine-tuning seed in ``pool_seeds`` (default: all the pool's seeds); missing checkpoints are
     fine-tuned first. ``seed`` is the merge's own seed (DARE masks). ``extra`` checkpoints join each seed's
-    task checkpoints as merge candidates (scaling experiments); ``columns`` are added to every row."""
+    task checkpoints as merge candidates (scaling experiments); ``columns`` are added to every row. The method
+    and its parameters are checked first (``check_method``)."""
+    check_method(pool, method, overrides)
     rows = []
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:

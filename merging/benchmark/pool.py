@@ -19,13 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merging.config import describe_errors
 from merging.errors import MergeError
 
 from .domain import Domain
+from .task_list import read_mapping
 
 
 class FinetuneConfig(BaseModel):
@@ -57,11 +57,9 @@ Pool = TypeVar("Pool", bound=PoolConfig)
 
 def load_pool(path: str | Path, schema: type[Pool]) -> Pool:
     """Read and check a pool YAML against ``schema``: unknown keys, unknown tasks and checkpoints of unlisted
-    tasks are errors."""
+    tasks are errors (so is a file that is not a YAML mapping)."""
     path = Path(path)
-    if not path.is_file():
-        raise MergeError(f"pool file '{path}' does not exist")
-    raw = yaml.safe_load(path.read_text())
+    raw = read_mapping(path, "pool file")
     try:
         pool = schema.model_validate(raw)
     except ValidationError as err:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import MergeError
 from ..registry import register
 from .base import Chunk, Method, Params
 
@@ -26,6 +27,12 @@ class AverageParams(Params):
 class Average(Method):
     Params = AverageParams
     ModelParams = AverageModelParams
+
+    def check(self) -> None:
+        weights = self.model_values("weight")
+        if self.params.normalize and float(weights.sum()) == 0:
+            raise MergeError(f"the weights {weights.tolist()} sum to 0, and normalize divides by their sum; "
+                             "change a weight or set normalize: false")
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:

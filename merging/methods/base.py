@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """Base of every parameter schema: unknown keys are errors."""
+    """Base of every parameter schema: unknown keys and non-finite numbers (NaN, ±Inf) are errors."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -73,6 +73,10 @@ class Method:
         values = [getattr(p, key) for p in self.model_params]
         return torch.tensor([float(getattr(self.params, key) if v is None else v) for v in values],
                             dtype=torch.float64)
+
+    def check(self) -> None:
+        """Raise MergeError if these resolved parameters cannot give a finite merge (e.g. weights that sum to
+        0 where the formula divides by their sum). Called for every tensor before any work."""
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:

@@ -1,0 +1,267 @@
+"""Bad requests are refused before any work: ``python -m discriminative | vision | generative`` check the pool
+YAML, the method name, every parameter (command line, method YAML, grid) against the method's schema, the
+seeds, the sizes and the local folders first, and answer with one ``error: ...`` line that names the bad value.
+
+Every test runs with the expensive steps (downloads, data preparation, fine-tuning, scoring, merging) replaced by
+a trap: a test passes only if the request is refused before any of them starts."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import generative.__main__ as generative_cli
+import merging.pypi
+from discriminative import tasks
+from discriminative.__main__ import main as discriminative_main
+from discriminative.data import TaskSpec
+from discriminative.domain import TEXT
+from generative import data as generative_data
+from generative import run as generative_run
+from merging.benchmark import experiment, store
+from vision.__main__ import main as vision_main
+from vision.domain import VISION
+
+SPECS = {"has_good": TaskSpec("has_good", "classification", 2, "accuracy"),
+         "has_sport": TaskSpec("has_sport", "classification", 2, "accuracy")}
+BAD_YAML = {"non-UTF-8 bytes": (b"name: caf\xe9\n", "UTF-8"),
+            "a YAML syntax error": (b"name: [unclosed\n", "invalid YAML"),
+            "a list at the top level": (b"- name: x\n- base: y\n", "expected a mapping")}
+
+
+def _trap(*args, **kwargs):
+    raise AssertionError("expensive work before validation")
+
+
+@pytest.fixture(autouse=True)
+def no_work(monkeypatch, tmp_path):
+    """Downloads, data preparation, fine-tuning, evaluation and merges all raise."""
+    import huggingface_hub
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    for owner, name in [(merging.pypi, "fetch"), (merging.pypi, "resolve_package_ref"),
+                        (huggingface_hub, "snapshot_download"),
+                        (store, "finetune"), (store, "finetune_many"), (store, "base_folder"),
+                        (experiment, "finetune"), (experiment, "base_folder"), (experiment, "Evaluator"),
+                        (TEXT, "prepare"), (VISION, "prepare"),
+                        (generative_data, "prepare"), (generative_data, "fetch"),
+                        (generative_cli, "train_many"), (generative_cli, "evaluate_model"),
+                        (generative_cli, "finetuned_scores"), (generative_run, "scores_of"),
+                        (generative_run, "merge_adapters"), (generative_run, "run_merge"),
+                        (generative_run, "read_lora_adapter")]:
+        monkeypatch.setattr(owner, name, _trap)
+
+
+def refusal(capsys, main, argv: list[str]) -> str:
+    """The one-line error of a refused request: exit status 2 (``python -m discriminative|vision``, and
+    argparse) or ``SystemExit("error: ...")`` (``python -m generative``); any other exception fails the test."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    if isinstance(code, str):
+        assert code.startswith("error: ") and "\n" not in code, code
+        return code
+    assert code == 2, f"exit status {code} for a bad request {argv}"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and "error: " in lines[-1], lines
+    return lines[-1]
+
+
+@pytest.fixture
+def text_pool(tmp_path, monkeypatch):
+    """``text_pool(**keys)`` -> the path of a discriminative pool YAML (two toy tasks, seeds 0 and 1, an existing
+    base folder); no data or model is ever read."""
+    monkeypatch.setitem(tasks.PROVIDERS, "toy", lambda: (SPECS.__getitem__, _trap))
+    (tmp_path / "base").mkdir()
+
+    def write(**keys) -> str:
+        path = tmp_path / "text_pool.yaml"
+        path.write_text(yaml.safe_dump({"name": "toy", "base": str(tmp_path / "base"), "tasks": list(SPECS),
+                                        "data": "toy", "finetune": {"seeds": [0, 1]}, **keys}))
+        return str(path)
+    return write
+
+
+@pytest.fixture
+def vision_pool(tmp_path):
+    (tmp_path / "base").mkdir(exist_ok=True)
+    path = tmp_path / "vision_pool.yaml"
+    path.write_text(yaml.safe_dump({"name": "toy", "base": str(tmp_path / "base"), "tasks": ["mnist", "mnist_parity"]}))
+    return str(path)
+
+
+@pytest.fixture
+def generative_pool(suite, tmp_path):
+    """``generative_pool(kind, **keys)`` -> the path of a generative pool YAML over the fake suite's qa and yesno
+    (tests/conftest.py), with an existing base folder and no trained checkpoint."""
+    (tmp_path / "lm").mkdir()
+
+    def write(kind: str = "lora", **keys) -> str:
+        path = tmp_path / f"generative_{kind}.yaml"
+        path.write_text(yaml.safe_dump({"name": f"g_{kind}", "base": str(tmp_path / "lm"), "kind": kind,
+                                        "tasks": ["qa", "yesno"], **keys}))
+        return str(path)
+    return write
+
+
+# ------------------------------------------------------------------------------ python -m discriminative | vision
+def test_an_unknown_method_is_named_with_the_known_ones(text_pool, capsys):
+    error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", "tie"])
+    assert "unknown method 'tie'" in error and "ties" in error and "frank_wolfe" in error
+
+
+@pytest.mark.parametrize("method,overrides,named", [
+    ("ties", ["--density", "abc"], ["density", "'abc'", "number"]),      # ill-typed
+    ("ties", ["--density", "1.5"], ["density", "1.5", "less than or equal to 1"]),  # out of the schema's range
+    ("ties", ["--sparsity", "0.2"], ["sparsity", "density"]),           # not a parameter (the known ones listed)
+    ("task_arithmetic", ["--scaling", "big"], ["lambda", "'big'"]),     # the alias of lambda
+    ("frank_wolfe", ["--iterations", "0"], ["iterations", "0"]),        # a data-driven method's schema
+    ("frank_wolfe", ["--oracle", "exact"], ["oracle", "'exact'", "cosine"]),
+    ("greedy_soup", ["--lambda", "0.5"], ["greedy_soup", "lambda"]),    # takes no parameters
+    ("finetuned", ["--density", "0.2"], ["finetuned", "density"]),      # neither does a reference
+    ("ties", ["--merge-biases", "maybe"], ["merge_biases", "'maybe'"]),
+])
+def test_each_override_is_checked_against_the_methods_parameters(text_pool, capsys, method, overrides, named):
+    error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", method, *overrides])
+    assert all(word in error for word in named), error
+
+
+@pytest.mark.parametrize("main,statistics,named", [
+    (discriminative_main, "reestimate", "no running statistics"),  # text models have no BatchNorm
+    (vision_main, "recompute", "average, reestimate"),
+])
+def test_a_bad_statistics_value_is_refused(text_pool, vision_pool, capsys, main, statistics, named):
+    pool = text_pool() if main is discriminative_main else vision_pool
+    error = refusal(capsys, main, ["run", "--pool", pool, "--method", "ties", "--statistics", statistics])
+    assert statistics in error and named in error
+
+
+@pytest.mark.parametrize("where", ["base", "checkpoint"])
+def test_a_missing_local_folder_is_named(text_pool, tmp_path, capsys, where):
+    missing = str(tmp_path / "nowhere" / "model")
+    keys = {"base": missing} if where == "base" else {"checkpoints": {"has_sport": missing}}
+    error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(**keys), "--method", "ties"])
+    assert missing in error and "does not exist" in error
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--method", "ties"],
+    ["scale", "--claim", "relevance", "--method", "ties", "--targets", "has_good", "--extra", "1"]])
+def test_pool_seeds_must_be_fine_tuning_seeds_of_the_pool(text_pool, capsys, command):
+    error = refusal(capsys, discriminative_main, [*command, "--pool", text_pool(), "--pool-seeds", "0", "5"])
+    assert "--pool-seeds [5]" in error and "[0, 1]" in error
+
+
+def test_a_negative_number_of_extra_checkpoints_is_refused(text_pool, capsys):
+    error = refusal(capsys, discriminative_main, ["scale", "--pool", text_pool(), "--claim", "irrelevance",
+                                                  "--method", "ties", "--targets", "has_good", "--extra", "-1"])
+    assert "--extra -1" in error
+
+
+@pytest.mark.parametrize("options,named", [
+    (["--workers", "0"], ["--workers", "'0'"]),
+    (["--tasks", "has_good", "has_bad"], ["has_bad", "has_sport"]),
+    (["--seeds", "0", "-1"], ["--seeds", "-1"]),
+])
+def test_finetune_checks_workers_tasks_and_seeds_first(text_pool, capsys, options, named):
+    error = refusal(capsys, discriminative_main, ["finetune", "--pool", text_pool(), *options])
+    assert all(word in error for word in named), error
+
+
+@pytest.mark.parametrize("content,named", [
+    (b"parameters: {density: 0.2}\nsearch: {lambda: 0.5}\n", "search"),  # a grid value that is not a list
+    (b"parameters: {density: abc}\n", "'abc'"),                          # the YAML's own values are checked
+    (b"search: {lambda: [0.5, 1.0], density: [0.2, 7]}\n", "7"),         # so is every point of the grid
+    *((content, named) for content, named in BAD_YAML.values())])
+def test_a_bad_method_yaml_is_named_before_any_work(text_pool, tmp_path, monkeypatch, capsys, content, named):
+    configs = tmp_path / "configs"
+    (configs / "methods").mkdir(parents=True)
+    (configs / "methods" / "ties.yaml").write_bytes(content)
+    monkeypatch.setattr(experiment, "CONFIGS", configs)
+    experiment._method_yaml.cache_clear()
+    try:
+        error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", "ties"])
+    finally:
+        experiment._method_yaml.cache_clear()
+    assert "ties.yaml" in error and named in error
+
+
+@pytest.mark.parametrize("case", list(BAD_YAML))
+@pytest.mark.parametrize("domain", ["discriminative", "vision", "generative"])
+def test_a_bad_pool_yaml_is_a_clean_error_naming_the_file(tmp_path, capsys, suite, domain, case):
+    content, named = BAD_YAML[case]
+    path = tmp_path / "bad_pool.yaml"
+    path.write_bytes(content)
+    main = {"discriminative": discriminative_main, "vision": vision_main, "generative": generative_cli.main}[domain]
+    error = refusal(capsys, main, ["prepare", "--pool", str(path)])
+    assert "bad_pool.yaml" in error and named in error
+
+
+# ------------------------------------------------------------------------------------------ python -m generative
+def test_generative_merge_names_an_unknown_method_not_a_missing_checkpoint(generative_pool, capsys):
+    error = refusal(capsys, generative_cli.main, ["merge", "tie", "--pool", generative_pool()])
+    assert "unknown method 'tie'" in error and "ties" in error and "no trained checkpoint" not in error
+
+
+@pytest.mark.parametrize("kind,method,settings,named", [
+    ("lora", "ties", ["density=abc"], ["density", "'abc'"]),
+    ("lora", "ties", ["weight=2"], ["weight"]),                    # a per-model key: not for LoRA merges
+    ("lora", "frank_wolfe", ["space=diagonal"], ["space", "'diagonal'"]),
+    ("lora", "frank_wolfe", ["proxy_examples=0"], ["proxy_examples"]),
+    ("lora", "from_lora", ["rank=0"], ["rank"]),
+    ("full", "ties", ["rank=4"], ["rank"]),                        # full fine-tunes merge through the engine
+    ("full", "frank_wolfe", [], ["frank_wolfe", "lora"]),          # not wired for full fine-tunes
+    ("full", "from_lora", [], ["from_lora"]),                      # adapters only
+])
+def test_generative_merge_checks_the_method_and_each_set_value(generative_pool, capsys, kind, method, settings,
+                                                               named):
+    argv = ["merge", method, "--pool", generative_pool(kind), *(f"--set={s}" for s in settings)]
+    error = refusal(capsys, generative_cli.main, argv)
+    assert all(word in error for word in named) and "no trained checkpoint" not in error, error
+
+
+@pytest.mark.parametrize("setting,named", [("lr=abc", ["lr", "'abc'"]), ("rank=8", ["rank"]),
+                                           ("epochs=0", ["epochs"])])
+def test_generative_finetune_checks_training_settings_first(generative_pool, capsys, setting, named):
+    error = refusal(capsys, generative_cli.main, ["finetune", "--pool", generative_pool(), "--set", setting])
+    assert all(word in error for word in named), error
+
+
+def test_generative_pool_tasks_must_be_tasks_of_the_suite(generative_pool, capsys):
+    pool = generative_pool(tasks=["qa", "riddles"])
+    error = refusal(capsys, generative_cli.main, ["finetune", "--pool", pool])
+    assert "riddles" in error and "yesno" in error
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["evaluate", "--limit", "0"], "--limit"),
+    (["evaluate", "--batch-size", "0"], "--batch-size"),
+    (["merge", "ties", "--limit-validation", "0"], "--limit-validation"),
+    (["finetune", "--seeds", "-1"], "--seeds"),
+])
+def test_generative_sizes_and_seeds_are_checked_first(generative_pool, capsys, argv, named):
+    error = refusal(capsys, generative_cli.main, [*argv, "--pool", generative_pool()])
+    assert named in error
+
+
+@pytest.mark.parametrize("where", ["base", "--model", "--adapter"])
+def test_generative_missing_local_folders_are_named(generative_pool, tmp_path, capsys, where):
+    missing = str(tmp_path / "nowhere" / "model")
+    if where == "base":
+        argv = ["merge", "ties", "--pool", generative_pool(base=missing)]
+    else:
+        argv = ["evaluate", "--pool", generative_pool(), where, missing]
+    error = refusal(capsys, generative_cli.main, argv)
+    assert missing in error and "does not exist" in error and "no trained checkpoint" not in error
+
+
+@pytest.mark.parametrize("keys,argv,named", [
+    ({"proxy": "missing_proxy.json"}, ["--set", "lambda=0.5"], "missing_proxy.json"),
+    ({}, [], "no tasks to choose"),  # the grid of lambda must be fixed with --set
+])
+def test_generative_given_checkpoints_are_not_downloaded_for_a_bad_request(generative_pool, capsys, keys, argv,
+                                                                          named):
+    pool = generative_pool(tasks=[], checkpoints={"code": "owner/code-adapter", "math": "owner/math-adapter"},
+                           **keys)
+    error = refusal(capsys, generative_cli.main, ["merge", "ties", "--pool", pool, *argv])
+    assert named in error

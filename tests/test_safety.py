@@ -1,0 +1,376 @@
+"""Safety guarantees of the merge CLI against careless or hostile input (issue 15), one section per class:
+no foreign code runs; no corrupt model is saved as a success; mergekit keys are never dropped; no input is
+destroyed; OS errors, signals and kill -9 leave nothing behind and no traceback; every check runs before any
+work. Each test names the class it guards."""
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
+
+from merging.atomic import atomic_write_text
+from merging.errors import MergeError
+from merging.pypi import MODEL_WHEELS
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``: an input must come out of a refused run byte for byte."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str, read_only: bool = False):
+    """A tmpfs of ``size`` mounted at ``where`` (skips the test where mounting is not permitted)."""
+    where.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+# --- 1. no foreign code runs ------------------------------------------------------------------------------
+
+def test_package_reference_never_imports_a_module_beside_the_config(bert_pool, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evilpkg.py").write_text(textwrap.dedent(f"""
+        open({str(marker)!r}, "w").write("foreign code ran")
+        def get_model_path():
+            return {str(bert_pool['base'])!r}
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = native(bert_pool, models=("ft1", "ft2"))
+    config["base"] = "package:evilpkg"
+    assert_refused(tmp_path, capsys, config, "package:evilpkg", "not a pinned model package",
+                   *sorted(MODEL_WHEELS))
+    assert not marker.exists() and "evilpkg" not in sys.modules
+
+
+def test_package_reference_never_imports_the_standard_library(bert_pool, tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    config = native(bert_pool, models=("ft1", "ft2"))
+    config["models"][0]["model"] = "package:this"
+    assert_refused(tmp_path, capsys, config, "package:this", "not a pinned model package")
+    assert "this" not in sys.modules
+
+
+# --- 2. no corrupt output saved as a success ----------------------------------------------------------------
+
+def test_weights_summing_to_zero_are_refused_where_the_method_divides_by_them(bert_pool, tmp_path, capsys):
+    config = native(bert_pool, "average", models=("ft1", "ft2"), parameters={})
+    config["models"][0]["parameters"] = {"weight": 1.0}
+    config["models"][1]["parameters"] = {"weight": -1.0}
+    assert_refused(tmp_path, capsys, config, "sum to 0", "normalize")
+
+
+@pytest.mark.parametrize("text", [
+    "models: [{model: FT1, parameters: {weight: .nan}}, {model: FT2}]\nparameters: {}",
+    "models: [{model: FT1}, {model: FT2}]\nparameters: {lambda: .inf}",
+    "models: [{model: FT1}, {model: FT2}]\nparameters: {lambda: [0.5, -.inf]}",
+])
+def test_non_finite_parameters_are_refused_when_the_config_is_read(bert_pool, tmp_path, capsys, text):
+    method = "average" if "weight" in text else "task_arithmetic"
+    body = text.replace("FT1", str(bert_pool["ft1"])).replace("FT2", str(bert_pool["ft2"]))
+    config = tmp_path / "merge.yaml"
+    config.write_text(f"method: {method}\nbase: {bert_pool['base']}\n{body}\n")
+    assert_refused(tmp_path, capsys, config, "expected a finite number")
+
+
+def test_an_output_chunk_that_is_not_finite_is_never_saved(bert_pool, tmp_path, capsys):
+    config = native(bert_pool, "task_arithmetic", models=("ft1", "ft2"), parameters={"lambda": 1e8},
+                    out_dtype="float16")  # finite inputs and parameters, but float16 overflows to Inf
+    assert_refused(tmp_path, capsys, config, "method 'task_arithmetic' gives NaN or Inf in tensor",
+                   "float16", "nothing was saved")
+
+
+def test_a_nan_in_a_base_tensor_that_is_only_copied_is_reported(bert_pool, copy_model, tmp_path, capsys):
+    base = copy_model(bert_pool["base"])
+    edit_tensors(base, lambda t: t["pooler.dense.weight"].__setitem__((0, 0), float("nan")))
+    config = native(bert_pool, models=("ft1", "ft2"), exclude=["pooler"])
+    config["base"] = str(base)
+    assert_refused(tmp_path, capsys, config, base / "model.safetensors", "tensor 'pooler.dense.weight'",
+                   "NaN or Inf", "copied")
+
+
+# --- 3. mergekit keys are never dropped ---------------------------------------------------------------------
+
+def mergekit(pool, **top):
+    return {"merge_method": "ties", "base_model": str(pool["base"]),
+            "models": [{"model": str(pool["ft1"]), "parameters": {"weight": 1.0, "density": 0.5}},
+                       {"model": str(pool["ft2"]), "parameters": {"weight": 0.5, "density": 0.5}}], **top}
+
+
+def as_slice(config, layer_range=(0, 2), **slice_keys):
+    models = config.pop("models")
+    config["slices"] = [{"sources": [{**m, "layer_range": list(layer_range)} for m in models], **slice_keys}]
+    return config
+
+
+def test_unknown_key_in_a_mergekit_model_entry(bert_pool, tmp_path, capsys):
+    config = mergekit(bert_pool)
+    config["models"][1]["paramters"] = config["models"][1].pop("parameters")
+    assert_refused(tmp_path, capsys, config, "models[1]", "unknown key(s) ['paramters']")
+
+
+def test_unknown_key_in_a_mergekit_slice_source(bert_pool, tmp_path, capsys):
+    config = as_slice(mergekit(bert_pool))
+    config["slices"][0]["sources"][0]["paramters"] = config["slices"][0]["sources"][0].pop("parameters")
+    assert_refused(tmp_path, capsys, config, "slices[0].sources[0]", "unknown key(s) ['paramters']")
+
+
+@pytest.mark.parametrize("where, edit", [
+    ("slices[0]", lambda c: c["slices"][0].update(mystery=1)),
+    ("tokenizer", lambda c: c.update(tokenizer={"source": "base", "pad_to_multiple_of": 8})),
+])
+def test_unknown_keys_at_every_mergekit_level(bert_pool, tmp_path, capsys, where, edit):
+    config = as_slice(mergekit(bert_pool))
+    edit(config)
+    assert_refused(tmp_path, capsys, config, where, "unknown key(s)")
+
+
+def test_a_partial_layer_range_is_refused(bert_pool, tmp_path, capsys):
+    assert_refused(tmp_path, capsys, as_slice(mergekit(bert_pool), layer_range=(0, 1)),
+                   "layer_range [0, 1]", "2 layers", "not supported")
+
+
+@pytest.mark.parametrize("key, value", [("chat_template", "chatml"), ("tokenizer_source", "union")])
+def test_what_is_not_implemented_is_refused(bert_pool, tmp_path, capsys, key, value):
+    assert_refused(tmp_path, capsys, mergekit(bert_pool, **{key: value}), key, "supported")
+
+
+def test_one_slice_over_every_layer_with_slice_parameters_is_read_as_mergekit_reads_it(bert_pool, tmp_path,
+                                                                                     capsys):
+    plain = mergekit(bert_pool, parameters={"normalize": True})
+    for entry in plain["models"]:
+        del entry["parameters"]["density"]
+    plain["parameters"]["density"] = 0.3
+    code, _, _, expected = run_cli(tmp_path, capsys, plain, out_name="plain")
+    assert code == 0
+    sliced = as_slice(mergekit(bert_pool, parameters={"normalize": True, "density": 0.9}),
+                      parameters={"density": 0.3})  # the slice's density wins over the top level's
+    for source in sliced["slices"][0]["sources"]:
+        del source["parameters"]["density"]
+    code, _, _, out = run_cli(tmp_path, capsys, write_yaml(tmp_path / "sliced.yml", sliced), out_name="sliced")
+    assert code == 0
+    want, got = read_weights(expected), read_weights(out)
+    assert all(torch.equal(want[name], got[name]) for name in want)
+
+
+# --- 4. no input destroyed -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("relation", ["is", "inside", "contains"])
+@pytest.mark.parametrize("which", ["base", "ft2"])
+def test_the_output_may_not_be_an_input_nor_inside_or_around_one(bert_pool, copy_model, tmp_path, capsys,
+                                                                  relation, which):
+    inputs = {name: copy_model(bert_pool[name]) for name in ("base", "ft1", "ft2")}
+    before = {name: fingerprint(folder) for name, folder in inputs.items()}
+    config = native(bert_pool, models=(inputs["ft1"], inputs["ft2"]))
+    config["base"] = str(inputs["base"])
+    out = {"is": inputs[which], "inside": inputs[which] / "merged", "contains": tmp_path}[relation]
+    code = cli_merge(write_yaml(tmp_path.parent / f"{tmp_path.name}.yaml", config), out, "--overwrite")
+    captured = capsys.readouterr()
+    named = str(inputs["base"] if relation == "contains" else inputs[which])  # the first input it holds
+    assert code == 2 and f"error: output '{out}' {relation.replace('inside', 'is inside')}" in captured.err
+    assert named in captured.err
+    assert {name: fingerprint(folder) for name, folder in inputs.items()} == before
+
+
+def cli_merge(config: Path, out: Path, *flags: str) -> int:
+    from merging.cli import main
+
+    return main(["merge", str(config), "--out", str(out), "--quiet", *flags])
+
+
+# --- 5. OS errors, signals and kill -9: one line, nothing left behind -----------------------------------------
+
+def test_a_later_run_removes_the_temporary_folders_of_dead_processes_only(bert_pool, tmp_path, capsys):
+    dead, alive = dead_pid(), os.getppid()
+    stale = [tmp_path / f".out.tmp-{dead}-0123abcd", tmp_path / f".out.old-{dead}"]
+    live = tmp_path / f".out.tmp-{alive}-0123abcd"
+    unrelated = tmp_path / f".other.tmp-{dead}-0123abcd"
+    for folder in [*stale, live, unrelated]:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    code, _, _, out = run_cli(tmp_path, capsys, native(bert_pool, models=("ft1", "ft2")))
+    assert code == 0 and out.is_dir()
+    assert not any(p.exists() for p in stale) and live.exists() and unrelated.exists()
+
+
+SLOW_MERGE = """
+import sys, time
+from merging import safetensors_io
+write = safetensors_io.ShardedSafetensorsWriter.write
+def slow_write(self, name, start, values):
+    time.sleep(0.2)
+    return write(self, name, start, values)
+safetensors_io.ShardedSafetensorsWriter.write = slow_write
+from merging.cli import main
+sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[2], "--quiet", "--workers", "1"]))
+"""
+
+
+def start_slow_merge(bert_pool, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A merge CLI process whose writes are slowed down, once its temporary output folder exists."""
+    config = write_yaml(tmp_path / "merge.yaml", native(bert_pool, models=("ft1", "ft2")))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_MERGE, str(config), str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not leftovers(out):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the engine, writing
+    return process, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_remove_the_temporary_folder_without_a_traceback(bert_pool, tmp_path, signum):
+    process, out = start_slow_merge(bert_pool, tmp_path)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stdout == ""
+    assert stderr.strip() == "error: interrupted; no output was written"
+    assert not out.exists() and leftovers(out) == []
+
+
+def test_after_kill_9_the_next_run_removes_the_leftover(bert_pool, tmp_path, capsys):
+    process, out = start_slow_merge(bert_pool, tmp_path)
+    process.kill()
+    process.communicate(timeout=60)
+    assert leftovers(out) != []  # kill -9 cannot be caught: its temporary folder stays ...
+    code = cli_merge(tmp_path / "merge.yaml", out)
+    assert code == 0 and out.is_dir() and leftovers(out) == []  # ... until the next run for the same output
+
+
+def assert_one_line_error(bert_pool, tmp_path, capsys, out: Path, *needles, flags=()):
+    code = cli_merge(write_yaml(tmp_path / "merge.yaml", native(bert_pool, models=("ft1", "ft2"))), out, *flags)
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    for needle in needles:
+        assert str(needle) in captured.err, (needle, captured.err)
+
+
+def test_output_below_a_regular_file(bert_pool, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(bert_pool, tmp_path, capsys, tmp_path / "file" / "out", tmp_path / "file",
+                          "Not a directory")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_output_name_too_long(bert_pool, tmp_path, capsys):
+    assert_one_line_error(bert_pool, tmp_path, capsys, tmp_path / ("x" * 300), "File name too long")
+    assert leftovers(tmp_path / ("x" * 300)) == []
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "to a folder"])
+def test_output_that_is_a_symbolic_link(bert_pool, tmp_path, capsys, kind):
+    link = tmp_path / "out"
+    target = {"dangling": tmp_path / "missing", "loop": link, "to a folder": tmp_path / "real"}[kind]
+    if kind == "to a folder":
+        target.mkdir()
+    link.symlink_to(target)
+    assert_one_line_error(bert_pool, tmp_path, capsys, link, link, "symbolic link", flags=("--overwrite",))
+    assert link.is_symlink() and os.readlink(link) == str(target) and leftovers(link) == []
+
+
+def test_no_space_left_on_device(bert_pool, tmp_path, capsys):
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        assert_one_line_error(bert_pool, tmp_path, capsys, disk / "out", disk, "No space left on device")
+        assert list(disk.iterdir()) == []
+
+
+def test_read_only_file_system(bert_pool, tmp_path, capsys):
+    with small_tmpfs(tmp_path / "disk", "1m", read_only=True) as disk:
+        assert_one_line_error(bert_pool, tmp_path, capsys, disk / "out", disk, "Read-only file system")
+
+
+def test_results_files_get_ordinary_permissions_and_a_full_disk_leaves_no_temporary_file(tmp_path):
+    atomic_write_text(tmp_path / "results.csv", "a,b\n1,2\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        with pytest.raises(MergeError, match=f"{disk / 'results.csv'}: No space left on device"):
+            atomic_write_text(disk / "results.csv", "x" * 200_000)
+        assert list(disk.iterdir()) == []
+
+
+# --- 7. other tracebacks --------------------------------------------------------------------------------------
+
+def test_a_config_that_is_not_utf8(bert_pool, tmp_path, capsys):
+    config = tmp_path / "merge.yaml"
+    config.write_bytes(b"method: ties\nbase: \xff\xfe\n")
+    assert_refused(tmp_path, capsys, config, config, "not UTF-8")
+
+
+def test_an_unknown_device_in_the_config_or_on_the_command_line(bert_pool, tmp_path, capsys):
+    assert_refused(tmp_path, capsys, native(bert_pool, device="bogus"), "device", "'bogus'")
+    assert_refused(tmp_path, capsys, native(bert_pool), "device", "'bogus'", flags=("--device", "bogus"))
+
+
+def test_negative_dimensions_in_a_safetensors_header(bert_pool, copy_model, tmp_path, capsys):
+    broken = copy_model(bert_pool["ft1"])
+    file = broken / "model.safetensors"
+    data = file.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    name = "pooler.dense.weight"
+    header[name]["shape"] = [-32, -32]  # the same element count, so only the sign is wrong
+    blob = json.dumps(header).encode()  # data_offsets are relative to the data block: they stay valid
+    file.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + size:])
+    assert_refused(tmp_path, capsys, native(bert_pool, models=(broken, "ft2")), file, name, "[-32, -32]", ">= 0")
+
+
+# --- 8. low -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [-1, 0, "0MB", "-5GB"])
+def test_shard_size_must_be_positive(bert_pool, tmp_path, capsys, size):
+    assert_refused(tmp_path, capsys, native(bert_pool, shard_size=size), "shard_size")
+
+
+def test_a_lora_adapter_trained_on_another_base_needs_an_opt_in(llama_lora, copy_model, tmp_path, capsys):
+    adapter = copy_model(llama_lora.adapter)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = "someone/another-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(settings))
+    config = {"method": "task_arithmetic", "base": str(llama_lora.base), "models": [{"model": str(adapter)}]}
+    assert_refused(tmp_path, capsys, config, "someone/another-model", "allow_adapter_base_mismatch")
+    code, _, _, out = run_cli(tmp_path, capsys, {**config, "allow_adapter_base_mismatch": True})
+    assert code == 0 and out.is_dir()
+
+
+def test_a_lora_adapter_naming_its_base_by_hub_id_merges_onto_a_local_copy(llama_lora, copy_model, tmp_path,
+                                                                          capsys):
+    base = copy_model(llama_lora.base, "tiny-llama")
+    adapter = copy_model(llama_lora.adapter)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = "some-org/Tiny-Llama"
+    (adapter / "adapter_config.json").write_text(json.dumps(settings))
+    code, _, _, out = run_cli(tmp_path, capsys, {"method": "task_arithmetic", "base": str(base),
+                                                 "models": [{"model": str(adapter)}]})
+    assert code == 0 and out.is_dir()
