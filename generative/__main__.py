@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from merging import distributed
+from merging.benchmark.request import check_local
 from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
-from merging.errors import MergeError
+from merging.atomic import interrupt_on_sigterm
+from merging.errors import INTERRUPTED, MergeError, report
 from merging.parallel import parse_job
 
 from . import data
 from .finetune import train_many
-from .pool import CONFIGS, load_pool
-from .run import evaluate_model, finetuned_scores, normalized, record, run_method
+from .pool import CONFIGS, GenerativePool, load_pool
+from .run import check_merge, evaluate_model, finetuned_scores, normalized, record, run_method
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -40,12 +43,39 @@ def _setting(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
+    """Refuse a bad request before any download, data preparation, training or scoring, naming the bad value:
+    --tasks outside the pool; a local model folder that does not exist (the pool's base and given checkpoints,
+    --model, --adapter); negative fine-tuning --seeds or --set training values the pool's kind rejects; for
+    ``merge``, a method or parameter that ``run.check_merge`` refuses. (--workers, --limit, --batch-size and
+    --limit-validation are positive integers by their argparse type; the pool YAML is checked by load_pool.)"""
+    unknown = sorted(set(args.tasks or []) - set(pool.tasks))
+    if unknown:
+        raise MergeError(f"--tasks {unknown} are not tasks of pool {args.pool} ({', '.join(pool.tasks)})")
+    if args.command == "evaluate":
+        check_local(args.model or pool.base, "--model" if args.model else "base")
+        if args.adapter is not None:
+            check_local(str(args.adapter), "--adapter")
+    elif args.command != "prepare":
+        check_local(pool.base, "base")
+        for label, ref in pool.checkpoints.items():
+            check_local(ref, f"checkpoint '{label}'")
+    if args.command == "finetune":
+        negative = [seed for seed in args.seeds if seed < 0]
+        if negative:
+            raise MergeError(f"--seeds {negative}: fine-tuning seeds are integers >= 0")
+        pool.model_copy(update={"training": {**pool.training, **dict(args.overrides)}}).training_config()
+    elif args.command == "merge":
+        check_merge(pool, args.method, dict(args.overrides))
+
+
 def main(argv: list[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pool", type=Path, default=CONFIGS / "smollm2_16_lora.yaml", help="the pool YAML")
     common.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks (default: all)")
     common.add_argument("--outs", type=Path, default=Path("outs"))
-    common.add_argument("--limit", type=int, help="score the first N test (or --split) examples of each task")
+    common.add_argument("--limit", type=positive_int,
+                        help="score the first N test (or --split) examples of each task")
     parser = argparse.ArgumentParser(prog="python -m generative", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("prepare", help="build the task splits from the BIG-bench sdist", parents=[common])
@@ -62,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--adapter", type=Path, help="a peft LoRA adapter of --model, merged in before scoring")
     run.add_argument("--label", default="base", help="the row's name in results.csv")
     run.add_argument("--split", default="test", choices=["test", "validation"])
-    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--batch-size", type=positive_int, default=8)
     reference = commands.add_parser("finetuned", help="score each task's checkpoint on its own task",
                                     parents=[common])
     reference.add_argument("--seed", type=int, default=0)
@@ -73,14 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     merge.add_argument("--seed", type=int, default=0, help="the checkpoints' fine-tuning seed")
     merge.add_argument("--set", dest="overrides", type=_setting, action="append", default=[],
                        help="KEY=VALUE fixing a parameter of configs/generative/methods/<method>.yaml")
-    merge.add_argument("--limit-validation", type=int, default=25,
+    merge.add_argument("--limit-validation", type=positive_int, default=25,
                        help="validation examples per task for the hyper-parameter search")
     args = parser.parse_args(argv)
+    interrupt_on_sigterm()
     try:
         pool = load_pool(args.pool)
-        unknown = sorted(set(args.tasks or []) - set(pool.tasks))
-        if unknown:
-            raise MergeError(f"--tasks {unknown} are not tasks of pool {args.pool} ({', '.join(pool.tasks)})")
+        validate_request(args, pool)
         pool.tasks = args.tasks or pool.tasks
         if args.command == "prepare":
             data.prepare(pool.tasks)
@@ -108,8 +137,12 @@ def main(argv: list[str] | None = None) -> None:
             result = run_method(pool, args.method, dict(args.overrides), args.seed, args.outs, args.limit,
                                 args.limit_validation)
             print(result if isinstance(result, Path) else {k: result[k] for k in ("model", "normalized", "average")})
-    except MergeError as error:
-        raise SystemExit(f"error: {error}") from None
+    except (MergeError, OSError, KeyboardInterrupt) as error:
+        message, status = report(error)
+        if status == INTERRUPTED:  # the shell's status; a bad input keeps this command's exit 1 with the message
+            print(message, file=sys.stderr)
+            raise SystemExit(status) from None
+        raise SystemExit(message) from None
     distributed.finish()  # under `accelerate launch`: every process leaves the group together
 
 

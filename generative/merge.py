@@ -16,20 +16,45 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, Field
 
 from merging.atomic import atomic_directory
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, write_lora_adapter
 from merging.lora_merge import Factors, merge_deltas, sources, to_factors
+from merging.methods.base import Params
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
 from merging.methods.from_lora import FromLoraParams, default_rank, merge_lora_adapters
-from merging.registry import get_method
+from merging.benchmark.request import engine_methods
+from merging.registry import METHODS, get_method
 
 from .lm_eval_tasks import LocalTask
 from .objective import CausalLMObjective
+
+class AdapterOptions(Params):
+    """The options every LoRA merge takes beside its method's parameters: the merged adapter's rank (default:
+    the adapters' largest r), FW's space and proxy batches (``proxy_examples`` per task; default all)."""
+
+    rank: int | None = Field(None, gt=0)
+    space: Literal["product", "factors"] = "product"
+    proxy_examples: int | None = Field(None, gt=0)
+    proxy_batch_size: int = Field(8, gt=0)
+
+
+def adapter_methods() -> list[str]:
+    """The methods that merge LoRA adapters here: every per-tensor method, from_lora and frank_wolfe."""
+    return sorted([*engine_methods(), "from_lora", "frank_wolfe"])
+
+
+def parameter_schemas(method: str) -> tuple[type[BaseModel], ...]:
+    """The schemas ``merge_adapters`` checks ``method``'s parameters with: ``AdapterOptions``, then the
+    method's own (a per-tensor method's method-level ``Params``: LoRA merges take no per-model parameters)."""
+    own = {"frank_wolfe": FrankWolfeParams, "from_lora": FromLoraParams}.get(method) or METHODS[method].Params
+    return AdapterOptions, own
+
 
 def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraAdapter], labels: Sequence[str],
                    base_folder: Path | None = None, proxy: Sequence[LocalTask] = (), seed: int = 0,
@@ -38,9 +63,9 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
     """(factors by base parameter name, rank, lora_alpha, log) of ``method`` with ``params`` on ``adapters``.
     ``frank_wolfe`` also needs the base model folder (loaded in ``dtype``) and the proxy tasks."""
     params = dict(params)
-    rank = int(params.pop("rank", None) or default_rank(adapters))
-    space = params.pop("space", "product")
-    per_task, batch_size = params.pop("proxy_examples", None), int(params.pop("proxy_batch_size", 8))
+    options = AdapterOptions(**{k: params.pop(k) for k in list(params) if k in AdapterOptions.model_fields})
+    rank, space = options.rank or default_rank(adapters), options.space
+    per_task, batch_size = options.proxy_examples, options.proxy_batch_size
     log: dict[str, Any] = {"rank": rank}
     if method == "frank_wolfe":
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,7 +81,7 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
         model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
         objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
                                       batch_size=batch_size, per_task=per_task)
-        result = frank_wolfe_merge(objective, base, candidates, FrankWolfeParams(**params, seed=seed),
+        result = frank_wolfe_merge(objective, base, candidates, FrankWolfeParams(**{"seed": seed, **params}),
                                    progress=progress)
         factors, errors = to_factors(result.theta, space, rank)
         if space == "factors":

@@ -18,12 +18,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from merging.benchmark.task_list import read_mapping
+from merging.config import describe_errors
 from merging.errors import MergeError
 from merging.pypi import cache_dir
 
+from .data import entries
 from .finetune import FullTraining, LoraTraining
 from .lm_eval_tasks import LocalTask
 
@@ -43,11 +45,12 @@ class GenerativePool(BaseModel):
     path: Path | None = None  # where it was read from (set by load_pool)
 
     def training_config(self) -> LoraTraining | FullTraining:
+        """The pool's ``training`` (with any ``--set``) checked against its kind's schema."""
         schema = LoraTraining if self.kind == "lora" else FullTraining
         try:
             return schema(**self.training)
         except ValidationError as err:
-            raise MergeError(f"{self.path}: training: {err}") from None
+            raise MergeError(f"{self.path}: training (or --set): {describe_errors(err, 'key')}") from None
 
     def folder(self, task: str, seed: int) -> Path:
         """Where the checkpoint trained on ``task`` with ``seed`` lives (trained pools)."""
@@ -68,13 +71,19 @@ class GenerativePool(BaseModel):
 
 
 def load_pool(path: str | Path) -> GenerativePool:
+    """Read and check a pool YAML: a mapping of the keys above, tasks of the suite (configs/generative/tasks.yaml),
+    trained (tasks) or given (checkpoints) checkpoints."""
     path = Path(path)
     if not path.is_file():
         raise MergeError(f"generative pool '{path}' does not exist; e.g. {CONFIGS / 'smollm2_16_lora.yaml'}")
     try:
-        pool = GenerativePool(**(yaml.safe_load(path.read_text()) or {}), path=path)
-    except (ValidationError, TypeError) as err:
-        raise MergeError(f"{path}: {err}") from None
+        pool = GenerativePool.model_validate({**read_mapping(path, "generative pool"), "path": path})
+    except ValidationError as err:
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    suite = entries()
+    unknown = [task for task in pool.tasks if task not in suite]
+    if unknown:
+        raise MergeError(f"{path}: unknown task(s) {unknown}; the suite's tasks: {', '.join(suite)}")
     if not pool.tasks and not pool.checkpoints:
         raise MergeError(f"{path}: give 'tasks' (trained checkpoints) or 'checkpoints' (given ones)")
     if pool.proxy and not pool.checkpoints:

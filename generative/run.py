@@ -26,7 +26,8 @@ import torch
 
 from merging import distributed
 from merging.atomic import atomic_write_text
-from merging.benchmark.experiment import method_config
+from merging.benchmark.experiment import check_method_config, method_config
+from merging.benchmark.request import engine_methods, engine_schemas
 from merging.checkpoint import resolve_model_ref
 from merging.config import validate_config
 from merging.errors import MergeError
@@ -39,7 +40,7 @@ from merging.run import run_merge, run_stamp
 from . import data
 from .evaluate import evaluate
 from .lm_eval_tasks import write_tasks
-from .merge import merge_adapters, write_outputs
+from .merge import adapter_methods, merge_adapters, parameter_schemas, write_outputs
 from .pool import GenerativePool, official_proxy
 
 DOMAIN = "generative"  # configs/generative/methods/<method>.yaml
@@ -124,11 +125,28 @@ def normalized(scores: dict[str, float], reference: dict[str, float]) -> float:
     return normalized_score(scores, reference, list(scores))
 
 
+def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) -> None:
+    """Refuse, before any checkpoint is read, downloaded or scored: a method that cannot merge the pool's kind
+    of checkpoints (the known ones are listed), a parameter (--set, method YAML, each grid point) that the
+    method's schema rejects, a missing proxy file, and a grid left open on a pool without tasks to choose on."""
+    lora = pool.kind == "lora"
+    known = adapter_methods() if lora else engine_methods()
+    if method not in known:
+        if method in adapter_methods():
+            raise MergeError(f"method '{method}' merges LoRA pools (kind: lora) only; methods for full "
+                             f"fine-tunes: {', '.join(known)}")
+        raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
+    check_method_config(DOMAIN, method, overrides, parameter_schemas(method) if lora else engine_schemas(method),
+                        per_tensor=not lora)
+    if pool.proxy and not Path(pool.proxy).is_file():
+        raise MergeError(f"pool '{pool.name}' ({pool.path}): proxy file '{pool.proxy}' does not exist")
+    _, grid, _ = method_config(DOMAIN, method, overrides)
+    if not pool.tasks and any(len(values) > 1 for values in grid.values()):
+        raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --set")
+
+
 def _merge_full(pool: GenerativePool, method: str, point: dict[str, Any], folders: dict[str, Path], out: Path,
                 seed: int) -> None:
-    if method == "frank_wolfe":
-        raise MergeError("frank_wolfe on full fine-tunes is not wired into the generative runner; it merges LoRA "
-                         "pools (kind: lora)")
     cfg = validate_config({"method": method, "base": str(resolve_model_ref(pool.base)),
                            "models": [{"model": str(f)} for f in folders.values()], "parameters": point,
                            "seed": seed})
@@ -142,6 +160,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     ``merged_dir`` (LoRA pools: adapter/ and model/) and scored on test; returns the row. A pool without
     tasks (given checkpoints, e.g. the paper's) takes one point (fix the grid with overrides), is written and
     not scored; returns the output folder."""
+    check_merge(pool, method, overrides)
     started = time.perf_counter()
     params, grid, _ = method_config(DOMAIN, method, overrides)
     points = [{**params, **dict(zip(grid, values))} for values in itertools.product(*grid.values())]
@@ -159,9 +178,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
         def merge(point: dict[str, Any]) -> tuple[Any, ...]:
             return merge_adapters(method, point, adapters, list(folders), base_folder, proxy, seed, progress,
                                   pool.dtype)
-    if not pool.tasks:
-        if len(points) != 1:
-            raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --set")
+    if not pool.tasks:  # one point (check_merge)
         if pool.kind == "lora":
             factors, rank, alpha, log = merge(points[0])
             if not distributed.is_main():  # under accelerate launch, process 0 writes

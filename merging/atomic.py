@@ -18,15 +18,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import MergeError
+from .errors import MergeError, os_error
 
-
-
-def os_error(err: OSError, path: str | os.PathLike | None = None) -> MergeError:
-    """``err`` as one line: the path it concerns and the reason (``No space left on device``, …)."""
-    where = err.filename if err.filename is not None else path
-    reason = err.strerror or str(err)
-    return MergeError(f"{where}: {reason}" if where is not None else reason)
 
 
 def interrupt_on_sigterm() -> None:

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from .atomic import interrupt_on_sigterm, os_error
+from .atomic import interrupt_on_sigterm
 from .config import load_config, validate_config
-from .errors import MergeError
+from .errors import MergeError, report
 
 
 def positive_int(text: str) -> int:
@@ -55,14 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = validate_config({**cfg.model_dump(), "device": args.device}, "--device")
         info = run_merge(cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
                          progress=not args.quiet, workers=args.workers, source_yaml=args.config)
-    except MergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {os_error(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
-        return 130
+    except (MergeError, OSError, KeyboardInterrupt) as err:
+        message, status = report(err)
+        print(message, file=sys.stderr)
+        return status
     print(json.dumps(info))
     return 0

@@ -119,7 +119,7 @@ def test_an_unknown_method_is_named_with_the_known_ones(text_pool, capsys):
     ("frank_wolfe", ["--oracle", "exact"], ["oracle", "'exact'", "cosine"]),
     ("greedy_soup", ["--lambda", "0.5"], ["greedy_soup", "lambda"]),    # takes no parameters
     ("finetuned", ["--density", "0.2"], ["finetuned", "density"]),      # neither does a reference
-    ("ties", ["--merge-biases", "maybe"], ["merge_biases", "'maybe'"]),
+    ("ties", ["--merge-biases", "maybe"], ["--merge-biases", "'maybe'", "true or false"]),
 ])
 def test_each_override_is_checked_against_the_methods_parameters(text_pool, capsys, method, overrides, named):
     error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", method, *overrides])
@@ -197,10 +197,46 @@ def test_a_bad_pool_yaml_is_a_clean_error_naming_the_file(tmp_path, capsys, suit
     assert "bad_pool.yaml" in error and named in error
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "--method", "ties", "--density", "0.2", "--scaling", "0.7", "--pool-seeds", "1"],
+    ["run", "--method", "frank_wolfe", "--iterations", "3", "--oracle", "linear", "--merge-biases", "false"],
+    ["run", "--method", "finetuned"],
+    ["scale", "--claim", "relevance", "--method", "task_arithmetic", "--targets", "has_good", "--extra", "4"],
+    ["finetune", "--seeds", "3", "--tasks", "has_sport", "--workers", "2"]])
+def test_a_good_request_passes_the_checks_and_reaches_the_work(text_pool, argv):
+    with pytest.raises(AssertionError, match="expensive work"):
+        discriminative_main([*argv, "--pool", text_pool()])
+
+
+def test_every_shipped_method_config_passes_the_checks():
+    from discriminative.pool import TextPool
+    from generative.merge import adapter_methods
+    from generative.pool import GenerativePool
+    from generative.run import check_merge
+    from merging.benchmark.request import engine_methods
+    from vision.pool import VisionPool
+
+    fixed = {"slerp": {"t": 0.5}}  # the one method without a config: t has no default
+    for pool in (TextPool(name="t", base="b", tasks=["a"]), VisionPool(name="v", base="b", tasks=["a"])):
+        for method in [*experiment.REFERENCES, *engine_methods(), *experiment.DATA_DRIVEN]:
+            experiment.check_method(pool, method, fixed.get(method, {}))
+    for kind, methods in (("lora", adapter_methods()), ("full", engine_methods())):
+        for method in methods:
+            check_merge(GenerativePool(name="g", base="b", kind=kind, tasks=["qa"]), method, fixed.get(method, {}))
+
+
 # ------------------------------------------------------------------------------------------ python -m generative
 def test_generative_merge_names_an_unknown_method_not_a_missing_checkpoint(generative_pool, capsys):
     error = refusal(capsys, generative_cli.main, ["merge", "tie", "--pool", generative_pool()])
     assert "unknown method 'tie'" in error and "ties" in error and "no trained checkpoint" not in error
+
+
+def test_a_good_generative_request_passes_the_checks(generative_pool, capsys):
+    error = refusal(capsys, generative_cli.main, ["merge", "frank_wolfe", "--pool", generative_pool(), "--set",
+                                                  "space=product", "--set", "iterations=2"])
+    assert "no trained checkpoint" in error  # the first step of the merge itself: the request was good
+    with pytest.raises(AssertionError, match="expensive work"):
+        generative_cli.main(["finetune", "--pool", generative_pool(), "--set", "epochs=2", "--seeds", "0", "1"])
 
 
 @pytest.mark.parametrize("kind,method,settings,named", [

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from merging import distributed
 from merging.cli import positive_int
-from merging.errors import MergeError
+from merging.atomic import interrupt_on_sigterm
+from merging.errors import MergeError, report
 
 from .pool import PoolConfig
 from .request import check_local
@@ -93,6 +94,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     args, extra = parser.parse_known_args(argv)
     if args.command not in ("run", "scale") and extra:
         parser.error(f"unexpected arguments {extra}")
+    interrupt_on_sigterm()
     try:
         pool = load_pool(args.pool)
         overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}
@@ -132,8 +134,9 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
 
             folder = Path("outs") / f"{pool.name}_{args.claim}"
             print(plot(folder / "results.csv", folder / f"{args.claim}_{args.y}.png", args.y))
-    except MergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (MergeError, OSError, KeyboardInterrupt) as err:
+        message, status = report(err)
+        print(message, file=sys.stderr)
+        return status
     distributed.finish()  # under `accelerate launch`: every process leaves the group together
     return 0

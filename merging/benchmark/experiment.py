@@ -28,7 +28,7 @@ from .body import read_body
 from .data_driven import DATA_DRIVEN, PARAMS, Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .request import check_grid, engine_methods, engine_schemas
+from .request import check_parameters, engine_methods, engine_schemas
 from .store import base_folder, checkpoint_folder, finetune, pool_dir
 from .task_list import read_mapping
 
@@ -49,13 +49,18 @@ class MethodFile(BaseModel):
     exclude: list[str] | None = None
 
 
+def method_file(domain: str, method: str) -> Path:
+    """configs/<domain>/methods/<method>.yaml where a domain has its own, else configs/methods/<method>.yaml
+    (which may not exist: the method then has no fixed parameters and no grid)."""
+    path = CONFIGS / domain / "methods" / f"{method}.yaml"
+    return path if path.is_file() else CONFIGS / "methods" / f"{method}.yaml"
+
+
 @functools.cache
 def _method_yaml(domain: str, method: str) -> dict[str, Any]:
-    """The method's parameters and validation grid: configs/<domain>/methods/<method>.yaml where a domain
-    has its own, else the shared configs/methods/<method>.yaml; read once per process (every summary
+    """The method's parameters and validation grid (``method_file``); read once per process (every summary
     rebuild asks again)."""
-    path = CONFIGS / domain / "methods" / f"{method}.yaml"
-    path = path if path.is_file() else CONFIGS / "methods" / f"{method}.yaml"
+    path = method_file(domain, method)
     raw = read_mapping(path) if path.is_file() else {}
     try:
         MethodFile.model_validate(raw)
@@ -76,6 +81,21 @@ def method_config(domain: str, method: str, overrides: dict[str, Any]
     params = {**(raw.get("parameters") or {}), **overrides}
     grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
     return params, grid, exclude
+
+
+def check_method_config(domain: str, method: str, overrides: dict[str, Any], schemas: tuple[type[BaseModel], ...],
+                        per_tensor: bool = False) -> None:
+    """``request.check_parameters`` on every point of ``method_config``'s validation grid (the method YAML's
+    fixed parameters and the command line's, with one value of each grid key); an error names the method YAML
+    the values also come from."""
+    params, grid, _ = method_config(domain, method, overrides)
+    try:
+        for values in itertools.product(*grid.values()):
+            check_parameters(method, {**params, **dict(zip(grid, values))}, schemas, per_tensor)
+    except MergeError as err:
+        path = method_file(domain, method)
+        raise MergeError(f"{err} (parameters from {path}{' and the command line' if overrides else ''})"
+                         if path.is_file() else str(err)) from None
 
 
 def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> None:
@@ -99,10 +119,9 @@ def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> No
         raise MergeError(f"--statistics {statistics!r}: expected one of {', '.join(MODES)}")
     if not isinstance(overrides.get("merge_biases", True), bool):
         raise MergeError(f"--merge-biases {overrides['merge_biases']!r}: expected true or false")
-    params, grid, _ = method_config(pool.domain.name, method, overrides)
     data_driven = method in DATA_DRIVEN
-    check_grid(method, params, grid, [PARAMS[method]] if data_driven else engine_schemas(method),
-               per_tensor=not data_driven)
+    check_method_config(pool.domain.name, method, overrides,
+                        (PARAMS[method],) if data_driven else engine_schemas(method), per_tensor=not data_driven)
 
 
 def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],

@@ -4,7 +4,6 @@ method parameter or model folder is named at once rather than after an hour of w
 ``python -m generative`` (generative/__main__.py)."""
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,11 +65,3 @@ def check_parameters(method: str, point: dict[str, Any], schemas: Sequence[type[
             schema.model_validate(values)
         except ValidationError as err:
             raise MergeError(f"method '{method}': {describe_errors(err)}") from None
-
-
-def check_grid(method: str, params: dict[str, Any], grid: dict[str, list], schemas: Sequence[type[BaseModel]],
-               per_tensor: bool = False) -> None:
-    """``check_parameters`` on every point of a validation grid: the fixed ``params`` (method YAML and
-    command line) with one value of each ``grid`` key."""
-    for values in itertools.product(*grid.values()):
-        check_parameters(method, {**params, **dict(zip(grid, values))}, schemas, per_tensor)
