@@ -23,10 +23,10 @@ from pathlib import Path
 import yaml
 
 from merging import distributed
+from merging.atomic import interrupt_on_sigterm
 from merging.benchmark.request import check_local
 from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
-from merging.atomic import interrupt_on_sigterm
 from merging.errors import INTERRUPTED, MergeError, report
 from merging.parallel import parse_job
 

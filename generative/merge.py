@@ -22,17 +22,18 @@ import torch
 from pydantic import BaseModel, Field
 
 from merging.atomic import atomic_directory
+from merging.benchmark.request import engine_methods
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, write_lora_adapter
 from merging.lora_merge import Factors, merge_deltas, sources, to_factors
 from merging.methods.base import Params
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
 from merging.methods.from_lora import FromLoraParams, default_rank, merge_lora_adapters
-from merging.benchmark.request import engine_methods
 from merging.registry import METHODS, get_method
 
 from .lm_eval_tasks import LocalTask
 from .objective import CausalLMObjective
+
 
 class AdapterOptions(Params):
     """The options every LoRA merge takes beside its method's parameters: the merged adapter's rank (default:

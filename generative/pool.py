@@ -20,8 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from merging.benchmark.task_list import read_mapping
-from merging.config import describe_errors
+from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
 from merging.pypi import cache_dir
 

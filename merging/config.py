@@ -151,12 +151,19 @@ def read_yaml(path: Path, what: str = "config file") -> Any:
         raise MergeError(f"{path}: {err.strerror}") from None
 
 
+def read_mapping(path: Path, what: str = "file") -> dict[str, Any]:
+    """The mapping at the top of YAML file ``path``; a missing file (``what`` names it), non-UTF-8 bytes,
+    invalid YAML or another top level (a list, a scalar, nothing) is a MergeError that names the file."""
+    raw = read_yaml(Path(path), what)
+    if not isinstance(raw, dict):
+        raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path) -> MergeConfig:
     """Read a native or mergekit YAML file (mergekit's has ``merge_method``) into a MergeConfig."""
     path = Path(path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_mapping(path, "config file")
     if "merge_method" in raw:
         from .mergekit_yaml import from_mergekit
 

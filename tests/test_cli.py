@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from merging.cli import main
 

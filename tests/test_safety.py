@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
 
 from merging.atomic import atomic_write_text

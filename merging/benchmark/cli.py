@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from merging import distributed
-from merging.cli import positive_int
 from merging.atomic import interrupt_on_sigterm
+from merging.cli import positive_int
 from merging.errors import MergeError, report
 
 from .pool import PoolConfig

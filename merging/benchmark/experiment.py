@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merging.atomic import atomic_write_text
 from merging.batchnorm import MODES
-from merging.config import describe_errors, validate_config
+from merging.config import describe_errors, read_mapping, validate_config
 from merging.errors import MergeError
 from merging.metrics import normalized_score
 from merging.results import append_row, pivot_table, rebuild_markdown
@@ -30,7 +30,6 @@ from .evaluate import Evaluator
 from .pool import PoolConfig
 from .request import check_parameters, engine_methods, engine_schemas
 from .store import base_folder, checkpoint_folder, finetune, pool_dir
-from .task_list import read_mapping
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds

@@ -21,11 +21,10 @@ from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from merging.config import describe_errors
+from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
 
 from .domain import Domain
-from .task_list import read_mapping
 
 
 class FinetuneConfig(BaseModel):

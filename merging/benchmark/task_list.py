@@ -1,24 +1,13 @@
-"""The benchmark's YAML files (pools, method configs, task lists) read with one clean error for an unreadable
-file, non-UTF-8 bytes, invalid YAML or a top level that is not a mapping (``read_mapping``); and a domain's
-task list (``configs/<domain>/tasks.yaml``): a mapping with a ``tasks`` list of entries, each a mapping with a
-unique ``name``; the domain checks the rest of each entry."""
+"""A domain's task list YAML (``configs/<domain>/tasks.yaml``): a mapping with a ``tasks`` list of entries,
+each a mapping with a unique ``name``; the domain checks the rest of each entry."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from merging.config import read_yaml
+from merging.config import read_mapping
 from merging.errors import MergeError
-
-
-def read_mapping(path: Path, what: str = "file") -> dict[str, Any]:
-    """The mapping at the top of YAML file ``path``; a missing file (``what`` names it), non-UTF-8 bytes,
-    invalid YAML or another top level (a list, a scalar, nothing) is a MergeError that names the file."""
-    raw = read_yaml(Path(path), what)
-    if not isinstance(raw, dict):
-        raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return raw
 
 
 def task_entries(path: Path, required: set[str], allowed: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
