@@ -81,8 +81,7 @@ def check_target(target: str | os.PathLike, overwrite: bool = False) -> Path:
         if not ancestor.is_dir():
             raise MergeError(f"output '{target}': '{ancestor}' is not a folder (Not a directory)")
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            reason = errno.EROFS if _read_only(ancestor) else errno.EACCES
-            raise MergeError(f"{ancestor}: {os.strerror(reason)} (cannot create output '{target}')")
+            _probe(ancestor, target)
         name_max = os.pathconf(ancestor, "PC_NAME_MAX")
         overhead = len(_temp_name(target, "x" * 8)) - len(target.name)  # the temporary sibling's extra characters
         for part in target.relative_to(ancestor).parts:
@@ -95,8 +94,15 @@ def check_target(target: str | os.PathLike, overwrite: bool = False) -> Path:
     return target
 
 
-def _read_only(folder: Path) -> bool:
-    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a folder in ``folder``: the OS then says why it cannot be written (read-only file
+    system, permission, immutable folder) as a MergeError naming it."""
+    probe = folder / _temp_name(target, "probe")
+    try:
+        probe.mkdir()
+    except OSError as err:
+        raise MergeError(f"{folder}: {err.strerror} (cannot create output '{target}')") from None
+    probe.rmdir()
 
 
 def _temp_name(target: Path, tag: str) -> str:

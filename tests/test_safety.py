@@ -308,6 +308,18 @@ def test_read_only_file_system(bert_pool, tmp_path, capsys):
         assert_one_line_error(bert_pool, tmp_path, capsys, disk / "out", disk, "Read-only file system")
 
 
+def test_immutable_parent_folder(bert_pool, tmp_path, capsys):
+    parent = tmp_path / "frozen"
+    parent.mkdir()
+    if subprocess.run(["chattr", "+i", str(parent)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        assert_one_line_error(bert_pool, tmp_path, capsys, parent / "out", parent, "Operation not permitted")
+    finally:
+        subprocess.run(["chattr", "-i", str(parent)], check=True)
+    assert list(parent.iterdir()) == []
+
+
 def test_results_files_get_ordinary_permissions_and_a_full_disk_leaves_no_temporary_file(tmp_path):
     atomic_write_text(tmp_path / "results.csv", "a,b\n1,2\n")
     umask = os.umask(0)
