@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 import torch
@@ -192,6 +193,37 @@ def validate_config(raw: dict[str, Any], source: str | Path = "<config>") -> Mer
         return MergeConfig.model_validate(raw)
     except ValidationError as err:
         raise MergeError(f"{source}: {'; '.join(_problem(e) for e in err.errors())}") from None
+
+
+def _leaves(value: Any) -> list[Any]:
+    """Every value a per-tensor parameter takes: itself, each point of a gradient, each filter rule's value."""
+    if isinstance(value, list) and value:
+        return [leaf for item in value for leaf in _leaves(item.get("value") if isinstance(item, dict) else item)]
+    return [value]
+
+
+def check_parameters(method: str, point: dict[str, Any], schemas: Sequence[type[BaseModel]],
+                     per_tensor: bool = False) -> None:
+    """Check the parameters ``point`` of ``method`` against its pydantic ``schemas``: a key belongs to the
+    first schema that has it (by alias, e.g. ``lambda``); an unknown key, a wrong type or a value out of range
+    is a MergeError naming the key, the value and what was expected. ``per_tensor``: the values may be
+    gradients or filter rules (merge-engine methods), and every value they hold is checked."""
+    keys = [{field.alias or name for name, field in schema.model_fields.items()} for schema in schemas]
+    known = sorted(set().union(*keys))
+    unknown = sorted(set(point) - set(known))
+    if unknown:
+        raise MergeError(f"method '{method}' has no parameter(s) {unknown}; "
+                         + (f"its parameters: {known}" if known else "it takes no parameters"))
+    leaves = {k: _leaves(v) if per_tensor else [v] for k, v in point.items()}
+    taken: set[str] = set()
+    for schema, names in zip(schemas, keys):
+        mine = {k: values for k, values in leaves.items() if k in names and k not in taken}
+        taken |= names
+        for index in range(max(map(len, mine.values()), default=1)):  # each value of each key at least once
+            try:
+                schema.model_validate({k: values[min(index, len(values) - 1)] for k, values in mine.items()})
+            except ValidationError as err:
+                raise MergeError(f"method '{method}': {describe_errors(err)}") from None
 
 
 def layer_position(name: str, num_layers: int) -> float:

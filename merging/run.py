@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from .atomic import atomic_directory, check_target
 from .checkpoint import Checkpoint, open_checkpoint, same_architecture
-from .config import DTYPES, MergeConfig, describe_errors, count_layers, layer_position, resolve_value
+from .config import (DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position,
+                     resolve_value)
 from .engine import Engine, Sources, TensorPlan
 from .errors import MergeError
 from .methods.base import Method
@@ -46,6 +47,17 @@ def git_sha() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def check_config_parameters(cfg: MergeConfig, method_cls: type[Method]) -> None:
+    """Before any checkpoint is opened (a hub model downloaded): every parameter key is one of the method's,
+    and every value it can take (each gradient point, each filter rule's value) passes the method's schema."""
+    check_parameters(cfg.method, cfg.parameters, (method_cls.Params, method_cls.ModelParams), per_tensor=True)
+    for entry in cfg.models:
+        try:
+            check_parameters(cfg.method, entry.parameters, (method_cls.ModelParams,), per_tensor=True)
+        except MergeError as err:
+            raise MergeError(f"model '{entry.model}': {err} (per-model parameters)") from None
 
 
 def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position: float) -> Method:
@@ -172,6 +184,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     out = check_target(out, overwrite)
     if isinstance(method, AdapterMethod):
         return run_adapter_merge(method, cfg, out, overwrite=overwrite, progress=progress)
+    check_config_parameters(cfg, method)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")

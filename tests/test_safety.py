@@ -331,6 +331,27 @@ def test_results_files_get_ordinary_permissions_and_a_full_disk_leaves_no_tempor
         assert list(disk.iterdir()) == []
 
 
+# --- 6. every check before any work ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parameters, needle", [
+    ({"density": "abc"}, "density"),
+    ({"density": [0.5, 7.0]}, "density"),  # the second point of a gradient is out of range
+    ({"density": [{"filter": "attention", "value": -1}, {"value": 0.5}]}, "density"),
+    ({"densty": 0.5}, "densty"),
+])
+def test_a_bad_parameter_is_refused_before_any_model_is_fetched(bert_pool, tmp_path, capsys, monkeypatch,
+                                                                parameters, needle):
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a model was fetched before the config was checked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    config = native(bert_pool, models=("ft1",), parameters=parameters)
+    config["models"].append({"model": "some-org/some-model"})
+    assert_refused(tmp_path, capsys, config, "method 'ties'", needle)
+
+
 # --- 7. other tracebacks --------------------------------------------------------------------------------------
 
 def test_a_config_that_is_not_utf8(bert_pool, tmp_path, capsys):

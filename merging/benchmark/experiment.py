@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merging.atomic import atomic_write_text
 from merging.batchnorm import MODES
-from merging.config import describe_errors, read_mapping, validate_config
+from merging.config import check_parameters, describe_errors, read_mapping, validate_config
 from merging.errors import MergeError
 from merging.metrics import normalized_score
 from merging.results import append_row, pivot_table, rebuild_markdown
@@ -28,7 +28,7 @@ from .body import read_body
 from .data_driven import DATA_DRIVEN, PARAMS, Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .request import check_parameters, engine_methods, engine_schemas
+from .request import engine_methods, engine_schemas
 from .store import base_folder, checkpoint_folder, finetune, pool_dir
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
@@ -84,7 +84,7 @@ def method_config(domain: str, method: str, overrides: dict[str, Any]
 
 def check_method_config(domain: str, method: str, overrides: dict[str, Any], schemas: tuple[type[BaseModel], ...],
                         per_tensor: bool = False) -> None:
-    """``request.check_parameters`` on every point of ``method_config``'s validation grid (the method YAML's
+    """``merging.config.check_parameters`` on every point of ``method_config``'s validation grid (the method YAML's
     fixed parameters and the command line's, with one value of each grid key); an error names the method YAML
     the values also come from."""
     params, grid, _ = method_config(domain, method, overrides)
