@@ -14,12 +14,12 @@ import os
 import re
 import shutil
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import MergeError, os_error
-
 
 
 def interrupt_on_sigterm() -> None:
@@ -29,10 +29,12 @@ def interrupt_on_sigterm() -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"terminated by signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a temporary folder of a live process is never removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,6 +56,7 @@ def remove_stale(target: Path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder tree, ignoring errors."""
     if path.is_symlink() or not path.is_dir():
         with contextlib.suppress(OSError):
             path.unlink()
