@@ -155,9 +155,13 @@ def check_output_apart(out: Path, inputs: dict[str, Path]) -> None:
 
 
 def input_paths(refs: list[str], checkpoints: list[Checkpoint]) -> dict[str, Path]:
-    """Each input's local path as given (when it exists) and as opened (a hub id's cache folder, …)."""
+    """Each input's local path as given (when it exists) and as opened (a hub id's cache folder, …), and the
+    real place of every file in those folders (a Hugging Face cache snapshot links its files into blobs/)."""
     paths = {ref: Path(ref).expanduser() for ref in refs if Path(ref).expanduser().exists()}
-    return {**paths, **{str(c.path): c.path for c in checkpoints}}
+    paths.update({str(c.path): c.path for c in checkpoints})
+    files = {f"{ref} ({file.name})": file.resolve() for ref, path in paths.items() if path.is_dir()
+             for file in path.iterdir() if file.is_symlink()}
+    return {**paths, **files}
 
 
 def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust_remote_code: bool) -> None:

@@ -198,6 +198,20 @@ def test_the_output_may_not_be_an_input_nor_inside_or_around_one(bert_pool, copy
     assert {name: fingerprint(folder) for name, folder in inputs.items()} == before
 
 
+def test_the_output_may_not_be_where_an_inputs_linked_files_live(bert_pool, copy_model, tmp_path, capsys):
+    """The Hugging Face cache layout: a snapshot folder whose files are links into blobs/."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    for file in bert_pool["ft1"].iterdir():
+        (blobs / file.name).write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(blobs / file.name)
+    before = fingerprint(blobs)
+    config = write_yaml(tmp_path / "merge.yaml", native(bert_pool, models=(snapshot, "ft2")))
+    assert cli_merge(config, blobs, "--overwrite") == 2
+    assert "error: output" in capsys.readouterr().err and fingerprint(blobs) == before
+
+
 def cli_merge(config: Path, out: Path, *flags: str) -> int:
     from merging.cli import main
 
