@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .errors import MergeError, os_error
 
+INCOMPLETE = ".merging-incomplete"  # marks a temporary folder (removed just before it is renamed onto its target)
+
 
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM behave as Ctrl-C (KeyboardInterrupt in the main thread), so that temporary outputs are
@@ -46,29 +48,28 @@ def _alive(pid: int) -> bool:
 
 def remove_stale(target: Path) -> None:
     """Remove the temporary siblings of ``target`` (``.<name>.tmp-<pid>-<hex>``, ``.<name>.old-<pid>``) left
-    by processes that no longer run."""
+    by processes that no longer run: only folders that hold this module's ``INCOMPLETE`` marker, so that a
+    folder which merely looks like one (a model someone named so) is never touched."""
     ours = re.compile(re.escape(f".{target.name}.") + r"(?:tmp-(?P<tmp>\d+)-[0-9a-f]+|old-(?P<old>\d+))")
     with contextlib.suppress(OSError):
         for sibling in target.parent.iterdir():
             match = ours.fullmatch(sibling.name)
-            if match and not _alive(int(match["tmp"] or match["old"])):
-                _remove(sibling)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, a link (not what it points to) or a folder tree, ignoring errors."""
-    if path.is_symlink() or not path.is_dir():
-        with contextlib.suppress(OSError):
-            path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+            if (match and not sibling.is_symlink() and (sibling / INCOMPLETE).is_file()
+                    and not _alive(int(match["tmp"] or match["old"]))):
+                shutil.rmtree(sibling, ignore_errors=True)
 
 
 def check_target(target: str | os.PathLike, overwrite: bool = False) -> Path:
     """The absolute output folder ``target`` after checking, before any work, that it can be written: it is
-    not a symbolic link, exists only with ``overwrite`` (and then is a folder), and its closest existing
-    ancestor is a writable folder on which a temporary sibling name is not too long."""
-    target = Path(target).absolute()
+    not empty, the current folder or above it, nor a symbolic link; it exists only with ``overwrite`` (and
+    then is a folder); its closest existing ancestor is a writable folder where a temporary sibling's name is
+    not too long."""
+    if not str(target).strip():
+        raise MergeError("output path is empty; expected a folder path (an unset shell variable?)")
+    target = Path(os.path.abspath(target))  # '..' resolved lexically, as the shell shows it
+    here = Path.cwd()
+    if target == here or target in here.parents:
+        raise MergeError(f"output '{target}' is the current folder or contains it; choose a folder apart from it")
     if target.is_symlink():
         state = "points to a folder" if target.is_dir() else "is dangling or a loop"
         raise MergeError(f"output '{target}' is a symbolic link ({state}); give the real folder path")
@@ -130,6 +131,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
                 made.append(folder)
         remove_stale(target)
         tmp.mkdir()
+        (tmp / INCOMPLETE).write_text(f"{os.getpid()}\n")
     except OSError as err:
         _undo(None, made)
         raise os_error(err, tmp) from None
@@ -145,16 +147,20 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
 
 
 def _publish(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target``; an existing ``target`` is set aside first and restored if that fails."""
+    """Rename ``tmp`` onto ``target``; an existing ``target`` is set aside first (marked, so that a crash
+    before its removal leaves a sibling the next run removes) and restored if the rename fails."""
+    (tmp / INCOMPLETE).unlink()
     if not target.exists():
         os.replace(tmp, target)
         return
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     os.replace(target, old)
+    (old / INCOMPLETE).write_text(f"{os.getpid()}\n")
     try:
         os.replace(tmp, target)
     except OSError:
         os.replace(old, target)
+        (target / INCOMPLETE).unlink()
         raise
     shutil.rmtree(old, ignore_errors=True)
 

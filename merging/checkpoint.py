@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import MergeError
-from .safetensors_io import SafetensorsFile, TensorInfo
+from .safetensors_io import CODE_OF_DTYPE, SafetensorsFile, TensorInfo
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<sub>[\w./-]+))?$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
@@ -122,9 +122,15 @@ class TorchBinCheckpoint(Checkpoint):
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as err:
                 raise MergeError(f"{file}: cannot be loaded with weights_only=True ({err})") from None
+            if not isinstance(state, dict):
+                raise MergeError(f"{file}: holds a {type(state).__name__}; expected a state dict {{name: tensor}}")
             for name, tensor in state.items():
-                if not isinstance(tensor, torch.Tensor):
-                    raise MergeError(f"{file}: entry '{name}' is a {type(tensor).__name__}, not a tensor")
+                if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+                    raise MergeError(f"{file}: entry {name!r} is a {type(tensor).__name__}; expected a tensor "
+                                     "under a parameter name")
+                if tensor.layout != torch.strided or tensor.device.type != "cpu" or tensor.dtype not in CODE_OF_DTYPE:
+                    raise MergeError(f"{file}: tensor '{name}' is {tensor.layout} {tensor.dtype} on {tensor.device}; "
+                                     f"expected a dense CPU tensor of one of {sorted(map(str, CODE_OF_DTYPE))}")
                 self._tensors[name] = tensor
                 self.infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
 
@@ -192,26 +198,37 @@ class LoraCheckpoint(Checkpoint):
         return weights.float() + delta[start - offset:stop - offset]
 
 
+def _read_json(file: Path, what: str) -> dict:
+    """The JSON object in ``file``; non-UTF-8 bytes, invalid JSON or another top level is a MergeError."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise MergeError(f"{file}: invalid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise MergeError(f"{file}: holds a JSON {type(value).__name__}; expected an object ({what})")
+    return value
+
+
 def _read_config(folder: Path) -> dict | None:
     file = folder / "config.json"
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise MergeError(f"{file}: invalid JSON ({err})") from None
+    return _read_json(file, "a model config") if file.is_file() else None
 
 
 def _files_from_index(folder: Path, index_name: str) -> list[Path]:
+    """The shards an index lists: plain file names inside ``folder`` (no '/', '..' or absolute path)."""
     index_file = folder / index_name
-    try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise MergeError(f"{index_file}: not a valid index (expected a 'weight_map'): {err}") from None
-    files = [folder / name for name in dict.fromkeys(weight_map.values())]
-    for file in files:
-        if not file.is_file():
-            raise MergeError(f"{index_file}: lists shard '{file.name}', which is missing")
+    weight_map = _read_json(index_file, "an index with a 'weight_map'").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise MergeError(f"{index_file}: 'weight_map' is {type(weight_map).__name__}; expected an object "
+                         "{tensor name: shard file name}")
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise MergeError(f"{index_file}: shard '{name}' is not a file name inside {folder}; expected a plain "
+                             "name such as model-00001-of-00002.safetensors")
+        if not (folder / name).is_file():
+            raise MergeError(f"{index_file}: lists shard '{name}', which is missing")
+        files.append(folder / name)
     return files
 
 

@@ -148,6 +148,8 @@ def read_yaml(path: Path, what: str = "config file") -> Any:
         raise MergeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except yaml.YAMLError as err:
         raise MergeError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    except RecursionError:
+        raise MergeError(f"{path}: nested too deeply to be a config") from None
     except OSError as err:
         raise MergeError(f"{path}: {err.strerror}") from None
 
@@ -191,6 +193,8 @@ def describe_errors(err: ValidationError, noun: str = "parameter") -> str:
 def validate_config(raw: dict[str, Any], source: str | Path = "<config>") -> MergeConfig:
     try:
         return MergeConfig.model_validate(raw)
+    except RecursionError:
+        raise MergeError(f"{source}: nested too deeply to be a config") from None
     except ValidationError as err:
         raise MergeError(f"{source}: {'; '.join(_problem(e) for e in err.errors())}") from None
 

@@ -65,8 +65,10 @@ class Sources:
 def check_finite(values: torch.Tensor, problem: Callable[[], str]) -> None:
     """Raise MergeError(problem()) if floating ``values`` hold NaN or ±Inf (one sum first; the element-wise
     test runs only when the sum is not finite, which a large but finite half-precision chunk can also give)."""
-    if values.is_floating_point() and not bool(torch.isfinite(values.sum())) and not bool(
-            torch.isfinite(values).all()):
+    if not values.is_floating_point():
+        return
+    values = values.float() if values.dtype.itemsize == 1 else values  # float8 has no sum
+    if not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all()):
         raise MergeError(problem())
 
 
@@ -105,6 +107,8 @@ class Engine:
 
     def merge_tensor(self, plan: TensorPlan, shared_stats: dict[str, Any] | None) -> None:
         name, method = plan.info.name, plan.method
+        if plan.info.numel == 0:  # nothing to read, merge or write
+            return
         chunks = chunks_of(plan, self.chunk_size, self.seed)
         if method is None:
             for chunk in chunks:
@@ -126,7 +130,7 @@ class Engine:
 
     def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:
         """Statistics pooled over every merged tensor (e.g. TIES trimming over the whole task vector)."""
-        merged = [p for p in plans if p.method is not None]
+        merged = [p for p in plans if p.method is not None and p.info.numel]
         lead = merged[0].method
         stats: dict[str, Any] = {}
         numel = sum(p.info.numel for p in merged)

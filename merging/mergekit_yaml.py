@@ -110,7 +110,7 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     """Translate a mergekit config mapping into a native one (see the module table)."""
     _check_keys(raw, TOP_KEYS, str(path))
     method = raw["merge_method"]
-    if method not in METHOD:
+    if not isinstance(method, str) or method not in METHOD:
         raise MergeError(f"{path}: mergekit merge_method '{method}' is not supported here; "
                          f"supported: {sorted(METHOD)}")
     tokenizer = raw.get("tokenizer")

@@ -55,6 +55,14 @@ class TensorInfo:
         return self.numel * self.dtype.itemsize
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"key(s) {repeated} appear more than once")
+    return dict(pairs)
+
+
 class SafetensorsFile:
     """Random access to the tensors of one ``.safetensors`` file, element range by element range."""
 
@@ -81,39 +89,52 @@ class SafetensorsFile:
             raise MergeError(f"{self.path}: header length {header_len} exceeds the file size {size} "
                              "(truncated or not a safetensors file)")
         try:
-            header = json.loads(os.pread(self._fd, header_len, 8))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            header = json.loads(os.pread(self._fd, header_len, 8), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
             raise MergeError(f"{self.path}: unreadable safetensors header ({err})") from None
         if not isinstance(header, dict):
             raise MergeError(f"{self.path}: unreadable safetensors header (a JSON {type(header).__name__}, "
                              "expected an object)")
         data_start = 8 + header_len
-        infos, offsets = {}, {}
+        infos, offsets, spans = {}, {}, []
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            code = entry.get("dtype") if isinstance(entry, dict) else None
-            if code not in DTYPE_CODES:
-                raise MergeError(f"{self.path}: tensor '{name}' has unsupported dtype {code!r}; "
-                                 f"expected one of {sorted(DTYPE_CODES)}")
-            try:
-                info = TensorInfo(name, tuple(int(d) for d in entry["shape"]), DTYPE_CODES[code])
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise MergeError(f"{self.path}: tensor '{name}' has a malformed header entry {entry} ({err}); "
-                                 "expected 'shape' and two 'data_offsets'") from None
-            if any(d < 0 for d in info.shape):
-                raise MergeError(f"{self.path}: tensor '{name}' has shape {list(info.shape)}; dimensions must "
-                                 "be >= 0")
-            if begin < 0 or end - begin != info.nbytes:
-                raise MergeError(f"{self.path}: tensor '{name}' spans {end - begin} bytes but shape "
-                                 f"{list(info.shape)} of {code} needs {info.nbytes}")
-            if data_start + end > size:
-                raise MergeError(f"{self.path}: truncated: tensor '{name}' needs bytes up to "
-                                 f"{data_start + end} but the file has {size}")
-            infos[name] = info
-            offsets[name] = data_start + begin
+            info, begin, end = self._entry(name, entry)
+            infos[name], offsets[name] = info, data_start + begin
+            spans.append((begin, end, name))
+        covered, last = 0, ""  # the reference rule: the tensors tile the data block exactly, in offset order
+        for begin, end, name in sorted(spans):
+            if begin != covered:
+                raise MergeError(f"{self.path}: tensor '{name}' starts at byte {begin} of the data block, "
+                                 f"expected {covered} ({'overlapping the tensor before it' if begin < covered else 'a gap before it'})")
+            covered, last = end, name
+        if data_start + covered > size:
+            raise MergeError(f"{self.path}: truncated: tensor '{last}' needs bytes up to {data_start + covered} "
+                             f"but the file has {size}")
+        if data_start + covered < size:
+            raise MergeError(f"{self.path}: {size - data_start - covered} bytes after the last tensor; expected "
+                             "the tensors to cover the data block exactly")
         return infos, offsets
+
+    def _entry(self, name: str, entry: object) -> tuple[TensorInfo, int, int]:
+        """(info, begin, end) of one header entry: a known dtype, whole non-negative dimensions and two whole
+        offsets spanning exactly the bytes the shape needs."""
+        code = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(code, str) or code not in DTYPE_CODES:
+            raise MergeError(f"{self.path}: tensor '{name}' has unsupported dtype {code!r}; "
+                             f"expected one of {sorted(DTYPE_CODES)}")
+        shape, span = entry.get("shape"), entry.get("data_offsets")
+        whole = lambda values: isinstance(values, list) and all(type(v) is int and v >= 0 for v in values)
+        if not whole(shape) or not whole(span) or len(span) != 2:
+            raise MergeError(f"{self.path}: tensor '{name}' has shape {shape!r} and data_offsets {span!r}; "
+                             "expected lists of whole numbers >= 0 (two offsets)")
+        info = TensorInfo(name, tuple(shape), DTYPE_CODES[code])
+        begin, end = span
+        if end - begin != info.nbytes:
+            raise MergeError(f"{self.path}: tensor '{name}' spans {end - begin} bytes but shape "
+                             f"{list(info.shape)} of {code} needs {info.nbytes}")
+        return info, begin, end
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Elements ``[start, stop)`` of tensor ``name`` in row-major order, as a new 1-D tensor."""

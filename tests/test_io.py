@@ -161,7 +161,18 @@ def header_file(path, header: bytes, data: bytes = b"") -> str:
 @pytest.mark.parametrize("header,message", [
     (b"[1, 2]", "unreadable safetensors header"),
     (b"{not json", "unreadable safetensors header"),
-    (b'{"w": {"dtype": "F32", "shape": [2]}}', "tensor 'w' has a malformed header entry"),
+    (b'{"w": {"dtype": "F32", "shape": [2]}}', "tensor 'w' has shape [2] and data_offsets None; expected"),
+    (b'{"w": {"dtype": "F32", "shape": [2.7], "data_offsets": [0, 8]}}', "tensor 'w' has shape [2.7]"),
+    (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": ["0", 8]}}', "tensor 'w' has shape [2] and data_offsets ['0', 8]; expected"),
+    (b'{"w": {"dtype": "F32", "shape": [-2, -1], "data_offsets": [0, 8]}}', "tensor 'w' has shape [-2, -1]"),
+    (b'{"w": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}', "tensor 'w' has unsupported dtype ['F32']"),
+    (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "v": {"dtype": "F32", "shape": [1], '
+     b'"data_offsets": [0, 4]}}', "tensor 'w' starts at byte 0 of the data block, expected 4 (overlapping"),
+    (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', "tensor 'w' starts at byte 4 of the "
+                                                                        "data block, expected 0 (a gap before it)"),
+    (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "4 bytes after the last tensor; expected"),
+    (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "w": {}}', "unreadable safetensors header (key(s) ['w'] appear more than once)"),
+    (b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "unreadable safetensors header"),
     (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}', "tensor 'w' spans 4 bytes"),
     (b'{"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}', "tensor 'w' has unsupported dtype 'Q4'"),
     (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', "truncated: tensor 'w' needs bytes"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
 
-from merging.atomic import atomic_write_text
+from merging.atomic import INCOMPLETE, atomic_write_text
 from merging.errors import MergeError
 from merging.pypi import MODEL_WHEELS
 
@@ -212,7 +212,7 @@ def test_the_output_may_not_be_where_an_inputs_linked_files_live(bert_pool, copy
     assert "error: output" in capsys.readouterr().err and fingerprint(blobs) == before
 
 
-def cli_merge(config: Path, out: Path, *flags: str) -> int:
+def cli_merge(config: Path, out: Path | str, *flags: str) -> int:
     from merging.cli import main
 
     return main(["merge", str(config), "--out", str(out), "--quiet", *flags])
@@ -228,9 +228,17 @@ def test_a_later_run_removes_the_temporary_folders_of_dead_processes_only(bert_p
     for folder in [*stale, live, unrelated]:
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x" * 1000)
+        (folder / INCOMPLETE).write_text("")  # what the toolkit puts in its temporary folders
     code, _, _, out = run_cli(tmp_path, capsys, native(bert_pool, models=("ft1", "ft2")))
-    assert code == 0 and out.is_dir()
+    assert code == 0 and out.is_dir() and not (out / INCOMPLETE).exists()
     assert not any(p.exists() for p in stale) and live.exists() and unrelated.exists()
+
+
+def test_an_input_named_like_a_stale_temporary_folder_is_never_removed(bert_pool, copy_model, tmp_path, capsys):
+    victim = copy_model(bert_pool["ft1"], f".out.tmp-{dead_pid()}-0123abcd")
+    before = fingerprint(victim)
+    code, _, _, out = run_cli(tmp_path, capsys, native(bert_pool, models=(victim, "ft2")))
+    assert code == 0 and out.is_dir() and fingerprint(victim) == before
 
 
 SLOW_MERGE = """
@@ -286,6 +294,17 @@ def assert_one_line_error(bert_pool, tmp_path, capsys, out: Path, *needles, flag
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     for needle in needles:
         assert str(needle) in captured.err, (needle, captured.err)
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_output_that_is_empty_or_the_current_folder_or_above_it(bert_pool, tmp_path, capsys, monkeypatch, out):
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    (work / "keep" / "file").write_text("precious")
+    monkeypatch.chdir(work)
+    config = write_yaml(tmp_path / "merge.yaml", native(bert_pool, models=("ft1", "ft2")))
+    assert cli_merge(config, out, "--overwrite") == 2
+    assert "error: output" in capsys.readouterr().err and (work / "keep" / "file").read_text() == "precious"
 
 
 def test_output_below_a_regular_file(bert_pool, tmp_path, capsys):
