@@ -20,15 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from merging import distributed
 from merging.atomic import interrupt_on_sigterm
 from merging.benchmark.request import check_local
 from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
+from merging.config import parse_value
 from merging.errors import INTERRUPTED, MergeError, report
-from merging.parallel import parse_job
+from merging.parallel import check_jobs, parse_job
 
 from . import data
 from .finetune import train_many
@@ -40,7 +39,17 @@ def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE")
-    return key, yaml.safe_load(value)
+    try:
+        return key, parse_value(value, f"--set {key}")
+    except MergeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def finetune_jobs(args: argparse.Namespace, pool: GenerativePool) -> list[tuple[str, int]]:
+    """(task, seed) pairs to train: a worker's --only share, else the (selected) tasks × --seeds."""
+    if args.only is not None:
+        return [parse_job(text) for text in args.only]
+    return [(task, seed) for task in args.tasks or pool.tasks for seed in args.seeds]
 
 
 def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
@@ -61,9 +70,7 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
         for label, ref in pool.checkpoints.items():
             check_local(ref, f"checkpoint '{label}'")
     if args.command == "finetune":
-        negative = [seed for seed in args.seeds if seed < 0]
-        if negative:
-            raise MergeError(f"--seeds {negative}: fine-tuning seeds are integers >= 0")
+        check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, "--only" if args.only is not None else "--tasks/--seeds")
         pool.model_copy(update={"training": {**pool.training, **dict(args.overrides)}}).training_config()
     elif args.command == "merge":
         check_merge(pool, args.method, dict(args.overrides))
@@ -115,8 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             data.prepare(pool.tasks)
         elif args.command == "finetune":
             pool.training.update(dict(args.overrides))
-            jobs = ([parse_job(text) for text in args.only] if args.only is not None  # a worker's share
-                    else [(task, seed) for task in pool.tasks for seed in args.seeds])
+            jobs = finetune_jobs(args, pool)
             command = ["-m", "generative", "finetune", "--pool", str(args.pool),
                        *(f"--set={k}={json.dumps(v)}" for k, v in args.overrides), "--only"]
             for folder in train_many(resolve_model_ref(pool.base),

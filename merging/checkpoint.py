@@ -138,15 +138,21 @@ class TorchBinCheckpoint(Checkpoint):
         return self._tensors[name].reshape(-1)[start:stop]
 
 
-def same_model_name(a: str, b: str) -> bool:
-    """Whether model references ``a`` and ``b`` name the same model: equal strings, the same local folder, or
-    the same last name component (``meta-llama/Llama-2-7b-hf`` and ``/models/llama-2-7b-hf``)."""
-    if a == b:
+def same_model_name(trained_on: str, base: str) -> bool:
+    """Whether an adapter's ``base_model_name_or_path`` names the model ``base`` (a reference or a local folder):
+    the same string; the same existing folder; or, for a hub id (``owner/name``), a local folder of that name
+    (``meta-llama/Llama-2-7b-hf`` and ``/models/llama-2-7b-hf``). A local path that no longer exists matches
+    only its own string."""
+    if trained_on == base:
         return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return pa.name.lower() == pb.name.lower() != ""
+    named, other = Path(trained_on).expanduser(), Path(base).expanduser()
+    if named.exists():
+        return other.exists() and named.resolve() == other.resolve()
+    is_hub_id = HUB_ID.match(trained_on) is not None and not trained_on.startswith((".", "/", "~"))
+    return is_hub_id and trained_on.count("/") == 1 and named.name.lower() == other.name.lower()
+
+
+CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}  # weights stored [in, out]
 
 
 class LoraCheckpoint(Checkpoint):
@@ -168,6 +174,11 @@ class LoraCheckpoint(Checkpoint):
             raise MergeError(f"{adapter_path / 'adapter_config.json'}: the adapter was trained on "
                              f"'{trained_on}' (base_model_name_or_path), but the base is '{names[0]}'; if that "
                              "is the same model under another name, set allow_adapter_base_mismatch: true")
+        model_type = (base.config or {}).get("model_type")
+        if self.adapter.fan_in_fan_out and model_type and model_type not in CONV1D_MODEL_TYPES:
+            raise MergeError(f"{adapter_path / 'adapter_config.json'}: fan_in_fan_out is true, but the base's "
+                             f"model_type '{model_type}' stores its weights [out, in] (nn.Linear; peft ignores the "
+                             f"flag there); set it to false, or use a base of {sorted(CONV1D_MODEL_TYPES)}")
         super().__init__(adapter_path, base.config)
         self.base = base
         self.infos = dict(base.infos)

@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import MergeError
 
@@ -80,10 +80,10 @@ class MergeConfig(BaseModel):
     exclude: list[str] = []
     dtype: DTypeName = "float32"
     out_dtype: DTypeName | None = None
-    seed: int = 0
+    seed: StrictInt = 0
     device: str = "cpu"
-    shard_size: int | str = "5GB"
-    chunk_size: int = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
+    shard_size: StrictInt | str = "5GB"
+    chunk_size: StrictInt = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
     allow_adapter_base_mismatch: bool = False
     layer_range: tuple[int, int] | None = None  # mergekit's single slice: it must cover every layer of the base
     origin: Literal["native", "mergekit"] = "native"
@@ -94,10 +94,11 @@ class MergeConfig(BaseModel):
     @classmethod
     def _device(cls, device: str) -> str:
         try:
-            torch.device(device)
+            kind = torch.device(device).type
         except (RuntimeError, ValueError):
-            raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or another torch device"
-                             ) from None
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device {device!r} is not supported; expected cpu, cuda or cuda:N")
         return device
 
     @field_validator("shard_size")
@@ -138,12 +139,34 @@ def shard_bytes(size: int | str) -> int:
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
+MAX_YAML_VALUES = 100_000  # far above any config; a few lines of nested YAML aliases expand to billions
+
+
+def _expanded_size(value: Any, budget: int) -> int:
+    """How many values ``value`` holds once YAML aliases are expanded, counting no further than ``budget``."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def read_yaml(path: Path, what: str = "config file") -> Any:
-    """The YAML document in ``path``; a missing file, non-UTF-8 bytes or a syntax error is a MergeError."""
+    """The YAML document in ``path``; a missing file, non-UTF-8 bytes, a syntax error or a document that
+    expands (through aliases) to more than ``MAX_YAML_VALUES`` values is a MergeError."""
     if not path.is_file():
         raise MergeError(f"{what} '{path}' does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if _expanded_size(raw, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise MergeError(f"{path}: expands to more than {MAX_YAML_VALUES} values (nested YAML aliases?); "
+                             "expected a config")
+        return raw
     except UnicodeDecodeError as err:
         raise MergeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except yaml.YAMLError as err:
@@ -163,6 +186,15 @@ def read_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     return raw
 
 
+def parse_value(text: str, where: str) -> Any:
+    """A command-line value read as YAML (``0.2``, ``true``, ``[1, 2]``, ``abc``); a syntax error or a tag
+    (``!!python/object``: safe_load never builds objects) is a MergeError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise MergeError(f"{where} {text!r}: not a YAML value ({' '.join(str(err).split())[:160]})") from None
+
+
 def load_config(path: str | Path) -> MergeConfig:
     """Read a native or mergekit YAML file (mergekit's has ``merge_method``) into a MergeConfig."""
     path = Path(path)
@@ -174,19 +206,25 @@ def load_config(path: str | Path) -> MergeConfig:
     return validate_config(raw, path)
 
 
+def shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about values of any size."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _problem(error: dict[str, Any]) -> str:
     loc = error["loc"]
     where = f"key '{'.'.join(str(p) for p in loc) or '(top)'}'"
     if error["type"] == "extra_forbidden":  # say which keys are allowed there
         schema = ModelEntry if len(loc) == 3 and loc[0] == "models" else MergeConfig
         allowed = sorted(set(schema.model_fields) - {"origin"})
-        return f"{where}: unknown key (got {error['input']!r}); expected one of {allowed}"
-    return f"{where}: {error['msg']}{' (got ' + repr(error['input']) + ')' if error['type'] != 'missing' else ''}"
+        return f"{where}: unknown key (got {shown(error['input'])}); expected one of {allowed}"
+    return f"{where}: {error['msg']}{' (got ' + shown(error['input']) + ')' if error['type'] != 'missing' else ''}"
 
 
 def describe_errors(err: ValidationError, noun: str = "parameter") -> str:
     """A pydantic validation error as one line: which {noun}, what is wrong, what was given."""
-    return "; ".join(f"{noun} '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {e.get('input')!r})"
+    return "; ".join(f"{noun} '{'.'.join(map(str, e['loc']))}': {e['msg']} (got {shown(e.get('input'))})"
                      for e in err.errors())
 
 

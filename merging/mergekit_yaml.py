@@ -55,7 +55,7 @@ def _map(value: Any, f: Callable[[float], float]) -> Any:
 
 
 def _drop_rate(density: float, where: str) -> float:
-    if not isinstance(density, (int, float)) or not 0 < density <= 1:
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
         raise MergeError(f"{where}: density {density!r} must be a number in (0, 1]")
     return 1.0 - density
 
@@ -71,10 +71,14 @@ def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[s
     out = {}
     for key, value in params.items():
         if key in IGNORED_PARAMS:
+            if not isinstance(value, bool):
+                raise MergeError(f"{where}: {key} {value!r} must be true or false")
             continue
         if key == "density" and method in ("dare_ties", "dare_linear"):
             out["drop_rate"] = _map(value, lambda d: _drop_rate(d, where))
         elif key == "rescale" and method in ("dare_ties", "dare_linear"):
+            if not isinstance(value, bool):
+                raise MergeError(f"{where}: rescale {value!r} must be true or false")
             out["rescale"] = "l1" if value else "none"
         else:
             out[key] = value
@@ -111,7 +115,7 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     _check_keys(raw, TOP_KEYS, str(path))
     method = raw["merge_method"]
     if not isinstance(method, str) or method not in METHOD:
-        raise MergeError(f"{path}: mergekit merge_method '{method}' is not supported here; "
+        raise MergeError(f"{path}: mergekit merge_method {method!r} is not supported here; "
                          f"supported: {sorted(METHOD)}")
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None and _check_keys(tokenizer, {"source"}, f"{path}: tokenizer").get("source") != "base":
@@ -142,6 +146,9 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
             raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
     base = raw.get("base_model")
     others = [e for e in entries if e.get("model") != base]
+    if method != "linear" and any(e.get("parameters") for e in entries if e.get("model") == base):
+        raise MergeError(f"{path}: the entry of base_model '{base}' has parameters, which mergekit's {method} "
+                         "does not use (the base has no task vector); remove them")
     if base is not None and not others:
         raise MergeError(f"{path}: no models to merge besides base_model '{base}'")
     if base is None:
@@ -162,14 +169,16 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if method == "slerp":
         if len(others) != 1:
             raise MergeError(f"{path}: slerp needs base_model plus exactly one other model, got {len(others)}")
+        if others[0].get("parameters"):
+            raise MergeError(f"{path}: slerp takes 't' at the top level; the per-model parameters of "
+                             f"'{others[0]['model']}' would not be used")
         models = [{"model": base}, {"model": others[0]["model"]}]
     # mergekit's per-model parameters may also sit at the top level as defaults; ours do the same.
     native: dict[str, Any] = {"method": METHOD[method], "base": base, "models": models,
                               "parameters": parameters, "origin": "mergekit"}
     if layer_range is not None:
         native["layer_range"] = layer_range
-    if raw.get("dtype"):
-        native["dtype"] = raw["dtype"]
-    if raw.get("out_dtype"):
-        native["out_dtype"] = raw["out_dtype"]
+    for key in ("dtype", "out_dtype"):  # validated as native keys
+        if raw.get(key) is not None:
+            native[key] = raw[key]
     return native

@@ -53,6 +53,17 @@ def parse_job(text: str) -> Job:
     return task, int(seed)
 
 
+def check_jobs(jobs: Sequence[Job], tasks: Sequence[str], pool: str, source: str) -> None:
+    """Refuse fine-tuning jobs (``source``: the flags they come from) whose task is not one of the pool's
+    ``tasks`` or whose seed is negative, before anything is prepared or trained."""
+    unknown = sorted({task for task, _ in jobs} - set(tasks))
+    if unknown:
+        raise MergeError(f"{source}: task(s) {unknown} are not tasks of pool '{pool}' ({', '.join(tasks)})")
+    negative = sorted({seed for _, seed in jobs if seed < 0})
+    if negative:
+        raise MergeError(f"{source}: seed(s) {negative}; fine-tuning seeds are integers >= 0")
+
+
 def run_jobs(jobs: Sequence[Job], run_one: Callable[[str, int], object], workers: int, command: Sequence[str],
              cost: Callable[[str], float]) -> None:
     """Run ``jobs`` here one by one (``run_one(task, seed)``) or, with ``workers`` > 1 and more than one job,

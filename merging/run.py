@@ -225,11 +225,19 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     return info
 
 
+ADAPTER_MERGE_KEYS = {"method", "base", "models", "parameters", "seed", "out_dtype", "allow_adapter_base_mismatch",
+                      "origin"}  # what an adapter method's run uses of a MergeConfig
+
+
 def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, *, overwrite: bool,
                       progress: bool) -> dict[str, Any]:
     """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters)."""
     from .checkpoint import LoraCheckpoint, resolve_model_ref
 
+    unused = sorted(cfg.model_fields_set - ADAPTER_MERGE_KEYS)
+    if unused:
+        raise MergeError(f"method '{cfg.method}' merges LoRA adapters and does not use {unused}; its config "
+                         f"takes only {sorted(ADAPTER_MERGE_KEYS - {'origin'})}")
     with_params = [e.model for e in cfg.models if e.parameters]
     if with_params:
         raise MergeError(f"method '{cfg.method}' takes no per-model parameters (given for {with_params})")

@@ -120,6 +120,7 @@ def test_an_unknown_method_is_named_with_the_known_ones(text_pool, capsys):
     ("greedy_soup", ["--lambda", "0.5"], ["greedy_soup", "lambda"]),    # takes no parameters
     ("finetuned", ["--density", "0.2"], ["finetuned", "density"]),      # neither does a reference
     ("ties", ["--merge-biases", "maybe"], ["--merge-biases", "'maybe'", "true or false"]),
+    ("ties", ["--density", "!!python/object/apply:os.system [id]"], ["--density", "not a YAML value"]),
 ])
 def test_each_override_is_checked_against_the_methods_parameters(text_pool, capsys, method, overrides, named):
     error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", method, *overrides])
@@ -162,6 +163,7 @@ def test_a_negative_number_of_extra_checkpoints_is_refused(text_pool, capsys):
     (["--workers", "0"], ["--workers", "'0'"]),
     (["--tasks", "has_good", "has_bad"], ["has_bad", "has_sport"]),
     (["--seeds", "0", "-1"], ["--seeds", "-1"]),
+    (["--only", "has_good:0", "nosuch:0"], ["--only", "nosuch"]),  # a worker's share is checked too
 ])
 def test_finetune_checks_workers_tasks_and_seeds_first(text_pool, capsys, options, named):
     error = refusal(capsys, discriminative_main, ["finetune", "--pool", text_pool(), *options])
@@ -257,7 +259,7 @@ def test_generative_merge_checks_the_method_and_each_set_value(generative_pool, 
 
 
 @pytest.mark.parametrize("setting,named", [("lr=abc", ["lr", "'abc'"]), ("rank=8", ["rank"]),
-                                           ("epochs=0", ["epochs"])])
+                                           ("epochs=0", ["epochs"]), ("lr=!!python/name:os.system", ["not a YAML"])])
 def test_generative_finetune_checks_training_settings_first(generative_pool, capsys, setting, named):
     error = refusal(capsys, generative_cli.main, ["finetune", "--pool", generative_pool(), "--set", setting])
     assert all(word in error for word in named), error
@@ -274,6 +276,7 @@ def test_generative_pool_tasks_must_be_tasks_of_the_suite(generative_pool, capsy
     (["evaluate", "--batch-size", "0"], "--batch-size"),
     (["merge", "ties", "--limit-validation", "0"], "--limit-validation"),
     (["finetune", "--seeds", "-1"], "--seeds"),
+    (["finetune", "--only", "nosuch:0"], "nosuch"),
 ])
 def test_generative_sizes_and_seeds_are_checked_first(generative_pool, capsys, argv, named):
     error = refusal(capsys, generative_cli.main, [*argv, "--pool", generative_pool()])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
 
 from merging.atomic import INCOMPLETE, atomic_write_text
@@ -177,6 +178,27 @@ def test_one_slice_over_every_layer_with_slice_parameters_is_read_as_mergekit_re
     assert code == 0
     want, got = read_weights(expected), read_weights(out)
     assert all(torch.equal(want[name], got[name]) for name in want)
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"merge_method": "slerp", "parameters": {"t": 0.5},
+      "models": [{"model": "FT1", "parameters": {"t": 0.9}}]}, "per-model parameters of"),
+    ({"merge_method": "dare_ties", "parameters": {"rescale": "false"},
+      "models": [{"model": "FT1", "parameters": {"weight": 1, "density": 0.5}}]}, "rescale 'false'"),
+    ({"merge_method": "dare_linear", "parameters": {"int8_mask": float("nan")},
+      "models": [{"model": "FT1", "parameters": {"weight": 1, "density": 0.5}}]}, "int8_mask nan"),
+    ({"merge_method": "dare_linear", "models": [{"model": "FT1", "parameters": {"weight": 1, "density": True}}]},
+     "density True"),
+    ({"merge_method": "ties", "dtype": 0, "models": [{"model": "FT1", "parameters": {"density": 0.5}}]}, "dtype"),
+    ({"merge_method": "ties", "models": [{"model": "BASE", "parameters": {"weight": 5, "density": 0.1}},
+                                         {"model": "FT1", "parameters": {"density": 0.5}}]}, "does not use"),
+    ({"merge_method": ["ties"], "models": [{"model": "FT1"}]}, "merge_method ['ties'] is not supported"),
+])
+def test_mergekit_values_that_would_not_be_honoured_are_refused(bert_pool, tmp_path, capsys, config, needle):
+    text = yaml.safe_dump({**config, "base_model": "BASE"})
+    config_file = tmp_path / "mergekit.yml"
+    config_file.write_text(text.replace("BASE", str(bert_pool["base"])).replace("FT1", str(bert_pool["ft1"])))
+    assert_refused(tmp_path, capsys, config_file, needle)
 
 
 # --- 4. no input destroyed -----------------------------------------------------------------------------------
@@ -393,9 +415,10 @@ def test_a_config_that_is_not_utf8(bert_pool, tmp_path, capsys):
     assert_refused(tmp_path, capsys, config, config, "not UTF-8")
 
 
-def test_an_unknown_device_in_the_config_or_on_the_command_line(bert_pool, tmp_path, capsys):
-    assert_refused(tmp_path, capsys, native(bert_pool, device="bogus"), "device", "'bogus'")
-    assert_refused(tmp_path, capsys, native(bert_pool), "device", "'bogus'", flags=("--device", "bogus"))
+@pytest.mark.parametrize("device", ["bogus", "meta", "mps", "xpu"])
+def test_an_unsupported_device_in_the_config_or_on_the_command_line(bert_pool, tmp_path, capsys, device):
+    assert_refused(tmp_path, capsys, native(bert_pool, device=device), "device", f"'{device}'")
+    assert_refused(tmp_path, capsys, native(bert_pool), "device", f"'{device}'", flags=("--device", device))
 
 
 def test_negative_dimensions_in_a_safetensors_header(bert_pool, copy_model, tmp_path, capsys):
@@ -411,6 +434,18 @@ def test_negative_dimensions_in_a_safetensors_header(bert_pool, copy_model, tmp_
     assert_refused(tmp_path, capsys, native(bert_pool, models=(broken, "ft2")), file, name, "[-32, -32]", ">= 0")
 
 
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c["models"][0].update(parameters={"weight": True}), "weight"),
+    (lambda c: c.update(parameters={"density": "0.5"}), "density"),
+    (lambda c: c.update(shard_size=True), "shard_size"),
+    (lambda c: c.update(chunk_size=True), "chunk_size"),
+])
+def test_a_boolean_or_a_string_where_a_number_is_expected(bert_pool, tmp_path, capsys, edit, needle):
+    config = native(bert_pool, models=("ft1", "ft2"))
+    edit(config)
+    assert_refused(tmp_path, capsys, config, needle)
+
+
 # --- 8. low -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [-1, 0, "0MB", "-5GB"])
@@ -418,24 +453,51 @@ def test_shard_size_must_be_positive(bert_pool, tmp_path, capsys, size):
     assert_refused(tmp_path, capsys, native(bert_pool, shard_size=size), "shard_size")
 
 
-def test_a_lora_adapter_trained_on_another_base_needs_an_opt_in(llama_lora, copy_model, tmp_path, capsys):
-    adapter = copy_model(llama_lora.adapter)
-    settings = json.loads((adapter / "adapter_config.json").read_text())
-    settings["base_model_name_or_path"] = "someone/another-model"
-    (adapter / "adapter_config.json").write_text(json.dumps(settings))
+def edit_adapter_config(adapter: Path, **settings) -> Path:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **settings}))
+    return adapter
+
+
+@pytest.mark.parametrize("trained_on", ["someone/another-model", "/some/other/org/base"])
+def test_a_lora_adapter_trained_on_another_base_needs_an_opt_in(llama_lora, copy_model, tmp_path, capsys,
+                                                              trained_on):
+    adapter = edit_adapter_config(copy_model(llama_lora.adapter), base_model_name_or_path=trained_on)
     config = {"method": "task_arithmetic", "base": str(llama_lora.base), "models": [{"model": str(adapter)}]}
-    assert_refused(tmp_path, capsys, config, "someone/another-model", "allow_adapter_base_mismatch")
+    assert_refused(tmp_path, capsys, config, trained_on, "allow_adapter_base_mismatch")
     code, _, _, out = run_cli(tmp_path, capsys, {**config, "allow_adapter_base_mismatch": True})
     assert code == 0 and out.is_dir()
+
+
+@pytest.mark.parametrize("key, value", [("exclude", ["q_proj"]), ("device", "cuda:0"), ("dtype", "float16"),
+                                        ("shard_size", 1), ("layer_range", [0, 1])])
+def test_an_adapter_merge_refuses_settings_it_does_not_use(llama_lora, tmp_path, capsys, key, value):
+    config = {"method": "from_lora", "base": str(llama_lora.base), key: value,
+              "models": [{"model": str(llama_lora.adapter)}, {"model": str(llama_lora.other_adapter)}]}
+    assert_refused(tmp_path, capsys, config, "from_lora", "does not use", key)
 
 
 def test_a_lora_adapter_naming_its_base_by_hub_id_merges_onto_a_local_copy(llama_lora, copy_model, tmp_path,
                                                                           capsys):
     base = copy_model(llama_lora.base, "tiny-llama")
-    adapter = copy_model(llama_lora.adapter)
-    settings = json.loads((adapter / "adapter_config.json").read_text())
-    settings["base_model_name_or_path"] = "some-org/Tiny-Llama"
-    (adapter / "adapter_config.json").write_text(json.dumps(settings))
+    adapter = edit_adapter_config(copy_model(llama_lora.adapter), base_model_name_or_path="some-org/Tiny-Llama")
     code, _, _, out = run_cli(tmp_path, capsys, {"method": "task_arithmetic", "base": str(base),
                                                  "models": [{"model": str(adapter)}]})
     assert code == 0 and out.is_dir()
+
+
+def test_fan_in_fan_out_on_a_model_of_linear_layers_is_refused(llama_lora, copy_model, tmp_path, capsys):
+    """peft ignores the flag on nn.Linear; applying it would transpose ΔW of square modules silently."""
+    adapter = edit_adapter_config(copy_model(llama_lora.adapter), fan_in_fan_out=True)
+    config = {"method": "task_arithmetic", "base": str(llama_lora.base), "models": [{"model": str(adapter)}]}
+    assert_refused(tmp_path, capsys, config, "fan_in_fan_out", "'llama'")
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_in_one_short_line(bert_pool, tmp_path, capsys):
+    levels = ["a: &a [" + ", ".join(["x"] * 9) + "]"] + [
+        f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefg", "bcdefgh")]
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(levels) + f"\nmethod: average\nbase: {bert_pool['base']}\n"
+                      f"models: [{{model: {bert_pool['ft1']}}}]\n")
+    stderr = assert_refused(tmp_path, capsys, config, "expands to more than")
+    assert len(stderr) < 500

@@ -11,7 +11,9 @@ from pathlib import Path
 from merging import distributed
 from merging.atomic import interrupt_on_sigterm
 from merging.cli import positive_int
+from merging.config import parse_value
 from merging.errors import MergeError, report
+from merging.parallel import check_jobs, parse_job
 
 from .pool import PoolConfig
 from .request import check_local
@@ -19,11 +21,16 @@ from .request import check_local
 
 def parse_overrides(extra: list[str]) -> dict[str, object]:
     """``--density 0.2 --scaling 0.7`` -> {"density": 0.2, "scaling": 0.7} (values parsed as YAML scalars)."""
-    import yaml
-
     if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
         raise MergeError(f"method parameters must come as --name value pairs, got {extra}")
-    return {key[2:].replace("-", "_"): yaml.safe_load(value) for key, value in zip(extra[::2], extra[1::2])}
+    return {key[2:].replace("-", "_"): parse_value(value, key) for key, value in zip(extra[::2], extra[1::2])}
+
+
+def finetune_jobs(args: argparse.Namespace, pool: PoolConfig) -> list[tuple[str, int]]:
+    """(task, seed) pairs to fine-tune: a worker's --only share, else --tasks × --seeds (default: the pool's)."""
+    if args.only:
+        return [parse_job(text) for text in args.only]
+    return [(t, s) for s in args.seeds or pool.finetune.seeds for t in args.tasks or pool.tasks]
 
 
 def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict[str, object]) -> None:
@@ -37,12 +44,7 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
         for task, ref in pool.checkpoints.items():
             check_local(ref, f"checkpoint of '{task}'")
     if args.command == "finetune":
-        unknown = [t for t in args.tasks or [] if t not in pool.tasks]
-        if unknown:
-            raise MergeError(f"--tasks {unknown} are not tasks of pool '{pool.name}' ({', '.join(pool.tasks)})")
-        negative = [s for s in args.seeds or [] if s < 0]
-        if negative:
-            raise MergeError(f"--seeds {negative}: fine-tuning seeds are integers >= 0")
+        check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, "--only" if args.only else "--tasks/--seeds")
     if args.command in ("run", "scale"):
         from .experiment import check_method
 
@@ -102,16 +104,14 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         if args.command == "prepare":
             pool.domain.prepare(pool)
         elif args.command == "finetune":
-            from merging.parallel import parse_job
 
             from .store import finetune, finetune_many
 
             if args.only:
-                for task, seed in map(parse_job, args.only):
+                for task, seed in finetune_jobs(args, pool):
                     print(finetune(pool, task, seed))
             else:
-                finetune_many(args.pool, pool, [(t, s) for s in args.seeds or pool.finetune.seeds
-                                                 for t in args.tasks or pool.tasks], args.workers)
+                finetune_many(args.pool, pool, finetune_jobs(args, pool), args.workers)
         elif args.command == "run":
             from .experiment import run_experiment
 

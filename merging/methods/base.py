@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """Base of every parameter schema: unknown keys and non-finite numbers (NaN, ±Inf) are errors."""
+    """Base of every parameter schema: unknown keys, non-finite numbers (NaN, ±Inf) and values of another type
+    (``true`` or ``"0.5"`` for a number; strict mode still takes an integer for a float) are errors."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False, strict=True)
 
 
 class NoParams(Params):
