@@ -9,10 +9,13 @@ of its own (``torch.func.functional_call``), so gradients flow to them.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import torch
+
+from .errors import MergeError
 
 Batch = Mapping[str, Any]
 
@@ -37,6 +40,29 @@ class Objective(Protocol):
     def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean loss of ``logits`` on the labelled ``batch`` (cross-entropy; MSE for regression)."""
         ...
+
+    # Optional, for the methods that draw fresh labelled data (FW soft's fresh proxies, AdaMerging's labelled
+    # loss): ``sample(task, n, batch_size, seed) -> list[Batch]``, n labelled TRAINING examples drawn without
+    # replacement by ``seed`` (an int or a tuple of ints and strings), in batches of ``batch_size``.
+
+
+def sample_batches(objective: Objective, task: str, n: int, batch_size: int, seed: int | tuple[Any, ...]
+                   ) -> list[Batch]:
+    """``objective.sample(...)`` (see the protocol); an objective without it is a MergeError."""
+    sample = getattr(objective, "sample", None)
+    if sample is None:
+        raise MergeError(f"{type(objective).__name__} cannot draw training examples (no sample method), which "
+                         "fresh proxies and the cross_entropy inner loss need")
+    batches = list(sample(task, n, batch_size, seed))
+    if not batches:
+        raise MergeError(f"task '{task}': no training examples to draw")
+    return batches
+
+
+def seed_of(seed: int | tuple[Any, ...]) -> int:
+    """A 63-bit torch seed from an int or a tuple of ints and strings (stable across runs and processes)."""
+    digest = hashlib.blake2b(repr(seed).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def functional_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor], inputs: Mapping[str, Any]

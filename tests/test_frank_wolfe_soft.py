@@ -15,7 +15,9 @@ from toy_objective import ToyObjective
 
 from merging.errors import MergeError
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
-from merging.objective import functional_logits
+from merging.methods.adamerging import AdaMergingParams, adamerging
+from merging.methods.frank_wolfe import proxy_objective
+from merging.objective import functional_logits, seed_of
 
 NAMES = ["body.weight", "body.bias"]
 
@@ -52,6 +54,7 @@ class ClassToy:
                 x = torch.randn(n, d, generator=g)
                 self._data[t] = (x, model(x).argmax(-1))  # [n, d], [n]
             self._models[t] = model.eval()
+        self.drawn: list[tuple[tuple, list[int]]] = []  # (seed, rows) of every ``sample`` call
 
     def model(self, task: str) -> torch.nn.Module:
         return self._models[task]
@@ -63,6 +66,13 @@ class ClassToy:
             return
         for i in range(0, len(x), 12):
             yield {"x": x[i:i + 12], "labels": y[i:i + 12]}
+
+    def sample(self, task: str, n: int, batch_size: int, seed):
+        """``n`` labelled examples drawn without replacement by ``seed``, batched; every draw is recorded."""
+        x, y = self._data[task]
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed_of(seed)))[:n]
+        self.drawn.append((seed, rows.tolist()))
+        return [{"x": x[rows[i:i + batch_size]], "labels": y[rows[i:i + batch_size]]} for i in range(0, n, batch_size)]
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
         return functional_logits(self._models[task], params, {"x": batch["x"]})
@@ -225,3 +235,64 @@ def test_bad_pools_and_objectives_are_clear_errors():
     regression = ToyObjective()  # one output per task: no entropy to minimise
     with pytest.raises(MergeError, match="regression"):
         frank_wolfe_soft_merge(regression, regression.base, regression.optimum, {"iterations": 1, "ada_steps": 1})
+
+
+# --- the options the paper's runs used (hmarkc/fusion_bench, branch master) -----------------------------------
+
+def test_the_cross_entropy_inner_loss_lowers_the_labelled_loss():
+    obj = ClassToy()
+    candidates = [obj.optimum[t] for t in obj.tasks]
+    labelled = lambda theta: proxy_objective(obj, theta, grad=False)[0]
+    start, _ = adamerging(obj, obj.base, candidates, AdaMergingParams(granularity="layer", steps=0))
+    merged, history = adamerging(obj, obj.base, candidates, AdaMergingParams(
+        granularity="layer", steps=60, lr=0.05, loss="cross_entropy", batch_size=8))
+    assert history.loss == "cross_entropy" and len(history.entropy) == 61
+    assert labelled(merged) < labelled(start) - 0.05  # the labelled loss on the proxy split fell
+    assert len(obj.drawn) == 61 * len(obj.tasks) and all(len(rows) == 8 for _, rows in obj.drawn)
+
+
+def test_fw_soft_with_the_cross_entropy_inner_loss_trains_on_fresh_labelled_batches():
+    obj = ClassToy()
+    result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {
+        "iterations": 2, "ada_steps": 20, "ada_lr": 0.05, "inner_loss": "cross_entropy", "ada_batch_size": 8})
+    for h in result.history:
+        assert h["inner_loss"] == "cross_entropy" and h["entropy_after"] < h["entropy_before"]
+    assert len({tuple(rows) for _, rows in obj.drawn}) > len(obj.tasks)  # draws change from step to step
+
+
+def test_fresh_proxies_change_the_oracles_batches_between_iterations():
+    obj = ClassToy(n=48)
+    frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {"iterations": 3, "ada_steps": 0, "proxy": "fresh",
+                                                        "proxy_examples": 12})
+    proxy = {seed[2:]: rows for seed, rows in obj.drawn if seed[1] == "proxy"}  # (iteration, task) -> rows
+    assert sorted(proxy) == sorted((k, t) for k in range(3) for t in obj.tasks)
+    for t in obj.tasks:
+        assert len({tuple(proxy[(k, t)]) for k in range(3)}) == 3 and all(len(proxy[(k, t)]) == 12 for k in range(3))
+    fixed = ClassToy(n=48)
+    frank_wolfe_soft_merge(fixed, fixed.base, fixed.optimum, {"iterations": 3, "ada_steps": 0})
+    assert fixed.drawn == []  # the default keeps the proxy split
+
+
+class DropoutToy(ClassToy):
+    """ClassToy whose task models drop half of the body's outputs in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for model in self._models.values():
+            model.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+            model.body[0].load_state_dict({"weight": self.base["body.weight"], "bias": self.base["body.bias"]})
+            model.eval()
+        self.base = {f"body.0.{n.split('.')[1]}": v for n, v in self.base.items()}
+        self.optimum = {t: {f"body.0.{n.split('.')[1]}": v for n, v in o.items()} for t, o in self.optimum.items()}
+
+
+def test_train_mode_gradients_use_dropout_and_leave_the_models_in_eval_mode():
+    runs = {}
+    for mode in ("eval", "train", "train"):
+        obj = DropoutToy()
+        result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {"iterations": 1, "ada_steps": 0,
+                                                                     "gradient_mode": mode})
+        assert not any(obj.model(t).training for t in obj.tasks)
+        runs.setdefault(mode, []).append(result.history[0]["grad_norms"])
+    assert runs["train"][0] == runs["train"][1]  # seeded dropout: the same gradients twice
+    assert runs["train"][0] != runs["eval"][0]

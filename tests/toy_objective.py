@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from merging.objective import functional_logits
+from merging.objective import functional_logits, seed_of
 
 
 class ToyModel(torch.nn.Module):
@@ -33,6 +33,7 @@ class ToyObjective:
         self._models: dict[str, ToyModel] = {}
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.batch_size = batch_size
+        self.drawn: list[tuple[str, list[int]]] = []  # (task, rows) of every ``sample`` call, in order
         for t in self.tasks:
             model = ToyModel(d)
             with torch.no_grad():
@@ -55,6 +56,13 @@ class ToyObjective:
             if split == "proxy":
                 batch["labels"] = y[i:i + self.batch_size]
             yield batch
+
+    def sample(self, task: str, n: int, batch_size: int, seed):
+        """``n`` of the task's examples drawn without replacement by ``seed``, batched (labelled)."""
+        x, y = self._data[task]
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed_of(seed)))[:n]
+        self.drawn.append((task, rows.tolist()))
+        return [{"x": x[rows[i:i + batch_size]], "labels": y[rows[i:i + batch_size]]} for i in range(0, n, batch_size)]
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
         return functional_logits(self._models[task], params, {"x": batch["x"]})

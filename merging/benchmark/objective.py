@@ -1,14 +1,16 @@
 """A benchmark pool's ``Objective`` (merging/objective.py), for every domain: each task is its fine-tuned
 model (own head), the mergeable parameters are everything outside the head, the proxy split (100 labelled
-train examples per task) drives FW-Merging, RegMean and Fisher, and the test inputs without their labels
-drive AdaMerging's entropy."""
+train examples per task) drives FW-Merging, RegMean and Fisher, the test inputs without their labels drive
+AdaMerging's entropy, and fresh draws from the train split serve FW soft's fresh proxies and AdaMerging's
+labelled loss (``sample``)."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from merging.objective import Batch, functional_logits
+from merging.objective import Batch, functional_logits, seed_of
 
 from .body import is_head
 from .pool import PoolConfig
@@ -31,12 +33,14 @@ class TaskObjective:
         self._models: dict[str, torch.nn.Module] = {}
         self._batches: dict[tuple[str, str], list[dict[str, torch.Tensor]]] = {}
         self._statistics: dict[str, torch.Tensor] = {}
+        self._examples: dict[tuple[str, str], Sequence[Any]] = {}
 
     def with_tasks(self, tasks: list[str]) -> TaskObjective:
         """The same pool, seed and kept tensors over other tasks (loaded models, batches and running statistics
         are shared)."""
         other = TaskObjective(self.pool, self.seed, self.own, self.batch_size, tasks)
         other._models, other._batches, other._statistics = self._models, self._batches, self._statistics
+        other._examples = self._examples
         return other
 
     def use_statistics(self, statistics: Mapping[str, torch.Tensor]) -> None:
@@ -67,6 +71,16 @@ class TaskObjective:
     def batches(self, task: str, split: str) -> Iterator[Batch]:
         for batch in self._encoded(task, SPLITS[split]):
             yield batch if split == "proxy" else {k: v for k, v in batch.items() if k != "labels"}
+
+    def sample(self, task: str, n: int, batch_size: int, seed: int | tuple) -> list[Batch]:
+        """``n`` labelled training examples of ``task`` drawn without replacement by ``seed``, batched."""
+        if (task, "train") not in self._examples:
+            self._examples[(task, "train")] = self.pool.domain.examples(self.pool, task, "train")
+        examples = self._examples[(task, "train")]
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed_of(seed)))[:n].tolist()
+        chosen = [examples[i] for i in order]
+        return [self.pool.domain.collate(self.pool, self.processor, chosen[i:i + batch_size])
+                for i in range(0, len(chosen), batch_size)]
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

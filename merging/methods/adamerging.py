@@ -15,6 +15,12 @@ paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after 
 Regression tasks (one output, logits [..., 1]) have no predictive distribution to sharpen: they are skipped
 (listed in ``AdaMergingHistory.skipped``); if every task is a regression task it is an error.
 
+``loss: cross_entropy`` replaces the entropy by the task's labelled loss (``objective.loss``: cross-entropy, MSE
+for regression) on ``batch_size`` training examples drawn afresh at every step (``objective.sample``, seeded by
+``seed``, the task and the step): the supervised inner loop FW-Merging's soft variant ran for its paper's
+figures (hmarkc/fusion_bench, branch master, fusion_bench/method/fw_merging/fw_soft.py: ``entropy_loss =
+False``, training batches of 16; the official loader reshuffles each epoch, here each step draws anew).
+
 Data-parallel under ``accelerate launch`` (merging/distributed.py): every process draws the same batch B_t and
 runs a contiguous share of its rows; Σ_x H, |B_t| and ∂(Σ_x H/|B_t|)/∂λ are all-reduced, so every process takes
 the single-process Adam step and holds the same λ.
@@ -31,7 +37,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..errors import MergeError
-from ..objective import Batch, Objective
+from ..objective import Batch, Objective, sample_batches
 from ..statistics import Tensors, batches_of, check_candidates, local_rows
 from .base import Params
 
@@ -44,19 +50,24 @@ class AdaMergingParams(Params):
     lr: float = Field(1e-3, gt=0.0)
     steps: int = Field(500, ge=0)
     clamp: bool = True  # λ clamped to [0, 1] after every step (FW-Merging soft's inner loop does not clamp)
+    loss: Literal["entropy", "cross_entropy"] = "entropy"  # unlabelled test entropy, or labelled train loss
+    batch_size: int = Field(16, gt=0)  # training examples per task and step (loss: cross_entropy)
+    seed: int = 0  # draws of the training batches (loss: cross_entropy)
 
 
 @dataclass
 class AdaMergingHistory:
     """``entropy[k]``: the summed objective before update k (``steps + 1`` values, the last one at the returned
-    λ); ``per_task[k]``: its terms by task; ``lambdas``: the final coefficients, [n] (task-wise) or [n, L]
-    (layer-wise, columns in the order of ``names``); ``skipped``: regression tasks left out of the entropy."""
+    λ; the labelled loss when ``loss`` is cross_entropy); ``per_task[k]``: its terms by task; ``lambdas``: the
+    final coefficients, [n] (task-wise) or [n, L] (layer-wise, columns in the order of ``names``);
+    ``skipped``: regression tasks left out of the entropy."""
 
     names: list[str]
     lambdas: Tensor
     entropy: list[float] = field(default_factory=list)
     per_task: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    loss: str = "entropy"
 
 
 def mean_entropy(logits: Tensor) -> Tensor:
@@ -81,6 +92,17 @@ def merge_with(base: Tensors, task_vectors: dict[str, Tensor], lambdas: Tensor, 
         tvs = task_vectors[name]  # [n, *shape]
         merged[name] = base[name] + torch.tensordot(lam.to(tvs.dtype), tvs, dims=1)  # [*shape]
     return merged
+
+
+class _Draws:
+    """Fresh labelled training batches of one task: ``objective.sample`` with a seed per (run seed, task, step)."""
+
+    def __init__(self, objective: Objective, task: str, size: int, seed: int) -> None:
+        self.objective, self.task, self.size, self.seed, self.step = objective, task, size, seed, 0
+
+    def next(self) -> Batch:
+        self.step += 1
+        return sample_batches(self.objective, self.task, self.size, self.size, (self.seed, self.task, self.step))[0]
 
 
 class _Cycle:
@@ -111,7 +133,10 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
     lambdas = torch.full(shape, params.init, dtype=torch.float32, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([lambdas], lr=params.lr)
     history = AdaMergingHistory(names=names, lambdas=lambdas)
-    streams = {task: _Cycle(objective, task, "unlabelled") for task in objective.tasks}
+    supervised = params.loss == "cross_entropy"
+    history.loss = params.loss
+    streams = {task: _Draws(objective, task, params.batch_size, params.seed) if supervised
+               else _Cycle(objective, task, "unlabelled") for task in objective.tasks}
 
     for step in range(params.steps + 1):
         optimiser.zero_grad()
@@ -127,8 +152,12 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
                     # θ(λ) is rebuilt per task so that one task's activations are freed by its own backward
                     merged = merge_with(base, task_vectors, lambdas, names)
                     logits = objective.logits(task, merged, batch)  # [..., C]
-                    one_output = int(logits.shape[-1] == 1)
-                    total, count = entropy_sum(logits)  # Σ_m H over this process's M rows
+                    if supervised:  # Σ over this process's rows of the labelled loss
+                        count = logits.shape[0] if logits.dim() else 1
+                        total = objective.loss(task, logits, batch) * count
+                    else:
+                        one_output = int(logits.shape[-1] == 1)
+                        total, count = entropy_sum(logits)  # Σ_m H over this process's M rows
             summed, count, one_output = distributed.all_reduce_sum(
                 (float(total.detach()) if total is not None else 0.0, count, one_output))
             if one_output:

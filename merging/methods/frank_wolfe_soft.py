@@ -59,9 +59,10 @@ variant).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,7 +72,7 @@ from pydantic import Field
 from .. import distributed
 from ..candidates import TensorSource, as_source
 from ..errors import MergeError
-from ..objective import Objective
+from ..objective import Batch, Objective, sample_batches, seed_of
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
 from .base import Params
 from .frank_wolfe import _check_pool, cosine_scores, proxy_objective, stream_inner_products
@@ -86,6 +87,12 @@ class FrankWolfeSoftParams(Params):
     ada_init: float = Field(0.3, ge=0.0, le=1.0)  # λ^(0) at the first iteration (official: hard-coded 0.3)
     ada_coeff: float = Field(1e-8, ge=0.0, le=1.0)  # λ^(0) at every later iteration (official ada_coeff)
     ada_lr: float = Field(1e-3, gt=0.0)  # Adam learning rate (official: hard-coded 1e-3)
+    inner_loss: Literal["entropy", "cross_entropy"] = "entropy"  # AdaMerging's objective (see below)
+    ada_batch_size: int = Field(16, gt=0)  # labelled training examples per task and step (cross_entropy)
+    proxy: Literal["fixed", "fresh"] = "fixed"  # the oracle's data: the proxy split, or fresh train draws
+    proxy_examples: int = Field(100, gt=0)  # examples per task and iteration (proxy: fresh)
+    gradient_mode: Literal["eval", "train"] = "eval"  # task models' mode while g_t is computed (dropout …)
+    seed: int = 0  # fresh draws and train-mode dropout
 
 
 @dataclass
@@ -97,13 +104,38 @@ class FrankWolfeSoftResult:
 
 
 class _OneTask:
-    """``objective`` restricted to one task, so ``proxy_objective`` gives f_t and ∇f_t."""
+    """``objective`` restricted to one task, so ``proxy_objective`` gives f_t and ∇f_t; with ``draw`` (a seed)
+    its proxy batches are ``proxy_examples`` fresh training examples drawn with that seed."""
 
-    def __init__(self, objective: Objective, task: str) -> None:
+    def __init__(self, objective: Objective, task: str, draw: tuple[Any, ...] | None = None,
+                 examples: int = 100, batch_size: int = 32) -> None:
         self._objective, self.tasks = objective, [task]
+        self._draw, self._examples, self._batch_size = draw, examples, batch_size
+
+    def batches(self, task: str, split: str) -> Iterable[Batch]:
+        if split == "proxy" and self._draw is not None:
+            return sample_batches(self._objective, task, self._examples, self._batch_size, self._draw)
+        return self._objective.batches(task, split)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._objective, name)
+
+
+@contextlib.contextmanager
+def _gradient_mode(objective: Objective, task: str, mode: str, seed: tuple[Any, ...]) -> Iterator[None]:
+    """The task model in train mode (dropout active, seeded; BatchNorm uses batch statistics) for ``train``,
+    back in eval mode afterwards; nothing changes for ``eval``."""
+    if mode == "eval":
+        yield
+        return
+    model = objective.model(task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_of(seed))
+        model.train()
+        try:
+            yield
+        finally:
+            model.eval()
 
 
 def greedy_distinct(score: torch.Tensor) -> list[int]:
@@ -132,10 +164,11 @@ def _select(p: FrankWolfeSoftParams, names: list[str], labels: list[str], cos: t
 
 
 def _adamerging_around(objective: Objective, theta: Tensors, selected: list[Tensors], init: float,
-                       p: FrankWolfeSoftParams) -> tuple[Tensors, AdaMergingHistory]:
+                       p: FrankWolfeSoftParams, seed: int) -> tuple[Tensors, AdaMergingHistory]:
     """θ(λ) = θ_k + Σ_t λ_t,l (θ_{s_t} − θ_k) learned by adamerging.py with θ_k as its "base" (its task
     vectors are then relative to θ_k, as the official LayerWiseMergedModel(pretrained_model=θ_k))."""
-    params = AdaMergingParams(granularity="layer", init=init, lr=p.ada_lr, steps=p.ada_steps, clamp=False)
+    params = AdaMergingParams(granularity="layer", init=init, lr=p.ada_lr, steps=p.ada_steps, clamp=False,
+                              loss=p.inner_loss, batch_size=p.ada_batch_size, seed=seed)
     return adamerging(objective, theta, selected, params)
 
 
@@ -159,7 +192,10 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
     for k in range(p.iterations):
         values, grads = {}, []
         for index, task in enumerate(tasks):
-            values[task], grad = proxy_objective(_OneTask(objective, task), theta, grad=index < m)
+            draw = (p.seed, "proxy", k, task) if p.proxy == "fresh" else None
+            with _gradient_mode(objective, task, p.gradient_mode, (p.seed, "dropout", k, task)):
+                values[task], grad = proxy_objective(_OneTask(objective, task, draw, p.proxy_examples), theta,
+                                                     grad=index < m)
             if grad is not None:
                 grads.append(grad)
         grad_norms = [math.sqrt(sum(float(g.double().square().sum()) for g in grad.values())) for grad in grads]
@@ -171,14 +207,14 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         selected = [{n: pool[pick if isinstance(pick, str) else pick[n]].read(n).to(torch.float32)
                      for n in names} for pick in picks]  # m × {name: [*shape]}: the only resident candidates
         init = p.ada_init if k == 0 else p.ada_coeff
-        merged, ada = _adamerging_around(objective, theta, selected, init, p)
+        merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
         theta = {n: merged[n] for n in names}  # θ_{k+1}
         history.append({
             "iteration": k, "objective": sum(values.values()), "task_objectives": values,
             "grad_norms": dict(zip(tasks, grad_norms)),
             "selections": {t: (picks[i] if i < m else None) for i, t in enumerate(tasks)},
-            "scores": dict(zip(tasks, scores)), "ada_init": init, "entropy": ada.entropy,
+            "scores": dict(zip(tasks, scores)), "ada_init": init, "inner_loss": ada.loss, "entropy": ada.entropy,
             "entropy_before": ada.entropy[0], "entropy_after": ada.entropy[-1],
             "lambdas": {n: ada.lambdas[:, i].tolist() for i, n in enumerate(ada.names)}, "skipped": ada.skipped})
         if progress and distributed.is_main():
