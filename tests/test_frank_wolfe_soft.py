@@ -113,6 +113,22 @@ def greedy(order: list[str], score: dict[str, dict[str, float]]) -> dict[str, st
     return taken
 
 
+@pytest.mark.parametrize("preset, iterations, steps, coeff", [("irrelevance", 3, 100, 1e-2),
+                                                               ("relevance", 2, 100, 1e-8), ("main", 5, 500, 1e-2)])
+def test_the_paper_presets_are_the_research_branch_settings(preset, iterations, steps, coeff):
+    from merging.benchmark.experiment import method_config
+
+    params, grid, _ = method_config("vision", "frank_wolfe_soft", {"preset": preset})
+    p = FrankWolfeSoftParams(**params)
+    assert (p.iterations, p.ada_steps, p.ada_coeff, p.granularity) == (iterations, steps, coeff, "model")
+    assert (p.inner_loss, p.ada_batch_size, p.proxy, p.proxy_examples, p.gradient_mode) == (
+        "cross_entropy", 16, "fresh", 100, "train") and grid == {}
+    assert method_config("vision", "frank_wolfe_soft", {"preset": preset, "inner_loss": "entropy"})[0][
+        "inner_loss"] == "entropy"  # the command line still wins
+    default = FrankWolfeSoftParams(**method_config("vision", "frank_wolfe_soft", {})[0])
+    assert (default.inner_loss, default.proxy, default.gradient_mode) == ("entropy", "fixed", "eval")
+
+
 def test_defaults_follow_the_official_config():
     p = FrankWolfeSoftParams()
     assert (p.iterations, p.granularity, p.ada_steps, p.ada_init, p.ada_coeff, p.ada_lr) == (

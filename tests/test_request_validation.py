@@ -225,6 +225,16 @@ def test_every_shipped_method_config_passes_the_checks():
     for kind, methods in (("lora", adapter_methods()), ("full", engine_methods())):
         for method in methods:
             check_merge(GenerativePool(name="g", base="b", kind=kind, tasks=["qa"]), method, fixed.get(method, {}))
+    pool = VisionPool(name="v", base="b", tasks=["a"])
+    for method in experiment.DATA_DRIVEN:  # and every preset
+        for preset in experiment._method_yaml("vision", method).get("presets") or {}:
+            experiment.check_method(pool, method, {"preset": preset})
+
+
+def test_an_unknown_preset_is_named_with_the_known_ones(text_pool, capsys):
+    error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", "frank_wolfe_soft",
+                                                  "--preset", "irrelevant"])
+    assert "'irrelevant'" in error and "irrelevance, relevance, main" in error
 
 
 # ------------------------------------------------------------------------------------------ python -m generative

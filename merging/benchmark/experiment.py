@@ -38,14 +38,25 @@ ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging script
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
+class Preset(BaseModel):
+    """Named settings of a method (``--preset NAME``): the parameters a published run used and where they come
+    from (the official file), applied over the method YAML's parameters and under the command line's."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(min_length=1)
+    parameters: dict[str, Any]
+
+
 class MethodFile(BaseModel):
-    """A method YAML: fixed parameters, the validation grid (a non-empty list of values per parameter) and
-    extra exclude regexes; the values themselves are checked against the method's schema (``check_method``)."""
+    """A method YAML: fixed parameters, the validation grid (a non-empty list of values per parameter), extra
+    exclude regexes and named presets; the values themselves are checked against the method's schema
+    (``check_method``)."""
 
     model_config = ConfigDict(extra="forbid")
     parameters: dict[str, Any] | None = None
     search: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
     exclude: list[str] | None = None
+    presets: dict[str, Preset] | None = None
 
 
 def method_file(domain: str, method: str) -> Path:
@@ -70,16 +81,30 @@ def _method_yaml(domain: str, method: str) -> dict[str, Any]:
 
 def method_config(domain: str, method: str, overrides: dict[str, Any]
                   ) -> tuple[dict[str, Any], dict[str, list], list[str]]:
-    """(fixed parameters, search grid, extra exclude regexes) from configs/<domain>/methods/<method>.yaml; an
-    override fixes a parameter and removes it from the grid."""
+    """(fixed parameters, search grid, extra exclude regexes) from configs/<domain>/methods/<method>.yaml; a
+    ``preset`` override applies that preset's parameters, and any other override fixes a parameter (over the
+    preset's); a fixed parameter leaves the grid."""
     raw = _method_yaml(domain, method)
     overrides = {ALIASES.get(k, k): v for k, v in overrides.items()}
     exclude = list(raw.get("exclude") or [])
     if overrides.pop("merge_biases", True) is False:  # the official FW-Merging code keeps biases unmerged
         exclude.append(r"\.bias$")
-    params = {**(raw.get("parameters") or {}), **overrides}
+    preset = preset_parameters(domain, method, overrides.pop("preset", None))
+    params = {**(raw.get("parameters") or {}), **preset, **overrides}
+    overrides = {**preset, **overrides}
     grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
     return params, grid, exclude
+
+
+def preset_parameters(domain: str, method: str, name: Any) -> dict[str, Any]:
+    """The parameters of preset ``name`` of the method YAML (none for None); an unknown name lists the known."""
+    if name is None:
+        return {}
+    presets = _method_yaml(domain, method).get("presets") or {}
+    if name not in presets:
+        raise MergeError(f"--preset {name!r}: {method_file(domain, method)} has "
+                         + (f"the presets {', '.join(presets)}" if presets else "no presets"))
+    return dict(presets[name]["parameters"])
 
 
 def check_method_config(domain: str, method: str, overrides: dict[str, Any], schemas: tuple[type[BaseModel], ...],

@@ -25,8 +25,20 @@ into the current iterate. Domain-agnostic: any ``Objective`` (merging/objective.
      There is no step-size schedule: the step is whatever AdaMerging learns (the 2/(k+2) schedule of the
      official code belongs to its non-AdaMerging ``merge_fn``, not offered here).
 
+Options for the settings of the paper's figures (the authors' research branch, hmarkc/fusion_bench master;
+``configs/methods/frank_wolfe_soft.yaml`` names them as presets with their source files); the defaults keep the
+behaviour above:
+  ``inner_loss: cross_entropy``  step 4 minimises the labelled loss on ``ada_batch_size`` training examples per
+                                 task, drawn afresh every step (fw_soft.py there: ``entropy_loss = False``);
+  ``proxy: fresh``               step 1 uses ``proxy_examples`` training examples per task drawn afresh at every
+                                 iteration (``objective.sample``, seeded by ``seed``, k and the task) instead of
+                                 the fixed proxy split;
+  ``gradient_mode: train``       step 1 runs the task models in train mode (seeded dropout), as the official
+                                 oracle does; they are back in eval mode afterwards.
+
 Recorded per iteration: f(θ_k) = Σ_t f_t(θ_k) and its terms, ‖g_t‖, the selections and their scores, λ^(0),
-the AdaMerging entropy trace (``entropy``; ``entropy_before`` at λ^(0), ``entropy_after`` at the final λ),
+the AdaMerging trace (``entropy``, the labelled loss when ``inner_loss`` is cross_entropy, named in
+``inner_loss``; ``entropy_before`` at λ^(0), ``entropy_after`` at the final λ),
 the final λ by tensor name, and the tasks AdaMerging skipped (regression: no predictive distribution).
 
 Data-parallel under ``accelerate launch`` (merging/distributed.py): the per-task gradients g_t shard the proxy
