@@ -38,7 +38,8 @@ run_data_driven() {   # methods that read data (proxy examples, unlabelled test 
 }
 run_all() { run_baselines && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own
-# checkpoints; k extra checkpoints join them: other tasks' (irrelevance) or the targets' other seeds (relevance).
+# checkpoints; k extra checkpoints join them: other tasks' (irrelevance; k = every other task is the paper's main
+# 20-model setting) or the targets' other seeds (relevance by seeds, ours).
 _scaling() {
   local claim=$1 sizes=$2 methods=$3 k m
   shift 3
@@ -58,6 +59,12 @@ run_irrelevance() {
 run_relevance() {
   _scaling relevance "${SIZES:-1 2 4 8 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
     _bench plot --claim relevance
+}
+# The paper's relevance protocol: the targets' checkpoints plus k other tasks' (one each), every checkpoint's task a
+# target of the merge, scored on every task of the pool (merging/benchmark/scaling.py).
+run_relevance_tasks() {
+  _scaling relevance_tasks "${SIZES:-0 4 8 12 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
+    _bench plot --claim relevance_tasks
 }
 run_memory() {
   _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&

@@ -173,8 +173,11 @@ def test_extra_candidates_are_seed_major_and_exclude_or_repeat_the_targets():
     assert extra_candidates(pool, ["a"], "irrelevance", 5, seed=0) == [("b", 0), ("c", 0), ("b", 1), ("c", 1),
                                                                         ("b", 2)]
     assert extra_candidates(pool, ["a", "b"], "relevance", 3, seed=0) == [("a", 1), ("b", 1), ("a", 2)]
+    assert extra_candidates(pool, ["a"], "relevance_tasks", 2, seed=1) == [("b", 1), ("c", 1)]  # each task once
     with pytest.raises(MergeError, match="no non-target tasks"):
         extra_candidates(pool, ["a", "b", "c"], "irrelevance", 1, seed=0)
+    with pytest.raises(MergeError, match="--extra 3: relevance_tasks adds each other task once"):
+        extra_candidates(pool, ["a"], "relevance_tasks", 3, seed=0)
 
 
 def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
@@ -194,6 +197,30 @@ def test_scaling_points_add_extra_checkpoints_and_plot(toy_pool, monkeypatch):
     for y in ("normalized", "peak_rss_gb"):  # scores against extra checkpoints, memory against pool size
         png = plot(root / "outs" / "toy_irrelevance" / "results.csv", root / f"irrelevance_{y}.png", y)
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_relevance_by_tasks_scores_every_task_and_merges_on_the_candidates_tasks(toy_pool, monkeypatch):
+    """The paper's relevance protocol: the pool grows by other tasks' checkpoints, the merge's data are the
+    candidates' tasks, and every task of the pool is scored."""
+    from discriminative.__main__ import main
+    from merging.benchmark import experiment
+
+    pool, root = toy_pool
+    monkeypatch.chdir(root)
+    seen, real = [], experiment.merge_data_driven
+
+    def recording(*args):
+        seen.append(tuple(args[6]))  # the merge's tasks
+        return real(*args)
+
+    monkeypatch.setattr("merging.benchmark.experiment.merge_data_driven", recording)
+    for extra in (0, 1):
+        assert main(["scale", "--pool", str(root / "pool.yaml"), "--claim", "relevance_tasks", "--method", "regmean",
+                     "--targets", "has_good", "--extra", str(extra)]) == 0
+    rows = read_rows(root / "outs" / "toy_relevance_tasks" / "results.csv")
+    assert [(r["extra"], r["candidates"]) for r in rows] == [("0", "1"), ("1", "2")]
+    assert all(task in rows[0] for task in SPECS)  # scored on every task of the pool, not the targets only
+    assert list(dict.fromkeys(seen)) == [("has_good",), ("has_good", "has_sport")]  # one per grid point
 
 
 def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):

@@ -84,14 +84,16 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
     scale = commands.add_parser("scale", help="one point of a scaling claim (extra checkpoints beside the targets)")
     scale.add_argument("--pool", default=default_pool)
-    scale.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
+    scale.add_argument("--claim", choices=["irrelevance", "relevance", "relevance_tasks"], required=True,
+                       help="irrelevance: + other tasks' checkpoints; relevance: + the targets' other seeds; "
+                            "relevance_tasks (the paper's): + other tasks' checkpoints, scored on every task")
     scale.add_argument("--method", required=True)
     scale.add_argument("--targets", nargs="+", required=True, help="target tasks (a subset of the pool's)")
     scale.add_argument("--extra", type=int, required=True, help="how many extra checkpoints join the targets'")
     scale.add_argument("--pool-seeds", type=int, nargs="*", help="fine-tuning seeds of the targets' checkpoints")
     draw = commands.add_parser("plot", help="PNG of a scaling claim's rows (score or peak RSS against extra)")
     draw.add_argument("--pool", default=default_pool)
-    draw.add_argument("--claim", choices=["irrelevance", "relevance"], required=True)
+    draw.add_argument("--claim", choices=["irrelevance", "relevance", "relevance_tasks"], required=True)
     draw.add_argument("--y", default="normalized", choices=["normalized", "peak_rss_gb"])
     args, extra = parser.parse_known_args(argv)
     if args.command not in ("run", "scale") and extra:
@@ -123,11 +125,13 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
             from .scaling import extra_candidates, target_pool
 
             targets = target_pool(pool, args.targets)
+            every_task = args.claim == "relevance_tasks"  # scored on every task; the merge's targets grow
             for pool_seed in args.pool_seeds or pool.finetune.seeds[:1]:
                 others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
-                for row in run_experiment(targets, args.method, f"{pool.name}_{args.claim}", overrides,
-                                          [pool_seed], extra=others,
-                                          columns={"claim": args.claim, "extra": args.extra}):
+                for row in run_experiment(pool if every_task else targets, args.method, f"{pool.name}_{args.claim}",
+                                          overrides, [pool_seed], extra=others,
+                                          columns={"claim": args.claim, "extra": args.extra},
+                                          own=list(args.targets) if every_task else None):
                     print(json.dumps(row))
         else:
             from .scaling import plot

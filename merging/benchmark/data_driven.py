@@ -122,11 +122,12 @@ PARAMS: dict[str, type[Params]] = {  # each method's parameter schema (checked b
 
 
 def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
-                      candidates: list[Candidate] | None = None) -> tuple[Tensors, dict[str, Any]]:
-    """The merged body of ``method`` for the pool's tasks from ``candidates`` (default: each task's checkpoint of
-    the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor patterns, e.g. unmerged
-    biases), with its buffers, and the method's log."""
-    objective = TaskObjective(pool, validation.seed, own)
+                      candidates: list[Candidate] | None = None, tasks: list[str] | None = None
+                      ) -> tuple[Tensors, dict[str, Any]]:
+    """The merged body of ``method`` for ``tasks`` (default: the pool's) from ``candidates`` (default: each
+    task's checkpoint of the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor
+    patterns, e.g. unmerged biases), with its buffers, and the method's log."""
+    objective = TaskObjective(pool, validation.seed, own, tasks=tasks)
     base = read_body(base_folder(pool), objective.mergeable())
     candidates = candidates or [(task, validation.seed) for task in pool.tasks]
     statistics = validation.statistic_names()

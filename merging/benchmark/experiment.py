@@ -160,14 +160,14 @@ def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, param
 
 
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
-                seed: int, candidates: list[Candidate], statistics: str = "average"
-                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                seed: int, candidates: list[Candidate], statistics: str = "average",
+                objective_tasks: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The merged body of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
-    methods run through the merge engine into a scratch folder, data-driven ones in memory
-    (merging/benchmark/data_driven.py); the domain then fills its running statistics as ``statistics`` says
-    (``Domain.finish``)."""
+    methods run through the merge engine into a scratch folder, data-driven ones in memory on the data of
+    ``objective_tasks`` (default: the pool's tasks; merging/benchmark/data_driven.py); the domain then fills
+    its running statistics as ``statistics`` says (``Domain.finish``)."""
     if method in DATA_DRIVEN:
-        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates)
+        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks)
     else:
         scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
         try:
@@ -182,12 +182,14 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
 
 
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
-               progress: bool = True, candidates: list[Candidate] | None = None
+               progress: bool = True, candidates: list[Candidate] | None = None,
+               objective_tasks: list[str] | None = None
                ) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
     """Test scores of one method merging ``candidates`` (default: the checkpoints ``test`` evaluates, one per
-    task, of its fine-tuning seed), its final hyper-parameters, the validation normalised score (the best of
-    the grid; recorded for every merge, so that variants run with other fixed hyper-parameters can be
-    compared on validation too) and the method's log."""
+    task, of its fine-tuning seed; a data-driven method uses the data of ``objective_tasks``, default the
+    pool's tasks), its final hyper-parameters, the validation normalised score (the best of the grid; recorded
+    for every merge, so that variants run with other fixed hyper-parameters can be compared on validation too)
+    and the method's log."""
     check_method(pool, method, overrides)
     if method == "majority":
         return test.majority(), {}, None, {}
@@ -205,7 +207,8 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     best, best_val, body, log = params, None, None, {}
     for values in itertools.product(*grid.values()):  # one empty product when there is no grid
         candidate = {**params, **dict(zip(grid, values))}
-        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates, statistics)
+        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates, statistics,
+                                         objective_tasks)
         value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
         if progress and grid:
             print(f"  {method} {candidate}: validation normalised {value:.2f}")
@@ -250,22 +253,26 @@ def _write_log(path: Path, record: dict[str, Any]) -> None:
 def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: dict[str, Any],
                    pool_seeds: list[int] | None = None, seed: int = 0, progress: bool = True,
                    outs: Path = Path("outs"), extra: list[Candidate] = (),
-                   columns: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per fine-tuning seed in ``pool_seeds`` (default: all the pool's seeds); missing checkpoints are
-    fine-tuned first. ``seed`` is the merge's own seed (DARE masks). ``extra`` checkpoints join each seed's
-    task checkpoints as merge candidates (scaling experiments); ``columns`` are added to every row. The method
-    and its parameters are checked first (``check_method``)."""
+                   columns: dict[str, Any] | None = None, own: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per fine-tuning seed in ``pool_seeds`` (default: all the pool's seeds), scored on the pool's
+    tasks; missing checkpoints are fine-tuned first. ``seed`` is the merge's own seed (DARE masks). The
+    candidates are the checkpoints of the tasks ``own`` (default: every pool task) at the row's seed, then the
+    ``extra`` ones (scaling experiments); with ``own``, a data-driven method uses the data of the candidates'
+    tasks only. ``columns`` are added to every row. The method and its parameters are checked first
+    (``check_method``)."""
     check_method(pool, method, overrides)
     rows = []
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
         started = time.perf_counter()
-        candidates = [(task, pool_seed) for task in pool.tasks] + list(extra)
-        for task, task_seed in candidates:
-            finetune(pool, task, task_seed, progress=progress)
+        candidates = [(task, pool_seed) for task in (pool.tasks if own is None else own)] + list(extra)
+        objective_tasks = None if own is None else list(dict.fromkeys(task for task, _ in candidates))
+        for task, task_seed in dict.fromkeys([*candidates, *((task, pool_seed) for task in pool.tasks)]):
+            finetune(pool, task, task_seed, progress=progress)  # the scored tasks' own: heads and reference
         test = Evaluator(pool, "test", pool_seed)  # batched once for the method and the fine-tuned reference
         scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,
-                                                     candidates if extra else None)
+                                                     candidates if extra or own is not None else None,
+                                                     objective_tasks)
         row: dict[str, Any] = {
             "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
             "average": sum(scores.values()) / len(scores), **scores,

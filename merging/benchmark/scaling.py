@@ -1,11 +1,18 @@
 """The FW-Merging paper's scaling claims on a benchmark pool (any domain) (arXiv 2503.12649, Sec. 4):
 
-1. irrelevance robustness: fixed target tasks, their own checkpoints plus k checkpoints of *other* tasks;
-2. relevance utilisation: the targets' checkpoints plus k extra checkpoints of the *target* tasks (other
-   fine-tuning seeds);
-3. memory: peak RSS of one merge process against the number of candidates.
+1. ``irrelevance`` robustness: fixed target tasks, their own checkpoints plus k checkpoints of *other* tasks,
+   scored on the targets (the paper's protocol; with k = every other task it is the paper's main 20-model
+   setting);
+2. ``relevance`` by seeds (ours): the targets' checkpoints plus k extra checkpoints of the *target* tasks
+   (other fine-tuning seeds), scored on the targets;
+3. ``relevance_tasks``, the paper's relevance protocol: the pool grows from the targets' checkpoints by k
+   checkpoints of other tasks (one each, the row's seed), every checkpoint's task is a target of the merge
+   (a data-driven method uses the data of those tasks), and the merge is scored on EVERY task of the pool
+   (hmarkc/fusion_bench eval_scripts/fw4_adamerging.sh: ``tasks=[]``, ``max_num_models`` 4..20, scored on
+   TALL20);
+4. memory: peak RSS of one merge process against the number of candidates.
 
-Each point is one ``run_experiment`` row (target tasks only, normalised by their own fine-tuned checkpoints)
+Each point is one ``run_experiment`` row (normalised by the scored tasks' own fine-tuned checkpoints)
 appended to ``outs/<pool>_<claim>/results.csv`` with ``extra`` = k; ``plot`` draws the normalised score (or
 peak RSS) against k per method. Hyper-parameters follow the method configs (chosen on validation).
 """
@@ -21,18 +28,24 @@ from .data_driven import Candidate
 from .experiment import variant
 from .pool import PoolConfig
 
-Claim = Literal["irrelevance", "relevance"]
+Claim = Literal["irrelevance", "relevance", "relevance_tasks"]
 
 
 def extra_candidates(pool: PoolConfig, targets: list[str], claim: Claim, k: int, seed: int) -> list[Candidate]:
     """The first ``k`` extra checkpoints for ``claim``, seed-major so that every task contributes before any
     task repeats: irrelevance — the non-target tasks of the pool at seeds ``seed``, the next seeds …;
-    relevance — the target tasks at the pool's other fine-tuning seeds (then further seeds)."""
+    relevance — the target tasks at the pool's other fine-tuning seeds (then further seeds);
+    relevance_tasks — the first k non-target tasks at ``seed`` (each task once)."""
     others = [t for t in pool.tasks if t not in targets]
-    tasks = others if claim == "irrelevance" else targets
+    tasks = targets if claim == "relevance" else others
     if not tasks:
-        raise MergeError(f"no {'non-target' if claim == 'irrelevance' else 'target'} tasks to draw extra "
+        raise MergeError(f"no {'target' if claim == 'relevance' else 'non-target'} tasks to draw extra "
                          f"checkpoints from (pool tasks {pool.tasks}, targets {targets})")
+    if claim == "relevance_tasks":
+        if k > len(others):
+            raise MergeError(f"--extra {k}: relevance_tasks adds each other task once; pool '{pool.name}' has "
+                             f"{len(others)} tasks besides the targets")
+        return [(task, seed) for task in others[:k]]
     seeds = [seed, *(s for s in pool.finetune.seeds if s != seed)] if claim == "irrelevance" else \
         [s for s in pool.finetune.seeds if s != seed]
     while len(seeds) * len(tasks) < k:  # more seeds than the pool lists: fine-tuned on demand
