@@ -70,7 +70,8 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
         for label, ref in pool.checkpoints.items():
             check_local(ref, f"checkpoint '{label}'")
     if args.command == "finetune":
-        check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, "--only" if args.only is not None else "--tasks/--seeds")
+        source = "--only" if args.only is not None else "--tasks/--seeds"
+        check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, source)
         pool.model_copy(update={"training": {**pool.training, **dict(args.overrides)}}).training_config()
     elif args.command == "merge":
         check_merge(pool, args.method, dict(args.overrides))

@@ -106,8 +106,9 @@ class SafetensorsFile:
         covered, last = 0, ""  # the reference rule: the tensors tile the data block exactly, in offset order
         for begin, end, name in sorted(spans):
             if begin != covered:
+                problem = "overlapping the tensor before it" if begin < covered else "a gap before it"
                 raise MergeError(f"{self.path}: tensor '{name}' starts at byte {begin} of the data block, "
-                                 f"expected {covered} ({'overlapping the tensor before it' if begin < covered else 'a gap before it'})")
+                                 f"expected {covered} ({problem})")
             covered, last = end, name
         if data_start + covered > size:
             raise MergeError(f"{self.path}: truncated: tensor '{last}' needs bytes up to {data_start + covered} "

@@ -58,10 +58,11 @@ fusion_bench/models/wrappers/layer_wise_fusion.py (``LayerWiseMergedModel``: tas
 the model passed as "pretrained", here θ_k; ``clamp_weights=False``); hmarkc/FW-Merging discriminative/
 merge.py (hard variant only).
 
-λ is left unclamped, as in the official code (adamerging.py with ``clamp: false``). Deviations: (1) g_t is the
-gradient of the task's mean loss over its whole proxy split (official: cross-entropy summed over
-``dataset_size`` = 100 random single training examples, scaled by 1/(dataset_size·n_models); the cosine is scale-free, only the sample differs),
-with the task model in eval mode (official: train mode); (2) the entropy batches are the objective's
+λ is left unclamped, as in the official code (adamerging.py with ``clamp: false``). Deviations: (1) by default
+g_t is the gradient of the task's mean loss over its whole proxy split in eval mode (official: cross-entropy
+summed over ``dataset_size`` = 100 random single training examples, scaled by 1/(dataset_size·n_models), in
+train mode; the cosine is scale-free; ``proxy: fresh`` and ``gradient_mode: train`` give the official sample
+and mode); (2) the entropy batches are the objective's
 unlabelled batches, cycled (official: shuffled test loader, batch 16) and H uses log-softmax (official adds
 eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
 and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
