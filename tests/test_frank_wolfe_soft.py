@@ -11,13 +11,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 from test_frank_wolfe import TrackingSource
-from toy_objective import ToyObjective
+from toy_objective import ToyObjective, draw
 
 from merging.errors import MergeError
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.methods.adamerging import AdaMergingParams, adamerging
 from merging.methods.frank_wolfe import proxy_objective
-from merging.objective import functional_logits, seed_of
+from merging.objective import functional_logits
 
 NAMES = ["body.weight", "body.bias"]
 
@@ -69,10 +69,9 @@ class ClassToy:
 
     def sample(self, task: str, n: int, batch_size: int, seed):
         """``n`` labelled examples drawn without replacement by ``seed``, batched; every draw is recorded."""
-        x, y = self._data[task]
-        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed_of(seed)))[:n]
-        self.drawn.append((seed, rows.tolist()))
-        return [{"x": x[rows[i:i + batch_size]], "labels": y[rows[i:i + batch_size]]} for i in range(0, n, batch_size)]
+        rows, batches = draw(*self._data[task], n, batch_size, seed)
+        self.drawn.append((seed, rows))
+        return batches
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
         return functional_logits(self._models[task], params, {"x": batch["x"]})

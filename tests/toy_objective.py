@@ -11,6 +11,13 @@ import torch
 from merging.objective import functional_logits, seed_of
 
 
+def draw(x: torch.Tensor, y: torch.Tensor, n: int, batch_size: int, seed) -> tuple[list[int], list[dict]]:
+    """``n`` rows of (x, y) drawn without replacement by ``seed``, and them as labelled batches."""
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed_of(seed)))[:n]
+    return rows.tolist(), [{"x": x[rows[i:i + batch_size]], "labels": y[rows[i:i + batch_size]]}
+                           for i in range(0, n, batch_size)]
+
+
 class ToyModel(torch.nn.Module):
     def __init__(self, d: int) -> None:
         super().__init__()
@@ -59,10 +66,9 @@ class ToyObjective:
 
     def sample(self, task: str, n: int, batch_size: int, seed):
         """``n`` of the task's examples drawn without replacement by ``seed``, batched (labelled)."""
-        x, y = self._data[task]
-        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed_of(seed)))[:n]
-        self.drawn.append((task, rows.tolist()))
-        return [{"x": x[rows[i:i + batch_size]], "labels": y[rows[i:i + batch_size]]} for i in range(0, n, batch_size)]
+        rows, batches = draw(*self._data[task], n, batch_size, seed)
+        self.drawn.append((task, rows))
+        return batches
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
         return functional_logits(self._models[task], params, {"x": batch["x"]})
