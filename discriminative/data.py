@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-
 
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.task_list import task_entries
@@ -65,9 +65,15 @@ _SOURCE_KEYS = {"package", "reader", "args"}
 
 
 def _entries() -> dict[str, dict[str, Any]]:
-    """tasks.yaml, checked: unknown keys, readers, packages, kinds and metrics are errors."""
+    """tasks.yaml (``TASKS_YAML``), checked: unknown keys, readers, packages, kinds and metrics are errors."""
+    return _read_entries(TASKS_YAML)
+
+
+@functools.cache
+def _read_entries(path: Path) -> dict[str, dict[str, Any]]:
+    """``_entries`` of the file at ``path``, read once per process (every loss and spec lookup asks)."""
     out: dict[str, dict[str, Any]] = {}
-    for where, e in task_entries(TASKS_YAML, {"name", "kind", "num_labels", "metric", "source"}, _ENTRY_KEYS):
+    for where, e in task_entries(path, {"name", "kind", "num_labels", "metric", "source"}, _ENTRY_KEYS):
         src = e["source"]
         if set(src) - _SOURCE_KEYS or not {"package", "reader"} <= set(src):
             raise MergeError(f"{where}.source: keys {sorted(src)}, expected package, reader[, args]")

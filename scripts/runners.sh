@@ -66,6 +66,9 @@ run_relevance_tasks() {
   _scaling relevance_tasks "${SIZES:-0 4 8 12 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
     _bench plot --claim relevance_tasks
 }
+# The paper's claims (configs/claims.yaml) judged on the rows above: outs/<pool>_claims.md, a plot per claim.
+# shellcheck disable=SC2086  # TARGETS is a list
+run_claims() { _bench claims --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }
 run_memory() {
   _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&
     _bench plot --claim irrelevance --y peak_rss_gb

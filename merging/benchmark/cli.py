@@ -38,7 +38,7 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
     base or checkpoint folder of the pool that does not exist; fine-tuning --tasks outside the pool or negative
     --seeds; an unknown method or a parameter its schema rejects (``experiment.check_method``); --pool-seeds
     that are not the pool's fine-tuning seeds; scaling --targets outside the pool, a negative --extra or a
-    claim without checkpoints to draw from. (--workers is a positive integer by its argparse type.)"""
+    claim without checkpoints to draw from; claims --targets outside the pool. (--workers is a positive integer by its argparse type.)"""
     if args.command in ("finetune", "run", "scale"):
         check_local(pool.base, "base")
         for task, ref in pool.checkpoints.items():
@@ -53,10 +53,13 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
         if stray:
             raise MergeError(f"--pool-seeds {stray} are not fine-tuning seeds of pool '{pool.name}' "
                              f"{pool.finetune.seeds}; add them to finetune.seeds in {args.pool}")
-    if args.command == "scale":
-        from .scaling import extra_candidates, target_pool
+    if args.command in ("scale", "claims"):
+        from .scaling import target_pool
 
         target_pool(pool, args.targets)
+    if args.command == "scale":
+        from .scaling import extra_candidates
+
         if args.extra < 0:
             raise MergeError(f"--extra {args.extra}: expected a number of extra checkpoints >= 0")
         extra_candidates(pool, args.targets, args.claim, args.extra, pool.finetune.seeds[0])
@@ -95,6 +98,10 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     draw.add_argument("--pool", default=default_pool)
     draw.add_argument("--claim", choices=["irrelevance", "relevance", "relevance_tasks"], required=True)
     draw.add_argument("--y", default="normalized", choices=["normalized", "peak_rss_gb"])
+    claims = commands.add_parser("claims", help="judge the FW-Merging paper's claims (configs/claims.yaml) on the "
+                                 "scaling rows: outs/<pool>_claims.md and one plot per claim")
+    claims.add_argument("--pool", default=default_pool)
+    claims.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
     args, extra = parser.parse_known_args(argv)
     if args.command not in ("run", "scale") and extra:
         parser.error(f"unexpected arguments {extra}")
@@ -133,6 +140,10 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                           columns={"claim": args.claim, "extra": args.extra},
                                           own=list(args.targets) if every_task else None):
                     print(json.dumps(row))
+        elif args.command == "claims":
+            from .claims import write_claims
+
+            print(write_claims(pool, args.pool, args.targets))
         else:
             from .scaling import plot
 

@@ -1,0 +1,135 @@
+"""The paper-claims table (merging/benchmark/claims.py): each verdict follows its criterion on the rows, a
+missing row is 'not run', a cut-down run is named, and the table gives the command for every row."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from merging.benchmark.claims import Claim, load_claims, write_claims
+from merging.errors import MergeError
+from merging.results import append_row
+
+POOL = SimpleNamespace(name="toy", tasks=["a", "b", "c", "d", "e", "f"], domain=SimpleNamespace(name="discriminative"),
+                       finetune=SimpleNamespace(seeds=[0, 1, 2]))
+TARGETS = ["a", "b"]  # 4 other tasks: "all" = 4 extra checkpoints
+
+
+def _claim(kind: str, **criterion) -> Claim:
+    protocol, preset, extra = {"flat": ("irrelevance", "irrelevance", [0, 16]),
+                               "rise": ("relevance_tasks", "relevance", [0, "all"]),
+                               "beats": ("irrelevance", "main", ["all"])}[kind]
+    return Claim(name=kind, statement="s", protocol=protocol, preset=preset, extra=extra, settings="x",
+                 paper={"extra": [0], "scores": {"frank_wolfe_soft": [1.0]}},
+                 criterion={"kind": kind, **criterion})
+
+
+def _row(outs: Path, protocol: str, method: str, extra: int, score: float, seed: int = 0, **overrides) -> None:
+    append_row(outs / f"toy_{protocol}" / "results.csv",
+               {"method": method, "normalized": score, "overrides": json.dumps(overrides) if overrides else "",
+                "extra": extra, "pool_seed": seed})
+
+
+def _verdicts(outs: Path, claim: Claim) -> dict[str, tuple[str, str]]:
+    table = write_claims(POOL, "toy.yaml", TARGETS, outs, [claim])
+    lines = [line.split(" | ") for line in table.splitlines() if line.startswith(f"| {claim.name} (")]
+    return {line[0].split("(")[1].split(")")[0]: (line[3], line[4]) for line in lines}
+
+
+FLAT = {"max_drop": 2, "reference": "task_arithmetic", "min_reference_drop": 10}
+
+
+def test_flat_holds_when_fw_soft_stays_within_two_points_and_the_reference_collapses(tmp_path):
+    for seed, (start, end) in enumerate([(80.0, 79.0), (82.0, 80.5)]):
+        _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, start, seed, preset="irrelevance")
+        _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, end, seed, preset="irrelevance")
+        _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0, seed)
+        _row(tmp_path, "irrelevance", "task_arithmetic", 16, 60.0, seed)
+    ours, verdict = _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"]
+    assert verdict == "yes"
+    assert "81.0 ± 1.4 → 79.8 ± 1.1 (-1.2)" in ours and "n = 2" in ours
+
+
+@pytest.mark.parametrize("fw_end, ta_end", [(77.0, 60.0), (80.0, 70.0)])  # FW soft drops 3; TA drops only 5
+def test_flat_fails_when_either_half_of_the_criterion_fails(tmp_path, fw_end, ta_end):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, fw_end, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0)
+    _row(tmp_path, "irrelevance", "task_arithmetic", 16, ta_end)
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "no"
+
+
+def test_each_inner_loss_is_judged_on_its_own_rows_and_a_missing_point_is_not_run(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance", inner_loss="entropy")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.5, preset="irrelevance", inner_loss="entropy")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance")  # no k = 16 row
+    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0)
+    _row(tmp_path, "irrelevance", "task_arithmetic", 16, 50.0)
+    verdicts = _verdicts(tmp_path, _claim("flat", **FLAT))
+    assert verdicts["entropy"][1] == "yes" and verdicts["cross_entropy"][1] == "not run"
+
+
+def test_scores_are_compared_on_the_seeds_every_series_has_and_a_rerun_replaces_its_row(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, 0, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 60.0, 0, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.0, 0, preset="irrelevance")  # rerun: latest wins
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 99.0, 1, preset="irrelevance")  # seed 1 lacks k = 16
+    for seed in (0, 1):
+        _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0, seed)
+        _row(tmp_path, "irrelevance", "task_arithmetic", 16, 50.0, seed)
+    ours, verdict = _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"]
+    assert verdict == "yes" and "80.0 → 79.0" in ours and "n = 1" in ours
+
+
+def test_rise_is_relative_from_the_first_point_to_every_other_task(tmp_path):
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 0, 50.0, preset="relevance")
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 4, 54.0, preset="relevance")  # +8 %
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 0, 50.0, preset="relevance", inner_loss="entropy")
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 4, 55.0, preset="relevance", inner_loss="entropy")
+    verdicts = _verdicts(tmp_path, _claim("rise", min_relative=0.10))
+    assert verdicts["cross_entropy"][1] == "no" and "+8.0%" in verdicts["cross_entropy"][0]
+    assert verdicts["entropy"][1] == "yes"
+
+
+@pytest.mark.parametrize("fw, verdict", [(73.0, "no"),   # 73 / 70 = 1.043 < 1.05
+                                         (74.0, "yes"),
+                                         (74.5, "no")])  # ≥ 1.05 × AdaMerging but below the TIES variant at 75
+def test_beats_needs_the_ratio_over_the_best_adamerging_and_the_best_data_free_merge(tmp_path, fw, verdict):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, fw, preset="main")
+    _row(tmp_path, "irrelevance", "adamerging", 4, 65.0)
+    _row(tmp_path, "irrelevance", "adamerging", 4, 70.0, granularity="layer")  # the best AdaMerging counts
+    _row(tmp_path, "irrelevance", "task_arithmetic", 4, 60.0)
+    _row(tmp_path, "irrelevance", "ties", 4, 73.5)
+    if verdict == "no" and fw > 74:
+        _row(tmp_path, "irrelevance", "ties", 4, 75.0, density=0.5)
+    claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["task_arithmetic", "ties"])
+    assert _verdicts(tmp_path, claim)["cross_entropy"][1] == verdict
+
+
+def test_a_cut_down_run_is_named_and_a_full_run_is_preferred(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 70.0, preset="main", ada_steps=100)
+    _row(tmp_path, "irrelevance", "adamerging", 4, 60.0)
+    _row(tmp_path, "irrelevance", "ties", 4, 50.0)
+    claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["ties"])
+    ours, verdict = _verdicts(tmp_path, claim)["cross_entropy"]
+    assert verdict == "yes" and "--ada-steps 100" in ours and "cut to fit" in ours
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 61.0, preset="main")
+    ours, verdict = _verdicts(tmp_path, claim)["cross_entropy"]
+    assert verdict == "no" and "cut to fit" not in ours
+
+
+def test_the_table_prints_the_command_of_every_row_and_a_plot_per_claim(tmp_path):
+    table = write_claims(POOL, "toy.yaml", TARGETS, tmp_path, [_claim("rise", min_relative=0.1)])
+    assert 'SIZES="0 4" METHODS="frank_wolfe_soft" run_relevance_tasks --preset relevance --inner-loss entropy' in table
+    assert 'export POOL=toy.yaml TARGETS="a b" POOL_SEEDS="0 1 2"' in table
+    assert (tmp_path / "toy_claims_rise.png").is_file() and (tmp_path / "toy_claims.md").read_text().endswith(table)
+
+
+def test_the_shipped_claims_file_is_valid_and_a_bad_one_names_the_key(tmp_path):
+    assert [c.name for c in load_claims()] == ["irrelevance", "relevance", "main"]
+    bad = tmp_path / "claims.yaml"
+    bad.write_text("claims:\n  - name: x\n    statment: typo\n")
+    with pytest.raises(MergeError, match="statment"):
+        load_claims(bad)
