@@ -159,6 +159,11 @@ def test_a_negative_number_of_extra_checkpoints_is_refused(text_pool, capsys):
     assert "--extra -1" in error
 
 
+def test_claims_targets_must_be_tasks_of_the_pool(text_pool, capsys):
+    error = refusal(capsys, discriminative_main, ["claims", "--pool", text_pool(), "--targets", "has_good", "nosuch"])
+    assert "nosuch" in error and "has_good" in error
+
+
 @pytest.mark.parametrize("options,named", [
     (["--workers", "0"], ["--workers", "'0'"]),
     (["--tasks", "has_good", "has_bad"], ["has_bad", "has_sport"]),
