@@ -256,6 +256,23 @@ def test_initial_merge_formulas(init):
     assert result.history[0]["objective"] == pytest.approx(dot(c["w"], expected), rel=1e-5, abs=1e-5)
 
 
+def test_adamerging_init_starts_from_layer_wise_unclamped_adamerging_on_the_same_objective():
+    from merging.methods.adamerging import AdaMergingParams, adamerging
+    from merging.methods.frank_wolfe import initial_adamerging, proxy_objective
+
+    obj = ToyObjective(seed=2)
+    inner = {"loss": "cross_entropy", "batch_size": 16, "steps": 20, "lr": 0.05}
+    result = frank_wolfe_merge(obj, obj.base, obj.optimum, {"init": "adamerging", "init_adamerging": inner,
+                                                            "iterations": 1})
+    start, trace = adamerging(obj, obj.base, list(obj.optimum.values()),
+                              AdaMergingParams(granularity="layer", clamp=False, **inner))
+    defaults = initial_adamerging(FrankWolfeParams(init="adamerging"))
+    assert (defaults.granularity, defaults.clamp) == ("layer", False)  # the fork's LayerWiseMergedModel
+    assert result.history[0]["objective"] == pytest.approx(proxy_objective(obj, start, grad=False)[0], rel=1e-6)
+    assert result.init_log["objective"] == pytest.approx(trace.entropy)
+    assert result.init_log["objective"][-1] < result.init_log["objective"][0]
+
+
 def test_merge_functions_shape_the_step():
     torch.manual_seed(1)
     c, base = {"w": torch.randn(1000)}, {"w": torch.zeros(1000)}
@@ -326,6 +343,8 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"merge": "ties", "merge_params": {"density": 0.2, "scope": "model"}}, "scope: model"),
     ({"merge": "from", "merge_params": {"alpha": 2}}, "Frank-Wolfe sets the scale"),
     ({"line_search_points": 1}, "line_search_points"),
+    ({"init_adamerging": {"steps": 5}}, "init: adamerging only"),
+    ({"init": "adamerging", "init_adamerging": {"step": 5}}, "step"),
 ])
 def test_bad_params_are_clear_errors(params, message):
     with pytest.raises(ValidationError, match=message):

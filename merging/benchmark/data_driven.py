@@ -16,7 +16,7 @@ from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
 from merging.methods.base import NoParams, Params
 from merging.methods.fisher import FisherParams, fisher_merge
-from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+from merging.methods.frank_wolfe import FrankWolfeParams, FrankWolfeResult, frank_wolfe_merge
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.methods.greedy_soup import greedy_soup
 from merging.methods.regmean import RegMeanParams, regmean_merge
@@ -70,7 +70,10 @@ def _streamed(merge: Callable[..., Any], schema: type, inputs: MergeInputs) -> t
         for source in sources.values():
             source.close()
     history = [{k: v for k, v in step.items() if k not in ("choices", "scores")} for step in result.history]
-    return result.theta, {"history": history, "final_objective": result.final_objective}
+    log = {"history": history, "final_objective": result.final_objective}
+    if isinstance(result, FrankWolfeResult) and result.init_log:
+        log["init"] = result.init_log  # init: adamerging's trace
+    return result.theta, log
 
 
 def _frank_wolfe(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:

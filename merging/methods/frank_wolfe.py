@@ -37,12 +37,16 @@ max_{v∈V} ⟨g, θ_k − v⟩ (≥ 0 whenever θ_k ∈ conv(V); bounds f(θ_k)
 (= −gap for task_arithmetic), γ_k, the choice per layer (a candidate's name, "initial", "zero" or "keep").
 
 Init θ_0 (``init``): ``ta`` θ_base + λ Σ_i τ_i (the official TA config), ``merge`` MF of all candidates with
-scale λ (the official code's init for any second merge, e.g. TIES), ``base``, or ``given`` (``init_tensors``).
+scale λ (the official code's init for any second merge, e.g. TIES), ``base``, ``given`` (``init_tensors``), or
+``adamerging``: layer-wise AdaMerging over every candidate on the same objective (merging/methods/adamerging.py,
+unclamped λ, its other parameters from ``init_adamerging``), the start of the vision fork's README recipe
+(hmarkc/fusion_bench@837742d README.md: ``init_weight`` = AdaMerging's merged weights, 3 iterations, η 0.01).
 
 Memory does not grow with the pool: resident are θ_k, ∇f, D_k (built while ∇f is alive, for the slope),
 θ_0 when it is a vertex, θ_k + γD_k during a line search, one base tensor and ONE candidate tensor; the
 oracle streams u_il layer by layer and keeps only [vertices, layers] tables of inner products and norms;
-the step re-reads each chosen tensor. Only ``init: merge`` holds the n candidates of one layer at once.
+the step re-reads each chosen tensor. Only ``init: merge`` holds the n candidates of one layer at once, and
+``init: adamerging`` every candidate's task vectors (for the init only; AdaMerging's memory).
 
 Data-parallel under ``accelerate launch`` (merging/distributed.py): f and ∇f are sums over the proxy batches,
 sharded across processes and all-reduced; every later step uses reduced values only, so every process holds
@@ -72,6 +76,7 @@ from ..candidates import InMemorySource, TensorSource, as_source
 from ..errors import MergeError
 from ..objective import Objective
 from ..registry import get_method
+from .adamerging import AdaMergingParams, adamerging
 from .base import Method, Params, merge_in_memory
 
 SCALE_KEYS = {"task_arithmetic": ("scale", "lambda"), "ties": ("scale", "lambda"),
@@ -88,7 +93,8 @@ class FrankWolfeParams(Params):
     vertices: Literal["full", "task_vector"] = "full"
     oracle: Literal["cosine", "linear"] = "cosine"
     zero_vertex: bool = True
-    init: Literal["ta", "merge", "base", "given"] = "ta"
+    init: Literal["ta", "merge", "base", "given", "adamerging"] = "ta"
+    init_adamerging: dict[str, Any] = Field(default_factory=dict)  # AdaMergingParams of init: adamerging
     init_as_vertex: bool = True
     merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
     merge_params: dict[str, Any] = Field(default_factory=dict)
@@ -100,7 +106,16 @@ class FrankWolfeParams(Params):
     @model_validator(mode="after")
     def _check_merge(self) -> FrankWolfeParams:
         merge_method(self, 1.0)
+        if self.init_adamerging and self.init != "adamerging":
+            raise ValueError("init_adamerging is read by init: adamerging only")
+        initial_adamerging(self)
         return self
+
+
+def initial_adamerging(p: FrankWolfeParams) -> AdaMergingParams:
+    """AdaMerging's parameters for ``init: adamerging``: layer-wise and unclamped (as the fork's
+    LayerWiseMergedModel(clamp_weights=False)) unless ``init_adamerging`` says otherwise."""
+    return AdaMergingParams(**{"granularity": "layer", "clamp": False, **p.init_adamerging})
 
 
 def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method:
@@ -126,6 +141,7 @@ class FrankWolfeResult:
     history: list[dict[str, Any]]  # per iteration k: objective, gap, gap_max, gamma, choices, counts …
     final_objective: float    # f(θ_K)
     params: FrankWolfeParams
+    init_log: dict[str, Any] | None = None  # init: adamerging's trace
 
 
 def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, grad: bool
@@ -308,14 +324,22 @@ def _check_pool(names: list[str], base: TensorSource, pool: dict[str, TensorSour
                                  f"the base has {list(base.shape(name))}")
 
 
-def _initial(p: FrankWolfeParams, names: list[str], base: TensorSource, pool: dict[str, TensorSource],
-             init_tensors: TensorSource | Mapping[str, torch.Tensor] | None) -> Tensors:
+def _initial(p: FrankWolfeParams, objective: Objective, names: list[str], base: TensorSource,
+             pool: dict[str, TensorSource], init_tensors: TensorSource | Mapping[str, torch.Tensor] | None
+             ) -> tuple[Tensors, dict[str, Any] | None]:
+    """θ_0 (module docstring), and for ``init: adamerging`` its trace (objective per step, final λ)."""
     if (init_tensors is None) == (p.init == "given"):
         raise MergeError("init_tensors is required by init: given, and only by it")
     if p.init == "given":
         given = as_source(init_tensors, "init_tensors")
         _check_pool(names, base, {"init_tensors": given})
-        return {n: given.read(n).to(torch.float32) for n in names}
+        return {n: given.read(n).to(torch.float32) for n in names}, None
+    if p.init == "adamerging":
+        models = [{n: src.read(n).to(torch.float32) for n in names} for src in pool.values()]  # n × {name: [*shape]}
+        theta, trace = adamerging(objective, {n: base.read(n).to(torch.float32) for n in names}, models,
+                                  initial_adamerging(p))
+        return theta, {"loss": trace.loss, "objective": trace.entropy, "skipped": trace.skipped,
+                       "lambdas": {n: trace.lambdas[:, i].tolist() for i, n in enumerate(trace.names)}}
     theta = {}
     for name in names:
         b = base.read(name).to(torch.float32)  # [*shape]
@@ -331,7 +355,7 @@ def _initial(p: FrankWolfeParams, names: list[str], base: TensorSource, pool: di
             method = merge_method(p, p.scale, len(models))
             theta[name] = merge_in_memory(method, b, models, name=name, seed=p.seed)  # [*shape]
             del models
-    return theta
+    return theta, None
 
 
 def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],
@@ -346,7 +370,7 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
     names = list(base_src.names)
     pool = {label: as_source(src, f"candidate '{label}'") for label, src in candidates.items()}
     _check_pool(names, base_src, pool)
-    theta = _initial(p, names, base_src, pool, init_tensors)
+    theta, init_log = _initial(p, objective, names, base_src, pool, init_tensors)
     vertices = {**pool, "initial": InMemorySource(dict(theta), "initial")} if p.init_as_vertex else pool
     history: list[dict[str, Any]] = []
     for k in range(p.iterations):
@@ -367,4 +391,4 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
             print(f"FW {k + 1}/{p.iterations}: f={value:.6g} gap={gap:.4g} γ={gamma:.4g} {counts}",
                   file=sys.stderr, flush=True)
     final = proxy_objective(objective, theta, grad=False)[0]
-    return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p)
+    return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p, init_log=init_log)
