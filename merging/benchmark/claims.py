@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,18 +91,20 @@ class Judgement:
     verdict: str    # "yes", "no" or "not run"
     why: str
     commands: list[str]
+    cost: str       # FW soft's seconds and peak RSS per point (mean over its seeds)
 
 
 def _overrides(row: dict[str, str]) -> dict[str, object]:
     return json.loads(row["overrides"]) if row.get("overrides") else {}
 
 
-def series(rows: list[dict[str, str]], keep: Callable[[dict[str, str]], bool], extra: int) -> Scores:
-    """Normalised score by pool seed of the latest kept row at ``extra`` extra checkpoints."""
+def series(rows: list[dict[str, str]], keep: Callable[[dict[str, str]], bool], extra: int,
+           column: str = "normalized") -> Scores:
+    """``column`` (the normalised score) by pool seed of the latest kept row at ``extra`` extra checkpoints."""
     out: Scores = {}
     for row in rows:
         if keep(row) and row.get("extra", "") != "" and int(row["extra"]) == extra:
-            out[row["pool_seed"]] = float(row["normalized"])
+            out[row["pool_seed"]] = float(row[column]) if row.get(column, "") != "" else math.nan
     return out
 
 
@@ -159,7 +162,8 @@ class _Context:
         groups = dict.fromkeys(sorted({d for r in self.rows if (d := _deviation(r, self.claim, loss)) is not None}))
         first: tuple[str, list[Scores]] | None = None
         for flags in ["", *groups]:
-            found = [series(self.rows, lambda r, f=flags: _deviation(r, self.claim, loss) == f, k) for k in self.points]
+            keep = functools.partial(_deviation_is, claim=self.claim, loss=loss, flags=flags)
+            found = [series(self.rows, keep, k) for k in self.points]
             if set.intersection(*(set(s) for s in found)):
                 return flags, found
             first = first or (flags, found)
@@ -234,7 +238,11 @@ def judge(context: _Context, loss: str) -> Judgement:
         commands.append(context.command([c.reference, *c.data_free]))
     cut = f" (cut to fit 2 cores: {flags}; the paper's setting is the command without them)" if flags else ""
     ours, verdict, why = {"flat": _flat, "rise": _rise, "beats": _beats}[c.kind](context, fw, cut)
-    return Judgement(claim, loss, ours, verdict, why, commands)
+    keep = functools.partial(_deviation_is, claim=claim, loss=loss, flags=flags)
+    cost = "; ".join(f"{k}: {statistics.fmean(seconds.values()):.0f} s, "
+                     f"{statistics.fmean(series(context.rows, keep, k, 'peak_rss_gb').values()):.2f} GB"
+                     for k in context.points if (seconds := series(context.rows, keep, k, "seconds")))
+    return Judgement(claim, loss, ours, verdict, why, commands, cost)
 
 
 def _paper(claim: Claim) -> str:
@@ -247,12 +255,17 @@ def _paper(claim: Claim) -> str:
 
 
 def claims_markdown(judgements: list[Judgement]) -> str:
-    """The claims table: claim | paper | paper's settings | ours | reproduced? | why | commands."""
+    """The claims table: claim | paper | paper's settings | ours | reproduced? | why | cost | commands."""
     lines = [{"claim": f"{j.claim.name} ({j.inner_loss}): {j.claim.statement}", "paper (accuracy %)": _paper(j.claim),
               "paper's method and settings": " ".join(j.claim.settings.split()),
               "ours (normalised %, mean ± std)": j.ours or "—", "reproduced?": j.verdict, "criterion": j.why,
+              "FW soft cost (extra: time, peak RSS)": j.cost or "—",
               "commands": "<br>".join(f"`{c}`" for c in j.commands)} for j in judgements]
     return markdown_table(lines, list(lines[0]))
+
+
+def _deviation_is(row: dict[str, str], claim: Claim, loss: str, flags: str) -> bool:
+    return _deviation(row, claim, loss) == flags
 
 
 def _is_fw_soft(row: dict[str, str], claim: Claim, loss: str) -> bool:
