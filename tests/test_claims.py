@@ -26,10 +26,12 @@ def _claim(kind: str, **criterion) -> Claim:
                  criterion={"kind": kind, **criterion})
 
 
-def _row(outs: Path, protocol: str, method: str, extra: int, score: float, seed: int = 0, **overrides) -> None:
+def _row(outs: Path, protocol: str, method: str, extra: int, score: float, seed: int = 0, targets: str = "a b",
+         **overrides) -> None:
     append_row(outs / f"toy_{protocol}" / "results.csv",
                {"method": method, "normalized": score, "overrides": json.dumps(overrides) if overrides else "",
-                "extra": extra, "pool_seed": seed, "seconds": 100.0 + seed + extra, "peak_rss_gb": 2.0})
+                "extra": extra, "pool_seed": seed, "targets": targets, "seconds": 100.0 + 2 * seed + extra,
+                "peak_rss_gb": 2.0})
 
 
 def _verdicts(outs: Path, claim: Claim) -> dict[str, tuple[str, str]]:
@@ -56,7 +58,7 @@ def test_flat_holds_when_fw_soft_stays_within_two_points_and_the_reference_colla
     ours, verdict, _, cost = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:4]
     assert verdict == "yes"
     assert "81.0 ± 1.4 → 79.8 ± 1.1 (-1.2)" in ours and "n = 2" in ours
-    assert cost == "0: 100 s, 2.00 GB; 16: 116 s, 2.00 GB"  # FW soft's rows, mean over seeds 0 and 1
+    assert cost == "0: 101 s, 2.00 GB; 16: 117 s, 2.00 GB"  # FW soft's rows, mean over seeds 0 and 1
 
 
 @pytest.mark.parametrize("fw_end, ta_end", [(77.0, 60.0), (80.0, 70.0)])  # FW soft drops 3; TA drops only 5
@@ -121,17 +123,44 @@ def test_a_cut_down_run_is_named_and_a_full_run_is_preferred(tmp_path):
     _row(tmp_path, "irrelevance", "ties", 4, 50.0)
     claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["ties"])
     ours, verdict = _verdicts(tmp_path, claim)["cross_entropy"]
-    assert verdict == "yes" and "--ada-steps 100" in ours and "cut to fit" in ours
-    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 61.0, preset="main")
+    assert verdict == "yes" and "deviates from the preset: --ada-steps 100" in ours
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 61.0, preset="main", granularity="model")  # the preset's
     ours, verdict = _verdicts(tmp_path, claim)["cross_entropy"]
-    assert verdict == "no" and "cut to fit" not in ours
+    assert verdict == "no" and "61.0" in ours and "deviates" not in ours
+
+
+def test_rows_of_other_presets_and_other_targets_are_not_counted(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 50.0, preset="main")  # another claim's preset
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.0, preset="irrelevance", targets="c d")
+    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0)
+    _row(tmp_path, "irrelevance", "task_arithmetic", 16, 50.0)
+    ours, verdict, why = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:3]
+    assert verdict == "not run" and "FW soft at 16" in why
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.5, preset="irrelevance")
+    ours, verdict = _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"]
+    assert verdict == "yes" and "80.0 → 79.5" in ours
+
+
+def test_beats_is_not_judged_until_every_data_free_method_has_run(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 90.0, preset="main")
+    _row(tmp_path, "irrelevance", "adamerging", 4, 60.0)
+    _row(tmp_path, "irrelevance", "ties", 4, 50.0)
+    claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["ties", "task_arithmetic"])
+    _, verdict, why = _cells(tmp_path, claim)["cross_entropy"][:3]
+    assert verdict == "not run" and "task_arithmetic at 4" in why and "ties" not in why
 
 
 def test_the_table_prints_the_command_of_every_row_and_a_plot_per_claim(tmp_path):
-    table = write_claims(POOL, "toy.yaml", TARGETS, tmp_path, [_claim("rise", min_relative=0.1)])
+    table = write_claims(POOL, "toy.yaml", TARGETS, tmp_path / "outs", [_claim("rise", min_relative=0.1),
+                                                                         _claim("beats", min_ratio=1.05,
+                                                                                reference="adamerging",
+                                                                                data_free=["ties", "average"])])
     assert 'SIZES="0 4" METHODS="frank_wolfe_soft" run_relevance_tasks --preset relevance --inner-loss entropy' in table
+    assert 'SIZES="4" METHODS="adamerging ties average" run_irrelevance' in table
     assert 'export POOL=toy.yaml TARGETS="a b" POOL_SEEDS="0 1 2"' in table
-    assert (tmp_path / "toy_claims_rise.png").is_file() and (tmp_path / "toy_claims.md").read_text().endswith(table)
+    outs = tmp_path / "outs"  # made when missing
+    assert (outs / "toy_claims_rise.png").is_file() and (outs / "toy_claims.md").read_text().endswith(table)
 
 
 def test_the_shipped_claims_file_is_valid_and_a_bad_one_names_the_key(tmp_path):
@@ -139,4 +168,7 @@ def test_the_shipped_claims_file_is_valid_and_a_bad_one_names_the_key(tmp_path):
     bad = tmp_path / "claims.yaml"
     bad.write_text("claims:\n  - name: x\n    statment: typo\n")
     with pytest.raises(MergeError, match="statment"):
+        load_claims(bad)
+    bad.write_text("claims: []\n")
+    with pytest.raises(MergeError, match="claims"):
         load_claims(bad)

@@ -32,14 +32,15 @@ from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
 from merging.results import markdown_table, read_rows
 
-from .experiment import CONFIGS
+from .experiment import CONFIGS, preset_parameters
 from .pool import PoolConfig
 
 CLAIMS_FILE = CONFIGS / "claims.yaml"
 FW_SOFT = "frank_wolfe_soft"
 INNER_LOSSES = ("cross_entropy", "entropy")  # the presets' own first
 RUNNERS = {"irrelevance": "run_irrelevance", "relevance": "run_relevance", "relevance_tasks": "run_relevance_tasks"}
-Scores = dict[str, float]  # pool seed -> normalised score
+Scores = dict[str, float]  # pool seed -> normalised score (or another column)
+Row = dict[str, str]
 
 
 class _Strict(BaseModel):
@@ -73,7 +74,7 @@ class Claim(_Strict):
 
 
 class ClaimsFile(_Strict):
-    claims: list[Claim]
+    claims: list[Claim] = Field(min_length=1)
 
 
 def load_claims(path: Path = CLAIMS_FILE) -> list[Claim]:
@@ -92,20 +93,26 @@ class Judgement:
     why: str
     commands: list[str]
     cost: str       # FW soft's seconds and peak RSS per point (mean over its seeds)
+    flags: str      # FW soft's deviation from the preset in the judged rows ('' for none)
 
 
-def _overrides(row: dict[str, str]) -> dict[str, object]:
+def _overrides(row: Row) -> dict[str, object]:
     return json.loads(row["overrides"]) if row.get("overrides") else {}
 
 
-def series(rows: list[dict[str, str]], keep: Callable[[dict[str, str]], bool], extra: int,
-           column: str = "normalized") -> Scores:
-    """``column`` (the normalised score) by pool seed of the latest kept row at ``extra`` extra checkpoints."""
+def series(rows: list[Row], keep: Callable[[Row], bool], extra: int, column: str = "normalized") -> Scores:
+    """``column`` by pool seed of the latest kept row at ``extra`` extra checkpoints (rows without a value in
+    ``column`` are left out)."""
     out: Scores = {}
     for row in rows:
-        if keep(row) and row.get("extra", "") != "" and int(row["extra"]) == extra:
-            out[row["pool_seed"]] = float(row[column]) if row.get(column, "") != "" else math.nan
+        if keep(row) and row.get("extra", "") != "" and int(row["extra"]) == extra and row.get(column, "") != "":
+            out[row["pool_seed"]] = float(row[column])
     return out
+
+
+def _complete(found: list[Scores]) -> set[str]:
+    """Seeds with a value at every point."""
+    return set.intersection(*(set(s) for s in found))
 
 
 def _mean(scores: Scores, seeds: list[str]) -> float:
@@ -118,113 +125,131 @@ def _shown(scores: Scores, seeds: list[str]) -> str:
     return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
 
 
-def _deviation(row: dict[str, str], claim: Claim, loss: str) -> str | None:
-    """None unless ``row`` is FW soft with the claim's preset and inner loss; else its other overrides ('' for
-    none), as command-line flags."""
-    over = _overrides(row)
-    if (row["method"] != FW_SOFT or over.get("preset") != claim.preset
-            or over.get("inner_loss", INNER_LOSSES[0]) != loss):
-        return None
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(over.items())
-                    if k not in ("preset", "inner_loss"))
+def _is_variant(row: Row, method: str, overrides: str) -> bool:
+    return row["method"] == method and row.get("overrides", "") == overrides
 
 
-def _best(rows: list[dict[str, str]], method: str, points: list[int]) -> tuple[str, list[Scores]]:
-    """The variant (overrides) of ``method`` with the highest mean at the points, and its series."""
-    variants = dict.fromkeys(r.get("overrides", "") for r in rows if r["method"] == method)
-    best: tuple[float, str, list[Scores]] | None = None
-    for over in variants:
-        keep = functools.partial(_is_variant, method=method, overrides=over)
-        found = [series(rows, keep, k) for k in points]
-        seeds = set.intersection(*(set(s) for s in found))
-        if seeds and (best is None or statistics.fmean(found[-1][s] for s in seeds) > best[0]):
-            best = (statistics.fmean(found[-1][s] for s in seeds), over, found)
-    return (best[1], best[2]) if best else ("", [{} for _ in points])
+def _is_configured(row: Row, method: str) -> bool:
+    """A row of ``method`` as its config runs it (no command-line overrides)."""
+    return _is_variant(row, method, "")
 
 
 class _Context:
-    """What judging one claim needs: its rows, points and the commands that make them."""
+    """One claim's rows (those of the requested targets), its points, FW soft's preset and the commands."""
 
-    def __init__(self, claim: Claim, pool: PoolConfig, pool_path: str, targets: list[str], outs: Path) -> None:
-        others = len(pool.tasks) - len(targets)
+    def __init__(self, claim: Claim, pool: PoolConfig, targets: list[str], outs: Path) -> None:
         self.claim = claim
-        self.points = [others if k == "all" else int(k) for k in claim.extra]
+        self.points = [len(pool.tasks) - len(targets) if k == "all" else int(k) for k in claim.extra]
         self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
-        self.rows = read_rows(self.csv)
+        wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
+        self.rows = [r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)]
+        self.preset = preset_parameters(pool.domain.name, FW_SOFT, claim.preset)
 
     def command(self, methods: list[str], flags: str = "") -> str:
         """The runner call that makes the rows at the claim's points (after ``setup``)."""
         return (f"SIZES=\"{' '.join(map(str, self.points))}\" METHODS=\"{' '.join(methods)}\" "
                 f"{RUNNERS[self.claim.protocol]}{' ' + flags if flags else ''}")
 
+    def deviation(self, row: Row, loss: str) -> str | None:
+        """None unless ``row`` is FW soft with the claim's preset and inner loss ``loss``; else the overrides
+        that change the preset's setting, as command-line flags ('' for none)."""
+        over = _overrides(row)
+        if (row["method"] != FW_SOFT or over.get("preset") != self.claim.preset
+                or over.get("inner_loss", self.preset.get("inner_loss")) != loss):
+            return None
+        return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(over.items())
+                        if k not in ("preset", "inner_loss") and self.preset.get(k, object()) != v)
+
+    def is_fw_soft(self, row: Row, loss: str, flags: str) -> bool:
+        return self.deviation(row, loss) == flags
+
     def fw_soft(self, loss: str) -> tuple[str, list[Scores]]:
-        """(deviation flags, series per point) of FW soft: the first complete deviation group, '' preferred."""
-        groups = dict.fromkeys(sorted({d for r in self.rows if (d := _deviation(r, self.claim, loss)) is not None}))
-        first: tuple[str, list[Scores]] | None = None
-        for flags in ["", *groups]:
-            keep = functools.partial(_deviation_is, claim=self.claim, loss=loss, flags=flags)
-            found = [series(self.rows, keep, k) for k in self.points]
-            if set.intersection(*(set(s) for s in found)):
-                return flags, found
-            first = first or (flags, found)
-        return first
+        """(deviation flags, series per point) of FW soft: the preset as it is when it has a seed at every point,
+        else the deviating group with the most such seeds."""
+        groups = sorted({d for r in self.rows if (d := self.deviation(r, loss)) is not None} - {""})
+        found = {flags: [series(self.rows, functools.partial(self.is_fw_soft, loss=loss, flags=flags), k)
+                         for k in self.points] for flags in ["", *groups]}
+        complete = [flags for flags in found if _complete(found[flags])]
+        flags = "" if not complete or "" in complete else max(complete, key=lambda f: len(_complete(found[f])))
+        return flags, found[flags]
+
+    def best(self, method: str, seeds: set[str]) -> tuple[str, list[Scores]]:
+        """The variant (overrides) of ``method`` complete on the most of ``seeds``, then with the highest mean
+        there, and its series ('' and empty series when none shares a seed)."""
+        best: tuple[tuple[int, float], str, list[Scores]] = ((0, 0.0), "", [{} for _ in self.points])
+        for over in dict.fromkeys(r.get("overrides", "") for r in self.rows if r["method"] == method):
+            found = [series(self.rows, functools.partial(_is_variant, method=method, overrides=over), k)
+                     for k in self.points]
+            shared = sorted(_complete(found) & seeds)
+            rank = (len(shared), _mean(found[-1], shared) if shared else 0.0)
+            if shared and rank > best[0]:
+                best = (rank, over, found)
+        return best[1], best[2]
 
 
 def _seeds(*found: Scores) -> list[str]:
-    return sorted(set.intersection(*(set(s) for s in found)), key=int)
+    return sorted(_complete(list(found)), key=int)
 
 
-def _missing(context: _Context, what: str) -> tuple[str, str, str]:
-    points = ", ".join(map(str, context.points))
-    return "", "not run", f"no {what} rows at {points} extra checkpoints (same seeds) in {context.csv}"
+def _missing(context: _Context, named: dict[str, list[Scores]]) -> tuple[str, str, str]:
+    """'not run', naming each series without a row at some point, else the lack of a common seed."""
+    gaps = [f"{name} at {', '.join(str(k) for k, s in zip(context.points, found) if not s)}"
+            for name, found in named.items() if not all(found)]
+    what = f"no rows of {'; '.join(gaps)}" if gaps else f"no seed common to {', '.join(named)} at every point"
+    return "", "not run", f"{what} (extra checkpoints) in {context.csv}"
 
 
 Verdict = tuple[str, str, str]  # (ours, verdict, why)
 
 
-def _flat(context: _Context, fw: list[Scores], cut: str) -> Verdict:
+def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
     configured = functools.partial(_is_configured, method=c.reference)
     reference = [series(context.rows, configured, k) for k in (context.points[0], context.points[-1])]
     seeds = _seeds(*fw, *reference)
     if not seeds:
-        return _missing(context, f"FW soft and {c.reference}")
+        return _missing(context, {"FW soft": fw, c.reference: reference})
     drop = _mean(fw[0], seeds) - _mean(fw[-1], seeds)
     ref_drop = _mean(reference[0], seeds) - _mean(reference[-1], seeds)
     ours = (f"FW soft {_shown(fw[0], seeds)} → {_shown(fw[-1], seeds)} ({-drop:+.1f}); {c.reference} "
             f"{_shown(reference[0], seeds)} → {_shown(reference[-1], seeds)} ({-ref_drop:+.1f}); "
-            f"n = {len(seeds)}{cut}")
+            f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
     return ours, verdict, (f"FW soft loses {drop:.1f} (criterion ≤ {c.max_drop:g}) while {c.reference} loses "
                            f"{ref_drop:.1f} (criterion ≥ {c.min_reference_drop:g})")
 
 
-def _rise(context: _Context, fw: list[Scores], cut: str) -> Verdict:
+def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
     seeds = _seeds(*fw)
     if not seeds:
-        return _missing(context, "FW soft")
-    relative = _mean(fw[-1], seeds) / _mean(fw[0], seeds) - 1
-    ours = f"FW soft {_shown(fw[0], seeds)} → {_shown(fw[-1], seeds)} ({relative:+.1%}); n = {len(seeds)}{cut}"
+        return _missing(context, {"FW soft": fw})
+    first, last = _mean(fw[0], seeds), _mean(fw[-1], seeds)
+    if first <= 0:
+        return "", "no", f"FW soft's first mean is {first:.1f}: no relative change to judge"
+    relative = last / first - 1
+    ours = f"FW soft {_shown(fw[0], seeds)} → {_shown(fw[-1], seeds)} ({relative:+.1%}); n = {len(seeds)}{note}"
     return ours, "yes" if relative >= c.min_relative else "no", (f"relative change {relative:+.1%} "
                                                                   f"(criterion ≥ {c.min_relative:+.0%})")
 
 
-def _beats(context: _Context, fw: list[Scores], cut: str) -> Verdict:
+def _beats(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
-    ada_variant, ada = _best(context.rows, c.reference, context.points)
-    free = {m: scores for m in c.data_free if (scores := _best(context.rows, m, context.points)[1])[0]}
+    fw_seeds = _complete(fw)
+    variant, ada = context.best(c.reference, fw_seeds)
+    free = {m: context.best(m, fw_seeds)[1] for m in c.data_free}
     seeds = _seeds(*fw, *ada, *(s[0] for s in free.values()))
-    if not seeds or not free:
-        return _missing(context, f"FW soft, {c.reference} and data-free")
+    if not seeds:
+        return _missing(context, {"FW soft": fw, c.reference: ada, **free})
     score, reference = _mean(fw[0], seeds), _mean(ada[0], seeds)
     best_free = max(free, key=lambda m: _mean(free[m][0], seeds))
     margin = score - _mean(free[best_free][0], seeds)
-    ours = (f"FW soft {_shown(fw[0], seeds)}; {c.reference}{' ' + ada_variant if ada_variant else ''} "
-            f"{_shown(ada[0], seeds)} (×{score / reference:.3f}); best data-free {best_free} "
-            f"{_shown(free[best_free][0], seeds)}; n = {len(seeds)}{cut}")
-    verdict = "yes" if score >= c.min_ratio * reference and margin > 0 else "no"
-    return ours, verdict, (f"FW soft / {c.reference} = {score / reference:.3f} (criterion ≥ {c.min_ratio:g}); "
+    ratio = score / reference if reference > 0 else math.inf
+    ours = (f"FW soft {_shown(fw[0], seeds)}; {c.reference}{' ' + variant if variant else ''} "
+            f"{_shown(ada[0], seeds)} (×{ratio:.3f}); best data-free {best_free} "
+            f"{_shown(free[best_free][0], seeds)}; n = {len(seeds)}{note}")
+    verdict = "yes" if ratio >= c.min_ratio and margin > 0 else "no"
+    return ours, verdict, (f"FW soft / {c.reference} = {ratio:.3f} (criterion ≥ {c.min_ratio:g}); "
                            f"FW soft − {best_free} = {margin:+.1f} (criterion > 0)")
 
 
@@ -232,17 +257,17 @@ def judge(context: _Context, loss: str) -> Judgement:
     """The claim's verdict for FW soft with inner loss ``loss``, and the commands that make its rows."""
     claim, c = context.claim, context.claim.criterion
     flags, fw = context.fw_soft(loss)
-    loss_flag = "" if loss == INNER_LOSSES[0] else f"--inner-loss {loss}"
+    loss_flag = "" if loss == context.preset.get("inner_loss") else f"--inner-loss {loss}"
     commands = [context.command([FW_SOFT], " ".join(f for f in (f"--preset {claim.preset}", loss_flag, flags) if f))]
     if c.reference:  # the methods it is compared with
         commands.append(context.command([c.reference, *c.data_free]))
-    cut = f" (cut to fit 2 cores: {flags}; the paper's setting is the command without them)" if flags else ""
-    ours, verdict, why = {"flat": _flat, "rise": _rise, "beats": _beats}[c.kind](context, fw, cut)
-    keep = functools.partial(_deviation_is, claim=claim, loss=loss, flags=flags)
-    cost = "; ".join(f"{k}: {statistics.fmean(seconds.values()):.0f} s, "
-                     f"{statistics.fmean(series(context.rows, keep, k, 'peak_rss_gb').values()):.2f} GB"
-                     for k in context.points if (seconds := series(context.rows, keep, k, "seconds")))
-    return Judgement(claim, loss, ours, verdict, why, commands, cost)
+    note = f" (deviates from the preset: {flags}; the paper's setting is the command without them)" if flags else ""
+    ours, verdict, why = {"flat": _flat, "rise": _rise, "beats": _beats}[c.kind](context, fw, note)
+    keep = functools.partial(context.is_fw_soft, loss=loss, flags=flags)
+    cost = "; ".join(f"{k}: {statistics.fmean(seconds.values()):.0f} s, {statistics.fmean(rss.values()):.2f} GB"
+                     for k in context.points if (seconds := series(context.rows, keep, k, "seconds"))
+                     and (rss := series(context.rows, keep, k, "peak_rss_gb")))
+    return Judgement(claim, loss, ours, verdict, why, commands, cost, flags)
 
 
 def _paper(claim: Claim) -> str:
@@ -264,31 +289,14 @@ def claims_markdown(judgements: list[Judgement]) -> str:
     return markdown_table(lines, list(lines[0]))
 
 
-def _deviation_is(row: dict[str, str], claim: Claim, loss: str, flags: str) -> bool:
-    return _deviation(row, claim, loss) == flags
-
-
-def _is_fw_soft(row: dict[str, str], claim: Claim, loss: str) -> bool:
-    return _deviation(row, claim, loss) is not None
-
-
-def _is_variant(row: dict[str, str], method: str, overrides: str) -> bool:
-    return row["method"] == method and row.get("overrides", "") == overrides
-
-
-def _is_configured(row: dict[str, str], method: str) -> bool:
-    """A row of ``method`` as its config runs it (no command-line overrides)."""
-    return row["method"] == method and not row.get("overrides")
-
-
-def _curve(rows: list[dict[str, str]], extras: list[int], keep: Callable[[dict[str, str]], bool]) -> dict[int, float]:
+def _curve(rows: list[Row], extras: list[int], keep: Callable[[Row], bool]) -> dict[int, float]:
     """Mean over seeds of the kept rows' scores at each number of extra checkpoints that has any."""
     return {k: statistics.fmean(found.values()) for k in extras if (found := series(rows, keep, k))}
 
 
-def plot_claim(context: _Context, out: Path) -> Path:
+def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Path:
     """Ours (normalised, mean over seeds, at every number of extra checkpoints from the claim's first point to
-    its last) beside the paper's numbers (accuracy)."""
+    its last: FW soft's judged rows and each compared method as configured) beside the paper's numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,11 +307,12 @@ def plot_claim(context: _Context, out: Path) -> Path:
     extras = sorted({int(r["extra"]) for r in rows if r.get("extra", "") != ""
                      and context.points[0] <= int(r["extra"]) <= context.points[-1]})
     colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([FW_SOFT, *claim.paper.scores]))}
-    for loss, style in zip(INNER_LOSSES, ("-", ":")):
-        curve = _curve(rows, extras, functools.partial(_is_fw_soft, claim=claim, loss=loss))
+    for judgement, style in zip(judgements, ("-", ":")):
+        keep = functools.partial(context.is_fw_soft, loss=judgement.inner_loss, flags=judgement.flags)
+        curve = _curve(rows, extras, keep)
         if curve:
             ours.plot(list(curve), list(curve.values()), marker="o", linestyle=style, color=colour[FW_SOFT],
-                      label=f"{FW_SOFT} ({loss})")
+                      label=f"{FW_SOFT} ({judgement.inner_loss}{', ' + judgement.flags if judgement.flags else ''})")
     for method in [m for m in claim.paper.scores if m != FW_SOFT]:
         curve = _curve(rows, extras, functools.partial(_is_configured, method=method))
         if curve:
@@ -319,6 +328,7 @@ def plot_claim(context: _Context, out: Path) -> Path:
         if axis.lines:
             axis.legend(fontsize="small")
     figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
     plt.close(figure)
@@ -337,10 +347,11 @@ def write_claims(pool: PoolConfig, pool_path: str, targets: list[str], outs: Pat
     """Judge every claim (default: configs/claims.yaml) once per inner loss on the rows under ``outs``; write
     outs/<pool>_claims.md and one plot per claim beside it (outs/<pool>_claims_<claim>.png); the table."""
     judgements = []
-    for claim in claims or load_claims():
-        context = _Context(claim, pool, pool_path, targets, outs)
-        judgements += [judge(context, loss) for loss in INNER_LOSSES]
-        plot_claim(context, outs / f"{pool.name}_claims_{claim.name}.png")
+    for claim in load_claims() if claims is None else claims:
+        context = _Context(claim, pool, targets, outs)
+        mine = [judge(context, loss) for loss in INNER_LOSSES]
+        plot_claim(context, mine, outs / f"{pool.name}_claims_{claim.name}.png")
+        judgements += mine
     table = claims_markdown(judgements)
     text = (f"Rebuilt by `run_claims` (configs/claims.yaml) from the rows under {outs}/. Every command runs after "
             f"`{setup(pool, pool_path, targets)}`.\n\n{table}")

@@ -137,7 +137,8 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                 others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
                 for row in run_experiment(pool if every_task else targets, args.method, f"{pool.name}_{args.claim}",
                                           overrides, [pool_seed], extra=others,
-                                          columns={"claim": args.claim, "extra": args.extra},
+                                          columns={"claim": args.claim, "extra": args.extra,
+                                                   "targets": " ".join(args.targets)},
                                           own=list(args.targets) if every_task else None):
                     print(json.dumps(row))
         elif args.command == "claims":
