@@ -15,6 +15,8 @@
 #   SIZES="1 4" METHODS="frank_wolfe ties" run_relevance
 #   SIZES="0 12" METHODS=frank_wolfe run_irrelevance --init base --lambda 1 --eta 1   # overrides for every point
 #   run_memory                              # peak RSS at 4, 8, 16 candidates: FW, AdaMerging, RegMean
+#   METHODS=frank_wolfe_soft run_main --preset main     # the paper's main setting: every checkpoint, 4 targets
+#   run_claims                              # the paper's claims judged on these rows (outs/<pool>_claims.md)
 _DOMAIN=discriminative
 _DEFAULT_POOL=configs/discriminative/minilm_8tasks.yaml
 _DEFAULT_TARGETS="sarcasm_headlines bbc_topic hyperbaton epistemic_reasoning"

@@ -66,6 +66,10 @@ run_relevance_tasks() {
   _scaling relevance_tasks "${SIZES:-0 4 8 12 16}" "${METHODS:-frank_wolfe frank_wolfe_soft task_arithmetic ties adamerging}" "$@" &&
     _bench plot --claim relevance_tasks
 }
+# The paper's main setting: every other task's checkpoint beside the targets' own, scored on the targets.
+run_main() {
+  _scaling irrelevance all "${METHODS:-frank_wolfe_soft adamerging task_arithmetic ties dare_ties average}" "$@"
+}
 # The paper's claims (configs/claims.yaml) judged on the rows above: outs/<pool>_claims.md, a plot per claim.
 # shellcheck disable=SC2086  # TARGETS is a list
 run_claims() { _bench claims --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }

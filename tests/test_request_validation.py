@@ -6,6 +6,8 @@ Every test runs with the expensive steps (downloads, data preparation, fine-tuni
 a trap: a test passes only if the request is refused before any of them starts."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
@@ -153,10 +155,19 @@ def test_pool_seeds_must_be_fine_tuning_seeds_of_the_pool(text_pool, capsys, com
     assert "--pool-seeds [5]" in error and "[0, 1]" in error
 
 
-def test_a_negative_number_of_extra_checkpoints_is_refused(text_pool, capsys):
-    error = refusal(capsys, discriminative_main, ["scale", "--pool", text_pool(), "--claim", "irrelevance",
-                                                  "--method", "ties", "--targets", "has_good", "--extra", "-1"])
-    assert "--extra -1" in error
+@pytest.mark.parametrize("claim, extra", [("irrelevance", "-1"), ("irrelevance", "two"), ("relevance", "all")])
+def test_a_bad_number_of_extra_checkpoints_is_refused(text_pool, capsys, claim, extra):
+    error = refusal(capsys, discriminative_main, ["scale", "--pool", text_pool(), "--claim", claim,
+                                                  "--method", "ties", "--targets", "has_good", "--extra", extra])
+    assert f"--extra {extra}" in error and "expected a number" in error
+
+
+def test_extra_all_is_every_other_task_once():
+    from merging.benchmark.scaling import extra_candidates, extra_count
+
+    pool = SimpleNamespace(tasks=["a", "b", "c", "d"], finetune=SimpleNamespace(seeds=[0, 1]))
+    assert extra_count(pool, ["a"], "irrelevance", "all") == extra_count(pool, ["a"], "relevance_tasks", "all") == 3
+    assert extra_candidates(pool, ["a"], "irrelevance", 3, 1) == [("b", 1), ("c", 1), ("d", 1)]
 
 
 def test_claims_targets_must_be_tasks_of_the_pool(text_pool, capsys):

@@ -58,10 +58,9 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
 
         target_pool(pool, args.targets)
     if args.command == "scale":
-        from .scaling import extra_candidates
+        from .scaling import extra_candidates, extra_count
 
-        if args.extra < 0:
-            raise MergeError(f"--extra {args.extra}: expected a number of extra checkpoints >= 0")
+        args.extra = extra_count(pool, args.targets, args.claim, args.extra)
         extra_candidates(pool, args.targets, args.claim, args.extra, pool.finetune.seeds[0])
 
 
@@ -92,7 +91,8 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                             "relevance_tasks (the paper's): + other tasks' checkpoints, scored on every task")
     scale.add_argument("--method", required=True)
     scale.add_argument("--targets", nargs="+", required=True, help="target tasks (a subset of the pool's)")
-    scale.add_argument("--extra", type=int, required=True, help="how many extra checkpoints join the targets'")
+    scale.add_argument("--extra", required=True, help="how many extra checkpoints join the targets' (a number, or "
+                       "'all': every other task once, the paper's main setting)")
     scale.add_argument("--pool-seeds", type=int, nargs="*", help="fine-tuning seeds of the targets' checkpoints")
     draw = commands.add_parser("plot", help="PNG of a scaling claim's rows (score or peak RSS against extra)")
     draw.add_argument("--pool", default=default_pool)

@@ -53,6 +53,17 @@ def extra_candidates(pool: PoolConfig, targets: list[str], claim: Claim, k: int,
     return [(task, s) for s in seeds for task in tasks][:k]
 
 
+def extra_count(pool: PoolConfig, targets: list[str], claim: Claim, value: str) -> int:
+    """``--extra``: a whole number ≥ 0, or ``all`` — every other task of the pool once (irrelevance: the paper's
+    main setting, all checkpoints scored on the targets; relevance_tasks: every task of the pool a target)."""
+    if value == "all" and claim != "relevance":
+        return len([t for t in pool.tasks if t not in targets])
+    if not value.isdigit():
+        expected = "a number of extra checkpoints >= 0" + ("" if claim == "relevance" else " or 'all'")
+        raise MergeError(f"--extra {value}: expected {expected}")
+    return int(value)
+
+
 def target_pool(pool: PoolConfig, targets: list[str]) -> PoolConfig:
     unknown = [t for t in targets if t not in pool.tasks]
     if unknown:
