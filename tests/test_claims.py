@@ -149,6 +149,7 @@ def test_beats_is_not_judged_until_every_data_free_method_has_run(tmp_path):
     claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["ties", "task_arithmetic"])
     _, verdict, why = _cells(tmp_path, claim)["cross_entropy"][:3]
     assert verdict == "not run" and "task_arithmetic at 4" in why and "ties" not in why
+    assert _cells(tmp_path, claim)["entropy"][2].startswith("no rows of FW soft at 4 (")  # only what is missing
 
 
 def test_the_table_prints_the_command_of_every_row_and_a_plot_per_claim(tmp_path):

@@ -236,6 +236,8 @@ def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
 def _beats(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
     fw_seeds = _complete(fw)
+    if not fw_seeds:  # the comparators are chosen on FW soft's seeds
+        return _missing(context, {"FW soft": fw})
     variant, ada = context.best(c.reference, fw_seeds)
     free = {m: context.best(m, fw_seeds)[1] for m in c.data_free}
     seeds = _seeds(*fw, *ada, *(s[0] for s in free.values()))
