@@ -34,6 +34,7 @@ from merging.results import markdown_table, read_rows
 
 from .experiment import CONFIGS, preset_parameters
 from .pool import PoolConfig
+from .scaling import extra_count, save_figure
 
 CLAIMS_FILE = CONFIGS / "claims.yaml"
 FW_SOFT = "frank_wolfe_soft"
@@ -139,7 +140,7 @@ class _Context:
 
     def __init__(self, claim: Claim, pool: PoolConfig, targets: list[str], outs: Path) -> None:
         self.claim = claim
-        self.points = [len(pool.tasks) - len(targets) if k == "all" else int(k) for k in claim.extra]
+        self.points = [extra_count(pool, targets, claim.protocol, str(k)) for k in claim.extra]
         self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
         wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
         self.rows = [r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)]
@@ -329,13 +330,7 @@ def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Pat
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize="small")
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(out)
-    return out
+    return save_figure(figure, out)
 
 
 def setup(pool: PoolConfig, pool_path: str, targets: list[str]) -> str:

@@ -37,8 +37,9 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
     """Refuse a bad request before any download, data preparation or fine-tuning, naming the bad value: a local
     base or checkpoint folder of the pool that does not exist; fine-tuning --tasks outside the pool or negative
     --seeds; an unknown method or a parameter its schema rejects (``experiment.check_method``); --pool-seeds
-    that are not the pool's fine-tuning seeds; scaling --targets outside the pool, a negative --extra or a
-    claim without checkpoints to draw from; claims --targets outside the pool. (--workers is a positive integer by its argparse type.)"""
+    that are not the pool's fine-tuning seeds; scaling --targets outside the pool, an --extra that is neither a
+    number ≥ 0 nor 'all', or a claim without checkpoints to draw from; claims --targets outside the pool.
+    (--workers is a positive integer by its argparse type.)"""
     if args.command in ("finetune", "run", "scale"):
         check_local(pool.base, "base")
         for task, ref in pool.checkpoints.items():

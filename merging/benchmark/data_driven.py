@@ -16,7 +16,7 @@ from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
 from merging.methods.base import NoParams, Params
 from merging.methods.fisher import FisherParams, fisher_merge
-from merging.methods.frank_wolfe import FrankWolfeParams, FrankWolfeResult, frank_wolfe_merge
+from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.methods.greedy_soup import greedy_soup
 from merging.methods.regmean import RegMeanParams, regmean_merge
@@ -61,27 +61,32 @@ def _label(candidate: Candidate) -> str:
     return f"{candidate[0]}-seed{candidate[1]}"
 
 
-def _streamed(merge: Callable[..., Any], schema: type, inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
-    """Run a Frank-Wolfe variant with the candidates streamed tensor by tensor from their checkpoints."""
+def _streamed(merge: Callable[..., Any], schema: type, inputs: MergeInputs) -> Any:
+    """Run a Frank-Wolfe variant with the candidates streamed tensor by tensor from their checkpoints; its
+    result."""
     sources = {_label(c): CheckpointSource(inputs.folder(c), list(inputs.base)) for c in inputs.candidates}
     try:
-        result = merge(inputs.objective, inputs.base, sources, schema.model_validate(inputs.params), progress=True)
+        return merge(inputs.objective, inputs.base, sources, schema.model_validate(inputs.params), progress=True)
     finally:
         for source in sources.values():
             source.close()
+
+
+def _fw_log(result: Any) -> dict[str, Any]:
+    """A Frank-Wolfe variant's log: its history (less the per-layer choices and scores) and final objective."""
     history = [{k: v for k, v in step.items() if k not in ("choices", "scores")} for step in result.history]
-    log = {"history": history, "final_objective": result.final_objective}
-    if isinstance(result, FrankWolfeResult) and result.init_log:
-        log["init"] = result.init_log  # init: adamerging's trace
-    return result.theta, log
+    return {"history": history, "final_objective": result.final_objective}
 
 
 def _frank_wolfe(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
-    return _streamed(frank_wolfe_merge, FrankWolfeParams, inputs)
+    result = _streamed(frank_wolfe_merge, FrankWolfeParams, inputs)
+    init = {"init": result.init_log} if result.init_log else {}  # init: adamerging's trace
+    return result.theta, {**_fw_log(result), **init}
 
 
 def _frank_wolfe_soft(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:
-    return _streamed(frank_wolfe_soft_merge, FrankWolfeSoftParams, inputs)
+    result = _streamed(frank_wolfe_soft_merge, FrankWolfeSoftParams, inputs)
+    return result.theta, _fw_log(result)
 
 
 def _regmean(inputs: MergeInputs) -> tuple[Tensors, dict[str, Any]]:

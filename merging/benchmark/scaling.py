@@ -19,7 +19,7 @@ peak RSS) against k per method. Hyper-parameters follow the method configs (chos
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from merging.errors import MergeError
 from merging.results import read_rows
@@ -98,7 +98,16 @@ def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
         axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small")
+    return save_figure(figure, out)
+
+
+def save_figure(figure: Any, out: Path) -> Path:
+    """Write a matplotlib ``figure`` to the PNG ``out`` (its folder made when missing) through a temporary file,
+    then close it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
     plt.close(figure)

@@ -108,7 +108,8 @@ class FrankWolfeParams(Params):
         merge_method(self, 1.0)
         if self.init_adamerging and self.init != "adamerging":
             raise ValueError("init_adamerging is read by init: adamerging only")
-        initial_adamerging(self)
+        if self.init == "adamerging":
+            initial_adamerging(self)  # its parameters, checked now
         return self
 
 
