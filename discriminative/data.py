@@ -23,11 +23,11 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +43,8 @@ from merging.pypi import cache_dir, fetch
 
 from . import sources
 from .sources import READERS
+
+logger = logging.getLogger(__name__)
 
 TASKS_YAML = Path(__file__).resolve().parents[1] / "configs" / "discriminative" / "tasks.yaml"
 SEED = 0
@@ -283,8 +285,7 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
     names = task_names() if names is None else names
     for name in names:
         task_spec(name)  # unknown names fail before any download
-    say: Callable[[str], None] = (lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)) if progress \
-        else (lambda m: None)
+    say: Callable[[str], None] = (lambda m: logger.info("[data] %s", m)) if progress else (lambda m: None)
     with _lock():
         for stale in (cache_dir() / "discriminative").iterdir():  # left by an interrupted run
             if stale.is_dir() and re.fullmatch(r"\..+\.(tmp|trash)\d+", stale.name):

@@ -27,6 +27,7 @@ from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
 from merging.config import parse_value
 from merging.errors import INTERRUPTED, MergeError, report
+from merging.logs import configure as configure_logging
 from merging.parallel import check_jobs, parse_job
 
 from . import data
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="validation examples per task for the hyper-parameter search")
     args = parser.parse_args(argv)
     interrupt_on_sigterm()
+    configure_logging()
     try:
         pool = load_pool(args.pool)
         validate_request(args, pool)

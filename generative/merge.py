@@ -1,11 +1,11 @@
 """Merge the suite's LoRA adapters with one method and write both outputs: a peft adapter and the merged full
 model (peft ``merge_and_unload``), each loadable on its own by transformers / peft.
 
-Methods (merging/lora_merge.py has the two spaces):
-- ``task_arithmetic``, ``ties``, ``dare_ties`` (and any per-tensor method): on ΔW_i in product space, the
-  merged ΔW re-factored to ``rank`` by truncated SVD;
-- ``from_lora``: FroM-LoRA's alternating least squares at ``rank`` (merging/methods/from_lora.py);
-- ``frank_wolfe``: FW-Merging hard (merging/methods/frank_wolfe.py) on the proxy split
+Methods: those of merging/registry.py marked ``lora``, by kind (merging/lora_merge.py has the two spaces):
+- per-tensor (``task_arithmetic``, ``ties``, ``dare_ties``, …): on ΔW_i in product space, the merged ΔW
+  re-factored to ``rank`` by truncated SVD;
+- adapter (``from_lora``: FroM-LoRA's alternating least squares at ``rank``, merging/methods/from_lora.py);
+- data-driven (``frank_wolfe``: FW-Merging hard, merging/methods/frank_wolfe.py) on the proxy split
   (generative/objective.py), in ``space: factors`` (the official code: A and B merged as separate tensors,
   same rank and lora_alpha as the adapters) or ``space: product`` (ΔW, re-factored to ``rank``).
 
@@ -22,14 +22,12 @@ import torch
 from pydantic import BaseModel, Field
 
 from merging.atomic import atomic_directory
-from merging.benchmark.request import engine_methods
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, write_lora_adapter
 from merging.lora_merge import Factors, merge_deltas, sources, to_factors
-from merging.methods.base import Params
-from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
-from merging.methods.from_lora import FromLoraParams, default_rank, merge_lora_adapters
-from merging.registry import METHODS, get_method
+from merging.methods.base import DataDrivenInputs, Params
+from merging.methods.from_lora import default_rank
+from merging.registry import get_method, methods
 
 from .lm_eval_tasks import LocalTask
 from .objective import CausalLMObjective
@@ -46,15 +44,15 @@ class AdapterOptions(Params):
 
 
 def adapter_methods() -> list[str]:
-    """The methods that merge LoRA adapters here: every per-tensor method, from_lora and frank_wolfe."""
-    return sorted([*engine_methods(), "from_lora", "frank_wolfe"])
+    """The registered methods that merge LoRA adapters (``lora``): every per-tensor method, the adapter methods
+    (from_lora) and frank_wolfe."""
+    return [spec.name for spec in methods() if spec.lora]
 
 
 def parameter_schemas(method: str) -> tuple[type[BaseModel], ...]:
     """The schemas ``merge_adapters`` checks ``method``'s parameters with: ``AdapterOptions``, then the
     method's own (a per-tensor method's method-level ``Params``: LoRA merges take no per-model parameters)."""
-    own = {"frank_wolfe": FrankWolfeParams, "from_lora": FromLoraParams}.get(method) or METHODS[method].Params
-    return AdapterOptions, own
+    return AdapterOptions, get_method(method).Params
 
 
 def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraAdapter], labels: Sequence[str],
@@ -68,11 +66,15 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
     rank, space = options.rank or default_rank(adapters), options.space
     per_task, batch_size = options.proxy_examples, options.proxy_batch_size
     log: dict[str, Any] = {"rank": rank}
-    if method == "frank_wolfe":
+    spec = get_method(method)
+    if not spec.lora:
+        raise MergeError(f"method '{method}' cannot merge LoRA adapters; methods that can: "
+                         f"{', '.join(adapter_methods())}")
+    if spec.kind == "data_driven":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if base_folder is None or not proxy:
-            raise MergeError("frank_wolfe on LoRA adapters needs the base model and the proxy tasks")
+            raise MergeError(f"{method} on LoRA adapters needs the base model and the proxy tasks")
         base, candidates = sources(adapters, space, labels)
         first = adapters[0]
         scaling = next(iter(first.scalings.values()))
@@ -82,25 +84,19 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
         model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
         objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
                                       batch_size=batch_size, per_task=per_task)
-        result = frank_wolfe_merge(objective, base, candidates, FrankWolfeParams(**{"seed": seed, **params}),
-                                   progress=progress)
-        factors, errors = to_factors(result.theta, space, rank)
+        theta, method_log = spec.implementation(DataDrivenInputs(
+            objective, base, candidates, spec.Params(**{"seed": seed, **params}), progress=progress))
+        factors, errors = to_factors(theta, space, rank)
         if space == "factors":
             rank, alpha = first.rank, first.alpha
         else:
             alpha = float(rank)
-        log.update(space=space, proxy_examples=per_task, final_objective=result.final_objective,
-                   history=[{k: v for k, v in h.items() if k != "choices"} for h in result.history],
-                   choices=[h["choices"] for h in result.history])
-    elif method == "from_lora":
-        factors = merge_lora_adapters(adapters, rank=rank, seed=seed, **FromLoraParams(**params).model_dump(
-            exclude={"rank"}))
-        alpha, errors = float(rank), {}
+        log.update(space=space, proxy_examples=per_task, **method_log)
+    elif spec.kind == "adapter":
+        merged = spec.implementation(adapters, spec.Params(**{**params, "rank": rank}), seed=seed, progress=progress)
+        factors, rank, alpha, errors = merged.factors, merged.rank, merged.alpha, {}
     else:
-        cls = get_method(method)
-        if not hasattr(cls, "combine"):
-            raise MergeError(f"method '{method}' cannot merge LoRA adapters here; use a per-tensor method, "
-                             "from_lora or frank_wolfe")
+        cls = spec.method_class
         instance = cls(cls.Params(**params), [cls.ModelParams() for _ in adapters])
         factors, errors = merge_deltas(adapters, instance, rank, seed)
         alpha = float(rank)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -27,13 +28,13 @@ import torch
 from merging import distributed
 from merging.atomic import atomic_write_text
 from merging.benchmark.experiment import check_method_config, method_config
-from merging.benchmark.request import engine_methods, engine_schemas
 from merging.checkpoint import resolve_model_ref
 from merging.config import validate_config
 from merging.errors import MergeError
 from merging.lora import read_lora_adapter, write_lora_adapter
 from merging.metrics import normalized_score
 from merging.pypi import cache_dir
+from merging.registry import get_method, known_methods
 from merging.results import append_row, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
@@ -42,6 +43,8 @@ from .evaluate import evaluate
 from .lm_eval_tasks import write_tasks
 from .merge import adapter_methods, merge_adapters, parameter_schemas, write_outputs
 from .pool import GenerativePool, official_proxy
+
+logger = logging.getLogger(__name__)
 
 DOMAIN = "generative"  # configs/generative/methods/<method>.yaml
 
@@ -130,14 +133,14 @@ def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) ->
     of checkpoints (the known ones are listed), a parameter (--set, method YAML, each grid point) that the
     method's schema rejects, a missing proxy file, and a grid left open on a pool without tasks to choose on."""
     lora = pool.kind == "lora"
-    known = adapter_methods() if lora else engine_methods()
+    known = adapter_methods() if lora else known_methods("per_tensor")
     if method not in known:
         if method in adapter_methods():
             raise MergeError(f"method '{method}' merges LoRA pools (kind: lora) only; methods for full "
                              f"fine-tunes: {', '.join(known)}")
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
-    check_method_config(DOMAIN, method, overrides, parameter_schemas(method) if lora else engine_schemas(method),
-                        per_tensor=not lora)
+    check_method_config(DOMAIN, method, overrides,
+                        parameter_schemas(method) if lora else get_method(method).schemas(), per_tensor=not lora)
     if pool.proxy and not Path(pool.proxy).is_file():
         raise MergeError(f"pool '{pool.name}' ({pool.path}): proxy file '{pool.proxy}' does not exist")
     _, grid, _ = method_config(DOMAIN, method, overrides)
@@ -170,10 +173,9 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     out = merged_dir(pool, label, seed)
     if pool.kind == "lora":
         adapters = [read_lora_adapter(f) for f in folders.values()]
-        if method == "frank_wolfe":
+        proxy = []
+        if get_method(method).kind == "data_driven":
             proxy = official_proxy(pool.proxy) if pool.proxy else data.local_tasks("proxy", pool.tasks)
-        else:
-            proxy = []
 
         def merge(point: dict[str, Any]) -> tuple[Any, ...]:
             return merge_adapters(method, point, adapters, list(folders), base_folder, proxy, seed, progress,
@@ -202,7 +204,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
                 scores = scores_of(Path(scratch) / "model", "validation", pool.tasks, limit_validation, None)
         value = 100 * sum(scores.values()) / len(scores)
         if progress:
-            print(f"  {method} {point}: validation mean score {value:.2f}", flush=True)
+            logger.info("  %s %s: validation mean score %.2f", method, point, value)
         if best is None or value > best[0]:
             best = (value, point, merged)
     assert best is not None  # the grid has at least the empty point

@@ -8,6 +8,7 @@ import sys
 from .atomic import interrupt_on_sigterm
 from .config import load_config, validate_config
 from .errors import MergeError, report
+from .logs import configure as configure_logging
 
 
 def positive_int(text: str) -> int:
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy a base's custom modelling code (auto_map) into the output")
     merge.add_argument("--workers", type=positive_int, default=2, help="tensors merged concurrently (default 2)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
-    commands.add_parser("methods", help="list the registered merge methods and their papers")
+    commands.add_parser("methods", help="list every registered merge method: kind, LoRA support, paper, data read")
     return parser
 
 
@@ -41,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     a non-zero exit (2, or 130 when interrupted) and no output folder."""
     args = build_parser().parse_args(argv)
     interrupt_on_sigterm()
+    configure_logging(quiet=getattr(args, "quiet", False))
     try:
         if args.command == "methods":
-            from .registry import get_method, known_methods
+            from .registry import methods
 
-            for name in known_methods():
-                print(f"{name:18s} {get_method(name).paper}")
+            print(f"{'method':17s} {'kind':11s} {'LoRA':4s} {'paper':44s} data read")
+            for spec in methods():
+                print(f"{spec.name:17s} {spec.kind:11s} {'yes' if spec.lora else 'no':4s} {spec.paper:44s} {spec.data}")
             return 0
         from .run import run_merge
 

@@ -30,10 +30,9 @@ import torch
 
 from .errors import MergeError
 from .lora import LoraAdapter, check_adapters
-from .methods.base import Method, merge_in_memory
+from .methods.base import Factors, Method, merge_in_memory
 
 Space = Literal["product", "factors"]
-Factors = tuple[torch.Tensor, torch.Tensor]  # (A [r, in], B [out, r])
 
 
 ARPACK_MIN_SIDE = 256  # below this a full SVD is as fast as ARPACK

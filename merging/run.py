@@ -16,12 +16,11 @@ from pydantic import ValidationError
 
 from .atomic import atomic_directory, check_target
 from .checkpoint import Checkpoint, open_checkpoint, same_architecture
-from .config import (DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position,
-                     resolve_value)
+from .config import DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position, resolve_value
 from .engine import Engine, Sources, TensorPlan
 from .errors import MergeError
 from .methods.base import Method
-from .registry import AdapterMethod, get_method
+from .registry import MethodSpec, get_method, known_methods
 from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -92,8 +91,7 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
 
 def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> list[TensorPlan]:
     """Check the pool against the base and decide, per tensor, merge-or-copy and the output dtype."""
-    method_cls = get_method(cfg.method)
-    assert not isinstance(method_cls, AdapterMethod)
+    method_cls = get_method(cfg.method, "per_tensor").method_class
     if len(models) < method_cls.min_models or (method_cls.max_models and len(models) > method_cls.max_models):
         wanted = (f"exactly {method_cls.min_models}" if method_cls.min_models == method_cls.max_models
                   else f"at least {method_cls.min_models}")
@@ -184,11 +182,14 @@ def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust
 def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False,
               progress: bool = True, workers: int = 2, source_yaml: Path | None = None) -> dict[str, Any]:
     """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
-    method = get_method(cfg.method)
+    if cfg.method in known_methods("data_driven"):
+        raise MergeError(f"method '{cfg.method}' reads data ({get_method(cfg.method).data}); run it on a benchmark "
+                         f"pool: python -m discriminative|vision|generative run --method {cfg.method}")
+    spec = get_method(cfg.method, "per_tensor", "adapter")
     out = check_target(out, overwrite)
-    if isinstance(method, AdapterMethod):
-        return run_adapter_merge(method, cfg, out, overwrite=overwrite, progress=progress)
-    check_config_parameters(cfg, method)
+    if spec.kind == "adapter":
+        return run_adapter_merge(spec, cfg, out, overwrite=overwrite, progress=progress)
+    check_config_parameters(cfg, spec.method_class)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
@@ -210,7 +211,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
             finally:
                 writer.close()
             copy_side_files(base, folder, cfg.out_dtype, trust_remote_code)
-            info = {"method": cfg.method, "paper": get_method(cfg.method).paper, "git_sha": git_sha(),
+            info = {"method": cfg.method, "paper": spec.paper, "git_sha": git_sha(),
                     "torch": torch.__version__, "device": str(device),
                     "tensors_merged": sum(p.method is not None for p in plans),
                     "tensors_copied": sum(p.method is None for p in plans),
@@ -229,10 +230,12 @@ ADAPTER_MERGE_KEYS = {"method", "base", "models", "parameters", "seed", "out_dty
                       "origin"}  # what an adapter method's run uses of a MergeConfig
 
 
-def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, *, overwrite: bool,
+def run_adapter_merge(spec: MethodSpec, cfg: MergeConfig, out: str | Path, *, overwrite: bool,
                       progress: bool) -> dict[str, Any]:
-    """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters)."""
+    """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters): a peft
+    folder with ``merge_info.json`` (the method's summary), the first adapter's config as the template."""
     from .checkpoint import LoraCheckpoint, resolve_model_ref
+    from .lora import read_lora_adapter, write_lora_adapter
 
     unused = sorted(cfg.model_fields_set - ADAPTER_MERGE_KEYS)
     if unused:
@@ -242,7 +245,7 @@ def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, 
     if with_params:
         raise MergeError(f"method '{cfg.method}' takes no per-model parameters (given for {with_params})")
     try:
-        params = method.Params(**cfg.parameters)
+        params = spec.Params(**cfg.parameters)
     except ValidationError as err:
         raise MergeError(f"method '{cfg.method}': {describe_errors(err)}") from None
     started = time.perf_counter()
@@ -255,7 +258,13 @@ def run_adapter_merge(method: AdapterMethod, cfg: MergeConfig, out: str | Path, 
             str(p): p for p in paths})
     finally:
         base.close()
-    summary = method.run(paths, Path(out), **params.model_dump(), seed=cfg.seed, progress=progress,
-                         overwrite=overwrite, dtype=DTYPES[cfg.out_dtype or "float32"],
-                         info={"git_sha": git_sha(), "torch": torch.__version__, "config": cfg.model_dump()})
-    return {**summary, "seconds": round(time.perf_counter() - started, 3)}
+    adapters = [read_lora_adapter(path) for path in paths]
+    merged = spec.implementation(adapters, params, seed=cfg.seed, progress=progress)
+    summary = {"method": cfg.method, "paper": spec.paper, "adapters": [str(p) for p in paths], **merged.summary,
+               "git_sha": git_sha(), "torch": torch.__version__, "config": cfg.model_dump()}
+    with atomic_directory(out, overwrite=overwrite) as folder:
+        write_lora_adapter(folder, merged.factors, merged.rank, merged.alpha, adapters[0].config,
+                           DTYPES[cfg.out_dtype or "float32"])
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        (folder / "merge_info.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

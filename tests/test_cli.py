@@ -190,10 +190,20 @@ def test_bad_input_through_a_real_subprocess(bert_pool, copy_model, tmp_path):
 
 def test_methods_command_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert all("https://" in line for line in lines)  # each names its paper
-    assert {line.split()[0] for line in lines} == set(PARAMETERS) | set(ADAPTER_PARAMETERS), \
-        "give every registered method a valid config in PARAMETERS / ADAPTER_PARAMETERS"
+    header, *lines = [line.split(maxsplit=4) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert header == ["method", "kind", "LoRA", "paper", "data read"]
+    assert all(paper.startswith("https://") for _, _, _, paper, _ in lines)  # each names its paper
+    runs_here = {name for name, kind, *_ in lines if kind in ("per_tensor", "adapter")}
+    assert runs_here == set(PARAMETERS) | set(ADAPTER_PARAMETERS), \
+        "give every method the merge CLI runs a valid config in PARAMETERS / ADAPTER_PARAMETERS"
+    reads_data = {name: data for name, kind, _, _, data in lines if kind == "data_driven"}
+    assert {"frank_wolfe", "frank_wolfe_soft", "regmean", "fisher", "adamerging", "greedy_soup"} == set(reads_data)
+    assert all(data != "none" for data in reads_data.values())
+
+
+def test_a_data_driven_method_is_refused_with_where_it_runs(bert_pool, tmp_path, capsys):
+    assert_refused(tmp_path, capsys, native(bert_pool, method="regmean", parameters={}), "method 'regmean' reads data",
+                   "python -m discriminative|vision|generative run --method regmean")
 
 
 def test_workers_must_be_positive(bert_pool, tmp_path, capsys):

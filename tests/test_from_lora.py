@@ -10,7 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from merging.errors import MergeError
 from merging.lora import LoraAdapter, read_lora_adapter
-from merging.methods.from_lora import from_lora_module, from_lora_to_folder, merge_lora_adapters, task_vector_norms
+from merging.config import validate_config
+from merging.methods.from_lora import from_lora_module, merge_lora_adapters, task_vector_norms
+from merging.run import run_merge
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 OUT, IN = 30, 20
@@ -133,29 +135,39 @@ def save_adapter(folder: Path, seed: int, r: int, targets: list[str]) -> None:
     get_peft_model(model, config).save_pretrained(folder)
 
 
+def merge_folders(tmp_path: Path, adapters: list[str], **parameters) -> dict:
+    """``python -m merging merge`` with method from_lora on adapter folders of ``tmp_path``, into ``out``."""
+    if not (tmp_path / "base").exists():
+        tiny_llama().save_pretrained(tmp_path / "base")
+    cfg = validate_config({"method": "from_lora", "base": str(tmp_path / "base"), "parameters": parameters,
+                           "models": [{"model": str(tmp_path / a)} for a in adapters], "seed": 0,
+                           "allow_adapter_base_mismatch": True})
+    return run_merge(cfg, tmp_path / "out", progress=False)
+
+
 def test_written_folder_loads_in_peft_with_the_merged_update(tmp_path):
     save_adapter(tmp_path / "a", seed=1, r=4, targets=["q_proj", "v_proj"])
     save_adapter(tmp_path / "b", seed=2, r=2, targets=["q_proj", "v_proj"])
-    kwargs = dict(k=2.0, alpha=0.8, max_iters=50, sigma=1.0, seed=0, tol=1e-7)
-    summary = from_lora_to_folder([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rank=None,
-                                  progress=False, **kwargs)
+    kwargs = dict(k=2.0, alpha=0.8, max_iters=50, sigma=1.0, tol=1e-7)
+    summary = merge_folders(tmp_path, ["a", "b"], **kwargs)
     assert summary["modules"] == 4 and summary["rank"] == 4  # default rank: the largest input rank
+    assert json.loads((tmp_path / "out" / "merge_info.json").read_text())["modules"] == 4
     assert 0 <= summary["relative_loss_mean"] < 1
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (4, 4)  # scaling 1: B carries α
-    expected = merge_lora_adapters([read_lora_adapter(tmp_path / p) for p in "ab"], rank=4, **kwargs)
+    expected = merge_lora_adapters([read_lora_adapter(tmp_path / p) for p in "ab"], rank=4, seed=0, **kwargs)
 
     base = tiny_llama().state_dict()
     merged = PeftModel.from_pretrained(tiny_llama(), tmp_path / "out").merge_and_unload().state_dict()
     for name, (a, b) in expected.items():
         assert torch.allclose(merged[name] - base[name], b @ a, atol=1e-5), name
     with pytest.raises(MergeError, match="already exists"):
-        from_lora_to_folder([tmp_path / "a", tmp_path / "b"], tmp_path / "out", progress=False)
+        merge_folders(tmp_path, ["a", "b"])
 
 
 def test_folders_with_different_targets_are_an_error_naming_the_adapter(tmp_path):
     save_adapter(tmp_path / "qv", seed=1, r=4, targets=["q_proj", "v_proj"])
     save_adapter(tmp_path / "q", seed=2, r=4, targets=["q_proj"])
     with pytest.raises(MergeError, match=re.escape(f"adapter '{tmp_path / 'q'}' does not adapt module")):
-        from_lora_to_folder([tmp_path / "qv", tmp_path / "q"], tmp_path / "out", progress=False)
+        merge_folders(tmp_path, ["qv", "q"])
     assert not (tmp_path / "out").exists()

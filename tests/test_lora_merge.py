@@ -20,7 +20,7 @@ def adapter(seed: int, rank: int = 2, alpha: float = 4.0, shapes=((6, 5), (4, 5)
 
 
 def task_arithmetic(n: int, scale: float):
-    cls = get_method("task_arithmetic")
+    cls = get_method("task_arithmetic").method_class
     return cls(cls.Params(scale=scale), [cls.ModelParams() for _ in range(n)])
 
 
@@ -134,7 +134,7 @@ def test_product_space_merges_match_peft_add_weighted_adapter(llama_lora, tmp_pa
                                majority_sign_method="total")
     model.set_adapter("merged")
     if combination == "ties_svd":
-        cls = get_method("ties")
+        cls = get_method("ties").method_class
         method = cls(cls.Params(density=0.5, elect="mass"), [cls.ModelParams(), cls.ModelParams()])
     else:
         method = task_arithmetic(2, 0.7)

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from merging.methods.base import merge_in_memory
-from merging.registry import METHODS, get_method
+from merging.registry import get_method, known_methods, methods
 
 
 def merge(name, base, models, *, model_params=None, seed=0, chunk_size=None, **params):
-    cls = get_method(name)
+    cls = get_method(name).method_class
     per_model = [cls.ModelParams(**(model_params[i] if model_params else {})) for i in range(len(models))]
     return merge_in_memory(cls(cls.Params(**params), per_model), base, models, seed=seed, chunk_size=chunk_size)
 
@@ -167,7 +167,7 @@ REQUIRED = {"ties": {"density": 0.3}, "dare_ta": {"drop_rate": 0.5}, "dare_ties"
             "slerp": {"t": 0.3}}
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", known_methods("per_tensor"))
 def test_chunked_equals_whole_tensor(name, pool):
     """The engine's chunking never changes a deterministic result (and a random one only by its draws)."""
     base, models = pool
@@ -181,6 +181,8 @@ def test_chunked_equals_whole_tensor(name, pool):
 
 
 def test_every_method_has_a_paper_and_schemas():
-    for name, cls in METHODS.items():
-        assert cls.paper.startswith("https://"), name
-        assert cls.__module__.startswith("merging.methods."), name
+    for spec in methods():
+        assert spec.paper.startswith("https://"), spec.name
+        assert spec.implementation.__module__.startswith("merging.methods."), spec.name
+        assert (spec.data == "none") == (spec.kind != "data_driven"), spec.name
+        assert spec.schemas()[0] is spec.Params and spec.Params.model_json_schema(), spec.name

@@ -23,7 +23,7 @@ def flat(base, models):
 def test_ties_matches_peft(tensors, density, elect, peft_method):
     from merging.methods.base import merge_in_memory
     base, models = tensors
-    cls = get_method("ties")
+    cls = get_method("ties").method_class
     ours = merge_in_memory(cls(cls.Params(density=density, elect=elect), [cls.ModelParams()] * 3), base, models)
     theirs = base + merge_utils.ties([m - base for m in models], torch.ones(3), density, peft_method)
     assert torch.allclose(ours, theirs, atol=1e-7)
@@ -32,7 +32,7 @@ def test_ties_matches_peft(tensors, density, elect, peft_method):
 @pytest.mark.parametrize("elect,peft_method", [("mass", "total"), ("count", "frequency")])
 def test_dare_ties_matches_peft(tensors, elect, peft_method):
     base, models = tensors
-    cls = get_method("dare_ties")
+    cls = get_method("dare_ties").method_class
     method = cls(cls.Params(drop_rate=0.7, elect=elect), [cls.ModelParams()] * 3)
     b, m = flat(base, models)
     ours = method.combine(Chunk("w", tuple(base.shape), 0, b.numel(), seed=1234), b, m, {})
@@ -43,7 +43,7 @@ def test_dare_ties_matches_peft(tensors, elect, peft_method):
 
 def test_dare_linear_matches_peft(tensors):
     base, models = tensors
-    cls = get_method("dare_ta")
+    cls = get_method("dare_ta").method_class
     method = cls(cls.Params(drop_rate=0.4), [cls.ModelParams(weight=w) for w in (0.2, 0.3, 0.5)])
     b, m = flat(base, models)
     ours = method.combine(Chunk("w", tuple(base.shape), 0, b.numel(), seed=99), b, m, {})

@@ -231,18 +231,18 @@ def test_every_shipped_method_config_passes_the_checks():
     from generative.merge import adapter_methods
     from generative.pool import GenerativePool
     from generative.run import check_merge
-    from merging.benchmark.request import engine_methods
+    from merging.registry import known_methods
     from vision.pool import VisionPool
 
     fixed = {"slerp": {"t": 0.5}}  # the one method without a config: t has no default
     for pool in (TextPool(name="t", base="b", tasks=["a"]), VisionPool(name="v", base="b", tasks=["a"])):
-        for method in [*experiment.REFERENCES, *engine_methods(), *experiment.DATA_DRIVEN]:
+        for method in [*experiment.REFERENCES, *experiment.runnable_methods()]:
             experiment.check_method(pool, method, fixed.get(method, {}))
-    for kind, methods in (("lora", adapter_methods()), ("full", engine_methods())):
+    for kind, methods in (("lora", adapter_methods()), ("full", known_methods("per_tensor"))):
         for method in methods:
             check_merge(GenerativePool(name="g", base="b", kind=kind, tasks=["qa"]), method, fixed.get(method, {}))
     pool = VisionPool(name="v", base="b", tasks=["a"])
-    for method in experiment.DATA_DRIVEN:  # and every preset
+    for method in known_methods("data_driven"):  # and every preset
         for preset in experiment._method_yaml("vision", method).get("presets") or {}:
             experiment.check_method(pool, method, {"preset": preset})
 

@@ -1,6 +1,7 @@
 """The vision domain: the offline task recipe (splits, relabelling, transforms, source readers), BatchNorm
 statistics of a merge, and the shared pipeline end to end on a randomly initialised EfficientNet-Lite0 and two
 toy picture tasks."""
+import dataclasses
 import gzip
 import io
 import json
@@ -17,6 +18,7 @@ torch.set_num_threads(1)
 from merging.batchnorm import average_statistics, is_statistic, reestimate_statistics
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.experiment import run_experiment
+from merging import registry
 from merging.errors import MergeError
 from merging.results import read_rows
 from vision import data, sources
@@ -342,7 +344,8 @@ def test_data_driven_merges_run_their_forward_passes_with_the_candidates_mean_st
         model = inputs.objective.model("reddish")
         seen.update({k: v.clone() for k, v in model.state_dict().items() if is_statistic(k)})
         return inputs.base, {}
-    monkeypatch.setitem(data_driven.DATA_DRIVEN, "frank_wolfe", spy)
+    monkeypatch.setitem(registry.METHODS, "frank_wolfe", dataclasses.replace(registry.get_method("frank_wolfe"),
+                                                                             implementation=spy))
     data_driven.merge_data_driven(pool, "frank_wolfe", {}, [], Evaluator(pool, "validation", 0))
     folders = [checkpoint_folder(pool, t, 0) for t in pool.tasks]
     name = next(k for k in seen if k.endswith("running_mean"))
@@ -385,3 +388,15 @@ def test_a_vit_pool_fine_tunes_and_merges_with_its_own_heads(tmp_path, monkeypat
     from merging.benchmark.store import checkpoint_folder
 
     assert checkpoint_folder(pool, "reddish", 0) == tmp_path / "cache" / "vision" / "pools" / "tiny_vit" / "given" / "reddish"
+
+
+def test_a_run_prints_rows_on_stdout_and_its_progress_on_stderr(toy_vision_pool, monkeypatch, capsys):
+    from vision.__main__ import main
+
+    pool, root = toy_vision_pool
+    monkeypatch.chdir(root)
+    assert main(["run", "--pool", str(root / "pool.yaml"), "--method", "task_arithmetic"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]  # every stdout line is a JSON row
+    assert [row["method"] for row in rows] == ["task_arithmetic"]
+    assert "task_arithmetic {'weight': 1.0, 'lambda': 1.0}: validation normalised" in err  # one line per grid point

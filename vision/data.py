@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import random
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +33,8 @@ from merging.errors import MergeError
 from merging.pypi import cache_dir
 
 from .sources import SOURCES, Arrays
+
+logger = logging.getLogger(__name__)
 
 TASKS_YAML = Path(__file__).resolve().parents[1] / "configs" / "vision" / "tasks.yaml"
 SEED = 0
@@ -210,14 +212,13 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
         started = time.time()
         source = SOURCES[source_name]()
         if progress:
-            print(f"[data] {source_name}: read in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
+            logger.info("[data] %s: read in %.1fs", source_name, time.time() - started)
         for name in tasks:
             started = time.time()
             splits = make_splits(name, _entries()[name], source)
             _write_task(name, splits, time.time() - started)
             if progress:
-                print(f"[data] {name}: " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS), file=sys.stderr,
-                      flush=True)
+                logger.info("[data] %s: %s", name, ", ".join(f"{s} {len(splits[s])}" for s in SPLITS))
     _load.cache_clear()
 
 

@@ -13,6 +13,7 @@ from merging.atomic import interrupt_on_sigterm
 from merging.cli import positive_int
 from merging.config import parse_value
 from merging.errors import MergeError, report
+from merging.logs import configure as configure_logging
 from merging.parallel import check_jobs, parse_job
 
 from .pool import PoolConfig
@@ -107,6 +108,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     if args.command not in ("run", "scale") and extra:
         parser.error(f"unexpected arguments {extra}")
     interrupt_on_sigterm()
+    configure_logging()
     try:
         pool = load_pool(args.pool)
         overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}

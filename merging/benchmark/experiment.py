@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,17 +22,24 @@ from merging.batchnorm import MODES
 from merging.config import check_parameters, describe_errors, read_mapping, validate_config
 from merging.errors import MergeError
 from merging.metrics import normalized_score
+from merging.registry import get_method, known_methods
 from merging.results import append_row, pivot_table, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
 from .body import read_body
-from .data_driven import DATA_DRIVEN, PARAMS, Candidate, merge_data_driven
+from .data_driven import Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .request import engine_methods, engine_schemas
 from .store import base_folder, checkpoint_folder, finetune, pool_dir
 
+logger = logging.getLogger(__name__)
+
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
+
+
+def runnable_methods() -> list[str]:
+    """The registered methods a benchmark pool of full checkpoints runs: per-tensor and data-driven ones."""
+    return [*known_methods("per_tensor"), *known_methods("data_driven")]
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
@@ -126,7 +134,7 @@ def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> No
     """Refuse, before any work, an unknown method (the known ones are listed), parameters given to a
     reference, a --statistics mode the pool's models lack, a --merge-biases that is not true or false, and any
     parameter (command line, method YAML, each point of its grid) that the method's schema rejects."""
-    known = [*REFERENCES, *engine_methods(), *DATA_DRIVEN]
+    known = [*REFERENCES, *runnable_methods()]
     if method not in known:
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
     if method in REFERENCES:
@@ -143,9 +151,8 @@ def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> No
         raise MergeError(f"--statistics {statistics!r}: expected one of {', '.join(MODES)}")
     if not isinstance(overrides.get("merge_biases", True), bool):
         raise MergeError(f"--merge-biases {overrides['merge_biases']!r}: expected true or false")
-    data_driven = method in DATA_DRIVEN
-    check_method_config(pool.domain.name, method, overrides,
-                        (PARAMS[method],) if data_driven else engine_schemas(method), per_tensor=not data_driven)
+    spec = get_method(method)
+    check_method_config(pool.domain.name, method, overrides, spec.schemas(), per_tensor=spec.kind == "per_tensor")
 
 
 def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],
@@ -166,7 +173,7 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
     methods run through the merge engine into a scratch folder, data-driven ones in memory on the data of
     ``objective_tasks`` (default: the pool's tasks; merging/benchmark/data_driven.py); the domain then fills
     its running statistics as ``statistics`` says (``Domain.finish``)."""
-    if method in DATA_DRIVEN:
+    if get_method(method).kind == "data_driven":
         body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks)
     else:
         scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
@@ -211,7 +218,7 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
                                          objective_tasks)
         value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
         if progress and grid:
-            print(f"  {method} {candidate}: validation normalised {value:.2f}")
+            logger.info("  %s %s: validation normalised %.2f", method, candidate, value)
         if best_val is None or value > best_val:
             best, best_val, body, log = candidate, value, merged, merged_log
     return test.with_tensors(body, exclude), best, best_val, log

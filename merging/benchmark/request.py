@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from merging.checkpoint import HUB_ID
 from merging.errors import MergeError
-from merging.registry import METHODS, known_methods
 
 
 def check_local(ref: str, what: str) -> None:
@@ -21,14 +18,3 @@ def check_local(ref: str, what: str) -> None:
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
         raise MergeError(f"{what} '{ref}' does not exist (and is not a Hugging Face hub id of the form "
                          "'owner/name')")
-
-
-def engine_methods() -> list[str]:
-    """The methods the merge engine runs on full checkpoints (not the LoRA-adapter methods such as from_lora)."""
-    return [name for name in known_methods() if name in METHODS]
-
-
-def engine_schemas(method: str) -> tuple[type[BaseModel], ...]:
-    """A merge-engine method's parameter schemas: its own, then the per-model ones (a per-model key given with
-    the method's parameters is every model's default, as in merging/run.py ``build_method``)."""
-    return METHODS[method].Params, METHODS[method].ModelParams

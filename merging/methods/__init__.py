@@ -1,2 +1,16 @@
-"""Merge methods; importing this package registers every one of them."""
-from . import average, dare, from_, from_lora, slerp, task_arithmetic, ties  # noqa: F401
+"""Merge methods; importing this package registers every one of them (merging/registry.py)."""
+from . import (  # noqa: F401
+               adamerging,
+               average,
+               dare,
+               fisher,
+               frank_wolfe,
+               frank_wolfe_soft,
+               from_,
+               from_lora,
+               greedy_soup,
+               regmean,
+               slerp,
+               task_arithmetic,
+               ties,
+)

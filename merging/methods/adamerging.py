@@ -38,8 +38,9 @@ from torch import Tensor
 from .. import distributed
 from ..errors import MergeError
 from ..objective import Batch, Objective, sample_batches
+from ..registry import register_data_driven
 from ..statistics import Tensors, batches_of, check_candidates, local_rows
-from .base import Params
+from .base import DataDrivenInputs, DataDrivenResult, Params
 
 PAPER = "https://arxiv.org/abs/2310.02575"
 
@@ -68,12 +69,6 @@ class AdaMergingHistory:
     per_task: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     loss: str = "entropy"
-
-
-def mean_entropy(logits: Tensor) -> Tensor:
-    """(1/M) Σ_m H(softmax(logits_m)) over every leading index m.  [..., C] -> []."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., C]
-    return -(log_p.exp() * log_p).sum(-1).mean()
 
 
 def entropy_sum(logits: Tensor) -> tuple[Tensor, int]:
@@ -185,3 +180,14 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
         merged = merge_with(base, task_vectors, lambdas, names)
     history.lambdas = lambdas.detach().clone()
     return {n: merged[n].to(candidates[0][n].dtype) for n in names}, history
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    merged, history = adamerging(inputs.objective, inputs.base_tensors(), inputs.bodies(), inputs.params)
+    return merged, {"entropy_first": history.entropy[0], "entropy_last": history.entropy[-1],
+                    "lambdas": history.lambdas.tolist(), "skipped": history.skipped}
+
+
+register_data_driven("adamerging", PAPER, AdaMergingParams, _merge,
+                     data="unlabelled test inputs of every target task (loss entropy) or labelled training "
+                          "batches (loss cross_entropy)")

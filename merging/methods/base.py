@@ -1,15 +1,28 @@
 """What a merge method is: per tensor, zero or more statistics passes over the tensor's chunks, then an
 element-wise ``combine`` of each chunk. The engine streams chunks from disk; ``merge_in_memory`` runs the
-same code on tensors already in memory (tests, data-driven methods)."""
+same code on tensors already in memory (tests, data-driven methods).
+
+A data-driven method (merging/registry.py, kind ``data_driven``) is one function of ``DataDrivenInputs``, which
+any caller (a benchmark pool, a user's own checkpoints) builds: no domain reaches the method but through the
+``Objective`` protocol."""
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from ..errors import MergeError
+
+if TYPE_CHECKING:
+    from ..candidates import TensorSource
+    from ..objective import Objective
+
+Tensors = dict[str, torch.Tensor]
 
 
 class Params(BaseModel):
@@ -116,3 +129,60 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
         method.conclude(p, total, stats, numel)
     return torch.cat([method.combine(c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
                       for c in chunks]).reshape(base.shape)
+
+
+@dataclass
+class DataDrivenInputs:
+    """What a data-driven merge gets. ``objective``: the tasks the merge is for (the targets); ``base``: the
+    pre-trained mergeable tensors (or a source of them); ``candidates``: the checkpoints to merge, by label, read
+    tensor by tensor (the caller opens and closes them); ``params``: the method's validated parameters;
+    ``candidate_tasks``: each candidate's own task and ``candidate_objective`` an objective over those tasks
+    (RegMean and Fisher collect candidate i's statistics on its own task; default: the targets, one candidate
+    per target); ``score``: a held-out score of a merged body, higher is better (greedy soup); ``progress``:
+    per-iteration lines on stderr."""
+
+    objective: Objective
+    base: Mapping[str, torch.Tensor] | TensorSource
+    candidates: dict[str, TensorSource]
+    params: Params
+    candidate_tasks: list[str] | None = None
+    candidate_objective: Objective | None = None
+    score: Callable[[Mapping[str, torch.Tensor]], float] | None = None
+    progress: bool = True
+
+    def base_tensors(self) -> Tensors:
+        if isinstance(self.base, Mapping):
+            return dict(self.base)
+        return {name: self.base.read(name) for name in self.base.names}
+
+    def bodies(self) -> list[Tensors]:
+        """Every candidate's mergeable tensors, in memory (the methods that need them all at once)."""
+        names = list(self.base) if isinstance(self.base, Mapping) else self.base.names
+        return [{name: source.read(name) for name in names} for source in self.candidates.values()]
+
+    def paired(self) -> tuple[Objective, list[str]]:
+        """The objective and the task each candidate's statistics are collected on."""
+        tasks = self.candidate_tasks or list(self.objective.tasks)
+        return self.candidate_objective or self.objective, tasks
+
+    def held_out_score(self) -> Callable[[Mapping[str, torch.Tensor]], float]:
+        if self.score is None:
+            raise MergeError("this merge scores candidates on held-out data, but no held-out score was given")
+        return self.score
+
+
+DataDrivenResult = tuple[Tensors, dict[str, Any]]  # the merged mergeable tensors and the method's log
+
+
+Factors = tuple[torch.Tensor, torch.Tensor]  # a LoRA module's (A [r, in], B [out, r])
+
+
+@dataclass
+class AdapterMerge:
+    """What an adapter merge (merging/registry.py, kind ``adapter``) returns: the merged factors by base parameter
+    name, written as a peft adapter of ``rank`` and ``alpha``, and a JSON-able summary."""
+
+    factors: dict[str, Factors]
+    rank: int
+    alpha: float
+    summary: dict[str, Any]

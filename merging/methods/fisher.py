@@ -30,8 +30,9 @@ from torch import Tensor
 
 from ..errors import MergeError
 from ..objective import Objective
+from ..registry import register_data_driven
 from ..statistics import Tensors, check_candidates, diagonal_fisher, paired_tasks
-from .base import Params
+from .base import DataDrivenInputs, DataDrivenResult, Params
 
 PAPER = "https://arxiv.org/abs/2111.09832"
 
@@ -89,3 +90,12 @@ def fisher_merge(objective: Objective, candidates: Sequence[Tensors], params: Fi
     tasks = paired_tasks(objective, candidates, tasks)
     fishers = [diagonal_fisher(objective, c, t, kind=params.fisher) for c, t in zip(candidates, tasks)]
     return fisher_weighted_average(candidates, fishers, params)
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    objective, tasks = inputs.paired()
+    return fisher_merge(objective, inputs.bodies(), inputs.params, tasks=tasks), {}
+
+
+register_data_driven("fisher", PAPER, FisherParams, _merge,
+                     data="proxy: labelled examples of each candidate's own task (diagonal Fisher information)")

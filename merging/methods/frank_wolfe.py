@@ -61,8 +61,8 @@ and line search are additions (the cosine rule is not a true LMO and can stall s
 """
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,9 +75,13 @@ from .. import distributed
 from ..candidates import InMemorySource, TensorSource, as_source
 from ..errors import MergeError
 from ..objective import Objective
-from ..registry import get_method
+from ..registry import get_method, register_data_driven
 from .adamerging import AdaMergingParams, adamerging
-from .base import Method, Params, merge_in_memory
+from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory
+
+logger = logging.getLogger(__name__)
+
+PAPER = "https://arxiv.org/abs/2503.12649"
 
 SCALE_KEYS = {"task_arithmetic": ("scale", "lambda"), "ties": ("scale", "lambda"),
               "dare_ties": ("scale", "lambda"), "from": ("alpha",)}
@@ -121,7 +125,7 @@ def initial_adamerging(p: FrankWolfeParams) -> AdaMergingParams:
 
 def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method:
     """The registered method ``p.merge`` with ``p.merge_params``, its scale set to ``scale``, for ``n_models``."""
-    cls = get_method(p.merge)
+    cls = get_method(p.merge, "per_tensor").method_class
     keys = SCALE_KEYS[p.merge]
     fixed = sorted(set(keys) & set(p.merge_params))
     if fixed:
@@ -389,7 +393,24 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                         "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
                         "counts": counts})
         if progress and distributed.is_main():
-            print(f"FW {k + 1}/{p.iterations}: f={value:.6g} gap={gap:.4g} γ={gamma:.4g} {counts}",
-                  file=sys.stderr, flush=True)
+            logger.info("FW %d/%d: f=%.6g gap=%.4g γ=%.4g %s", k + 1, p.iterations, value, gap, gamma, counts)
     final = proxy_objective(objective, theta, grad=False)[0]
     return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p, init_log=init_log)
+
+
+def frank_wolfe_log(history: list[dict[str, Any]], final_objective: float) -> dict[str, Any]:
+    """A Frank-Wolfe variant's log for a result row: its history less the per-layer choices and scores, and its
+    final objective."""
+    steps = [{k: v for k, v in step.items() if k not in ("choices", "scores")} for step in history]
+    return {"history": steps, "final_objective": final_objective}
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    result = frank_wolfe_merge(inputs.objective, inputs.base, inputs.candidates, inputs.params,
+                               progress=inputs.progress)
+    init = {"init": result.init_log} if result.init_log else {}  # init: adamerging's trace
+    return result.theta, {**frank_wolfe_log(result.history, result.final_objective), **init}
+
+
+register_data_driven("frank_wolfe", PAPER, FrankWolfeParams, _merge, lora=True,
+                     data="proxy: labelled examples of every target task (gradients, optional line search)")

@@ -73,8 +73,8 @@ variant).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,9 +86,12 @@ from .. import distributed
 from ..candidates import TensorSource, as_source
 from ..errors import MergeError
 from ..objective import Batch, Objective, sample_batches, seed_of
+from ..registry import register_data_driven
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
-from .base import Params
-from .frank_wolfe import _check_pool, cosine_scores, proxy_objective, stream_inner_products
+from .base import DataDrivenInputs, DataDrivenResult, Params
+from .frank_wolfe import PAPER, _check_pool, cosine_scores, frank_wolfe_log, proxy_objective, stream_inner_products
+
+logger = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
 
@@ -231,8 +234,18 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
             "entropy_before": ada.entropy[0], "entropy_after": ada.entropy[-1],
             "lambdas": {n: ada.lambdas[:, i].tolist() for i, n in enumerate(ada.names)}, "skipped": ada.skipped})
         if progress and distributed.is_main():
-            print(f"FW-soft {k + 1}/{p.iterations}: f={history[-1]['objective']:.6g} "
-                  f"H {ada.entropy[0]:.4g}->{ada.entropy[-1]:.4g} {history[-1]['selections']}",
-                  file=sys.stderr, flush=True)
+            logger.info("FW-soft %d/%d: f=%.6g H %.4g->%.4g %s", k + 1, p.iterations, history[-1]["objective"],
+                     ada.entropy[0], ada.entropy[-1], history[-1]["selections"])
     final = proxy_objective(objective, theta, grad=False)[0]
     return FrankWolfeSoftResult(theta=theta, history=history, final_objective=final, params=p)
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    result = frank_wolfe_soft_merge(inputs.objective, inputs.base, inputs.candidates, inputs.params,
+                                    progress=inputs.progress)
+    return result.theta, frank_wolfe_log(result.history, result.final_objective)
+
+
+register_data_driven("frank_wolfe_soft", PAPER, FrankWolfeSoftParams, _merge,
+                     data="proxy: labelled examples of every target task (oracle); inner AdaMerging: labelled "
+                          "training batches (inner_loss cross_entropy) or unlabelled test inputs (entropy)")

@@ -26,25 +26,20 @@ lora_alpha = rank (scaling 1), B carrying α.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from ..atomic import atomic_directory
 from ..errors import MergeError
-from ..lora import LoraAdapter, check_adapters, read_lora_adapter, write_lora_adapter
+from ..lora import LoraAdapter, check_adapters
 from ..registry import register_adapter_method
 from ..tensor_ops import frobenius_weights
-from .base import Params, chunk_seed
+from .base import AdapterMerge, Factors, Params, chunk_seed
 
 PAPER = "https://arxiv.org/abs/2506.02478"
 PINV_RTOL = 1e-12  # float64 Gram matrices: singular values below 1e-12·σ_max are round-off, treated as 0
-Factors = tuple[torch.Tensor, torch.Tensor]  # (A [r, in], B [out, r])
 
 
 class FromLoraParams(Params):
@@ -166,37 +161,27 @@ def merge_lora_adapters(adapters: Sequence[LoraAdapter], rank: int | None = None
             _merged_modules(adapters, names, rank, k, alpha, max_iters, sigma, seed, tol)}
 
 
-def from_lora_to_folder(adapter_paths: Sequence[str | Path], out_dir: Path, *, rank: int | None = None,
-                        k: float = 1.0, alpha: float = 1.0, max_iters: int = 100, sigma: float = 1.0,
-                        seed: int = 0, tol: float = 1e-6, progress: bool = True, overwrite: bool = False,
-                        dtype: torch.dtype = torch.float32, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the peft LoRA folders, merge them with FroM-LoRA and write one peft LoRA folder to ``out_dir``
-    (atomically; lora_alpha = rank so scaling is 1 and B carries α; the first adapter's config is the
-    template). Also writes ``from_lora.json`` there (parameters + summary). Returns the summary: module
-    count, rank, mean final loss, mean final loss relative to Σ w_i‖θ_i‖², mean accepted iterations."""
-    adapters = [read_lora_adapter(path) for path in adapter_paths]
+def from_lora(adapters: Sequence[LoraAdapter], params: FromLoraParams, *, seed: int = 0, progress: bool = False
+              ) -> AdapterMerge:
+    """FroM-LoRA over every module of ``adapters`` (the registered adapter merge): the factors, written with
+    lora_alpha = rank (scaling 1, B carrying α), and a summary: module count, rank, mean final loss, mean final
+    loss relative to Σ w_i‖θ_i‖², mean accepted iterations."""
     names = check_adapters(adapters, "from_lora")
-    rank = default_rank(adapters) if rank is None else rank
+    rank = default_rank(adapters) if params.rank is None else params.rank
+    p = params.model_dump(exclude={"rank"})
     merged: dict[str, Factors] = {}
     finals, relatives, iterations = [], [], []
-    modules = _merged_modules(adapters, names, rank, k, alpha, max_iters, sigma, seed, tol)
+    modules = _merged_modules(adapters, names, rank, p["k"], p["alpha"], p["max_iters"], p["sigma"], seed, p["tol"])
     for name, factors, history, energy in tqdm(modules, total=len(names), desc="from_lora", unit="module",
                                                disable=not progress):
         merged[name] = factors
         finals.append(history[-1])
         relatives.append(history[-1] / energy if energy > 0 else 0.0)
         iterations.append(len(history))
-    summary = {
-        "method": "from_lora", "paper": PAPER, "adapters": [str(a.path) for a in adapters],
-        "modules": len(merged), "rank": rank, "k": k, "alpha": alpha, "max_iters": max_iters, "sigma": sigma,
-        "seed": seed, "tol": tol, "final_loss_mean": sum(finals) / len(finals),
-        "relative_loss_mean": sum(relatives) / len(relatives), "iterations_mean": sum(iterations) / len(iterations),
-        **(info or {}),
-    }
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        write_lora_adapter(tmp, merged, rank, float(rank), adapters[0].config, dtype)
-        (tmp / "from_lora.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    summary = {"modules": len(merged), "rank": rank, **p, "seed": seed, "final_loss_mean": sum(finals) / len(finals),
+               "relative_loss_mean": sum(relatives) / len(relatives),
+               "iterations_mean": sum(iterations) / len(iterations)}
+    return AdapterMerge(merged, rank, float(rank), summary)
 
 
-register_adapter_method("from_lora", PAPER, FromLoraParams, from_lora_to_folder)
+register_adapter_method("from_lora", PAPER, FromLoraParams, from_lora)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..registry import register_data_driven
 from ..statistics import Tensors, check_candidates, finite_or_error
+from .base import DataDrivenInputs, DataDrivenResult, NoParams
 
 PAPER = "https://arxiv.org/abs/2203.05482"
 
@@ -68,3 +70,13 @@ def greedy_soup(candidates: Sequence[Tensors], score: Callable[[Mapping[str, Ten
             total, best = trial_sum, value
     soup = {n: (total[n] / len(members)).to(candidates[0][n].dtype) for n in names}
     return GreedySoupResult(soup, members, scores, best, trials)
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    result = greedy_soup(inputs.bodies(), inputs.held_out_score())
+    labels = list(inputs.candidates)
+    return result.params, {"members": [labels[i] for i in result.members], "validation_soup": result.soup_score}
+
+
+register_data_driven("greedy_soup", PAPER, NoParams, _merge,
+                     data="validation: a held-out score of every candidate and every trial soup")

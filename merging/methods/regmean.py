@@ -45,8 +45,9 @@ from torch import Tensor
 
 from ..errors import MergeError
 from ..objective import Objective
+from ..registry import register_data_driven
 from ..statistics import Grams, Tensors, check_candidates, input_grams, paired_tasks, uniform_average
-from .base import Params
+from .base import DataDrivenInputs, DataDrivenResult, Params
 
 PAPER = "https://arxiv.org/abs/2212.09849"
 
@@ -133,3 +134,12 @@ def regmean_merge(objective: Objective, candidates: Sequence[Tensors], params: R
         merged[weight] = regmean_weight([c[weight] for c in candidates], [g[weight] for g in grams],
                                         params.alpha, params.ridge, name=weight)
     return {name: merged[name] for name in names}
+
+
+def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
+    objective, tasks = inputs.paired()
+    return regmean_merge(objective, inputs.bodies(), inputs.params, tasks=tasks), {}
+
+
+register_data_driven("regmean", PAPER, RegMeanParams, _merge,
+                     data="proxy: inputs of each candidate's own task (Gram matrices of every linear and convolution layer)")
