@@ -330,3 +330,16 @@ def test_generative_given_checkpoints_are_not_downloaded_for_a_bad_request(gener
                            **keys)
     error = refusal(capsys, generative_cli.main, ["merge", "ties", "--pool", pool, *argv])
     assert named in error
+
+
+def test_run_help_lists_every_method_with_its_parameters_grid_and_presets(capsys):
+    from merging.registry import known_methods
+
+    with pytest.raises(SystemExit):
+        discriminative_main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the epilog is wrapped: compare with whitespace collapsed
+    for method in [*known_methods("per_tensor"), *known_methods("data_driven")]:
+        assert f" {method} (" in text, method
+    assert "--lambda {0.2, 0.3, 0.4, 0.5, 0.7}" in text  # configs/methods/task_arithmetic.yaml
+    assert "--t REQUIRED" in text and "--preset irrelevance | relevance | main" in text
+    assert "--statistics average|reestimate" in text and "--scaling is --lambda" in text

@@ -79,14 +79,18 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     tune.add_argument("--workers", type=positive_int, default=1,
                       help="parallel fine-tuning processes (e.g. the core count)")
     tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
-    run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>")
+    from .experiment import parameters_help
+
+    methods = dict(epilog=parameters_help(domain), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>", **methods)
     run.add_argument("--pool", default=default_pool)
     run.add_argument("--method", required=True)
     run.add_argument("--experiment", help="outs/ folder name (default: the pool's name)")
     run.add_argument("--pool-seeds", type=int, nargs="*",
                      help="fine-tuning seeds to evaluate, one row each (default: the pool's finetune.seeds)")
     run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
-    scale = commands.add_parser("scale", help="one point of a scaling claim (extra checkpoints beside the targets)")
+    scale = commands.add_parser("scale", help="one point of a scaling claim (extra checkpoints beside the targets)",
+                                **methods)
     scale.add_argument("--pool", default=default_pool)
     scale.add_argument("--claim", choices=["irrelevance", "relevance", "relevance_tasks"], required=True,
                        help="irrelevance: + other tasks' checkpoints; relevance: + the targets' other seeds; "

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import textwrap
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -102,6 +103,46 @@ def method_config(domain: str, method: str, overrides: dict[str, Any]
     overrides = {**preset, **overrides}
     grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
     return params, grid, exclude
+
+
+def _option(name: str, field: Any, fixed: dict[str, Any], grid: dict[str, list]) -> str:
+    """``--name`` with the value a run uses: the method YAML's grid or fixed value, else the schema default."""
+    flag = "--" + name.replace("_", "-")
+    if name in grid:
+        return f"{flag} {{{', '.join(map(str, grid[name]))}}}"
+    if name in fixed:
+        return f"{flag} {fixed[name]}"
+    return f"{flag} REQUIRED" if field.is_required() else f"{flag} {field.get_default(call_default_factory=True)}"
+
+
+def parameters_help(domain: str) -> str:
+    """Every method a pool of ``domain`` runs, with each parameter as ``--name value`` (a ``{grid}`` is searched
+    on validation; other values are the method YAML's or the schema's default), and the presets."""
+    lines = ["references (no parameters): " + ", ".join(REFERENCES), "",
+             "methods (override any parameter with --name value; a grid is then fixed to that value):"]
+    for name in runnable_methods():
+        spec = get_method(name)
+        try:
+            raw = _method_yaml(domain, name)
+        except MergeError as err:  # help still lists the others; a run of this method reports the same error
+            lines += [f"  {name} ({spec.kind}, {spec.paper})", f"      unreadable method YAML: {err}"]
+            continue
+        fixed, grid = raw.get("parameters") or {}, raw.get("search") or {}
+        fields = {field.alias or key: field for key, field in spec.Params.model_fields.items()}
+        options = [_option(key, field, fixed, grid) for key, field in fields.items()]
+        if spec.ModelParams is not None:  # a per-model key given as a method parameter is every model's default
+            options += [_option(key, field, fixed, grid) + " (per-model)"
+                        for key, field in spec.ModelParams.model_fields.items() if key not in fields]
+        lines.append(f"  {name} ({spec.kind}, {spec.paper})")
+        lines += textwrap.wrap("  ".join(options) or "(no parameters)", 110, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+        if raw.get("presets"):
+            lines.append("      --preset " + " | ".join(raw["presets"]))
+    lines += ["", *textwrap.wrap(
+        "every method: --statistics average|reestimate (BatchNorm pools: the candidates' mean running statistics, "
+        "or re-estimated on training images); --merge-biases false (each task keeps its own biases, as the official "
+        "FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)", 114)]
+    return "\n".join(lines)
 
 
 def preset_parameters(domain: str, method: str, name: Any) -> dict[str, Any]:
