@@ -1,0 +1,88 @@
+"""Refresh the generated blocks of the documentation from the rows, so that its tables cannot drift from the data.
+
+A generated block sits between two comments:
+
+    <!-- generated: include outs/efficientnet_lite0_20tasks_claims.md -->
+    … the file's text less its title line (a table a command wrote from rows, e.g. run_claims) …
+    <!-- end generated -->
+
+    <!-- generated: pivot outs/minilm_8tasks_irrelevance/results.csv extra normalized -->
+    … one line per method (and its command-line overrides), a column per value of ``extra``, each cell the mean ±
+    std of ``normalized`` over fine-tuning seeds (merging/results.py ``pivot_table``) …
+    <!-- end generated -->
+
+Paths are relative to the repository root. A block whose source is missing keeps its text and is reported.
+``python -m merging.benchmark.docs [FILE …]`` (default: README.md and docs/**/*.md) rewrites the files in place.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from merging.atomic import atomic_write_text
+from merging.errors import MergeError
+from merging.logs import configure as configure_logging
+from merging.results import pivot_table, read_rows
+
+from .experiment import variant
+
+logger = logging.getLogger(__name__)
+BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+
+
+def render(directive: str, root: Path, where: str) -> str | None:
+    """The body of a block: its source's text, or None when the source does not exist."""
+    kind, *args = directive.split()
+    if kind == "include" and len(args) == 1:
+        source = root / args[0]
+        if not source.is_file():
+            return None
+        text = source.read_text()
+        return text.split("\n", 1)[1].lstrip("\n") if text.startswith("# ") else text
+    if kind == "pivot" and len(args) == 3:
+        source, column, value = root / args[0], args[1], args[2]
+        rows = read_rows(source)
+        return pivot_table(rows, variant, column, value) if rows else None
+    raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE' or 'pivot CSV COLUMN VALUE'")
+
+
+def refresh(path: Path, root: Path) -> list[str]:
+    """Rewrite every generated block of ``path`` from its source; the directives whose source is missing."""
+    text = path.read_text()
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        body = render(match["directive"], root, str(path))
+        if body is None:
+            missing.append(match["directive"])
+            return match[0]
+        return f"{match[1]}{body.rstrip()}\n{match[4]}"
+
+    new = BLOCK.sub(replace, text)
+    if new != text:
+        atomic_write_text(path, new)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m merging.benchmark.docs", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md, docs/**/*.md)")
+    parser.add_argument("--root", type=Path, default=Path("."), help="the repository root the sources are under")
+    args = parser.parse_args(argv)
+    configure_logging()
+    files = args.files or [args.root / "README.md", *sorted((args.root / "docs").rglob("*.md"))]
+    try:
+        for path in files:
+            for directive in refresh(path, args.root):
+                logger.warning("%s: kept the block '%s' as it is (its source is missing)", path, directive)
+    except (MergeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

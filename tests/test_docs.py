@@ -1,0 +1,47 @@
+"""The documentation's generated blocks are rebuilt from the rows (merging/benchmark/docs.py)."""
+import pytest
+
+from merging.benchmark.docs import main, refresh
+from merging.errors import MergeError
+from merging.results import append_row
+
+PAGE = """# Results
+
+<!-- generated: include outs/pool_claims.md -->
+stale claims
+<!-- end generated -->
+
+Prose between blocks stays.
+
+<!-- generated: pivot outs/pool_irrelevance/results.csv extra normalized -->
+stale table
+<!-- end generated -->
+
+<!-- generated: include outs/not_run.md -->
+kept as it is
+<!-- end generated -->
+"""
+
+
+def test_blocks_are_rebuilt_from_their_sources_and_missing_ones_are_kept(tmp_path):
+    (tmp_path / "outs").mkdir()
+    (tmp_path / "outs" / "pool_claims.md").write_text("# Title\n\n| claim | verdict |\n|---|---|\n| main | yes |\n")
+    for seed, value in ((0, 50.0), (1, 54.0)):
+        append_row(tmp_path / "outs/pool_irrelevance/results.csv",
+                   {"method": "ties", "normalized": value, "extra": 16, "pool_seed": seed, "overrides": ""})
+    page = tmp_path / "page.md"
+    page.write_text(PAGE)
+    assert refresh(page, tmp_path) == ["include outs/not_run.md"]
+    text = page.read_text()
+    assert "stale" not in text and "Title" not in text and "| main | yes |" in text
+    assert "| ties | 52.00 ± 2.83 |" in text  # the mean ± sample std over the two seeds
+    assert "Prose between blocks stays." in text and "kept as it is" in text
+    assert refresh(page, tmp_path) == ["include outs/not_run.md"] and page.read_text() == text  # idempotent
+
+
+def test_an_unknown_directive_is_an_error_naming_the_file(tmp_path, capsys):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: table x.csv -->\n<!-- end generated -->\n")
+    with pytest.raises(MergeError, match="page.md.*'table x.csv'"):
+        refresh(page, tmp_path)
+    assert main([str(page), "--root", str(tmp_path)]) == 2 and "error:" in capsys.readouterr().err
