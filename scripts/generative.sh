@@ -17,7 +17,9 @@ _POOL() { echo "${POOL:-configs/generative/smollm2_16_lora.yaml}"; }
 _gen() { local command=$1; shift; python3 -m generative "$command" --pool "$(_POOL)" ${LIMIT:+--limit $LIMIT} "$@"; }
 _merge() { _gen merge "$@"; }
 run_prepare()     { _gen prepare "$@"; }
-run_finetune()    { _gen finetune --workers "${WORKERS:-$(nproc)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
+# The cores this process may use, whatever OMP_NUM_THREADS says (plain nproc honours it: 1 under the advised setting).
+_cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+run_finetune()    { _gen finetune --workers "${WORKERS:-$(_cores)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
 run_pretrained()  { _gen evaluate --label base "$@"; }
 run_finetuned()   { _gen finetuned "$@"; }
 run_task_arith()  { _merge task_arithmetic "$@"; }
