@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from merging.benchmark.domain import Domain, TaskSpec
+from merging.logs import fresh_head_load
 
 from . import tasks
 from .data import Example
@@ -23,8 +24,9 @@ def load_classifier(folder: str | Path, spec: TaskSpec | None = None) -> PreTrai
     config = AutoConfig.from_pretrained(str(folder))
     config.num_labels = spec.num_labels
     config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
-                                                              ignore_mismatched_sizes=True).eval()
+    with fresh_head_load():
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
+                                                                  ignore_mismatched_sizes=True).eval()
 
 
 def encode(tokenizer, examples: Sequence[Example], max_length: int) -> dict[str, torch.Tensor]:

@@ -3,8 +3,10 @@
 each command line calls ``configure`` once."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 PACKAGES = ("merging", "discriminative", "vision", "generative")
 
@@ -19,3 +21,21 @@ def configure(quiet: bool = False) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(logging.WARNING if quiet else logging.INFO)
         logger.propagate = False
+
+
+@contextlib.contextmanager
+def fresh_head_load() -> Iterator[None]:
+    """Load a transformers model whose task head is replaced on purpose (a base encoder given a task's head):
+    its load report ("MISMATCH … Reinit", "MISSING") and weight-loading bar say what is intended, so they are
+    silenced for the duration; any error still raises."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

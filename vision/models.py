@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
+from merging.logs import fresh_head_load
 
 CONFIG = "classifier.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -157,8 +158,9 @@ def load_hf(folder: Path, num_labels: int | None = None) -> torch.nn.Module:
 
     if num_labels is None:
         return AutoModelForImageClassification.from_pretrained(str(folder)).eval()
-    return AutoModelForImageClassification.from_pretrained(str(folder), num_labels=num_labels,
-                                                           ignore_mismatched_sizes=True).eval()
+    with fresh_head_load():
+        return AutoModelForImageClassification.from_pretrained(str(folder), num_labels=num_labels,
+                                                               ignore_mismatched_sizes=True).eval()
 
 
 def save_hf(model: torch.nn.Module, folder: Path) -> None:

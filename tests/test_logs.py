@@ -1,0 +1,41 @@
+"""What a run prints: progress on stderr through logging, results on stdout, and no alarm where a fresh task head
+is the intent (merging/logs.py)."""
+import logging
+
+import pytest
+
+from discriminative.domain import load_classifier
+from merging.benchmark.domain import TaskSpec
+from merging.logs import PACKAGES, configure
+
+
+@pytest.fixture
+def restored_loggers():
+    """configure() binds a handler to this test's captured stderr: put the loggers back as they were after it."""
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in PACKAGES}
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+def test_a_base_encoder_given_a_task_head_loads_without_a_load_report(bert_pool, capfd):
+    from transformers.utils import logging as hf_logging
+
+    model = load_classifier(bert_pool["base"], TaskSpec("t", "classification", 3, "accuracy", ("a", "b", "c")))
+    assert model.classifier.out_features == 3
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err and "Loading weights" not in err
+    assert hf_logging.get_verbosity() == hf_logging.WARNING  # transformers' own setting is restored
+
+
+def test_configure_sends_the_toolkits_info_lines_to_stderr_only(capsys, restored_loggers):
+    configure()
+    logging.getLogger("merging.benchmark.experiment").info("grid point 1")
+    logging.getLogger("transformers.x").info("another library's line")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "grid point 1\n"
+    configure(quiet=True)
+    logging.getLogger("vision.data").info("progress")
+    assert capsys.readouterr().err == ""
