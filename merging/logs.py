@@ -11,10 +11,23 @@ from collections.abc import Iterator
 PACKAGES = ("merging", "discriminative", "vision", "generative")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes (redirected, or captured by a test),
+    not as it was when the handler was made."""
+
+    @property
+    def stream(self):  # noqa: ANN201  (logging.StreamHandler's attribute)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def configure(quiet: bool = False) -> None:
     """This toolkit's log lines as plain messages on stderr: INFO and above, WARNING and above when ``quiet``
     (other libraries' loggers are left as they are)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in PACKAGES:
         logger = logging.getLogger(name)
