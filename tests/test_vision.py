@@ -400,3 +400,23 @@ def test_a_run_prints_rows_on_stdout_and_its_progress_on_stderr(toy_vision_pool,
     rows = [json.loads(line) for line in out.splitlines()]  # every stdout line is a JSON row
     assert [row["method"] for row in rows] == ["task_arithmetic"]
     assert "task_arithmetic {'weight': 1.0, 'lambda': 1.0}: validation normalised" in err  # one line per grid point
+
+
+def test_the_rows_merge_seed_reaches_a_data_driven_method(toy_vision_pool, monkeypatch):
+    from merging.benchmark import data_driven
+    from merging.benchmark.evaluate import Evaluator
+    from merging.benchmark.store import finetune
+
+    pool, _ = toy_vision_pool
+    for task in pool.tasks:
+        finetune(pool, task, 0, progress=False)
+    seeds = []
+
+    def spy(inputs):
+        seeds.append(inputs.params.seed)
+        return {name: inputs.base[name] for name in inputs.base}, {}
+    monkeypatch.setitem(registry.METHODS, "adamerging", dataclasses.replace(registry.get_method("adamerging"),
+                                                                            implementation=spy))
+    data_driven.merge_data_driven(pool, "adamerging", {}, [], Evaluator(pool, "validation", 0), seed=7)
+    data_driven.merge_data_driven(pool, "adamerging", {"seed": 3}, [], Evaluator(pool, "validation", 0), seed=7)
+    assert seeds == [7, 3]  # the row's seed, unless the parameters fix one

@@ -30,11 +30,12 @@ def _label(candidate: Candidate) -> str:
 
 
 def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
-                      candidates: list[Candidate] | None = None, tasks: list[str] | None = None
+                      candidates: list[Candidate] | None = None, tasks: list[str] | None = None, seed: int = 0
                       ) -> tuple[Tensors, dict[str, Any]]:
     """The merged body of ``method`` for ``tasks`` (default: the pool's) from ``candidates`` (default: each
     task's checkpoint of the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor
-    patterns, e.g. unmerged biases), with its buffers, and the method's log."""
+    patterns, e.g. unmerged biases), with its buffers, and the method's log. ``seed`` (the row's merge seed) is
+    the method's ``seed`` parameter (its random draws) unless the parameters set one."""
     objective = TaskObjective(pool, validation.seed, own, tasks=tasks)
     base = read_body(base_folder(pool), objective.mergeable())
     candidates = candidates or [(task, validation.seed) for task in pool.tasks]
@@ -51,6 +52,8 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
 
     sources = {_label(c): CheckpointSource(checkpoint_folder(pool, *c), list(base)) for c in candidates}
     tasks_of = list(dict.fromkeys(task for task, _ in candidates))
+    if "seed" in spec.Params.model_fields:
+        params = {"seed": seed, **params}
     inputs = DataDrivenInputs(objective, base, sources, spec.Params.model_validate(params),
                               candidate_tasks=[task for task, _ in candidates],
                               candidate_objective=objective.with_tasks(tasks_of), score=score)

@@ -215,7 +215,7 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
     ``objective_tasks`` (default: the pool's tasks; merging/benchmark/data_driven.py); the domain then fills
     its running statistics as ``statistics`` says (``Domain.finish``)."""
     if get_method(method).kind == "data_driven":
-        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks)
+        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks, seed)
     else:
         scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
         try:
