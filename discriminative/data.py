@@ -40,13 +40,14 @@ from merging.benchmark.task_list import task_entries
 from merging.bigbench import bigbench_tasks
 from merging.errors import MergeError
 from merging.pypi import cache_dir, fetch
+from merging.resources import CONFIGS
 
 from . import sources
 from .sources import READERS
 
 logger = logging.getLogger(__name__)
 
-TASKS_YAML = Path(__file__).resolve().parents[1] / "configs" / "discriminative" / "tasks.yaml"
+TASKS_YAML = CONFIGS / "discriminative" / "tasks.yaml"
 SEED = 0
 CAPS = {"test": 1000, "validation": 300, "train": 2000, "proxy": 100}
 MIN_VALIDATION = 200

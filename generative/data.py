@@ -24,10 +24,11 @@ from merging.benchmark.task_list import task_entries
 from merging.bigbench import BIGBENCH, bigbench_tasks
 from merging.errors import MergeError
 from merging.pypi import cache_dir, fetch
+from merging.resources import CONFIGS
 
 from .lm_eval_tasks import LocalTask
 
-TASKS_YAML = Path(__file__).resolve().parents[1] / "configs" / "generative" / "tasks.yaml"
+TASKS_YAML = CONFIGS / "generative" / "tasks.yaml"
 SEED = 0
 CAPS = {"test": 200, "validation": 100, "train": 1000, "proxy": 100}
 SPLITS = ("train", "validation", "test", "proxy")

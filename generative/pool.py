@@ -23,12 +23,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
 from merging.pypi import cache_dir
+from merging.resources import CONFIGS as SHIPPED
 
 from .data import entries
 from .finetune import FullTraining, LoraTraining
 from .lm_eval_tasks import LocalTask
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "generative"
+CONFIGS = SHIPPED / "generative"
 
 
 class GenerativePool(BaseModel):

@@ -51,10 +51,10 @@ def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
                 prefix + p for p in [*HUB_PATTERNS, "pytorch_model*.bin"]]))
     except Exception as err:  # network, auth, missing repo: all end the same way for the user
         raise MergeError(
-            f"'{ref}' is not a local path and could not be fetched from the Hugging Face Hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            f"On a machine with access run `hf download {repo} --local-dir DIR`, copy DIR here and "
-            f"put DIR{'/' + sub if sub else ''} in the config instead of the hub id.") from None
+            f"'{ref}': no such local path (relative to {Path.cwd()}), and as a Hugging Face Hub id it could not be "
+            f"fetched ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). If it is a folder, "
+            f"check the path; if it is a hub id, run `hf download {repo} --local-dir DIR` on a machine with access, "
+            f"copy DIR here and put DIR{'/' + sub if sub else ''} in the config instead.") from None
     return folder / prefix if prefix else folder
 
 

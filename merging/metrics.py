@@ -1,61 +1,58 @@
 """Task metrics shared by every domain, and the FW-Merging / Twin-Merging normalised score.
 
 GLUE conventions: CoLA Matthews correlation; SST-2/MNLI/QNLI/RTE accuracy; MRPC/QQP mean(accuracy, F1);
-STS-B mean(Pearson, Spearman). All scores are returned in [0, 100] (correlations ×100).
+STS-B mean(Pearson, Spearman). All scores are returned in [0, 100] (correlations ×100). The metrics themselves
+are scikit-learn's and scipy's.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .errors import MergeError
 
 Metric = Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
 
 
+def _numpy(values: torch.Tensor):
+    return values.detach().cpu().double().numpy()
+
+
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predictions == labels).double().mean())
+    return float(accuracy_score(_numpy(labels), _numpy(predictions)))
 
 
 def binary_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """F1 of the positive class (label 1): 2·TP / (2·TP + FP + FN)."""
-    tp = float(((predictions == 1) & (labels == 1)).sum())
-    fp = float(((predictions == 1) & (labels != 1)).sum())
-    fn = float(((predictions != 1) & (labels == 1)).sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    """F1 of the positive class (label 1); 0 when there is no positive prediction or label."""
+    return float(f1_score(_numpy(labels), _numpy(predictions), pos_label=1, average="binary", zero_division=0.0))
 
 
 def matthews(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Multi-class Matthews correlation (Gorodkin 2004), from the confusion matrix C:
-    (c·s − Σ_k p_k t_k) / sqrt((s² − Σ p_k²)(s² − Σ t_k²)), c = trace, s = total, p/t = predicted/true counts;
-    0 when a denominator is 0 (as scikit-learn)."""
-    classes = int(max(int(predictions.max()), int(labels.max()))) + 1
-    confusion = torch.zeros(classes, classes, dtype=torch.float64)
-    confusion.index_put_((labels.long(), predictions.long()), torch.ones(len(labels), dtype=torch.float64),
-                         accumulate=True)
-    t, p = confusion.sum(1), confusion.sum(0)
-    c, s = confusion.trace(), confusion.sum()
-    denominator = ((s * s - (p * p).sum()) * (s * s - (t * t).sum())).sqrt()
-    return float((c * s - (p * t).sum()) / denominator) if denominator > 0 else 0.0
+    """Multi-class Matthews correlation (Gorodkin 2004); 0 when it is undefined."""
+    return float(matthews_corrcoef(_numpy(labels), _numpy(predictions)))
+
+
+def _correlation(value: float) -> float:
+    return 0.0 if math.isnan(value) else float(value)  # a constant input: no correlation to report
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    denominator = (x.norm() * y.norm())
-    return float((x @ y) / denominator) if denominator > 0 else 0.0
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n with ties given their average rank."""
-    values, inverse, counts = torch.unique(x.double(), return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    return ((ends - counts.double() + 1 + ends) / 2)[inverse]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return _correlation(stats.pearsonr(_numpy(x), _numpy(y)).statistic)
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    return pearson(_ranks(x), _ranks(y))
+    """Pearson correlation of the ranks, ties given their average rank."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return _correlation(stats.spearmanr(_numpy(x), _numpy(y)).statistic)
 
 
 def score(metric: Metric, predictions: torch.Tensor, labels: torch.Tensor) -> float:

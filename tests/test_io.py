@@ -193,7 +193,7 @@ def test_unreachable_hub_id_says_how_to_download_it_by_hand(monkeypatch, tmp_pat
     with pytest.raises(MergeError) as err:
         resolve_model_ref("owner/does-not-exist")
     assert "hf download owner/does-not-exist" in str(err.value)
-    assert "'owner/does-not-exist' is not a local path" in str(err.value)
+    assert f"'owner/does-not-exist': no such local path (relative to {tmp_path})" in str(err.value)
 
 
 def test_hub_id_with_a_folder_inside_the_repo(monkeypatch, tmp_path):

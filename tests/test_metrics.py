@@ -35,6 +35,7 @@ def test_pearson_and_spearman_by_hand():
     # ties get average ranks: ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]
     assert metrics.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 2.5, 2.5, 4.0])) == pytest.approx(1.0)
     assert metrics.score("pearson_spearman", x, -x) == pytest.approx(-100.0)
+    assert metrics.pearson(x, torch.ones(4)) == 0.0 and metrics.spearman(x, torch.ones(4)) == 0.0  # undefined: 0
 
 
 def test_normalized_score_is_the_mean_ratio():

@@ -420,3 +420,15 @@ def test_the_rows_merge_seed_reaches_a_data_driven_method(toy_vision_pool, monke
     data_driven.merge_data_driven(pool, "adamerging", {}, [], Evaluator(pool, "validation", 0), seed=7)
     data_driven.merge_data_driven(pool, "adamerging", {"seed": 3}, [], Evaluator(pool, "validation", 0), seed=7)
     assert seeds == [7, 3]  # the row's seed, unless the parameters fix one
+
+
+def test_a_run_on_an_incomplete_pool_announces_the_checkpoints_it_fine_tunes(toy_vision_pool, capsys):
+    from merging.logs import configure
+
+    pool, root = toy_vision_pool
+    configure()  # as every command line does: the toolkit's INFO lines on stderr
+    run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=root / "outs")
+    err = capsys.readouterr().err
+    assert "2 checkpoint(s) missing (bright-seed0, reddish-seed0)" in err and "no earlier timing to estimate" in err
+    run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=root / "outs")
+    assert "missing" not in capsys.readouterr().err  # nothing to fine-tune: nothing announced

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 
 from merging.benchmark.cli import main as cli_main
+from merging.resources import CONFIGS
 
 from .pool import load_pool
 
-DEFAULT_POOL = "configs/vision/efficientnet_lite0_20tasks.yaml"
+DEFAULT_POOL = str(CONFIGS / "vision" / "efficientnet_lite0_20tasks.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,12 +31,13 @@ from merging.benchmark.domain import TaskSpec
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
 from merging.pypi import cache_dir
+from merging.resources import CONFIGS
 
 from .sources import SOURCES, Arrays
 
 logger = logging.getLogger(__name__)
 
-TASKS_YAML = Path(__file__).resolve().parents[1] / "configs" / "vision" / "tasks.yaml"
+TASKS_YAML = CONFIGS / "vision" / "tasks.yaml"
 SEED = 0
 CAPS = {"test": 500, "validation": 200, "train": 2000, "proxy": 100}
 TEST_SIDE = 0.3  # share of a split-less source that goes to the test side

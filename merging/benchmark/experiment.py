@@ -24,6 +24,7 @@ from merging.config import check_parameters, describe_errors, read_mapping, vali
 from merging.errors import MergeError
 from merging.metrics import normalized_score
 from merging.registry import get_method, known_methods
+from merging.resources import CONFIGS  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 from merging.results import append_row, pivot_table, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
@@ -31,7 +32,7 @@ from .body import read_body
 from .data_driven import Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .store import base_folder, checkpoint_folder, finetune, pool_dir
+from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints, pool_dir
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ def runnable_methods() -> list[str]:
     """The registered methods a benchmark pool of full checkpoints runs: per-tensor and data-driven ones."""
     return [*known_methods("per_tensor"), *known_methods("data_driven")]
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
 # --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
@@ -315,7 +315,9 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
         started = time.perf_counter()
         candidates = [(task, pool_seed) for task in (pool.tasks if own is None else own)] + list(extra)
         objective_tasks = None if own is None else list(dict.fromkeys(task for task, _ in candidates))
-        for task, task_seed in dict.fromkeys([*candidates, *((task, pool_seed) for task in pool.tasks)]):
+        needed = list(dict.fromkeys([*candidates, *((task, pool_seed) for task in pool.tasks)]))
+        announce_missing(pool, missing_checkpoints(pool, needed))
+        for task, task_seed in needed:
             finetune(pool, task, task_seed, progress=progress)  # the scored tasks' own: heads and reference
         test = Evaluator(pool, "test", pool_seed)  # batched once for the method and the fine-tuned reference
         scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from merging.parallel import run_jobs
 from merging.pypi import cache_dir
 
 from .pool import PoolConfig
+
+logger = logging.getLogger(__name__)
 
 DONE = "finetune.json"  # written last: a folder without it is incomplete and is rebuilt
 
@@ -53,6 +56,28 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
     if is_given(pool, task, seed):
         return pool.domain.given_folder(pool, task, resolve_model_ref(pool.checkpoints[task]))
     return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seeds[0] if seed is None else seed}"
+
+
+def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The (task, seed) pairs of ``work`` without a complete checkpoint (given ones are never missing)."""
+    return [(t, s) for t, s in dict.fromkeys(work)
+            if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
+
+
+def announce_missing(pool: PoolConfig, missing: list[tuple[str, int]]) -> None:
+    """Say, before fine-tuning them, how many checkpoints a run lacks and, from the time each task took at another
+    seed (its ``finetune.json``), about how long they will take."""
+    if not missing:
+        return
+    took: dict[str, float] = {}
+    for record in pool_dir(pool).glob(f"finetuned/*/{DONE}"):
+        entry = json.loads(record.read_text())
+        took.setdefault(entry["task"], entry["seconds"])
+    known = [took[t] for t, _ in missing if t in took]
+    eta = (f"about {sum(known) / 60:.0f} min on one process" + ("" if len(known) == len(missing) else
+           f" for the {len(known)} tasks timed before")) if known else "no earlier timing to estimate from"
+    logger.info("%d checkpoint(s) missing (%s): fine-tuning them first into %s, %s; `run_finetune` runs them in "
+                "parallel", len(missing), ", ".join(f"{t}-seed{s}" for t, s in missing), pool_dir(pool), eta)
 
 
 def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: bool = True) -> Path:
@@ -116,8 +141,7 @@ def finetune_many(pool_file: str, pool: PoolConfig, work: list[tuple[str, int]],
     to that many processes (``python -m <domain> finetune --only``), each with cores / workers threads,
     costliest first to the least-loaded process (cost: ``Domain.cost``). On a small CPU machine two one-thread
     processes finish sooner than one two-thread process."""
-    missing = [(t, s) for t, s in work
-               if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
+    missing = missing_checkpoints(pool, work)
     processor = functools.cache(lambda: pool.domain.processor(pool, base_folder(pool)))  # only to deal
     run_jobs(missing, lambda task, seed: finetune(pool, task, seed), workers,
              ["-m", pool.domain.name, "finetune", "--pool", pool_file, "--only"],
