@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
 
 from merging.atomic import atomic_directory
+from merging.logs import progress_bar
 from merging.parallel import run_jobs
 
 from .lm_eval_tasks import LocalTask
@@ -85,7 +85,7 @@ def _train(model: torch.nn.Module, tokenizer: Any, task: LocalTask, training: Lo
     steps = max(1, round(training.epochs * len(order) / training.batch_size))
     losses, started = [], time.perf_counter()
     model.train()
-    for step in tqdm(range(steps), desc=f"{what} {task.name} (seed {seed})", disable=not progress):
+    for step in progress_bar(range(steps), desc=f"{what} {task.name} (seed {seed})", disable=not progress):
         first = step * training.batch_size
         batch = batch_of(tokenizer, task, [order[(first + j) % len(order)] for j in range(training.batch_size)])
         loss = model(**batch).loss

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .checkpoint import Checkpoint
 from .errors import MergeError
+from .logs import progress_bar
 from .methods.base import Chunk, Method, chunk_seed
 from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
 
@@ -146,7 +146,7 @@ class Engine:
         model_scope = any(p.method is not None and p.method.scope == "model" for p in plans)
         with _torch_threads(max(1, (os.cpu_count() or 1) // self.workers)), \
                 ThreadPoolExecutor(self.workers) as pool, \
-                tqdm(total=sum(p.info.nbytes for p in plans), unit="B", unit_scale=True, desc="merging",
+                progress_bar(total=sum(p.info.nbytes for p in plans), unit="B", unit_scale=True, desc="merging",
                      disable=not self.progress) as bar:
             try:
                 shared = self.model_scope_stats(plans, pool) if model_scope else None

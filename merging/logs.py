@@ -7,6 +7,9 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
+
+from tqdm import tqdm
 
 PACKAGES = ("merging", "discriminative", "vision", "generative")
 
@@ -52,3 +55,24 @@ def fresh_head_load() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+class _Lines:
+    """tqdm's file off a terminal: each refresh becomes one whole line on stderr (carriage-return updates would
+    pile up into one unreadable line of a log, and interleave between parallel workers)."""
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text:
+            sys.stderr.write(text + "\n")
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
+    """``tqdm(*args, **kwargs)`` on stderr: a live bar on a terminal; elsewhere (a log file, a pipe) one line at
+    most every 30 s, each naming its bar."""
+    if sys.stderr.isatty():
+        return tqdm(*args, **kwargs)
+    return tqdm(*args, file=_Lines(), mininterval=30, **kwargs)

@@ -31,12 +31,23 @@ run_regmean()     { _bench_run regmean "$@"; }
 run_fisher()      { _bench_run fisher "$@"; }
 run_adamerging()  { _bench_run adamerging "$@"; }
 run_greedy_soup() { _bench_run greedy_soup "$@"; }
+# Run the functions named, in turn, each announced on stderr as "[stage i/n] name (m min elapsed)"; stop at the
+# first that fails.
+_stages() {
+  local n=$# i=0 started=$SECONDS stage
+  for stage in "$@"; do
+    i=$((i + 1))
+    printf '[stage %d/%d] %s (%d min elapsed)\n' "$i" "$n" "$stage" $(((SECONDS - started) / 60)) >&2
+    "$stage" || return
+  done
+  printf '[stages done] %d in %d min\n' "$n" $(((SECONDS - started) / 60)) >&2
+}
 run_baselines() {     # references and data-free merges: the benchmark's main comparison
-  run_finetune && run_majority && run_probe && run_pretrained && run_finetuned && run_avg && run_task_arith &&
-    run_ties && run_dare_ties && run_from
+  _stages run_finetune run_majority run_probe run_pretrained run_finetuned run_avg run_task_arith run_ties \
+    run_dare_ties run_from
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
-  run_greedy_soup && run_regmean && run_fisher && run_adamerging && run_frank_wolfe && run_frank_wolfe_soft
+  _stages run_greedy_soup run_regmean run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
 }
 run_all() { run_baselines && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own

@@ -177,13 +177,3 @@ def test_the_script_functions_call_the_cli(call, expected):
                          cwd=CONFIGS.parents[1]).stdout.strip()
     assert out == expected
 
-
-@pytest.mark.parametrize("script", ["scripts/generative.sh", "scripts/discriminative.sh"])
-def test_fine_tuning_workers_default_to_the_cores_not_to_omp_num_threads(script):
-    import os
-    import subprocess
-
-    call = f'source {script}; python3() {{ echo "$@"; }}; OMP_NUM_THREADS=1 run_finetune'
-    out = subprocess.run(["bash", "-c", call], capture_output=True, text=True, check=True,
-                         cwd=CONFIGS.parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
-    assert out[out.index("--workers") + 1] == str(len(os.sched_getaffinity(0)))

@@ -39,3 +39,14 @@ def test_configure_sends_the_toolkits_info_lines_to_stderr_only(capsys, restored
     configure(quiet=True)
     logging.getLogger("vision.data").info("progress")
     assert capsys.readouterr().err == ""
+
+
+def test_off_a_terminal_a_progress_bar_writes_whole_lines_not_carriage_returns(capsys):
+    from merging.logs import progress_bar
+
+    for _ in progress_bar(range(1000), desc="fine-tune toy (seed 0)"):
+        pass
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and 1 <= len(lines) <= 3  # a 30 s interval: the first and the final state
+    assert all(line.startswith("fine-tune toy (seed 0)") for line in lines) and "1000/1000" in lines[-1]

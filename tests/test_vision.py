@@ -432,3 +432,14 @@ def test_a_run_on_an_incomplete_pool_announces_the_checkpoints_it_fine_tunes(toy
     assert "2 checkpoint(s) missing (bright-seed0, reddish-seed0)" in err and "no earlier timing to estimate" in err
     run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=root / "outs")
     assert "missing" not in capsys.readouterr().err  # nothing to fine-tune: nothing announced
+
+
+def test_the_linear_probe_beats_chance_and_reports_each_task(toy_vision_pool, capsys):
+    from merging.logs import configure
+
+    pool, root = toy_vision_pool
+    configure()
+    probe, = run_experiment(pool, "probe", "toy", {}, progress=False, outs=root / "outs")
+    err = capsys.readouterr().err
+    assert all(probe[task] > 60 for task in pool.tasks), probe  # two-way toy tasks: chance is 50
+    assert "probe 1/2 bright:" in err and "probe 2/2 reddish:" in err

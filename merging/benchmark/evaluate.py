@@ -3,6 +3,8 @@ split, and the majority-class and linear-probe references."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from merging.metrics import score
 from .body import is_head, read_body, with_merged_body
 from .pool import PoolConfig
 from .store import DONE, base_folder, checkpoint_folder, pool_dir
+
+logger = logging.getLogger(__name__)
 
 
 class Evaluator:
@@ -117,7 +121,8 @@ class Evaluator:
         (softmax regression or least squares, L2 1e-4, full-batch L-BFGS)."""
         base = self.model(base_folder(self.pool), self.pool.tasks[0])  # features are the body's: any head does
         result = {}
-        for task in self.pool.tasks:
+        for index, task in enumerate(self.pool.tasks, 1):
+            started = time.perf_counter()
             spec = self.spec(task)
             train_x, train_y = self._features(base, self._batched(self.domain.examples(self.pool, task, "train")))
             test_x, test_y = self._features(base, self.batches[task])
@@ -141,6 +146,8 @@ class Evaluator:
                 logits = linear(test_x)
             predictions = logits.squeeze(-1) if spec.kind == "regression" else logits.argmax(-1)
             result[task] = score(spec.metric, predictions, test_y)
+            logger.info("probe %d/%d %s: %d train features, test %.2f (%.0f s)", index, len(self.pool.tasks), task,
+                        len(train_y), result[task], time.perf_counter() - started)
         return result
 
     @torch.no_grad()

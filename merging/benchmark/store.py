@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from merging.atomic import atomic_directory
 from merging.batchnorm import reestimate_statistics
 from merging.checkpoint import resolve_model_ref
+from merging.logs import progress_bar
 from merging.parallel import run_jobs
 from merging.pypi import cache_dir
 
@@ -102,7 +102,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
     order = torch.Generator().manual_seed(seed)
     started, losses = time.perf_counter(), []
     model.train()
-    with tqdm(total=total, desc=f"fine-tune {task} (seed {seed})", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"fine-tune {task} (seed {seed})", disable=not progress) as bar:
         while len(losses) < total:
             permutation = torch.randperm(len(train), generator=order).tolist()
             for start in range(0, len(train), cfg.batch_size):

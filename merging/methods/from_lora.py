@@ -30,9 +30,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from pydantic import Field
-from tqdm import tqdm
 
 from ..errors import MergeError
+from ..logs import progress_bar
 from ..lora import LoraAdapter, check_adapters
 from ..registry import register_adapter_method
 from ..tensor_ops import frobenius_weights
@@ -172,7 +172,7 @@ def from_lora(adapters: Sequence[LoraAdapter], params: FromLoraParams, *, seed: 
     merged: dict[str, Factors] = {}
     finals, relatives, iterations = [], [], []
     modules = _merged_modules(adapters, names, rank, p["k"], p["alpha"], p["max_iters"], p["sigma"], seed, p["tol"])
-    for name, factors, history, energy in tqdm(modules, total=len(names), desc="from_lora", unit="module",
+    for name, factors, history, energy in progress_bar(modules, total=len(names), desc="from_lora", unit="module",
                                                disable=not progress):
         merged[name] = factors
         finals.append(history[-1])
