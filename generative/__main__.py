@@ -9,8 +9,12 @@ to ``outs/<pool name>/results.csv`` (+ results.md).
     python -m generative evaluate --label base
     python -m generative finetuned
     python -m generative merge ties
-    python -m generative merge frank_wolfe --set space=product
-    python -m generative merge from --pool configs/generative/smollm2_3_full.yaml --set drop_rate=0.9
+    python -m generative merge frank_wolfe --space product
+    python -m generative merge from --pool configs/generative/smollm2_3_full.yaml --drop-rate 0.9
+
+Method parameters (merge) and training settings (finetune) are ``--name value`` pairs, as in the other domains'
+command lines. Results go to stdout as JSON, progress to stderr; a bad input ends with one ``error:`` line and
+exit status 2 (130 when interrupted).
 """
 from __future__ import annotations
 
@@ -22,11 +26,11 @@ from pathlib import Path
 
 from merging import distributed
 from merging.atomic import interrupt_on_sigterm
+from merging.benchmark.cli import parse_overrides
 from merging.benchmark.request import check_local
 from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
-from merging.config import parse_value
-from merging.errors import INTERRUPTED, MergeError, report
+from merging.errors import MergeError, report
 from merging.logs import configure as configure_logging
 from merging.parallel import check_jobs, parse_job
 
@@ -36,16 +40,6 @@ from .pool import CONFIGS, GenerativePool, load_pool
 from .run import check_merge, evaluate_model, finetuned_scores, normalized, record, run_method
 
 
-def _setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE")
-    try:
-        return key, parse_value(value, f"--set {key}")
-    except MergeError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def finetune_jobs(args: argparse.Namespace, pool: GenerativePool) -> list[tuple[str, int]]:
     """(task, seed) pairs to train: a worker's --only share, else the (selected) tasks × --seeds."""
     if args.only is not None:
@@ -53,10 +47,10 @@ def finetune_jobs(args: argparse.Namespace, pool: GenerativePool) -> list[tuple[
     return [(task, seed) for task in args.tasks or pool.tasks for seed in args.seeds]
 
 
-def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
+def validate_request(args: argparse.Namespace, pool: GenerativePool, overrides: dict[str, object]) -> None:
     """Refuse a bad request before any download, data preparation, training or scoring, naming the bad value:
     --tasks outside the pool; a local model folder that does not exist (the pool's base and given checkpoints,
-    --model, --adapter); negative fine-tuning --seeds or --set training values the pool's kind rejects; for
+    --model, --adapter); negative fine-tuning --seeds or training settings the pool's kind rejects; for
     ``merge``, a method or parameter that ``run.check_merge`` refuses. (--workers, --limit, --batch-size and
     --limit-validation are positive integers by their argparse type; the pool YAML is checked by load_pool.)"""
     unknown = sorted(set(args.tasks or []) - set(pool.tasks))
@@ -73,12 +67,12 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool) -> None:
     if args.command == "finetune":
         source = "--only" if args.only is not None else "--tasks/--seeds"
         check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, source)
-        pool.model_copy(update={"training": {**pool.training, **dict(args.overrides)}}).training_config()
+        pool.model_copy(update={"training": {**pool.training, **overrides}}).training_config()
     elif args.command == "merge":
-        check_merge(pool, args.method, dict(args.overrides))
+        check_merge(pool, args.method, overrides)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pool", type=Path, default=CONFIGS / "smollm2_16_lora.yaml", help="the pool YAML")
     common.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks (default: all)")
@@ -94,8 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     tune.add_argument("--workers", type=positive_int, default=1,
                       help="parallel fine-tuning processes, one thread each on a machine with as many cores")
     tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
-    tune.add_argument("--set", dest="overrides", type=_setting, action="append", default=[],
-                      help="KEY=VALUE overriding the pool's training (e.g. epochs=2, lr=0.01)")
     run = commands.add_parser("evaluate", help="score a model on the suite through lm-eval", parents=[common])
     run.add_argument("--model", help="a model folder, hub id, package: or .gguf reference (default: the base)")
     run.add_argument("--adapter", type=Path, help="a peft LoRA adapter of --model, merged in before scoring")
@@ -110,24 +102,27 @@ def main(argv: list[str] | None = None) -> None:
                                 parents=[common])
     merge.add_argument("method", help="task_arithmetic, ties, dare_ties, from, from_lora, frank_wolfe, …")
     merge.add_argument("--seed", type=int, default=0, help="the checkpoints' fine-tuning seed")
-    merge.add_argument("--set", dest="overrides", type=_setting, action="append", default=[],
-                       help="KEY=VALUE fixing a parameter of configs/generative/methods/<method>.yaml")
     merge.add_argument("--limit-validation", type=positive_int, default=25,
                        help="validation examples per task for the hyper-parameter search")
-    args = parser.parse_args(argv)
+    tune.epilog = "--name value pairs override the pool's training settings (e.g. --epochs 2 --lr 0.01)"
+    merge.epilog = "--name value pairs fix parameters of configs/generative/methods/<method>.yaml (e.g. --lambda 0.5)"
+    args, extra = parser.parse_known_args(argv)
+    if args.command not in ("finetune", "merge") and extra:
+        parser.error(f"unexpected arguments {extra}")
     interrupt_on_sigterm()
     configure_logging()
     try:
+        overrides = parse_overrides(extra)
         pool = load_pool(args.pool)
-        validate_request(args, pool)
+        validate_request(args, pool, overrides)
         pool.tasks = args.tasks or pool.tasks
         if args.command == "prepare":
             data.prepare(pool.tasks)
         elif args.command == "finetune":
-            pool.training.update(dict(args.overrides))
+            pool.training.update(overrides)
             jobs = finetune_jobs(args, pool)
-            command = ["-m", "generative", "finetune", "--pool", str(args.pool),
-                       *(f"--set={k}={json.dumps(v)}" for k, v in args.overrides), "--only"]
+            settings = [token for k, v in overrides.items() for token in (f"--{k.replace('_', '-')}", json.dumps(v))]
+            command = ["-m", "generative", "finetune", "--pool", str(args.pool), *settings, "--only"]
             for folder in train_many(resolve_model_ref(pool.base),
                                      data.local_tasks("train", list(dict.fromkeys(t for t, _ in jobs))), jobs,
                                      pool.folder, pool.training_config(), args.workers, command):
@@ -135,25 +130,23 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "evaluate":
             scores = evaluate_model(pool, args.model or pool.base, args.label, args.split, pool.tasks, args.outs,
                                     args.limit, args.batch_size, args.adapter)
-            print({name: round(100 * value, 2) for name, value in scores.items()})
+            print(json.dumps({name: round(100 * value, 2) for name, value in scores.items()}))
         elif args.command == "finetuned":
             started = time.perf_counter()
             scores = finetuned_scores(pool, args.split, args.seed, args.limit, args.outs)
             record(args.outs, pool, "finetuned", scores, started, normalized=normalized(scores, scores),
                    split=args.split, limit=args.limit or "", seed=args.seed)
-            print({name: round(100 * value, 2) for name, value in scores.items()})
+            print(json.dumps({name: round(100 * value, 2) for name, value in scores.items()}))
         else:
-            result = run_method(pool, args.method, dict(args.overrides), args.seed, args.outs, args.limit,
-                                args.limit_validation)
-            print(result if isinstance(result, Path) else {k: result[k] for k in ("model", "normalized", "average")})
+            result = run_method(pool, args.method, overrides, args.seed, args.outs, args.limit, args.limit_validation)
+            print(result if isinstance(result, Path) else json.dumps(result, default=str))
     except (MergeError, OSError, KeyboardInterrupt) as error:
         message, status = report(error)
-        if status == INTERRUPTED:  # the shell's status; a bad input keeps this command's exit 1 with the message
-            print(message, file=sys.stderr)
-            raise SystemExit(status) from None
-        raise SystemExit(message) from None
+        print(message, file=sys.stderr)
+        return status
     distributed.finish()  # under `accelerate launch`: every process leaves the group together
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -45,12 +45,12 @@ class GenerativePool(BaseModel):
     path: Path | None = None  # where it was read from (set by load_pool)
 
     def training_config(self) -> LoraTraining | FullTraining:
-        """The pool's ``training`` (with any ``--set``) checked against its kind's schema."""
+        """The pool's ``training`` (with any ``--name value`` of the command line) checked against its kind's schema."""
         schema = LoraTraining if self.kind == "lora" else FullTraining
         try:
             return schema(**self.training)
         except ValidationError as err:
-            raise MergeError(f"{self.path}: training (or --set): {describe_errors(err, 'key')}") from None
+            raise MergeError(f"{self.path}: training (or the command line): {describe_errors(err, 'key')}") from None
 
     def folder(self, task: str, seed: int) -> Path:
         """Where the checkpoint trained on ``task`` with ``seed`` lives (trained pools)."""

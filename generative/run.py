@@ -130,7 +130,7 @@ def normalized(scores: dict[str, float], reference: dict[str, float]) -> float:
 
 def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) -> None:
     """Refuse, before any checkpoint is read, downloaded or scored: a method that cannot merge the pool's kind
-    of checkpoints (the known ones are listed), a parameter (--set, method YAML, each grid point) that the
+    of checkpoints (the known ones are listed), a parameter (command line, method YAML, each grid point) that the
     method's schema rejects, a missing proxy file, and a grid left open on a pool without tasks to choose on."""
     lora = pool.kind == "lora"
     known = adapter_methods() if lora else known_methods("per_tensor")
@@ -145,7 +145,7 @@ def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) ->
         raise MergeError(f"pool '{pool.name}' ({pool.path}): proxy file '{pool.proxy}' does not exist")
     _, grid, _ = method_config(DOMAIN, method, overrides)
     if not pool.tasks and any(len(values) > 1 for values in grid.values()):
-        raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --set")
+        raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --name value")
 
 
 def _merge_full(pool: GenerativePool, method: str, point: dict[str, Any], folders: dict[str, Path], out: Path,

@@ -2,7 +2,7 @@
 """Time and peak memory of a data-free LoRA merge in product space at LLaMA-2-7B shapes, by depth.
 
     python3 scripts/bench_lora_merge.py [--layers 1 2] [--adapters 16] [--hidden 4096] [--method task_arithmetic]
-                                        [--set KEY=VALUE]
+                                        [--lambda 0.3 …: method parameters as --name value]
 
 For each --layers L a fresh process writes --adapters random peft adapters (r 8, lora_alpha 16 on q_proj and
 v_proj of L LLaMA-2-7B layers, --hidden × --hidden each; A, B ~ N(0, 0.02²), seeded by adapter) to a temporary
@@ -75,13 +75,11 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=4096, help="module width (LLaMA-2-7B: 4096)")
     parser.add_argument("--method", default="task_arithmetic")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method parameter (YAML value), e.g. lambda=0.3")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process: measure one depth
-    args = parser.parse_args()
-    import yaml
+    args, settings = parser.parse_known_args()  # the method's parameters: --name value, as every command line
+    from merging.benchmark.cli import parse_overrides
 
-    params = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.settings)}
+    params = parse_overrides(settings)
     if args.one is not None:
         print(json.dumps(measure(args.one, args.adapters, args.hidden, args.method, params)))
         return
@@ -93,7 +91,7 @@ def main() -> None:
         started = time.perf_counter()
         child = subprocess.run([sys.executable, __file__, "--one", str(layers), "--adapters", str(args.adapters),
                                 "--hidden", str(args.hidden),
-                                "--method", args.method, *(f"--set={s}" for s in args.settings)],
+                                "--method", args.method, *settings],
                                cwd=REPO, capture_output=True, text=True)
         if child.returncode != 0:
             raise SystemExit(f"error: the {layers}-layer run failed:\n{child.stderr[-3000:]}")

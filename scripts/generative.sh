@@ -6,7 +6,7 @@
 #   run_pretrained; run_finetuned             # the base, and each adapter on its own task (the 100)
 #   run_task_arith; run_ties; run_dare_ties; run_from      # data-free merges of the 16 adapters (from: FroM-LoRA)
 #   run_frank_wolfe                           # FW hard, A and B merged separately (the official code)
-#   run_frank_wolfe --set space=product       # FW hard on ΔW = (α/r)·B·A, re-factored to rank r
+#   run_frank_wolfe --space product       # FW hard on ΔW = (α/r)·B·A, re-factored to rank r
 #   run_all                                   # all of the above
 #   POOL=configs/generative/smollm2_3_full.yaml run_finetune         # the FroM setting: 3 full fine-tunes,
 #   POOL=configs/generative/smollm2_3_full.yaml run_from_table       # TA, TIES, DARE+TIES, FroM, DARE+FroM
@@ -28,7 +28,7 @@ run_dare_ties()   { _merge dare_ties "$@"; }
 run_from()        { if grep -q "^kind: lora" "$(_POOL)"; then _merge from_lora "$@"; else _merge from "$@"; fi; }
 run_frank_wolfe() { _merge frank_wolfe "$@"; }
 run_baselines()   { run_finetuned && run_pretrained && run_task_arith && run_ties && run_dare_ties && run_from; }
-run_all()         { run_baselines && run_frank_wolfe && run_frank_wolfe --set space=product; }
+run_all()         { run_baselines && run_frank_wolfe && run_frank_wolfe --space product; }
 run_from_table()  {   # the FroM paper's full-model table
-  run_finetuned && run_task_arith && run_ties && run_dare_ties && run_from && run_from --set drop_rate=0.9
+  run_finetuned && run_task_arith && run_ties && run_dare_ties && run_from && run_from --drop-rate 0.9
 }

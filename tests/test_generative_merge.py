@@ -41,9 +41,9 @@ def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_pa
     common = ["--pool", str(tiny_pool()), "--outs", str(tmp_path / "outs"), "--limit", "4"]
     main(["finetune", *common])  # 2 adapters, 15 steps each
     main(["finetuned", *common])
-    runs = [("task_arithmetic", ["--set", "lambda=0.5"]),
-            ("frank_wolfe", ["--set", "iterations=2", "--set", "proxy_examples=4"]),
-            ("frank_wolfe", ["--set", "iterations=2", "--set", "proxy_examples=4", "--set", "space=product"])]
+    runs = [("task_arithmetic", ["--lambda", "0.5"]),
+            ("frank_wolfe", ["--iterations", "2", "--proxy-examples", "4"]),
+            ("frank_wolfe", ["--iterations", "2", "--proxy-examples", "4", "--space", "product"])]
     for method, settings in runs:
         main(["merge", method, *common, "--limit-validation", "4", *settings])
     rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
@@ -71,7 +71,7 @@ def test_finetune_deals_the_missing_adapters_to_workers(tiny_pool, monkeypatch):
 
     pool_file = tiny_pool()
     pool = load_pool(pool_file)
-    main(["finetune", "--pool", str(pool_file), "--tasks", "qa", "--set", "epochs=1"])  # qa, seed 0: not dealt
+    main(["finetune", "--pool", str(pool_file), "--tasks", "qa", "--epochs", "1"])  # qa, seed 0: not dealt
     launched = []
 
     class InProcessWorker:  # runs the worker's command line here (the fixtures' suite is not in a subprocess)
@@ -84,9 +84,9 @@ def test_finetune_deals_the_missing_adapters_to_workers(tiny_pool, monkeypatch):
             return 0
     monkeypatch.setattr(parallel.subprocess, "Popen", InProcessWorker)
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
-    main(["finetune", "--pool", str(pool_file), "--seeds", "0", "1", "--workers", "2", "--set", "epochs=1"])
+    main(["finetune", "--pool", str(pool_file), "--seeds", "0", "1", "--workers", "2", "--epochs", "1"])
     shares = [cmd[cmd.index("--only") + 1:] for cmd, _ in launched]
-    assert all("--set=epochs=1" in cmd for cmd, _ in launched)
+    assert all(cmd[cmd.index("--epochs") + 1] == "1" for cmd, _ in launched)
     assert {threads for _, threads in launched} == {"2"}  # 4 cores / 2 workers
     qa, yesno = data.local_tasks("train", ["qa", "yesno"])
     assert cost(yesno) > cost(qa)  # longer texts ("passage 7" + " Yes." against "q7" + " 20")
@@ -117,7 +117,7 @@ def test_full_fine_tunes_merge_through_the_engine_with_dare_from(tiny_pool, tmp_
 
     common = ["--pool", str(tiny_pool("full")), "--outs", str(tmp_path / "outs"), "--limit", "4"]
     main(["finetune", *common])
-    main(["merge", "from", *common, "--limit-validation", "4", "--set", "drop_rate=0.5"])
+    main(["merge", "from", *common, "--limit-validation", "4", "--drop-rate", "0.5"])
     rows = (tmp_path / "outs" / "tiny_full" / "results.csv").read_text().splitlines()
     assert rows[1].startswith("from drop_rate=0.5,")
     out = merged_dir(load_pool(tiny_pool("full")), "from drop_rate=0.5", 0)
@@ -138,14 +138,13 @@ def test_a_pool_of_given_adapters_merges_with_the_official_proxy_file(tiny_pool,
                                  "piqa": {"input": ["Goal: boil water"], "output": ["use a kettle"]}}))
     given = tiny_pool(tasks=[], checkpoints={"code": str(folders["qa"]), "piqa": str(folders["yesno"])},
                       proxy=str(proxy), name="given")
-    main(["merge", "frank_wolfe", "--pool", str(given), "--set", "iterations=2"])
+    main(["merge", "frank_wolfe", "--pool", str(given), "--iterations", "2"])
     out = merged_dir(load_pool(given), "frank_wolfe iterations=2", 0)
     info = json.loads((out / "merge.json").read_text())
     assert info["checkpoints"] == {"code": str(folders["qa"]), "piqa": str(folders["yesno"])}
     assert info["history"][0]["objective"] > 0
     _assert_outputs_agree(out, tmp_path / "tiny")
-    with pytest.raises(SystemExit, match="no tasks to choose"):
-        main(["merge", "ties", "--pool", str(given)])
+    assert main(["merge", "ties", "--pool", str(given)]) == 2
 
 
 def test_the_paper_configs_name_the_official_checkpoints():
@@ -160,8 +159,8 @@ def test_the_paper_configs_name_the_official_checkpoints():
 
 
 @pytest.mark.parametrize("call,expected", [
-    ("run_frank_wolfe --set space=product",
-     "-m generative merge --pool configs/generative/smollm2_16_lora.yaml frank_wolfe --set space=product"),
+    ("run_frank_wolfe --space product",
+     "-m generative merge --pool configs/generative/smollm2_16_lora.yaml frank_wolfe --space product"),
     ("run_from", "-m generative merge --pool configs/generative/smollm2_16_lora.yaml from_lora"),
     ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 run_from",
      "-m generative merge --pool configs/generative/smollm2_3_full.yaml --limit 5 from"),
