@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -19,11 +19,11 @@ class _Stderr(logging.StreamHandler):
     not as it was when the handler was made."""
 
     @property
-    def stream(self):  # noqa: ANN201  (logging.StreamHandler's attribute)
+    def stream(self) -> TextIO:  # logging.StreamHandler's attribute
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
+    def stream(self, value: TextIO) -> None:
         pass
 
 

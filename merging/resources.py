@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+SOURCE = Path(__file__).resolve().parents[1] / "configs"
+INSTALLED = Path(sys.prefix) / "share" / "merging" / "configs"
 
-def find_configs(source: Path = Path(__file__).resolve().parents[1] / "configs",
-                 installed: Path = Path(sys.prefix) / "share" / "merging" / "configs") -> Path:
+
+def find_configs(source: Path = SOURCE, installed: Path = INSTALLED) -> Path:
     """The configs folder: the source checkout's when it has one, else the installed copy."""
     return source if source.is_dir() or not installed.is_dir() else installed
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tiny_lm import tiny_byte_llama
 
 from generative import data
 from generative.__main__ import main
@@ -16,7 +17,6 @@ from generative.pool import CONFIGS, load_pool
 from generative.run import merged_dir
 from merging.benchmark.experiment import method_config
 from merging.errors import MergeError
-from tiny_lm import tiny_byte_llama
 
 
 def test_the_objective_is_the_models_own_answer_token_loss(suite):

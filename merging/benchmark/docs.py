@@ -30,7 +30,7 @@ from merging.results import pivot_table, read_rows
 from .experiment import variant
 
 logger = logging.getLogger(__name__)
-BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 
 
 def render(directive: str, root: Path, where: str) -> str | None:
