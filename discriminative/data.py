@@ -35,11 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from merging.benchmark.bigbench import bigbench_tasks
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.task_list import task_entries
-from merging.bigbench import bigbench_tasks
 from merging.errors import MergeError
-from merging.pypi import cache_dir, fetch
+from merging.io.pypi import cache_dir, fetch
 from merging.resources import CONFIGS
 
 from . import sources

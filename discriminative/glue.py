@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from merging.benchmark.hub_data import load_hub_dataset
 from merging.errors import MergeError
-from merging.hub_data import load_hub_dataset
 
 from .data import Example, TaskSpec
 

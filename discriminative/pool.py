@@ -15,7 +15,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from merging.benchmark.domain import Domain
-from merging.benchmark.pool import PoolConfig, load_pool as _load
+from merging.benchmark.pool import PoolConfig
+from merging.benchmark.pool import load_pool as _load
 
 from .domain import TEXT
 

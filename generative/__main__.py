@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 from merging import distributed
-from merging.atomic import interrupt_on_sigterm
 from merging.benchmark.cli import parse_overrides
+from merging.benchmark.parallel import check_jobs, parse_job
 from merging.benchmark.request import check_local
-from merging.checkpoint import resolve_model_ref
 from merging.cli import positive_int
 from merging.errors import MergeError, report
+from merging.io.atomic import interrupt_on_sigterm
+from merging.io.checkpoint import resolve_model_ref
 from merging.logs import configure as configure_logging
-from merging.parallel import check_jobs, parse_job
 
 from . import data
 from .finetune import train_many

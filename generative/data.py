@@ -19,11 +19,11 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from merging.atomic import atomic_directory
+from merging.benchmark.bigbench import BIGBENCH, bigbench_tasks
 from merging.benchmark.task_list import task_entries
-from merging.bigbench import BIGBENCH, bigbench_tasks
 from merging.errors import MergeError
-from merging.pypi import cache_dir, fetch
+from merging.io.atomic import atomic_directory
+from merging.io.pypi import cache_dir, fetch
 from merging.resources import CONFIGS
 
 from .lm_eval_tasks import LocalTask

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from merging.atomic import atomic_write_text
 from merging.errors import MergeError
+from merging.io.atomic import atomic_write_text
 
 from .lm_eval_tasks import METRIC, Kind
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from merging.atomic import atomic_directory
+from merging.benchmark.parallel import run_jobs
+from merging.io.atomic import atomic_directory
 from merging.logs import progress_bar
-from merging.parallel import run_jobs
 
 from .lm_eval_tasks import LocalTask
 
@@ -137,7 +137,7 @@ def train_many(base: Path, tasks: Sequence[LocalTask], jobs: Sequence[tuple[str,
                worker_command: Sequence[str] = ()) -> list[Path]:
     """Train every (task name, seed) of ``jobs`` whose ``folder(task, seed)`` has no finished checkpoint; the
     folders of all. With ``workers`` > 1 the missing ones are dealt, costliest first (``cost``), to that many
-    processes ``python worker_command… TASK:SEED…`` (merging/parallel.py), each with cores / workers threads."""
+    processes ``python worker_command… TASK:SEED…`` (merging/benchmark/parallel.py), each with cores / workers threads."""
     by_name = {task.name: task for task in tasks}
     missing = [(name, seed) for name, seed in jobs if not (folder(name, seed) / MARKER).is_file()]
     run_jobs(missing, lambda name, seed: train(base, by_name[name], folder(name, seed), training, seed=seed),

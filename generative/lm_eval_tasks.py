@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-from merging.atomic import atomic_directory
 from merging.errors import MergeError
+from merging.io.atomic import atomic_directory
 
 Kind = Literal["exact_match", "multiple_choice"]
 METRIC = {"exact_match": "exact_match,strip", "multiple_choice": "acc,none"}  # lm-eval's result key per kind

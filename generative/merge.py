@@ -21,9 +21,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from merging.atomic import atomic_directory
 from merging.errors import MergeError
-from merging.lora import LoraAdapter, write_lora_adapter
+from merging.io.atomic import atomic_directory
+from merging.io.lora import LoraAdapter, write_lora_adapter
 from merging.lora_merge import Factors, merge_deltas, sources, to_factors
 from merging.methods.base import DataDrivenInputs, Params
 from merging.methods.from_lora import default_rank

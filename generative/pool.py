@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
-from merging.pypi import cache_dir
+from merging.io.pypi import cache_dir
 from merging.resources import CONFIGS as SHIPPED
 
 from .data import entries
@@ -60,7 +60,7 @@ class GenerativePool(BaseModel):
         """label -> checkpoint folder: the given checkpoints (resolved: hub ids are downloaded) or the trained
         ones of ``seed`` (which must exist)."""
         if self.checkpoints:
-            from merging.checkpoint import resolve_model_ref
+            from merging.io.checkpoint import resolve_model_ref
 
             return {label: resolve_model_ref(ref) for label, ref in self.checkpoints.items()}
         missing = [t for t in self.tasks if not (self.folder(t, seed) / "finetune.json").is_file()]

@@ -3,7 +3,7 @@ through lm-eval, the ``finetuned`` reference (each task's checkpoint on its own 
 score) and merges of the pool whose hyper-parameters are chosen on the validation split (the first
 ``limit_validation`` examples of each task), then scored on the test split.
 
-    normalised = mean_t 100 · score_t(merged) / score_t(checkpoint_t)        (merging/metrics.py)
+    normalised = mean_t 100 · score_t(merged) / score_t(checkpoint_t)        (merging/benchmark/metrics.py)
 
 The validation choice maximises the mean score over tasks, not the normalised score: on a few validation
 examples a checkpoint can score 0 on its own exact-match task (the ratio is then undefined) or close to it
@@ -26,16 +26,16 @@ from typing import Any
 import torch
 
 from merging import distributed
-from merging.atomic import atomic_write_text
 from merging.benchmark.experiment import check_method_config, method_config
-from merging.checkpoint import resolve_model_ref
+from merging.benchmark.metrics import normalized_score
+from merging.benchmark.results import append_row, rebuild_markdown
 from merging.config import validate_config
 from merging.errors import MergeError
-from merging.lora import read_lora_adapter, write_lora_adapter
-from merging.metrics import normalized_score
-from merging.pypi import cache_dir
+from merging.io.atomic import atomic_write_text
+from merging.io.checkpoint import resolve_model_ref
+from merging.io.lora import read_lora_adapter, write_lora_adapter
+from merging.io.pypi import cache_dir
 from merging.registry import get_method, known_methods
-from merging.results import append_row, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
 from . import data

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from .atomic import interrupt_on_sigterm
 from .config import load_config, validate_config
 from .errors import MergeError, report
+from .io.atomic import interrupt_on_sigterm
 from .logs import configure as configure_logging
 
 

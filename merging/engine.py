@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint
 from .errors import MergeError
+from .io.checkpoint import Checkpoint
+from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .logs import progress_bar
 from .methods.base import Chunk, Method, chunk_seed
-from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
 
 
 @dataclass

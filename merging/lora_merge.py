@@ -1,7 +1,7 @@
 """Merging n LoRA adapters of one base model into one adapter, in either of two spaces.
 
 Adapter i adds ΔW_i = s_i · B_i · A_i to base weight W (A_i [r, in], B_i [out, r], s_i = lora_alpha / r;
-merging/lora.py).
+merging/io/lora.py).
 
 **Product space** (``space: product``). The mergeable tensor of a module is ΔW itself: any per-tensor method
 (task arithmetic, TIES, DARE, …) or FW-Merging works on {ΔW_i} with base 0, and the merged ΔW* is
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from .errors import MergeError
-from .lora import LoraAdapter, check_adapters
+from .io.lora import LoraAdapter, check_adapters
 from .methods.base import Factors, Method, merge_in_memory
 
 Space = Literal["product", "factors"]

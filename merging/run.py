@@ -14,14 +14,14 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from .atomic import atomic_directory, check_target
-from .checkpoint import Checkpoint, open_checkpoint, same_architecture
 from .config import DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position, resolve_value
 from .engine import Engine, Sources, TensorPlan
 from .errors import MergeError
+from .io.atomic import atomic_directory, check_target
+from .io.checkpoint import Checkpoint, open_checkpoint, same_architecture
+from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .methods.base import Method
 from .registry import MethodSpec, get_method, known_methods
-from .safetensors_io import ShardedSafetensorsWriter, TensorInfo
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json",
@@ -234,8 +234,8 @@ def run_adapter_merge(spec: MethodSpec, cfg: MergeConfig, out: str | Path, *, ov
                       progress: bool) -> dict[str, Any]:
     """LoRA adapters in, one LoRA adapter out (``models`` are adapter folders; no per-model parameters): a peft
     folder with ``merge_info.json`` (the method's summary), the first adapter's config as the template."""
-    from .checkpoint import LoraCheckpoint, resolve_model_ref
-    from .lora import read_lora_adapter, write_lora_adapter
+    from .io.checkpoint import LoraCheckpoint, resolve_model_ref
+    from .io.lora import read_lora_adapter, write_lora_adapter
 
     unused = sorted(cfg.model_fields_set - ADAPTER_MERGE_KEYS)
     if unused:

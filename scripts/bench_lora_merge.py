@@ -33,7 +33,7 @@ RANK, ALPHA = 8, 16.0  # the paper's LoRA settings
 def write_adapters(root: Path, layers: int, count: int, hidden: int) -> list[Path]:
     import torch
 
-    from merging.lora import write_lora_adapter
+    from merging.io.lora import write_lora_adapter
 
     template = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "lora_dropout": 0.0, "bias": "none"}
     names = [f"model.layers.{i}.self_attn.{m}_proj.weight" for i in range(layers) for m in ("q", "v")]
@@ -52,7 +52,7 @@ def measure(layers: int, count: int, hidden: int, method: str, params: dict) -> 
     import torch
 
     from generative.merge import merge_adapters
-    from merging.lora import read_lora_adapter, write_lora_adapter
+    from merging.io.lora import read_lora_adapter, write_lora_adapter
 
     with tempfile.TemporaryDirectory() as scratch:
         folders = write_adapters(Path(scratch), layers, count, hidden)
@@ -83,7 +83,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(measure(args.one, args.adapters, args.hidden, args.method, params)))
         return
-    from merging.results import append_row, markdown_table
+    from merging.benchmark.results import append_row, markdown_table
     from merging.run import run_stamp
 
     rows = []

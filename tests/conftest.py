@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from merging.cli import main as cli_main
-from merging.pypi import Package
+from merging.io.pypi import Package
 
 BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64)
@@ -259,7 +259,7 @@ def fake_bigbench_sdist(path):
 def suite(tmp_path, monkeypatch):
     """The generative suite on the fake sdist (tasks add, qa, yesno), in a private cache."""
     from generative import data
-    from merging import pypi
+    from merging.io import pypi
 
     downloads = tmp_path / "cache" / "downloads"
     downloads.mkdir(parents=True)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from merging.benchmark.claims import Claim, load_claims, write_claims
+from merging.benchmark.results import append_row
 from merging.errors import MergeError
-from merging.results import append_row
 
 POOL = SimpleNamespace(name="toy", tasks=["a", "b", "c", "d", "e", "f"], domain=SimpleNamespace(name="discriminative"),
                        finetune=SimpleNamespace(seeds=[0, 1, 2]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
+from toy_objective import ToyObjective
 
 from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
@@ -14,7 +15,6 @@ from merging.methods.greedy_soup import greedy_soup
 from merging.methods.regmean import RegMeanParams, regmean_merge, regmean_weight
 from merging.objective import functional_logits
 from merging.statistics import diagonal_fisher, input_grams, split_examples
-from toy_objective import ToyObjective
 
 
 def average(candidates):

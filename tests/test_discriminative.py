@@ -11,10 +11,10 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and unaffected b
 
 from discriminative import tasks
 from discriminative.data import Example, TaskSpec
-from merging.benchmark.experiment import run_experiment
 from discriminative.pool import load_pool
+from merging.benchmark.experiment import run_experiment
+from merging.benchmark.results import read_rows
 from merging.errors import MergeError
-from merging.results import read_rows
 
 WORDS = ["the", "a", "match", "film", "good", "bad", "sport", "team", "movie", "plot", "ball", "score"]
 SPECS = {"has_good": TaskSpec("has_good", "classification", 2, "accuracy"),
@@ -224,7 +224,7 @@ def test_relevance_by_tasks_scores_every_task_and_merges_on_the_candidates_tasks
 
 
 def test_parallel_fine_tuning_deals_missing_checkpoints_to_workers(toy_pool, monkeypatch):
-    from merging import parallel
+    from merging.benchmark import parallel
     from merging.benchmark import store as ft
 
     pool, root = toy_pool

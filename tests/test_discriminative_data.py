@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from discriminative import data, sources
-from merging.bigbench import bigbench_tasks
 from discriminative.data import Example
-from merging import pypi
+from merging.benchmark.bigbench import bigbench_tasks
 from merging.errors import MergeError
+from merging.io import pypi
 
 
 # ------------------------------------------------------------------------------------------- fake archives

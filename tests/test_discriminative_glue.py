@@ -10,11 +10,11 @@ import yaml
 torch.set_num_threads(1)
 
 from discriminative import glue
+from discriminative.pool import load_pool
 from merging.benchmark.evaluate import Evaluator
 from merging.benchmark.experiment import run_experiment
+from merging.benchmark.results import read_rows
 from merging.benchmark.store import finetune
-from discriminative.pool import load_pool
-from merging.results import read_rows
 
 WORDS = ["good", "bad", "film", "plot", "same", "other", "text", "idea"]
 

@@ -2,8 +2,8 @@
 import pytest
 
 from merging.benchmark.docs import main, refresh
+from merging.benchmark.results import append_row
 from merging.errors import MergeError
-from merging.results import append_row
 
 PAGE = """# Results
 

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 from toy_objective import ToyObjective
 
-from merging.candidates import CheckpointSource
 from merging.errors import MergeError
+from merging.io.candidates import CheckpointSource
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
 
 NAMES = ["body.weight", "body.bias"]

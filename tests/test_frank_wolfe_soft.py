@@ -14,9 +14,9 @@ from test_frank_wolfe import TrackingSource
 from toy_objective import ToyObjective, draw
 
 from merging.errors import MergeError
-from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.methods.adamerging import AdaMergingParams, adamerging
 from merging.methods.frank_wolfe import proxy_objective
+from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.objective import functional_logits
 
 NAMES = ["body.weight", "body.bias"]

@@ -8,9 +8,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from merging.errors import MergeError
-from merging.lora import LoraAdapter, read_lora_adapter
 from merging.config import validate_config
+from merging.errors import MergeError
+from merging.io.lora import LoraAdapter, read_lora_adapter
 from merging.methods.from_lora import from_lora_module, merge_lora_adapters, task_vector_norms
 from merging.run import run_merge
 

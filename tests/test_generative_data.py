@@ -10,6 +10,7 @@ from generative import data
 from generative.__main__ import main
 from merging.errors import MergeError
 
+
 def test_splits_are_seeded_disjoint_and_sized_by_the_formula(suite):
     splits = {s: data.load_split("add", s) for s in data.SPLITS}
     # 29 unique inputs (0 … 29 less the disagreeing 5): validation 29 // 5 = 5, test (29 − 5) // 2 = 12, train 12

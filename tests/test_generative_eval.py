@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from tiny_lm import tiny_byte_llama
 
 from generative.evaluate import evaluate
 from generative.lm_eval_tasks import LocalTask, write_tasks
 from merging.errors import MergeError
-from tiny_lm import tiny_byte_llama
 
 pytest.importorskip("lm_eval")
 CHOICES = ["yes", "no", "maybe"]

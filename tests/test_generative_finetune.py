@@ -6,10 +6,10 @@ import json
 
 import torch
 from peft import PeftModel
+from tiny_lm import tiny_byte_llama
 
 from generative.finetune import MARKER, LoraTraining, batch_of, render, train
 from generative.lm_eval_tasks import LocalTask
-from tiny_lm import tiny_byte_llama
 
 TASK = LocalTask("echo", "exact_match", [{"input": f"say {c}", "target": c} for c in "abcdefgh"])
 

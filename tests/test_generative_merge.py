@@ -67,7 +67,7 @@ def test_finetune_deals_the_missing_adapters_to_workers(tiny_pool, monkeypatch):
     """--workers 2: the (task, seed) pairs without a finished adapter go, costliest first, to two worker
     processes `python -m generative finetune … --only TASK:SEED…` of cores / 2 threads; each trains its share."""
     from generative.finetune import cost
-    from merging import parallel
+    from merging.benchmark import parallel
 
     pool_file = tiny_pool()
     pool = load_pool(pool_file)

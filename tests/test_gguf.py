@@ -1,4 +1,4 @@
-"""merging/gguf.py: a GGUF file (here a tiny random LLaMA written with the `gguf` package, F32 tensors and a
+"""merging/io/gguf.py: a GGUF file (here a tiny random LLaMA written with the `gguf` package, F32 tensors and a
 byte-pair tokenizer) becomes a plain transformers folder that reloads without a quantization config and
 computes what the GGUF-loaded model computes; model references resolve .gguf files to that folder."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
-from merging.gguf import MARKER, plain_folder
+from merging.io.checkpoint import resolve_model_ref
+from merging.io.gguf import MARKER, plain_folder
 
 TOKENS = ["<|endoftext|>", "a", "b", "c", "d", "Ġ", "Ġa", "ab", "cd", "Ġb"]
 MERGES = ["Ġ a", "a b", "c d", "Ġ b"]

@@ -11,12 +11,12 @@ import yaml
 from conftest import leftovers, read_weights
 from safetensors.torch import load_file, save_file
 
-from merging import safetensors_io
-from merging.checkpoint import TorchBinCheckpoint, open_checkpoint, resolve_model_ref
 from merging.config import validate_config
 from merging.errors import MergeError
+from merging.io import safetensors_io
+from merging.io.checkpoint import TorchBinCheckpoint, open_checkpoint, resolve_model_ref
+from merging.io.safetensors_io import SafetensorsFile, ShardedSafetensorsWriter, TensorInfo
 from merging.run import run_merge
-from merging.safetensors_io import SafetensorsFile, ShardedSafetensorsWriter, TensorInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from merging.errors import MergeError
-from merging.lora import is_lora_adapter, read_lora_adapter, write_lora_adapter
+from merging.io.lora import is_lora_adapter, read_lora_adapter, write_lora_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 TOKENS = torch.tensor([[1, 5, 9, 33, 2, 60, 17, 4]])

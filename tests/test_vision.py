@@ -15,12 +15,12 @@ import yaml
 
 torch.set_num_threads(1)
 
+from merging import registry
 from merging.batchnorm import average_statistics, is_statistic, reestimate_statistics
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.experiment import run_experiment
-from merging import registry
+from merging.benchmark.results import read_rows
 from merging.errors import MergeError
-from merging.results import read_rows
 from vision import data, sources
 from vision.pool import load_pool
 
@@ -112,8 +112,9 @@ def test_readers_parse_idx_files_and_the_mnist_pickle(tmp_path):
 
 
 def test_cifar10_reader_decodes_png_and_one_hot_targets():
-    from PIL import Image
     import base64
+
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(buffer, format="PNG")

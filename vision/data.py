@@ -26,11 +26,11 @@ from typing import Any, overload
 
 import torch
 
-from merging.atomic import atomic_directory
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
-from merging.pypi import cache_dir
+from merging.io.atomic import atomic_directory
+from merging.io.pypi import cache_dir
 from merging.resources import CONFIGS
 
 from .sources import SOURCES, Arrays

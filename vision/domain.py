@@ -54,8 +54,8 @@ class VisionDomain(Domain):
         with them once, into the pool's cache (vision/models.py)."""
         if pool.model != "hf":
             return source
-        from merging.atomic import atomic_directory
         from merging.benchmark.store import DONE, pool_dir
+        from merging.io.atomic import atomic_directory
 
         target = pool_dir(pool) / "given" / task
         if (target / DONE).is_file():
@@ -136,7 +136,7 @@ class VisionDomain(Domain):
 @functools.cache
 def _holds_memory_names(folder: str) -> bool:
     """Whether the checkpoint files in ``folder`` hold every tensor of its model under its in-memory name."""
-    from merging.candidates import CheckpointSource
+    from merging.io.candidates import CheckpointSource
 
     try:
         with CheckpointSource(folder, list(models.load_hf(Path(folder)).state_dict())):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from merging.benchmark.domain import TaskSpec
-from merging.hub_data import load_hub_dataset
-from merging.pypi import cache_dir
+from merging.benchmark.hub_data import load_hub_dataset
+from merging.io.pypi import cache_dir
 
 from .data import CAPS, SEED, PictureSet
 

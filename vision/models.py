@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from merging.checkpoint import resolve_model_ref
 from merging.errors import MergeError
+from merging.io.checkpoint import resolve_model_ref
 from merging.logs import fresh_head_load
 
 CONFIG = "classifier.json"

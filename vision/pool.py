@@ -18,7 +18,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from merging.benchmark.domain import Domain
-from merging.benchmark.pool import PoolConfig, load_pool as _load
+from merging.benchmark.pool import PoolConfig
+from merging.benchmark.pool import load_pool as _load
 
 from .domain import VISION
 

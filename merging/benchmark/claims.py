@@ -27,10 +27,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from merging.atomic import atomic_write_text
+from merging.benchmark.results import markdown_table, read_rows
 from merging.config import describe_errors, read_mapping
 from merging.errors import MergeError
-from merging.results import markdown_table, read_rows
+from merging.io.atomic import atomic_write_text
 
 from .experiment import CONFIGS, preset_parameters
 from .pool import PoolConfig

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from merging import distributed
-from merging.atomic import interrupt_on_sigterm
+from merging.benchmark.parallel import check_jobs, parse_job
 from merging.cli import positive_int
 from merging.config import parse_value
 from merging.errors import MergeError, report
+from merging.io.atomic import interrupt_on_sigterm
 from merging.logs import configure as configure_logging
-from merging.parallel import check_jobs, parse_job
 
 from .pool import PoolConfig
 from .request import check_local

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from merging.batchnorm import average_statistics
-from merging.candidates import CheckpointSource
+from merging.benchmark.metrics import normalized_score
+from merging.io.candidates import CheckpointSource
 from merging.methods.base import DataDrivenInputs
-from merging.metrics import normalized_score
 from merging.registry import get_method
 
 from .body import read_body

@@ -8,7 +8,7 @@ A generated block sits between two comments:
 
     <!-- generated: pivot outs/minilm_8tasks_irrelevance/results.csv extra normalized -->
     … one line per method (and its command-line overrides), a column per value of ``extra``, each cell the mean ±
-    std of ``normalized`` over fine-tuning seeds (merging/results.py ``pivot_table``) …
+    std of ``normalized`` over fine-tuning seeds (merging/benchmark/results.py ``pivot_table``) …
     <!-- end generated -->
 
 Paths are relative to the repository root. A block whose source is missing keeps its text and is reported.
@@ -22,10 +22,10 @@ import re
 import sys
 from pathlib import Path
 
-from merging.atomic import atomic_write_text
+from merging.benchmark.results import pivot_table, read_rows
 from merging.errors import MergeError
+from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
-from merging.results import pivot_table, read_rows
 
 from .experiment import variant
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from merging.atomic import atomic_write_text
-from merging.metrics import score
+from merging.benchmark.metrics import score
+from merging.io.atomic import atomic_write_text
 
 from .body import is_head, read_body, with_merged_body
 from .pool import PoolConfig

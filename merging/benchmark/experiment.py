@@ -18,14 +18,14 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from merging.atomic import atomic_write_text
 from merging.batchnorm import MODES
+from merging.benchmark.metrics import normalized_score
+from merging.benchmark.results import append_row, pivot_table, rebuild_markdown
 from merging.config import check_parameters, describe_errors, read_mapping, validate_config
 from merging.errors import MergeError
-from merging.metrics import normalized_score
+from merging.io.atomic import atomic_write_text
 from merging.registry import get_method, known_methods
 from merging.resources import CONFIGS  # methods/<method>.yaml, <domain>/methods/<method>.yaml
-from merging.results import append_row, pivot_table, rebuild_markdown
 from merging.run import run_merge, run_stamp
 
 from .body import read_body

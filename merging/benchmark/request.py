@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from merging.checkpoint import HUB_ID
 from merging.errors import MergeError
+from merging.io.checkpoint import HUB_ID
 
 
 def check_local(ref: str, what: str) -> None:
     """A model reference that names a local path must exist; ``package:`` references and hub ids
-    (``owner/name``) are fetched later, by ``merging.checkpoint.resolve_model_ref``."""
+    (``owner/name``) are fetched later, by ``merging.io.checkpoint.resolve_model_ref``."""
     if ref.startswith("package:") or Path(ref).expanduser().exists():
         return
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):

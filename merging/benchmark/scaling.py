@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from merging.benchmark.results import read_rows
 from merging.errors import MergeError
-from merging.results import read_rows
 
 from .data_driven import Candidate
 from .experiment import variant

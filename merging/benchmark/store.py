@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from merging.atomic import atomic_directory
 from merging.batchnorm import reestimate_statistics
-from merging.checkpoint import resolve_model_ref
+from merging.benchmark.parallel import run_jobs
+from merging.io.atomic import atomic_directory
+from merging.io.checkpoint import resolve_model_ref
+from merging.io.pypi import cache_dir
 from merging.logs import progress_bar
-from merging.parallel import run_jobs
-from merging.pypi import cache_dir
 
 from .pool import PoolConfig
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import MergeError
 
 if TYPE_CHECKING:
-    from ..candidates import TensorSource
+    from ..io.candidates import TensorSource
     from ..objective import Objective
 
 Tensors = dict[str, torch.Tensor]

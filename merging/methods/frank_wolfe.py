@@ -72,8 +72,8 @@ import torch
 from pydantic import Field, ValidationError, model_validator
 
 from .. import distributed
-from ..candidates import InMemorySource, TensorSource, as_source
 from ..errors import MergeError
+from ..io.candidates import InMemorySource, TensorSource, as_source
 from ..objective import Objective
 from ..registry import get_method, register_data_driven
 from .adamerging import AdaMergingParams, adamerging

@@ -83,8 +83,8 @@ import torch
 from pydantic import Field
 
 from .. import distributed
-from ..candidates import TensorSource, as_source
 from ..errors import MergeError
+from ..io.candidates import TensorSource, as_source
 from ..objective import Batch, Objective, sample_batches, seed_of
 from ..registry import register_data_driven
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging

@@ -32,8 +32,8 @@ import torch
 from pydantic import Field
 
 from ..errors import MergeError
+from ..io.lora import LoraAdapter, check_adapters
 from ..logs import progress_bar
-from ..lora import LoraAdapter, check_adapters
 from ..registry import register_adapter_method
 from ..tensor_ops import frobenius_weights
 from .base import AdapterMerge, Factors, Params, chunk_seed

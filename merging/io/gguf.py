@@ -16,8 +16,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from ..errors import MergeError
 from .atomic import atomic_directory
-from .errors import MergeError
 from .pypi import cache_dir, sha256
 
 MARKER = "gguf_source.json"  # written last: its presence means the folder is complete

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import MergeError
+from ..errors import MergeError
 
 
 def load_hub_dataset(repo: str, name: str | None = None, split: str | None = None) -> Any:

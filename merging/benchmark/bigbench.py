@@ -8,9 +8,9 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .archives import checked_member
-from .errors import MergeError
-from .pypi import Package
+from ..errors import MergeError
+from ..io.archives import checked_member
+from ..io.pypi import Package
 
 BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True)
@@ -19,7 +19,7 @@ BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
 def bigbench_tasks(sdist: Path, tasks: Iterable[str]) -> dict[str, dict]:
     """Parsed ``benchmark_tasks/<task>/task.json`` of each task ('goal_step_wikihow/step_ordering' for a
     subtask), in one streaming pass over the sdist (nothing is decompressed to disk); a member with a
-    wanted name must be a regular file inside the archive (merging/archives.py)."""
+    wanted name must be a regular file inside the archive (merging/io/archives.py)."""
     wanted = {f"benchmark_tasks/{t}/task.json": t for t in tasks}
     found: dict[str, dict] = {}
     with tarfile.open(sdist, "r|gz") as tar:

@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from .errors import MergeError
+from ..errors import MergeError
 
 Metric = Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
 

@@ -13,7 +13,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from .errors import MergeError
+from ..errors import MergeError
 
 Member = zipfile.ZipInfo | tarfile.TarInfo
 _ZIP_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",

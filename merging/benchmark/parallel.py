@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .errors import MergeError
+from ..errors import MergeError
 
 T = TypeVar("T")
 Job = tuple[str, int]  # (task, seed)
