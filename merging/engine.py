@@ -78,11 +78,35 @@ def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
             for i, s in enumerate(range(0, numel, chunk_size))] or [Chunk(name, plan.info.shape, 0, 0, seed)]
 
 
+class InMemoryWriter:
+    """The engine's output held in memory instead of safetensors shards (a benchmark's grid point, whose body is
+    scored at once): the same ``write(name, start, values)`` pieces, any order, several threads."""
+
+    def __init__(self, infos: list[TensorInfo]) -> None:
+        self.infos = {info.name: info for info in infos}
+        self.flat = {info.name: torch.empty(info.numel, dtype=info.dtype) for info in infos}
+        self._remaining = {info.name: info.numel for info in infos}
+        self._lock = threading.Lock()
+
+    def write(self, name: str, start: int, values: torch.Tensor) -> None:
+        flat = values.detach().to("cpu").reshape(-1)
+        self.flat[name][start:start + flat.numel()] = flat
+        with self._lock:
+            self._remaining[name] -= flat.numel()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every planned tensor, shaped; an incomplete one is an error (as ``ShardedSafetensorsWriter.finish``)."""
+        missing = [name for name, left in self._remaining.items() if left != 0]
+        if missing:
+            raise MergeError(f"merge incomplete: tensors {missing[:5]} were not fully written")
+        return {name: self.flat[name].reshape(info.shape) for name, info in self.infos.items()}
+
+
 class Engine:
     """Runs the plans of one merge into a writer, ``workers`` tensors at a time. A tensor whose values from
     every checkpoint fit in ``cache_bytes`` is read once for all passes; a larger one is re-read per pass."""
 
-    def __init__(self, sources: Sources, writer: ShardedSafetensorsWriter, chunk_size: int, seed: int,
+    def __init__(self, sources: Sources, writer: ShardedSafetensorsWriter | InMemoryWriter, chunk_size: int, seed: int,
                  workers: int = 2, progress: bool = True, cache_bytes: int = 128 << 20) -> None:
         self.sources, self.writer = sources, writer
         self.chunk_size, self.seed, self.workers, self.progress = chunk_size, seed, workers, progress

@@ -3,10 +3,12 @@ complete, holding the weights, the base's config and tokenizer, the resolved con
 (method, paper, code version, timing)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from .config import DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position, resolve_value
-from .engine import Engine, Sources, TensorPlan
+from .engine import Engine, InMemoryWriter, Sources, TensorPlan
 from .errors import MergeError
 from .io.atomic import atomic_directory, check_target
 from .io.checkpoint import Checkpoint, open_checkpoint, same_architecture
@@ -190,15 +192,9 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     if spec.kind == "adapter":
         return run_adapter_merge(spec, cfg, out, overwrite=overwrite, progress=progress)
     check_config_parameters(cfg, spec.method_class)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
+    device = compute_device(cfg)
     started = time.perf_counter()
-    base = open_checkpoint(cfg.base)
-    models: list[Checkpoint] = []
-    try:
-        models.extend(open_checkpoint(entry.model, base=base, base_ref=cfg.base,
-                                      allow_other_base=cfg.allow_adapter_base_mismatch) for entry in cfg.models)
+    with opened_inputs(cfg) as (base, models):
         check_output_apart(out, input_paths([cfg.base, *(e.model for e in cfg.models)], [base, *models]))
         plans = plan_merge(cfg, base, models)
         with atomic_directory(out, overwrite=overwrite) as folder:
@@ -220,10 +216,43 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
             if source_yaml is not None and cfg.origin == "mergekit":
                 shutil.copy2(source_yaml, folder / "mergekit_config.yml")
             (folder / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def compute_device(cfg: MergeConfig) -> torch.device:
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"device '{cfg.device}' requested but torch.cuda.is_available() is False")
+    return device
+
+
+@contextlib.contextmanager
+def opened_inputs(cfg: MergeConfig) -> Iterator[tuple[Checkpoint, list[Checkpoint]]]:
+    """The base and the models of ``cfg``, open (headers read, each checked against the base), closed after."""
+    base = open_checkpoint(cfg.base)
+    models: list[Checkpoint] = []
+    try:
+        models.extend(open_checkpoint(entry.model, base=base, base_ref=cfg.base,
+                                      allow_other_base=cfg.allow_adapter_base_mismatch) for entry in cfg.models)
+        yield base, models
     finally:
         for ckpt in [base, *models]:
             ckpt.close()
-    return info
+
+
+def merge_tensors(cfg: MergeConfig, workers: int = 2) -> dict[str, torch.Tensor]:
+    """The merge of ``cfg`` held in memory, every tensor of the output (merged or copied from the base) by name:
+    the checks, plan and engine of ``run_merge`` without an output folder (a benchmark's grid points, whose body
+    is scored at once). Per-tensor methods only."""
+    spec = get_method(cfg.method, "per_tensor")
+    check_config_parameters(cfg, spec.method_class)
+    device = compute_device(cfg)
+    with opened_inputs(cfg) as (base, models):
+        plans = plan_merge(cfg, base, models)
+        writer = InMemoryWriter([plan.info for plan in plans])
+        Engine(Sources(base, models, DTYPES[cfg.dtype], device), writer, cfg.chunk_size, cfg.seed, workers,
+               progress=False).run(plans)
+        return writer.tensors()
 
 
 ADAPTER_MERGE_KEYS = {"method", "base", "models", "parameters", "seed", "out_dtype", "allow_adapter_base_mismatch",

@@ -1,11 +1,12 @@
 """The streaming engine on small safetensors pools: model-scope statistics, chunking, parameter forms."""
 import pytest
 import torch
+from conftest import native
 from safetensors.torch import load_file, save_file
 
 from merging.config import validate_config
 from merging.errors import MergeError
-from merging.run import run_merge
+from merging.run import merge_tensors, run_merge
 
 
 @pytest.fixture
@@ -95,3 +96,12 @@ def test_gpu_merge_equals_cpu_merge(pool, method, params):
     cpu = merged(pool, method, params)
     gpu = merged(pool, method, params, device="cuda")
     assert all(torch.allclose(cpu[n], gpu[n], atol=1e-5) for n in cpu)
+
+
+@pytest.mark.parametrize("method,parameters", [("ties", {"density": 0.3}), ("dare_ties", {"drop_rate": 0.5})])
+def test_a_merge_held_in_memory_equals_the_written_one_bit_for_bit(bert_pool, tmp_path, method, parameters):
+    cfg = validate_config(native(bert_pool, method=method, parameters=parameters, seed=3, exclude=["embeddings"]))
+    run_merge(cfg, tmp_path / "out", progress=False)
+    written, held = load_file(tmp_path / "out" / "model.safetensors"), merge_tensors(cfg)
+    assert written.keys() == held.keys()
+    assert all(torch.equal(written[name], held[name]) for name in written)  # DARE's masks included

@@ -8,8 +8,6 @@ import functools
 import itertools
 import json
 import logging
-import os
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -21,18 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from merging.batchnorm import MODES
 from merging.benchmark.metrics import normalized_score
 from merging.benchmark.results import append_row, pivot_table, rebuild_markdown
-from merging.config import check_parameters, describe_errors, read_mapping, validate_config
+from merging.config import MergeConfig, check_parameters, describe_errors, read_mapping, validate_config
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 from merging.registry import get_method, known_methods
 from merging.resources import CONFIGS  # methods/<method>.yaml, <domain>/methods/<method>.yaml
-from merging.run import run_merge, run_stamp
+from merging.run import merge_tensors, run_stamp
 
-from .body import read_body
 from .data_driven import Candidate, merge_data_driven
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints, pool_dir
+from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -196,33 +193,31 @@ def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> No
     check_method_config(pool.domain.name, method, overrides, spec.schemas(), per_tensor=spec.kind == "per_tensor")
 
 
-def merge_into(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],
-               exclude: list[str], out: Path, seed: int) -> None:
-    """Merge the pool's checkpoints ``candidates`` ((task, fine-tuning seed) pairs) into ``out`` (``seed``: the
-    merge's own, e.g. DARE masks)."""
-    cfg = validate_config({"method": method, "base": str(base_folder(pool)),
-                           "models": [{"model": str(checkpoint_folder(pool, *c))} for c in candidates],
-                           "parameters": params, "exclude": [*pool.head, *pool.domain.statistics, *exclude],
-                           "seed": seed})
-    run_merge(cfg, out, overwrite=True, progress=False)
+def merge_config(pool: PoolConfig, candidates: list[Candidate], method: str, params: dict[str, Any],
+                 exclude: list[str], seed: int) -> MergeConfig:
+    """The merge config of the pool's checkpoints ``candidates`` ((task, fine-tuning seed) pairs): heads, running
+    statistics and ``exclude`` copied from the base; ``seed`` is the merge's own (e.g. DARE masks)."""
+    return validate_config({"method": method, "base": str(base_folder(pool)),
+                            "models": [{"model": str(checkpoint_folder(pool, *c))} for c in candidates],
+                            "parameters": params, "exclude": [*pool.head, *pool.domain.statistics, *exclude],
+                            "seed": seed})
 
 
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
                 seed: int, candidates: list[Candidate], statistics: str = "average",
                 objective_tasks: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The merged body of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
-    methods run through the merge engine into a scratch folder, data-driven ones in memory on the data of
+    methods run through the merge engine into memory (``merging.run.merge_tensors``), data-driven ones on the data of
     ``objective_tasks`` (default: the pool's tasks; merging/benchmark/data_driven.py); the domain then fills
     its running statistics as ``statistics`` says (``Domain.finish``)."""
     if get_method(method).kind == "data_driven":
         body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks, seed)
     else:
-        scratch = pool_dir(pool) / "merges" / f"{method}-seed{validation.seed}-{os.getpid()}"  # never shared
-        try:
-            merge_into(pool, candidates, method, params, exclude, scratch, seed)
-            body, log = read_body(scratch, validation.body_names(exclude)), {}
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        merged = merge_tensors(merge_config(pool, candidates, method, params, exclude, seed))
+        missing = [name for name in validation.body_names(exclude) if name not in merged]
+        if missing:
+            raise MergeError(f"the {method} merge lacks the body tensor(s) {missing[:5]} of the task models")
+        body, log = {name: merged[name] for name in validation.body_names(exclude)}, {}
     names = validation.statistic_names()
     if names:
         body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], names, statistics)
