@@ -30,6 +30,13 @@ class TaskSpec:
     metric: Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"]
     label_names: tuple[str, ...] = ()
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task's training loss, a mean over the batch: cross-entropy on ``logits`` [b, num_labels]; mean
+        squared error of ``logits`` [b, 1] against the targets for regression."""
+        if self.kind == "regression":
+            return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+        return torch.nn.functional.cross_entropy(logits, labels.long())
+
 
 class Domain(ABC):
     """One domain's plug-in; ``name`` names its cache folder (``cache_dir()/<name>``) and its method configs

@@ -135,9 +135,7 @@ class Evaluator:
             def closure() -> torch.Tensor:
                 optimizer.zero_grad()
                 logits = linear(train_x)
-                loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), train_y.float())
-                        if spec.kind == "regression" else torch.nn.functional.cross_entropy(logits, train_y.long()))
-                loss = loss + 1e-4 * linear.weight.pow(2).sum()
+                loss = spec.loss(logits, train_y) + 1e-4 * linear.weight.pow(2).sum()
                 loss.backward()
                 return loss
 

@@ -87,9 +87,7 @@ class TaskObjective:
         return functional_logits(self.model(task), params, inputs)  # [b, num_labels]
 
     def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if self.pool.domain.spec(self.pool, task).kind == "regression":
-            return torch.nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
-        return torch.nn.functional.cross_entropy(logits, batch["labels"].long())
+        return self.pool.domain.spec(self.pool, task).loss(logits, batch["labels"])
 
     def _encoded(self, task: str, split: str) -> list[dict[str, torch.Tensor]]:
         """Batches of one task's data split, built once."""

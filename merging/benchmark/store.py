@@ -113,8 +113,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
                 labels = batch.pop("labels")
                 logits = model(**batch)
                 logits = getattr(logits, "logits", logits)  # [b, num_labels]
-                loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float()) if spec.kind == "regression"
-                        else torch.nn.functional.cross_entropy(logits, labels.long()))
+                loss = spec.loss(logits, labels)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
