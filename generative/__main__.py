@@ -33,6 +33,7 @@ from merging.errors import MergeError, report
 from merging.io.atomic import interrupt_on_sigterm
 from merging.io.checkpoint import resolve_model_ref
 from merging.logs import configure as configure_logging
+from merging.logs import quiet_model_loads
 
 from . import data
 from .finetune import train_many
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unexpected arguments {extra}")
     interrupt_on_sigterm()
     configure_logging()
+    quiet_model_loads()
     try:
         overrides = parse_overrides(extra)
         pool = load_pool(args.pool)

@@ -76,3 +76,11 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     if sys.stderr.isatty():
         return tqdm(*args, **kwargs)
     return tqdm(*args, file=_Lines(), mininterval=30, **kwargs)
+
+
+def quiet_model_loads() -> None:
+    """No transformers weight-loading bar: a benchmark loads a model per task and grid point, and a bar each
+    buries the progress that matters (hub download bars are huggingface_hub's and stay)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

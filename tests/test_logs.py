@@ -50,3 +50,17 @@ def test_off_a_terminal_a_progress_bar_writes_whole_lines_not_carriage_returns(c
     lines = err.splitlines()
     assert "\r" not in err and 1 <= len(lines) <= 3  # a 30 s interval: the first and the final state
     assert all(line.startswith("fine-tune toy (seed 0)") for line in lines) and "1000/1000" in lines[-1]
+
+
+def test_benchmark_command_lines_load_models_without_a_bar_each(bert_pool, capfd):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from merging.logs import quiet_model_loads
+
+    try:
+        quiet_model_loads()
+        AutoModel.from_pretrained(bert_pool["ft1"])
+        assert "Loading weights" not in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()

@@ -15,6 +15,7 @@ from merging.config import parse_value
 from merging.errors import MergeError, report
 from merging.io.atomic import interrupt_on_sigterm
 from merging.logs import configure as configure_logging
+from merging.logs import quiet_model_loads
 
 from .pool import PoolConfig
 from .request import check_local
@@ -113,6 +114,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         parser.error(f"unexpected arguments {extra}")
     interrupt_on_sigterm()
     configure_logging()
+    quiet_model_loads()
     try:
         pool = load_pool(args.pool)
         overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}
