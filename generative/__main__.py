@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({name: round(100 * value, 2) for name, value in scores.items()}))
         else:
             result = run_method(pool, args.method, overrides, args.seed, args.outs, args.limit, args.limit_validation)
-            print(result if isinstance(result, Path) else json.dumps(result, default=str))
+            print(json.dumps({"out": str(result)} if isinstance(result, Path) else result, default=str))
     except (MergeError, OSError, KeyboardInterrupt) as error:
         message, status = report(error)
         print(message, file=sys.stderr)

@@ -84,8 +84,9 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
         model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
         objective = CausalLMObjective(model, AutoTokenizer.from_pretrained(base_folder), proxy, space, scaling,
                                       batch_size=batch_size, per_task=per_task)
-        theta, method_log = spec.implementation(DataDrivenInputs(
-            objective, base, candidates, spec.Params(**{"seed": seed, **params}), progress=progress))
+        seeded = {"seed": seed, **params} if "seed" in spec.Params.model_fields else params
+        theta, method_log = spec.implementation(DataDrivenInputs(objective, base, candidates, spec.Params(**seeded),
+                                                                 progress=progress))
         factors, errors = to_factors(theta, space, rank)
         if space == "factors":
             rank, alpha = first.rank, first.alpha

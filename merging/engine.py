@@ -89,6 +89,8 @@ class InMemoryWriter:
         self._lock = threading.Lock()
 
     def write(self, name: str, start: int, values: torch.Tensor) -> None:
+        if values.dtype != self.infos[name].dtype:
+            raise TypeError(f"'{name}' is planned as {self.infos[name].dtype}, got {values.dtype}")
         flat = values.detach().to("cpu").reshape(-1)
         self.flat[name][start:start + flat.numel()] = flat
         with self._lock:

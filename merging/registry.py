@@ -5,7 +5,8 @@ Three kinds share the table:
 
 - ``per_tensor``: a ``Method`` subclass (merging/methods/base.py) run tensor by tensor by the streaming engine on
   full checkpoints, and on LoRA adapters through their ΔW; registered with ``@register(name, paper)``.
-- ``adapter``: LoRA adapters in, one adapter out (FroM-LoRA); ``implementation(paths, out, **params, ...)``.
+- ``adapter``: LoRA adapters in, one adapter out (FroM-LoRA); ``implementation(adapters, params, *, seed,
+  progress) -> AdapterMerge`` (merging/methods/base.py); the caller writes the peft folder.
 - ``data_driven``: reads data through the ``Objective`` protocol (merging/objective.py);
   ``implementation(inputs: DataDrivenInputs) -> DataDrivenResult`` (merging/methods/base.py).
 """
@@ -75,10 +76,10 @@ def register(name: str, paper: str) -> Callable[[M], M]:
     return decorate
 
 
-def register_adapter_method(name: str, paper: str, params: type[BaseModel], run: Callable[..., dict]) -> None:
-    """Register a method whose inputs and output are LoRA adapters (``run(paths, out, **params, seed, progress,
-    overwrite, dtype, info)`` writes the merged adapter and returns its summary)."""
-    _add(MethodSpec(name, paper, "adapter", params, run, lora=True))
+def register_adapter_method(name: str, paper: str, params: type[BaseModel], merge: Callable[..., Any]) -> None:
+    """Register a method whose inputs and output are LoRA adapters: ``merge(adapters, params, *, seed, progress)
+    -> AdapterMerge`` (the merged factors, rank, alpha and a summary; ``run.run_adapter_merge`` writes them)."""
+    _add(MethodSpec(name, paper, "adapter", params, merge, lora=True))
 
 
 def register_data_driven(name: str, paper: str, params: type[BaseModel], merge: Callable[..., Any], data: str,

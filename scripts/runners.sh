@@ -11,9 +11,9 @@ _bench_run() {
   _bench run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@"
 }
 run_prepare()     { _bench prepare "$@"; }
-# shellcheck disable=SC2086
 # The cores this process may use, whatever OMP_NUM_THREADS says (plain nproc honours it: 1 under the advised setting).
 _cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+# shellcheck disable=SC2086
 run_finetune()    { _bench finetune --workers "${WORKERS:-$(_cores)}" ${POOL_SEEDS:+--seeds $POOL_SEEDS} "$@"; }
 run_majority()    { _bench_run majority "$@"; }
 run_probe()       { _bench_run probe "$@"; }

@@ -203,7 +203,7 @@ def test_methods_command_lists_every_registered_method(capsys):
 
 def test_a_data_driven_method_is_refused_with_where_it_runs(bert_pool, tmp_path, capsys):
     assert_refused(tmp_path, capsys, native(bert_pool, method="regmean", parameters={}), "method 'regmean' reads data",
-                   "python -m discriminative|vision|generative run --method regmean")
+                   "python -m discriminative|vision run --method regmean")
 
 
 def test_workers_must_be_positive(bert_pool, tmp_path, capsys):

@@ -45,3 +45,13 @@ def test_an_unknown_directive_is_an_error_naming_the_file(tmp_path, capsys):
     with pytest.raises(MergeError, match="page.md.*'table x.csv'"):
         refresh(page, tmp_path)
     assert main([str(page), "--root", str(tmp_path)]) == 2 and "error:" in capsys.readouterr().err
+
+
+def test_an_empty_directive_and_a_title_only_include_are_handled(tmp_path):
+    (tmp_path / "title_only.md").write_text("# Title")
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: include title_only.md -->\nold\n<!-- end generated -->\n")
+    assert refresh(page, tmp_path) == [] and "old" not in page.read_text()
+    page.write_text("<!-- generated:  -->\n<!-- end generated -->\n")
+    with pytest.raises(MergeError, match="expected 'include FILE'"):
+        refresh(page, tmp_path)

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from merging.config import validate_config
 from merging.errors import MergeError
 from merging.io.lora import LoraAdapter, read_lora_adapter
-from merging.methods.from_lora import from_lora_module, merge_lora_adapters, task_vector_norms
+from merging.methods.from_lora import FromLoraParams, from_lora, from_lora_module, task_vector_norms
 from merging.run import run_merge
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -26,6 +26,11 @@ def random_factors(rank: int, seed: int, scale: float = 1.0) -> tuple[torch.Tens
 def theta(factors, scaling) -> torch.Tensor:
     a, b = factors
     return scaling * b.double() @ a.double()  # [out, in]
+
+
+def merge(adapters, seed=0, **params):
+    """FroM-LoRA over every module of ``adapters``: their merged factors (the registered adapter merge)."""
+    return from_lora(adapters, FromLoraParams(**params), seed=seed).factors
 
 
 def run(factors, scalings, rank, k=1.0, max_iters=100, tol=1e-6, seed=0):
@@ -99,8 +104,8 @@ def fake_adapter(path: str, names: list[str], rank: int = 4, seed: int = 0, scal
 def test_alpha_scales_the_merged_update():
     names = ["l0.weight", "l1.weight"]
     adapters = [fake_adapter("x", names, seed=0), fake_adapter("y", names, seed=5, scale=2.0)]
-    one = merge_lora_adapters(adapters, rank=4, k=2.0, alpha=1.0, max_iters=30, sigma=1.0, seed=3, tol=1e-8)
-    half = merge_lora_adapters(adapters, rank=4, k=2.0, alpha=0.5, max_iters=30, sigma=1.0, seed=3, tol=1e-8)
+    one = merge(adapters, rank=4, k=2.0, alpha=1.0, max_iters=30, sigma=1.0, seed=3, tol=1e-8)
+    half = merge(adapters, rank=4, k=2.0, alpha=0.5, max_iters=30, sigma=1.0, seed=3, tol=1e-8)
     for n in names:
         assert torch.allclose(half[n][1] @ half[n][0], 0.5 * one[n][1] @ one[n][0], atol=1e-5)
         assert torch.equal(half[n][0], one[n][0])  # α is folded into B
@@ -110,15 +115,15 @@ def test_mismatched_adapters_are_errors_naming_the_adapter():
     good = fake_adapter("/adapters/good", ["l0.weight", "l1.weight"])
     fewer = fake_adapter("/adapters/fewer", ["l0.weight"])
     with pytest.raises(MergeError, match="adapter '/adapters/fewer' does not adapt module 'l1.weight'"):
-        merge_lora_adapters([good, fewer], rank=4)
+        merge([good, fewer], rank=4)
     wide = fake_adapter("/adapters/wide", ["l0.weight", "l1.weight"])
     wide.factors["l1.weight"] = (torch.zeros(4, IN + 3), torch.zeros(OUT, 4))
     with pytest.raises(MergeError, match="adapter '/adapters/wide', module 'l1.weight'"):
-        merge_lora_adapters([good, wide], rank=4)
+        merge([good, wide], rank=4)
     extra = fake_adapter("/adapters/head", ["l0.weight", "l1.weight"])
     extra.extra["lm_head.weight"] = torch.zeros(2, 2)
     with pytest.raises(MergeError, match="'/adapters/head' holds non-LoRA tensors"):
-        merge_lora_adapters([good, extra], rank=4)
+        merge([good, extra], rank=4)
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -155,7 +160,7 @@ def test_written_folder_loads_in_peft_with_the_merged_update(tmp_path):
     assert 0 <= summary["relative_loss_mean"] < 1
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (4, 4)  # scaling 1: B carries α
-    expected = merge_lora_adapters([read_lora_adapter(tmp_path / p) for p in "ab"], rank=4, seed=0, **kwargs)
+    expected = merge([read_lora_adapter(tmp_path / p) for p in "ab"], rank=4, seed=0, **kwargs)
 
     base = tiny_llama().state_dict()
     merged = PeftModel.from_pretrained(tiny_llama(), tmp_path / "out").merge_and_unload().state_dict()

@@ -36,6 +36,8 @@ def test_pearson_and_spearman_by_hand():
     assert metrics.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 2.5, 2.5, 4.0])) == pytest.approx(1.0)
     assert metrics.score("pearson_spearman", x, -x) == pytest.approx(-100.0)
     assert metrics.pearson(x, torch.ones(4)) == 0.0 and metrics.spearman(x, torch.ones(4)) == 0.0  # undefined: 0
+    assert metrics.pearson(x[:1], x[:1]) == 0.0 and metrics.spearman(x[:1], x[:1]) == 0.0  # one value: undefined
+    assert metrics.binary_f1(torch.tensor([1, 2, 0]), torch.tensor([1, 1, 2])) == pytest.approx(2 / 3)  # 1 vs rest
 
 
 def test_normalized_score_is_the_mean_ratio():

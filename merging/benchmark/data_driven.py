@@ -3,6 +3,7 @@ supplies the tasks (proxy split for FW-Merging / RegMean / Fisher, unlabelled te
 AdaMerging), the pool's checkpoints the candidates, and the validation split the held-out score of greedy soup."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -50,16 +51,14 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
         return normalized_score(validation.with_tensors(objective.complete(body), objective.own), reference(),
                                 objective.tasks)
 
-    sources = {_label(c): CheckpointSource(checkpoint_folder(pool, *c), list(base)) for c in candidates}
-    tasks_of = list(dict.fromkeys(task for task, _ in candidates))
     if "seed" in spec.Params.model_fields:
         params = {"seed": seed, **params}
-    inputs = DataDrivenInputs(objective, base, sources, spec.Params.model_validate(params),
-                              candidate_tasks=[task for task, _ in candidates],
-                              candidate_objective=objective.with_tasks(tasks_of), score=score)
-    try:
-        merged, log = spec.implementation(inputs)
-    finally:
-        for source in sources.values():
-            source.close()
+    validated = spec.Params.model_validate(params)
+    candidate_objective = objective.with_tasks(list(dict.fromkeys(task for task, _ in candidates)))
+    with contextlib.ExitStack() as opened:  # every source is closed, also when a later one fails to open
+        sources = {_label(c): opened.enter_context(CheckpointSource(checkpoint_folder(pool, *c), list(base)))
+                   for c in candidates}
+        merged, log = spec.implementation(DataDrivenInputs(
+            objective, base, sources, validated, candidate_tasks=[task for task, _ in candidates],
+            candidate_objective=candidate_objective, score=score))
     return objective.complete(merged), log

@@ -35,13 +35,13 @@ BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)
 
 def render(directive: str, root: Path, where: str) -> str | None:
     """The body of a block: its source's text, or None when the source does not exist."""
-    kind, *args = directive.split()
+    kind, *args = directive.split() or [""]
     if kind == "include" and len(args) == 1:
         source = root / args[0]
         if not source.is_file():
             return None
         text = source.read_text()
-        return text.split("\n", 1)[1].lstrip("\n") if text.startswith("# ") else text
+        return text.partition("\n")[2].lstrip("\n") if text.startswith("# ") else text
     if kind == "pivot" and len(args) == 3:
         source, column, value = root / args[0], args[1], args[2]
         rows = read_rows(source)

@@ -34,14 +34,14 @@ from .store import announce_missing, base_folder, checkpoint_folder, finetune, m
 logger = logging.getLogger(__name__)
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
+SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
+ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
+# --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
 def runnable_methods() -> list[str]:
     """The registered methods a benchmark pool of full checkpoints runs: per-tensor and data-driven ones."""
     return [*known_methods("per_tensor"), *known_methods("data_driven")]
-SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
-ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging scripts' word for λ)
-# --merge-biases false leaves every bias unmerged (each task keeps its own), as the official code does
 
 
 class Preset(BaseModel):
@@ -214,10 +214,11 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
         body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks, seed)
     else:
         merged = merge_tensors(merge_config(pool, candidates, method, params, exclude, seed))
-        missing = [name for name in validation.body_names(exclude) if name not in merged]
+        names = validation.body_names(exclude)
+        missing = [name for name in names if name not in merged]
         if missing:
             raise MergeError(f"the {method} merge lacks the body tensor(s) {missing[:5]} of the task models")
-        body, log = {name: merged[name] for name in validation.body_names(exclude)}, {}
+        body, log = {name: merged[name] for name in names}, {}
     names = validation.statistic_names()
     if names:
         body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], names, statistics)

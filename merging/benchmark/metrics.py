@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from scipy import stats
@@ -29,8 +29,9 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def binary_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """F1 of the positive class (label 1); 0 when there is no positive prediction or label."""
-    return float(f1_score(_numpy(labels), _numpy(predictions), pos_label=1, average="binary", zero_division=0.0))
+    """F1 of the positive class (label 1) against every other label; 0 when there is no positive prediction or
+    label."""
+    return float(f1_score(_numpy(labels) == 1, _numpy(predictions) == 1, zero_division=0.0))
 
 
 def matthews(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -38,21 +39,23 @@ def matthews(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return float(matthews_corrcoef(_numpy(labels), _numpy(predictions)))
 
 
-def _correlation(value: float) -> float:
-    return 0.0 if math.isnan(value) else float(value)  # a constant input: no correlation to report
+def _correlation(statistic: Callable[..., Any], x: torch.Tensor, y: torch.Tensor) -> float:
+    """``statistic(x, y).statistic``; 0 where a correlation is undefined (fewer than 2 values, a constant input)."""
+    if len(x) < 2:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        value = float(statistic(_numpy(x), _numpy(y)).statistic)
+    return 0.0 if math.isnan(value) else value
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return _correlation(stats.pearsonr(_numpy(x), _numpy(y)).statistic)
+    return _correlation(stats.pearsonr, x, y)
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Pearson correlation of the ranks, ties given their average rank."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return _correlation(stats.spearmanr(_numpy(x), _numpy(y)).statistic)
+    return _correlation(stats.spearmanr, x, y)
 
 
 def score(metric: Metric, predictions: torch.Tensor, labels: torch.Tensor) -> float:

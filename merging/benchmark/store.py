@@ -71,10 +71,13 @@ def announce_missing(pool: PoolConfig, missing: list[tuple[str, int]]) -> None:
         return
     took: dict[str, float] = {}
     for record in pool_dir(pool).glob(f"finetuned/*/{DONE}"):
-        entry = json.loads(record.read_text())
-        took.setdefault(entry["task"], entry["seconds"])
+        try:
+            entry = json.loads(record.read_text())
+            took.setdefault(str(entry["task"]), float(entry["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable record only costs the estimate
+            continue
     known = [took[t] for t, _ in missing if t in took]
-    eta = (f"about {sum(known) / 60:.0f} min on one process" + ("" if len(known) == len(missing) else
+    eta = (f"about {max(1, round(sum(known) / 60))} min on one process" + ("" if len(known) == len(missing) else
            f" for the {len(known)} tasks timed before")) if known else "no earlier timing to estimate from"
     logger.info("%d checkpoint(s) missing (%s): fine-tuning them first into %s, %s; `run_finetune` runs them in "
                 "parallel", len(missing), ", ".join(f"{t}-seed{s}" for t, s in missing), pool_dir(pool), eta)

@@ -61,6 +61,7 @@ class CheckpointSource:
         self.names = list(infos) if names is None else list(names)
         missing = [n for n in self.names if n not in infos]
         if missing:
+            self.checkpoint.close()
             raise MergeError(f"{self.checkpoint.path}: has no tensor(s) {missing[:5]}")
 
     def shape(self, name: str) -> tuple[int, ...]:

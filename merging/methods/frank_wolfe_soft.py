@@ -235,7 +235,7 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
             "lambdas": {n: ada.lambdas[:, i].tolist() for i, n in enumerate(ada.names)}, "skipped": ada.skipped})
         if progress and distributed.is_main():
             logger.info("FW-soft %d/%d: f=%.6g H %.4g->%.4g %s", k + 1, p.iterations, history[-1]["objective"],
-                     ada.entropy[0], ada.entropy[-1], history[-1]["selections"])
+                        ada.entropy[0], ada.entropy[-1], history[-1]["selections"])
     final = proxy_objective(objective, theta, grad=False)[0]
     return FrankWolfeSoftResult(theta=theta, history=history, final_objective=final, params=p)
 

@@ -150,17 +150,6 @@ def default_rank(adapters: Sequence[LoraAdapter]) -> int:
     return max(a.shape[0] for adapter in adapters for a, _ in adapter.factors.values())
 
 
-def merge_lora_adapters(adapters: Sequence[LoraAdapter], rank: int | None = None, k: float = 1.0,
-                        alpha: float = 1.0, max_iters: int = 100, sigma: float = 1.0, seed: int = 0,
-                        tol: float = 1e-6) -> dict[str, Factors]:
-    """FroM-LoRA over every module: {base parameter name: (A [rank, in], α·B [out, rank])}, so that the
-    merged update is ΔW = B·A (scaling 1). ``rank`` None means ``default_rank(adapters)``."""
-    names = check_adapters(adapters, "from_lora")
-    rank = default_rank(adapters) if rank is None else rank
-    return {name: factors for name, factors, _, _ in
-            _merged_modules(adapters, names, rank, k, alpha, max_iters, sigma, seed, tol)}
-
-
 def from_lora(adapters: Sequence[LoraAdapter], params: FromLoraParams, *, seed: int = 0, progress: bool = False
               ) -> AdapterMerge:
     """FroM-LoRA over every module of ``adapters`` (the registered adapter merge): the factors, written with
