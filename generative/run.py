@@ -14,7 +14,6 @@ engine (merging/run.py), as any checkpoints.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import shutil
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from merging import distributed
-from merging.benchmark.experiment import check_method_config, method_config
+from merging.benchmark.experiment import best_on_validation, check_method_config, grid_points, method_config
 from merging.benchmark.metrics import normalized_score
 from merging.benchmark.results import append_row, rebuild_markdown
 from merging.config import validate_config
@@ -166,7 +165,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     check_merge(pool, method, overrides)
     started = time.perf_counter()
     params, grid, _ = method_config(DOMAIN, method, overrides)
-    points = [{**params, **dict(zip(grid, values))} for values in itertools.product(*grid.values())]
+    points = grid_points(params, grid)
     folders = pool.candidates(seed)
     base_folder = resolve_model_ref(pool.base)
     label = " ".join([method, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
@@ -190,8 +189,8 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
         else:
             _merge_full(pool, method, points[0], folders, out, seed)
         return out
-    best: tuple[float, dict[str, Any], Any] | None = None
-    for point in points:
+
+    def score(point: dict[str, Any]) -> tuple[float, Any]:
         with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
             if pool.kind == "lora":
                 merged = merge(point)
@@ -202,13 +201,9 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
                 merged = None
                 _merge_full(pool, method, point, folders, Path(scratch) / "model", seed)
                 scores = scores_of(Path(scratch) / "model", "validation", pool.tasks, limit_validation, None)
-        value = 100 * sum(scores.values()) / len(scores)
-        if progress:
-            logger.info("  %s %s: validation mean score %.2f", method, point, value)
-        if best is None or value > best[0]:
-            best = (value, point, merged)
-    assert best is not None  # the grid has at least the empty point
-    value, point, merged = best
+        return 100 * sum(scores.values()) / len(scores), merged
+
+    point, value, merged = best_on_validation(points, score, method, "validation mean score", progress)
     info = {"method": method, "parameters": point, "checkpoints": {k: str(v) for k, v in folders.items()},
             "validation_average": value}
     if pool.kind == "lora":

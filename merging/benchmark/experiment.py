@@ -10,6 +10,7 @@ import json
 import logging
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,6 +143,26 @@ def parameters_help(domain: str) -> str:
     return "\n".join(lines)
 
 
+def grid_points(params: dict[str, Any], grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every point of the validation grid: ``params`` with one value of each grid key (one point without a grid)."""
+    return [{**params, **dict(zip(grid, values))} for values in itertools.product(*grid.values())]
+
+
+def best_on_validation(points: list[dict[str, Any]], score: Callable[[dict[str, Any]], tuple[float, Any]],
+                       method: str, metric: str, progress: bool = True) -> tuple[dict[str, Any], float, Any]:
+    """(point, validation score, what ``score`` returned with it) of the best point, the first on a tie; each
+    point's ``metric`` is logged as it comes when there is more than one."""
+    best: tuple[dict[str, Any], float, Any] | None = None
+    for point in points:
+        value, payload = score(point)
+        if progress and len(points) > 1:
+            logger.info("  %s %s: %s %.2f", method, point, metric, value)
+        if best is None or value > best[1]:
+            best = (point, value, payload)
+    assert best is not None, "a grid has at least one point"
+    return best
+
+
 def preset_parameters(domain: str, method: str, name: Any) -> dict[str, Any]:
     """The parameters of preset ``name`` of the method YAML (none for None); an unknown name lists the known."""
     if name is None:
@@ -248,16 +269,14 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
-    best, best_val, body, log = params, None, None, {}
-    for values in itertools.product(*grid.values()):  # one empty product when there is no grid
-        candidate = {**params, **dict(zip(grid, values))}
-        merged, merged_log = merged_body(pool, validation, method, candidate, exclude, seed, candidates, statistics,
-                                         objective_tasks)
-        value = normalized_score(validation.with_tensors(merged, exclude), validation.finetuned(), pool.tasks)
-        if progress and grid:
-            logger.info("  %s %s: validation normalised %.2f", method, candidate, value)
-        if best_val is None or value > best_val:
-            best, best_val, body, log = candidate, value, merged, merged_log
+
+
+    def score(point: dict[str, Any]) -> tuple[float, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        merged = merged_body(pool, validation, method, point, exclude, seed, candidates, statistics, objective_tasks)
+        return normalized_score(validation.with_tensors(merged[0], exclude), validation.finetuned(), pool.tasks), merged
+
+    best, best_val, (body, log) = best_on_validation(grid_points(params, grid), score, method,
+                                                     "validation normalised", progress)
     return test.with_tensors(body, exclude), best, best_val, log
 
 
