@@ -267,13 +267,9 @@ def suite(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
     (tmp_path / "tasks.yaml").write_text(GENERATIVE_TASKS)
     monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
-    run = pypi.subprocess.run
-
-    def no_pip(cmd, *args, **kwargs):  # the sdist is in the cache; git (the rows' git_sha) may run
-        if "pip" in cmd:
-            pytest.fail(f"pip must not run: {cmd}")
-        return run(cmd, *args, **kwargs)
-    monkeypatch.setattr(pypi.subprocess, "run", no_pip)
+    def no_pip(cmd, *args, **kwargs):  # the sdist is in the cache
+        pytest.fail(f"pip must not run: {cmd}")
+    monkeypatch.setattr(pypi, "pip_download", no_pip)
     return tmp_path / "cache"
 
 

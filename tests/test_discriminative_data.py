@@ -248,7 +248,7 @@ def fake_cache(tmp_path, monkeypatch):
 
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run: the archives are in the cache")
-    monkeypatch.setattr(pypi.subprocess, "run", no_pip)
+    monkeypatch.setattr(pypi, "pip_download", no_pip)
     return tmp_path / "cache"
 
 

