@@ -4,8 +4,12 @@
 lm-eval's own results JSON is written beside our scores."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,27 @@ from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 
 from .lm_eval_tasks import METRIC, Kind
+
+
+class _ModelObjectNotice(logging.Filter):
+    """Drops lm-eval's notice that HFLM was given a model object rather than a name: we pass the in-memory model
+    on purpose, at every task and grid point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "model kwarg is not of type `str`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_notices_silenced() -> Iterator[None]:
+    """lm-eval's model-object notice and the FutureWarnings of the libraries it drives, for the duration."""
+    logger, notice = logging.getLogger("lm_eval.models.huggingface"), _ModelObjectNotice()
+    logger.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def evaluate(model: Any, tokenizer: Any, task_dir: Path, tasks: dict[str, Kind], out_json: Path | None = None,
@@ -30,9 +55,10 @@ def evaluate(model: Any, tokenizer: Any, task_dir: Path, tasks: dict[str, Kind],
     unknown = sorted(set(tasks) - set(manager.all_tasks))
     if unknown:
         raise MergeError(f"task(s) {unknown} have no YAML in {task_dir} (found {sorted(manager.all_tasks)})")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=0,
-                                      limit=limit, log_samples=False, bootstrap_iters=0)
+    with _expected_notices_silenced():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=0,
+                                          limit=limit, log_samples=False, bootstrap_iters=0)
     scores = {name: float(results["results"][name][METRIC[kind]]) for name, kind in tasks.items()}
     if out_json is not None:
         atomic_write_text(out_json, json.dumps(results, indent=1, default=str))

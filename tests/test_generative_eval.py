@@ -4,6 +4,7 @@ match), on a tiny random LlamaForCausalLM with a byte-level tokenizer."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -66,3 +67,13 @@ def test_bad_tasks_are_errors_naming_them(tiny_lm, tmp_path):
     folder = write_tasks([LocalTask("z", "exact_match", [{"input": "q", "target": "a"}])], tmp_path / "ok")
     with pytest.raises(MergeError, match="'missing'.*no YAML"):
         evaluate(*tiny_lm, folder, {"missing": "exact_match"})
+
+
+def test_lm_eval_given_our_model_object_raises_no_notice(tiny_lm, tmp_path, caplog):
+    model, tokenizer = tiny_lm
+    folder = write_tasks([LocalTask("mc", "multiple_choice", [{"input": "q?", "choices": CHOICES, "label": 0}])],
+                         tmp_path / "tasks")
+    with caplog.at_level("WARNING"):
+        evaluate(model, tokenizer, folder, {"mc": "multiple_choice"}, batch_size=1)
+    assert "not of type `str`" not in caplog.text
+    assert not logging.getLogger("lm_eval.models.huggingface").filters  # the filter is removed afterwards
