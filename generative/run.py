@@ -39,6 +39,7 @@ from merging.run import run_merge, run_stamp
 
 from . import data
 from .evaluate import evaluate
+from .finetune import MARKER, train_many
 from .lm_eval_tasks import write_tasks
 from .merge import adapter_methods, merge_adapters, parameter_schemas, write_outputs
 from .pool import GenerativePool, official_proxy
@@ -127,6 +128,20 @@ def normalized(scores: dict[str, float], reference: dict[str, float]) -> float:
     return normalized_score(scores, reference, list(scores))
 
 
+def train_missing(pool: GenerativePool, seed: int) -> None:
+    """Train the pool's checkpoints of ``seed`` that are not in the cache yet, announced first, as the other
+    domains fine-tune theirs before a merge (one process; ``run_finetune`` spreads them over the cores)."""
+    if pool.checkpoints:  # given checkpoints are never trained here
+        return
+    missing = [task for task in pool.tasks if not (pool.folder(task, seed) / MARKER).is_file()]
+    if not missing:
+        return
+    logger.info("%d checkpoint(s) missing (%s, seed %d): training them first into %s; `run_finetune` runs them in "
+                "parallel", len(missing), ", ".join(missing), seed, pool.folder(missing[0], seed).parent)
+    train_many(resolve_model_ref(pool.base), data.local_tasks("train", missing), [(t, seed) for t in missing],
+               pool.folder, pool.training_config())
+
+
 def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) -> None:
     """Refuse, before any checkpoint is read, downloaded or scored: a method that cannot merge the pool's kind
     of checkpoints (the known ones are listed), a parameter (command line, method YAML, each grid point) that the
@@ -166,6 +181,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     started = time.perf_counter()
     params, grid, _ = method_config(DOMAIN, method, overrides)
     points = grid_points(params, grid)
+    train_missing(pool, seed)
     folders = pool.candidates(seed)
     base_folder = resolve_model_ref(pool.base)
     label = " ".join([method, *(f"{k}={v}" for k, v in sorted(overrides.items()))])

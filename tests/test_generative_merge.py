@@ -37,21 +37,21 @@ def test_the_objective_is_the_models_own_answer_token_loss(suite):
         next(objective.batches("yesno", "test"))
 
 
-def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_path):
+def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_path, capsys):
     common = ["--pool", str(tiny_pool()), "--outs", str(tmp_path / "outs"), "--limit", "4"]
-    main(["finetune", *common])  # 2 adapters, 15 steps each
+    assert main(["merge", "task_arithmetic", *common, "--limit-validation", "4", "--lambda", "0.5"]) == 0
+    assert "2 checkpoint(s) missing (qa, yesno, seed 0): training them first" in capsys.readouterr().err
     main(["finetuned", *common])
-    runs = [("task_arithmetic", ["--lambda", "0.5"]),
-            ("frank_wolfe", ["--iterations", "2", "--proxy-examples", "4"]),
-            ("frank_wolfe", ["--iterations", "2", "--proxy-examples", "4", "--space", "product"])]
-    for method, settings in runs:
-        main(["merge", method, *common, "--limit-validation", "4", *settings])
+    for settings in (["--iterations", "2", "--proxy-examples", "4"],
+                     ["--iterations", "2", "--proxy-examples", "4", "--space", "product"]):
+        main(["merge", "frank_wolfe", *common, "--limit-validation", "4", *settings])
+    assert "missing" not in capsys.readouterr().err  # trained once, cached
     rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
     header = rows[0].split(",")
-    assert [r.split(",")[0] for r in rows[1:]] == ["finetuned", "task_arithmetic lambda=0.5",
+    assert [r.split(",")[0] for r in rows[1:]] == ["task_arithmetic lambda=0.5", "finetuned",
                                                    "frank_wolfe iterations=2 proxy_examples=4",
                                                    "frank_wolfe iterations=2 proxy_examples=4 space=product"]
-    assert float(rows[1].split(",")[header.index("normalized")]) == 100
+    assert float(rows[2].split(",")[header.index("normalized")]) == 100
     assert (tmp_path / "outs" / "tiny_lora" / "lm_eval" / "task_arithmetic_lambda_0.5-seed0-test.json").is_file()
 
     pool = load_pool(tiny_pool())
