@@ -42,8 +42,9 @@ _stages() {
   done
   printf '[stages done] %d in %d min\n' "$n" $(((SECONDS - started) / 60)) >&2
 }
-run_baselines() {     # references and data-free merges: the benchmark's main comparison
-  _stages run_finetune run_majority run_probe run_pretrained run_finetuned run_avg run_task_arith run_ties \
+run_baselines() {     # references and data-free merges: the benchmark's main comparison (the fine-tuned checkpoints
+  # are scored first: every row's normalised score divides by them, so the references after read no extra model)
+  _stages run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
     run_dare_ties run_from
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)

@@ -20,7 +20,7 @@ def test_run_baselines_announces_each_stage_and_stops_at_the_first_failure():
     assert stages[0].startswith("[stage 1/10] run_finetune") and stages[-1].startswith("[stage 10/10] run_from")
     assert "[stages done] 10 in 0 min" in done.stderr
     failing = run("run_probe() { return 3; }; run_baselines")
-    assert failing.returncode == 3 and "[stage 3/10] run_probe" in failing.stderr and "stage 4/10" not in failing.stderr
+    assert failing.returncode == 3 and "[stage 4/10] run_probe" in failing.stderr and "stage 5/10" not in failing.stderr
 
 
 @pytest.mark.parametrize("script", ["scripts/generative.sh", "scripts/discriminative.sh"])
