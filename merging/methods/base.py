@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import MergeError
+from ..io.candidates import as_source
 
 if TYPE_CHECKING:
     from ..io.candidates import TensorSource
@@ -151,13 +152,12 @@ class DataDrivenInputs:
     progress: bool = True
 
     def base_tensors(self) -> Tensors:
-        if isinstance(self.base, Mapping):
-            return dict(self.base)
-        return {name: self.base.read(name) for name in self.base.names}
+        base = as_source(self.base, "base")
+        return {name: base.read(name) for name in base.names}
 
     def bodies(self) -> list[Tensors]:
         """Every candidate's mergeable tensors, in memory (the methods that need them all at once)."""
-        names = list(self.base) if isinstance(self.base, Mapping) else self.base.names
+        names = as_source(self.base, "base").names
         return [{name: source.read(name) for name in names} for source in self.candidates.values()]
 
     def paired(self) -> tuple[Objective, list[str]]:
