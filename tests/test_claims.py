@@ -55,10 +55,11 @@ def test_flat_holds_when_fw_soft_stays_within_two_points_and_the_reference_colla
         _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, end, seed, preset="irrelevance")
         _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0, seed)
         _row(tmp_path, "irrelevance", "task_arithmetic", 16, 60.0, seed)
-    ours, verdict, _, cost = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:4]
+    ours, verdict, _, compared, cost = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:5]
     assert verdict == "yes"
     assert "81.0 ± 1.4 → 79.8 ± 1.1 (-1.2)" in ours and "n = 2" in ours
     assert cost == "0: 101 s, 2.00 GB; 16: 117 s, 2.00 GB"  # FW soft's rows, mean over seeds 0 and 1
+    assert compared == "—"  # the claim compares no other method (the paper's scores list FW soft only)
 
 
 @pytest.mark.parametrize("fw_end, ta_end", [(77.0, 60.0), (80.0, 70.0)])  # FW soft drops 3; TA drops only 5
@@ -173,3 +174,17 @@ def test_the_shipped_claims_file_is_valid_and_a_bad_one_names_the_key(tmp_path):
     bad.write_text("claims: []\n")
     with pytest.raises(MergeError, match="claims"):
         load_claims(bad)
+
+
+def test_compared_methods_show_their_best_variant_and_its_command(tmp_path):
+    for seed in (0, 1):
+        _row(tmp_path, "irrelevance", "frank_wolfe", 0, 70.0 + seed, seed)
+        _row(tmp_path, "irrelevance", "frank_wolfe", 16, 40.0, seed)
+        _row(tmp_path, "irrelevance", "frank_wolfe", 0, 72.0, seed, preset="vision_fork")
+        _row(tmp_path, "irrelevance", "frank_wolfe", 16, 50.0 + seed, seed, preset="vision_fork")
+    claim = _claim("flat", **FLAT).model_copy(update={"compared": ["frank_wolfe", "regmean"]})
+    table = write_claims(POOL, "toy.yaml", TARGETS, tmp_path, [claim])
+    assert "frank_wolfe --preset vision_fork 72.0 ± 0.0 → 50.5 ± 0.7 (n = 2)" in table  # higher at the last point
+    assert "regmean" not in table.split("|")[-3]  # no rows: not in the cell
+    assert 'SIZES="0 16" METHODS="frank_wolfe" run_irrelevance --preset vision_fork' in table
+    assert 'METHODS="regmean" run_irrelevance' in table  # the command that makes the missing rows

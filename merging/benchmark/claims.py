@@ -13,7 +13,9 @@ FW soft's rows are those of ``method frank_wolfe_soft`` whose overrides carry th
 per inner loss (cross_entropy, the preset's; entropy). Other overrides are deviations from the paper's
 setting (a run cut to fit 2 cores): rows without any are preferred, a deviation is printed beside the numbers.
 Means are over the fine-tuning seeds every compared series has (latest row per seed); the table prints the
-command that makes each missing or present row."""
+command that makes each missing or present row. Beside the verdict, the claim's ``compared`` methods (default:
+the paper's) are shown as their best variant (``--preset vision_fork`` for FW hard, say) at the first and last
+point, and drawn in the claim's plot."""
 from __future__ import annotations
 
 import functools
@@ -72,6 +74,10 @@ class Claim(_Strict):
     paper: PaperNumbers
     settings: str
     criterion: Criterion
+    compared: list[str] = []  # other methods shown beside FW soft (default: the paper's, less FW soft)
+
+    def shown(self) -> list[str]:
+        return self.compared or [m for m in self.paper.scores if m != FW_SOFT]
 
 
 class ClaimsFile(_Strict):
@@ -94,11 +100,17 @@ class Judgement:
     why: str
     commands: list[str]
     cost: str       # FW soft's seconds and peak RSS per point (mean over its seeds)
+    compared: str   # the other methods' best variants, first → last point
     flags: str      # FW soft's deviation from the preset in the judged rows ('' for none)
 
 
 def _overrides(row: Row) -> dict[str, object]:
     return json.loads(row["overrides"]) if row.get("overrides") else {}
+
+
+def _flags(overrides: str) -> str:
+    """A row's overrides (JSON) as the runner's command-line flags."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (json.loads(overrides) if overrides else {}).items())
 
 
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int, column: str = "normalized") -> Scores:
@@ -256,6 +268,28 @@ def _beats(context: _Context, fw: list[Scores], note: str) -> Verdict:
                            f"FW soft − {best_free} = {margin:+.1f} (criterion > 0)")
 
 
+def compared(context: _Context) -> tuple[str, list[str]]:
+    """The claim's other methods, each as its best variant (complete on the most seeds, then the highest mean
+    at the last point; ``_Context.best``) from the first point to the last; and the commands of those variants."""
+    seeds = {r["pool_seed"] for r in context.rows}
+    cells, plain, commands = [], [], []
+    for method in context.claim.shown():
+        variant, found = context.best(method, seeds)
+        shared = _seeds(*found)
+        if not shared:
+            plain.append(method)
+            continue
+        name = f"{method} {_flags(variant)}".strip()
+        cells.append(f"{name} {' → '.join(_shown(s, shared) for s in found)} (n = {len(shared)})")
+        if variant:
+            commands.append(context.command([method], _flags(variant)))
+        else:
+            plain.append(method)
+    if plain:
+        commands.insert(0, context.command(plain))
+    return "; ".join(cells), commands
+
+
 def judge(context: _Context, loss: str) -> Judgement:
     """The claim's verdict for FW soft with inner loss ``loss``, and the commands that make its rows."""
     claim, c = context.claim, context.claim.criterion
@@ -264,13 +298,15 @@ def judge(context: _Context, loss: str) -> Judgement:
     commands = [context.command([FW_SOFT], " ".join(f for f in (f"--preset {claim.preset}", loss_flag, flags) if f))]
     if c.reference:  # the methods it is compared with
         commands.append(context.command([c.reference, *c.data_free]))
+    others, others_commands = compared(context)
+    commands += [command for command in others_commands if command not in commands]
     note = f" (deviates from the preset: {flags}; the paper's setting is the command without them)" if flags else ""
     ours, verdict, why = {"flat": _flat, "rise": _rise, "beats": _beats}[c.kind](context, fw, note)
     keep = functools.partial(context.is_fw_soft, loss=loss, flags=flags)
     cost = "; ".join(f"{k}: {statistics.fmean(seconds.values()):.0f} s, {statistics.fmean(rss.values()):.2f} GB"
                      for k in context.points if (seconds := series(context.rows, keep, k, "seconds"))
                      and (rss := series(context.rows, keep, k, "peak_rss_gb")))
-    return Judgement(claim, loss, ours, verdict, why, commands, cost, flags)
+    return Judgement(claim, loss, ours, verdict, why, commands, cost, others, flags)
 
 
 def _paper(claim: Claim) -> str:
@@ -287,6 +323,7 @@ def claims_markdown(judgements: list[Judgement]) -> str:
     lines = [{"claim": f"{j.claim.name} ({j.inner_loss}): {j.claim.statement}", "paper (accuracy %)": _paper(j.claim),
               "paper's method and settings": " ".join(j.claim.settings.split()),
               "ours (normalised %, mean ± std)": j.ours or "—", "reproduced?": j.verdict, "criterion": j.why,
+              "other methods, ours (best variant, first → last point)": j.compared or "—",
               "FW soft cost (extra: time, peak RSS)": j.cost or "—",
               "commands": "<br>".join(f"`{c}`" for c in j.commands)} for j in judgements]
     return markdown_table(lines, list(lines[0]))
@@ -299,7 +336,7 @@ def _curve(rows: list[Row], extras: list[int], keep: Callable[[Row], bool]) -> d
 
 def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Path:
     """Ours (normalised, mean over seeds, at every number of extra checkpoints from the claim's first point to
-    its last: FW soft's judged rows and each compared method as configured) beside the paper's numbers."""
+    its last: FW soft's judged rows and each compared method's best variant) beside the paper's numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,17 +346,20 @@ def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Pat
     figure, (ours, paper) = plt.subplots(1, 2, figsize=(10, 4))
     extras = sorted({int(r["extra"]) for r in rows if r.get("extra", "") != ""
                      and context.points[0] <= int(r["extra"]) <= context.points[-1]})
-    colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([FW_SOFT, *claim.paper.scores]))}
+    colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([FW_SOFT, *claim.paper.scores, *claim.shown()]))}
     for judgement, style in zip(judgements, ("-", ":")):
         keep = functools.partial(context.is_fw_soft, loss=judgement.inner_loss, flags=judgement.flags)
         curve = _curve(rows, extras, keep)
         if curve:
             ours.plot(list(curve), list(curve.values()), marker="o", linestyle=style, color=colour[FW_SOFT],
                       label=f"{FW_SOFT} ({judgement.inner_loss}{', ' + judgement.flags if judgement.flags else ''})")
-    for method in [m for m in claim.paper.scores if m != FW_SOFT]:
-        curve = _curve(rows, extras, functools.partial(_is_configured, method=method))
+    seeds = {r["pool_seed"] for r in rows}
+    for method in claim.shown():
+        variant, _ = context.best(method, seeds)
+        curve = _curve(rows, extras, functools.partial(_is_variant, method=method, overrides=variant))
         if curve:
-            ours.plot(list(curve), list(curve.values()), marker="s", color=colour[method], label=method)
+            ours.plot(list(curve), list(curve.values()), marker="s", color=colour[method],
+                      label=f"{method} {_flags(variant)}".strip())
     for method, values in claim.paper.scores.items():
         known = [(k, v) for k, v in zip(claim.paper.extra, values) if v is not None]
         paper.plot(*zip(*known), marker="o" if method == FW_SOFT else "s", color=colour[method], label=method)
