@@ -1,18 +1,19 @@
-"""``python -m generative {prepare, finetune, evaluate, finetuned, merge}`` on a pool (configs/generative/*.yaml):
-build the 16-task suite; train the pool's checkpoints (LoRA adapters or full fine-tunes; cached, resumable);
-score a model (or a model with an adapter) through lm-eval; score each checkpoint on its own task (the
-normalised score's 100); merge the pool with a method whose hyper-parameters are chosen on validation. Rows go
-to ``outs/<pool name>/results.csv`` (+ results.md).
+"""``python -m generative {prepare, finetune, run, evaluate}`` on a pool (configs/generative/*.yaml): build the
+16-task suite; train the pool's checkpoints (LoRA adapters or full fine-tunes; cached, resumable); run a method
+or a reference as the other domains do (``run --method``: one row per fine-tuning seed in
+``outs/<experiment>/results.csv``, with the columns every domain's rows have; a merge's hyper-parameters are
+chosen on validation); score any model (or a model with an adapter) through lm-eval.
 
     python -m generative prepare
     python -m generative finetune --tasks add_2d --seeds 0
-    python -m generative evaluate --label base
-    python -m generative finetuned
-    python -m generative merge ties
-    python -m generative merge frank_wolfe --space product
-    python -m generative merge from --pool configs/generative/smollm2_3_full.yaml --drop-rate 0.9
+    python -m generative run --method finetuned            # each checkpoint on its own task: the 100
+    python -m generative run --method pretrained
+    python -m generative run --method ties
+    python -m generative run --method frank_wolfe --space product
+    python -m generative run --method from --pool configs/generative/smollm2_3_full.yaml --drop-rate 0.9
+    python -m generative evaluate --model path/to/model --label mine
 
-Method parameters (merge) and training settings (finetune) are ``--name value`` pairs, as in the other domains'
+Method parameters (run) and training settings (finetune) are ``--name value`` pairs, as in the other domains'
 command lines. Results go to stdout as JSON, progress to stderr; a bad input ends with one ``error:`` line and
 exit status 2 (130 when interrupted).
 """
@@ -21,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from merging import distributed
 from merging.benchmark.cli import parse_overrides
+from merging.benchmark.experiment import parameters_help
 from merging.benchmark.parallel import check_jobs, parse_job
 from merging.benchmark.request import check_local
 from merging.cli import positive_int
@@ -37,8 +38,13 @@ from merging.logs import quiet_model_loads
 
 from . import data
 from .finetune import train_many
+from .merge import adapter_methods
 from .pool import CONFIGS, GenerativePool, load_pool
-from .run import check_merge, evaluate_model, finetuned_scores, normalized, record, run_method
+from .run import DOMAIN, REFERENCES, check_method, evaluate_model, run_method
+
+LORA_OPTIONS = ("LoRA pools merge with every method above (full fine-tunes: the per-tensor ones) and take --rank "
+                "(the merged adapter's; default the adapters' largest r), --space product|factors (FW: ΔW re-factored, "
+                "or A and B merged apart as the official code), --proxy-examples and --proxy-batch-size (FW's proxy)")
 
 
 def finetune_jobs(args: argparse.Namespace, pool: GenerativePool) -> list[tuple[str, int]]:
@@ -52,7 +58,7 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool, overrides: 
     """Refuse a bad request before any download, data preparation, training or scoring, naming the bad value:
     --tasks outside the pool; a local model folder that does not exist (the pool's base and given checkpoints,
     --model, --adapter); negative fine-tuning --seeds or training settings the pool's kind rejects; for
-    ``merge``, a method or parameter that ``run.check_merge`` refuses. (--workers, --limit, --batch-size and
+    ``run``, a method or parameter that ``run.check_method`` refuses. (--workers, --limit, --batch-size and
     --limit-validation are positive integers by their argparse type; the pool YAML is checked by load_pool.)"""
     unknown = sorted(set(args.tasks or []) - set(pool.tasks))
     if unknown:
@@ -69,8 +75,8 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool, overrides: 
         source = "--only" if args.only is not None else "--tasks/--seeds"
         check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, source)
         pool.model_copy(update={"training": {**pool.training, **overrides}}).training_config()
-    elif args.command == "merge":
-        check_merge(pool, args.method, overrides)
+    elif args.command == "run":
+        check_method(pool, args.method, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,26 +95,27 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--workers", type=positive_int, default=1,
                       help="parallel fine-tuning processes, one thread each on a machine with as many cores")
     tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
-    run = commands.add_parser("evaluate", help="score a model on the suite through lm-eval", parents=[common])
-    run.add_argument("--model", help="a model folder, hub id, package: or .gguf reference (default: the base)")
-    run.add_argument("--adapter", type=Path, help="a peft LoRA adapter of --model, merged in before scoring")
-    run.add_argument("--label", default="base", help="the row's name in results.csv")
-    run.add_argument("--split", default="test", choices=["test", "validation"])
-    run.add_argument("--batch-size", type=positive_int, default=8)
-    reference = commands.add_parser("finetuned", help="score each task's checkpoint on its own task",
-                                    parents=[common])
-    reference.add_argument("--seed", type=int, default=0)
-    reference.add_argument("--split", default="test", choices=["test", "validation"])
-    merge = commands.add_parser("merge", help="merge the pool (grid on validation), score on test",
-                                parents=[common])
-    merge.add_argument("method", help="task_arithmetic, ties, dare_ties, from, from_lora, frank_wolfe, …")
-    merge.add_argument("--seed", type=int, default=0, help="the checkpoints' fine-tuning seed")
-    merge.add_argument("--limit-validation", type=positive_int, default=25,
-                       help="validation examples per task for the hyper-parameter search")
+    evaluate = commands.add_parser("evaluate", help="score any model on the suite through lm-eval",
+                                   parents=[common])
+    evaluate.add_argument("--model", help="a model folder, hub id, package: or .gguf reference (default: the base)")
+    evaluate.add_argument("--adapter", type=Path, help="a peft LoRA adapter of --model, merged in before scoring")
+    evaluate.add_argument("--label", default="base", help="the row's name (method column) in results.csv")
+    evaluate.add_argument("--split", default="test", choices=["test", "validation"])
+    evaluate.add_argument("--batch-size", type=positive_int, default=8)
+    run = commands.add_parser("run", help="run a method (grid on validation, scored on test) or a reference; "
+                              "one row per fine-tuning seed", parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=parameters_help(DOMAIN, REFERENCES, adapter_methods(), LORA_OPTIONS))
+    run.add_argument("--method", required=True, help="a reference (pretrained, finetuned) or a merge method")
+    run.add_argument("--experiment", help="outs/ folder name (default: the pool's name)")
+    run.add_argument("--pool-seeds", type=int, nargs="*", default=[0],
+                     help="fine-tuning seeds of the checkpoints, one row each (default: 0)")
+    run.add_argument("--seed", type=int, default=0, help="merge seed (DARE masks)")
+    run.add_argument("--limit-validation", type=positive_int, default=25,
+                     help="validation examples per task for the hyper-parameter search")
     tune.epilog = "--name value pairs override the pool's training settings (e.g. --epochs 2 --lr 0.01)"
-    merge.epilog = "--name value pairs fix parameters of configs/generative/methods/<method>.yaml (e.g. --lambda 0.5)"
     args, extra = parser.parse_known_args(argv)
-    if args.command not in ("finetune", "merge") and extra:
+    if args.command not in ("finetune", "run") and extra:
         parser.error(f"unexpected arguments {extra}")
     interrupt_on_sigterm()
     configure_logging()
@@ -133,15 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             scores = evaluate_model(pool, args.model or pool.base, args.label, args.split, pool.tasks, args.outs,
                                     args.limit, args.batch_size, args.adapter)
             print(json.dumps({name: round(100 * value, 2) for name, value in scores.items()}))
-        elif args.command == "finetuned":
-            started = time.perf_counter()
-            scores = finetuned_scores(pool, args.split, args.seed, args.limit, args.outs)
-            record(args.outs, pool, "finetuned", scores, started, normalized=normalized(scores, scores),
-                   split=args.split, limit=args.limit or "", seed=args.seed)
-            print(json.dumps({name: round(100 * value, 2) for name, value in scores.items()}))
         else:
-            result = run_method(pool, args.method, overrides, args.seed, args.outs, args.limit, args.limit_validation)
-            print(json.dumps({"out": str(result)} if isinstance(result, Path) else result, default=str))
+            for pool_seed in args.pool_seeds:
+                result = run_method(pool, args.method, overrides, pool_seed, args.outs,
+                                    args.experiment or pool.name, args.limit, args.limit_validation, args.seed)
+                print(json.dumps({"out": str(result)} if isinstance(result, Path) else result, default=str))
     except (MergeError, OSError, KeyboardInterrupt) as error:
         message, status = report(error)
         print(message, file=sys.stderr)

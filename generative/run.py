@@ -1,13 +1,14 @@
-"""Rows of a generative pool's experiment (``outs/<pool name>/results.csv``): a model scored on the suite
-through lm-eval, the ``finetuned`` reference (each task's checkpoint on its own task: the 100 of the normalised
-score) and merges of the pool whose hyper-parameters are chosen on the validation split (the first
-``limit_validation`` examples of each task), then scored on the test split.
+"""Rows of a generative pool's experiment, in ``outs/<experiment>/results.csv`` (default: the pool's name) with
+the columns every domain's rows have (``merging.benchmark.experiment.write_row``): the references ``pretrained``
+(the base) and ``finetuned`` (each task's checkpoint on its own task: the 100 of the normalised score), and merges
+of the pool whose hyper-parameters are chosen on the validation split (the first ``limit_validation`` examples
+of each task), then scored on the test split through lm-eval.
 
     normalised = mean_t 100 · score_t(merged) / score_t(checkpoint_t)        (merging/benchmark/metrics.py)
 
-The validation choice maximises the mean score over tasks, not the normalised score: on a few validation
-examples a checkpoint can score 0 on its own exact-match task (the ratio is then undefined) or close to it
-(the ratio is then noise).
+The validation choice maximises the mean score over tasks (column ``validation_average``), not the normalised
+score: on a few validation examples a checkpoint can score 0 on its own exact-match task (the ratio is then
+undefined) or close to it (the ratio is then noise).
 
 LoRA pools merge through generative/merge.py (adapter + full model out); full fine-tunes through the merge
 engine (merging/run.py), as any checkpoints.
@@ -25,9 +26,8 @@ from typing import Any
 import torch
 
 from merging import distributed
-from merging.benchmark.experiment import best_on_validation, check_method_config, grid_points, method_config
+from merging.benchmark.experiment import best_on_validation, check_method_config, grid_points, method_config, write_row
 from merging.benchmark.metrics import normalized_score
-from merging.benchmark.results import append_row, rebuild_markdown
 from merging.config import validate_config
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
@@ -47,6 +47,7 @@ from .pool import GenerativePool, official_proxy
 logger = logging.getLogger(__name__)
 
 DOMAIN = "generative"  # configs/generative/methods/<method>.yaml
+REFERENCES = ("pretrained", "finetuned")
 
 
 def slug(label: str) -> str:
@@ -74,31 +75,34 @@ def scores_of(model_ref: str | Path, split: data.Split, tasks: list[str], limit:
                     out_json, batch_size=batch_size, limit=limit)
 
 
-def record(outs: Path, pool: GenerativePool, label: str, scores: dict[str, float], started: float,
-           **extra: Any) -> dict[str, Any]:
-    """Append the row of ``label`` (scores ×100) to results.csv and rebuild results.md."""
-    row = {"model": label, "average": 100 * sum(scores.values()) / len(scores),
-           **{name: 100 * value for name, value in scores.items()}, **extra, **run_stamp(started)}
-    out = outs / pool.name
-    append_row(out / "results.csv", row)
-    rebuild_markdown(out / "results.csv", out / "results.md", f"{pool.name}: lm-eval scores (%)",
-                     ["model", "normalized", "average", *scores])
-    return row
+def known_methods_of(pool: GenerativePool) -> list[str]:
+    """The registered methods that merge the pool's kind of checkpoints: adapter methods for LoRA pools,
+    per-tensor ones for full fine-tunes."""
+    return adapter_methods() if pool.kind == "lora" else known_methods("per_tensor")
+
+
+def scored_row(pool: GenerativePool, method: str, scores: dict[str, float], reference: dict[str, float],
+               started: float, pool_seed: int, **columns: Any) -> dict[str, Any]:
+    """The row of ``method``'s scores (×100), normalised by ``reference`` when it covers every scored task."""
+    normalised = normalized(scores, reference) if set(scores) <= set(reference) else ""
+    return {"method": method, "normalized": normalised, "average": 100 * sum(scores.values()) / len(scores),
+            **{name: 100 * value for name, value in scores.items()}, **columns, "pool_seed": pool_seed,
+            "pool": pool.name, **run_stamp(started)}
 
 
 def evaluate_model(pool: GenerativePool, model_ref: str, label: str, split: data.Split, tasks: list[str],
                    outs: Path, limit: int | None, batch_size: int = 8, adapter: Path | None = None,
                    seed: int = 0) -> dict[str, float]:
-    """Score a model (+ adapter) and write its row (normalised when the pool's reference is known);
-    lm-eval's JSON goes to ``lm_eval/<label>-<split>.json``."""
+    """Score any model (+ adapter) and write its row, named ``label``, to outs/<pool name> (normalised when the
+    reference of the split is known); lm-eval's JSON goes to ``lm_eval/<label>-<split>.json``."""
     started = time.perf_counter()
     scores = scores_of(model_ref, split, tasks, limit, outs / pool.name / "lm_eval" / f"{slug(label)}-{split}.json",
                        adapter, batch_size)
     reference = _reference_file(pool, outs, split, limit, seed)
     known = json.loads(reference.read_text()) if reference.is_file() else {}
-    extra = {"normalized": normalized(scores, known)} if set(scores) <= set(known) else {}
-    record(outs, pool, label, scores, started, **extra, split=split, limit=limit or "", model_ref=model_ref,
-           adapter=str(adapter or ""))
+    write_row(outs / pool.name, DOMAIN, pool.name, tasks,
+              scored_row(pool, label, scores, known, started, seed, split=split, limit=limit or "",
+                         model_ref=model_ref, adapter=str(adapter or "")))
     return scores
 
 
@@ -142,17 +146,25 @@ def train_missing(pool: GenerativePool, seed: int) -> None:
                pool.folder, pool.training_config())
 
 
-def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) -> None:
+def check_method(pool: GenerativePool, method: str, overrides: dict[str, Any]) -> None:
     """Refuse, before any checkpoint is read, downloaded or scored: a method that cannot merge the pool's kind
-    of checkpoints (the known ones are listed), a parameter (command line, method YAML, each grid point) that the
-    method's schema rejects, a missing proxy file, and a grid left open on a pool without tasks to choose on."""
+    of checkpoints (the known ones are listed), parameters given to a reference, a parameter (command line,
+    method YAML, each grid point) that the method's schema rejects, a missing proxy file, and a grid left open
+    or a reference asked of a pool without tasks to score on."""
     lora = pool.kind == "lora"
-    known = adapter_methods() if lora else known_methods("per_tensor")
+    known = known_methods_of(pool)
+    if method in REFERENCES:
+        if overrides:
+            raise MergeError(f"'{method}' is a reference and takes no parameters, got "
+                             f"{', '.join('--' + k.replace('_', '-') for k in overrides)}")
+        if not pool.tasks:
+            raise MergeError(f"pool '{pool.name}' has no tasks to score the reference '{method}' on")
+        return
     if method not in known:
         if method in adapter_methods():
             raise MergeError(f"method '{method}' merges LoRA pools (kind: lora) only; methods for full "
                              f"fine-tunes: {', '.join(known)}")
-        raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
+        raise MergeError(f"unknown method '{method}'; known: {', '.join([*REFERENCES, *known])}")
     check_method_config(DOMAIN, method, overrides,
                         parameter_schemas(method) if lora else get_method(method).schemas(), per_tensor=not lora)
     if pool.proxy and not Path(pool.proxy).is_file():
@@ -160,6 +172,24 @@ def check_merge(pool: GenerativePool, method: str, overrides: dict[str, Any]) ->
     _, grid, _ = method_config(DOMAIN, method, overrides)
     if not pool.tasks and any(len(values) > 1 for values in grid.values()):
         raise MergeError(f"pool '{pool.name}' has no tasks to choose {sorted(grid)} on; fix them with --name value")
+
+
+def run_reference(pool: GenerativePool, method: str, pool_seed: int, outs: Path, experiment: str,
+                  limit: int | None) -> dict[str, Any]:
+    """The row of a reference on the test split: ``finetuned`` (each task's checkpoint of ``pool_seed`` on its
+    own task; normalised 100) or ``pretrained`` (the base)."""
+    started = time.perf_counter()
+    train_missing(pool, pool_seed)
+    reference = finetuned_scores(pool, "test", pool_seed, limit, outs)
+    if method == "finetuned":
+        scores, model_ref = reference, ""
+    else:
+        json_path = outs / pool.name / "lm_eval" / f"pretrained-seed{pool_seed}-test.json"
+        scores, model_ref = scores_of(pool.base, "test", pool.tasks, limit, json_path), pool.base
+    row = scored_row(pool, method, scores, reference, started, pool_seed, params="", overrides="",
+                     split="test", limit=limit or "", model_ref=model_ref)
+    write_row(outs / experiment, DOMAIN, pool.name, pool.tasks, row)
+    return row
 
 
 def _merge_full(pool: GenerativePool, method: str, point: dict[str, Any], folders: dict[str, Path], out: Path,
@@ -170,22 +200,26 @@ def _merge_full(pool: GenerativePool, method: str, point: dict[str, Any], folder
     run_merge(cfg, out, overwrite=True, progress=False)
 
 
-def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], seed: int, outs: Path,
-               limit: int | None, limit_validation: int | None, progress: bool = True) -> dict[str, Any] | Path:
-    """Merge the pool's checkpoints (fine-tuning seed ``seed``) with ``method``: every point of its grid
-    (configs/generative/methods/<method>.yaml) is scored on validation, the best is written to
-    ``merged_dir`` (LoRA pools: adapter/ and model/) and scored on test; returns the row. A pool without
-    tasks (given checkpoints, e.g. the paper's) takes one point (fix the grid with overrides), is written and
-    not scored; returns the output folder."""
-    check_merge(pool, method, overrides)
+def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], pool_seed: int, outs: Path,
+               experiment: str, limit: int | None, limit_validation: int | None, seed: int = 0,
+               progress: bool = True) -> dict[str, Any] | Path:
+    """Merge the pool's checkpoints (fine-tuning seed ``pool_seed``) with ``method`` (merge seed ``seed``: DARE
+    masks): every point of its grid (configs/generative/methods/<method>.yaml) is scored on validation, the best
+    is written to ``merged_dir`` (LoRA pools: adapter/ and model/) and scored on test; its row goes to
+    outs/<experiment> and is returned. A reference runs ``run_reference``. A pool without tasks (given
+    checkpoints, e.g. the paper's) takes one point (fix the grid with overrides), is written and not scored;
+    returns the output folder."""
+    check_method(pool, method, overrides)
+    if method in REFERENCES:
+        return run_reference(pool, method, pool_seed, outs, experiment, limit)
     started = time.perf_counter()
     params, grid, _ = method_config(DOMAIN, method, overrides)
     points = grid_points(params, grid)
-    train_missing(pool, seed)
-    folders = pool.candidates(seed)
+    train_missing(pool, pool_seed)
+    folders = pool.candidates(pool_seed)
     base_folder = resolve_model_ref(pool.base)
     label = " ".join([method, *(f"{k}={v}" for k, v in sorted(overrides.items()))])
-    out = merged_dir(pool, label, seed)
+    out = merged_dir(pool, label, pool_seed)
     if pool.kind == "lora":
         adapters = [read_lora_adapter(f) for f in folders.values()]
         proxy = []
@@ -195,7 +229,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
         def merge(point: dict[str, Any]) -> tuple[Any, ...]:
             return merge_adapters(method, point, adapters, list(folders), base_folder, proxy, seed, progress,
                                   pool.dtype)
-    if not pool.tasks:  # one point (check_merge)
+    if not pool.tasks:  # one point (check_method)
         if pool.kind == "lora":
             factors, rank, alpha, log = merge(points[0])
             if not distributed.is_main():  # under accelerate launch, process 0 writes
@@ -222,6 +256,7 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
     point, value, merged = best_on_validation(points, score, method, "validation mean score", progress)
     info = {"method": method, "parameters": point, "checkpoints": {k: str(v) for k, v in folders.items()},
             "validation_average": value}
+    log: dict[str, Any] = {}
     if pool.kind == "lora":
         factors, rank, alpha, log = merged
         info.update(log)
@@ -232,9 +267,13 @@ def run_method(pool: GenerativePool, method: str, overrides: dict[str, Any], see
         _merge_full(pool, method, point, folders, out, seed)
         atomic_write_text(out / "merge.json", json.dumps(info, indent=1))
         model = out
-    scores = scores_of(model, "test", pool.tasks, limit, outs / pool.name / "lm_eval" / f"{slug(label)}-seed{seed}-test.json")
-    test_reference = finetuned_scores(pool, "test", seed, limit, outs)
-    return record(outs, pool, label, scores, started, normalized=normalized(scores, test_reference),
-                  split="test", limit=limit or "", seed=seed, method=method, parameters=json.dumps(point),
-                  validation_average=value, refactor_error=info.get("refactor_error_mean", ""),
-                  model_ref=str(model))
+    scores = scores_of(model, "test", pool.tasks, limit,
+                       outs / pool.name / "lm_eval" / f"{slug(label)}-seed{pool_seed}-test.json")
+    row = scored_row(pool, method, scores, finetuned_scores(pool, "test", pool_seed, limit, outs), started,
+                     pool_seed, params=json.dumps(point, sort_keys=True),
+                     overrides=json.dumps(overrides, sort_keys=True) if overrides else "",
+                     validation_average=value, seed=seed, split="test", limit=limit or "",
+                     refactor_error=info.get("refactor_error_mean", ""), model_ref=str(model))
+    write_row(outs / experiment, DOMAIN, pool.name, pool.tasks, row,
+              log if get_method(method).kind == "data_driven" else None)  # FW's objective, gap and selections
+    return row

@@ -186,8 +186,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
     if cfg.method in known_methods("data_driven"):
         raise MergeError(f"method '{cfg.method}' reads data ({get_method(cfg.method).data}); run it on a benchmark "
-                         f"pool: python -m discriminative|vision run --method {cfg.method} (LoRA pools: python -m "
-                         f"generative merge {cfg.method}, for the methods that merge adapters)")
+                         f"pool: python -m discriminative|vision|generative run --method {cfg.method}")
     spec = get_method(cfg.method, "per_tensor", "adapter")
     out = check_target(out, overwrite)
     if spec.kind == "adapter":

@@ -12,7 +12,7 @@ from discriminative.pool import load_pool as load_text_pool
 from generative import data as generative_data
 from generative.pool import GenerativePool
 from generative.pool import load_pool as load_generative_pool
-from generative.run import check_merge
+from generative.run import check_method as check_generative
 from merging.benchmark import experiment
 from merging.benchmark.claims import load_claims
 from merging.config import load_config, read_mapping
@@ -53,7 +53,7 @@ def generative_method_file(path: Path) -> None:
         pool = GenerativePool(name="g", base="b", kind=kind, tasks=["qa"])
         if kind == "full" and get_method(path.stem).kind != "per_tensor":
             continue  # LoRA-only methods (from_lora, frank_wolfe) on a full pool are refused by design
-        check_merge(pool, path.stem, {"t": 0.5} if path.stem == "slerp" else {})
+        check_generative(pool, path.stem, {"t": 0.5} if path.stem == "slerp" else {})
 
 
 def bench_config(path: Path, tmp_path: Path) -> None:

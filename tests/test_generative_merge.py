@@ -16,6 +16,7 @@ from generative.objective import CausalLMObjective
 from generative.pool import CONFIGS, load_pool
 from generative.run import merged_dir
 from merging.benchmark.experiment import method_config
+from merging.benchmark.results import read_rows
 from merging.errors import MergeError
 
 
@@ -39,19 +40,22 @@ def test_the_objective_is_the_models_own_answer_token_loss(suite):
 
 def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_path, capsys):
     common = ["--pool", str(tiny_pool()), "--outs", str(tmp_path / "outs"), "--limit", "4"]
-    assert main(["merge", "task_arithmetic", *common, "--limit-validation", "4", "--lambda", "0.5"]) == 0
+    assert main(["run", "--method", "task_arithmetic", *common, "--limit-validation", "4", "--lambda", "0.5"]) == 0
     assert "2 checkpoint(s) missing (qa, yesno, seed 0): training them first" in capsys.readouterr().err
-    main(["finetuned", *common])
+    main(["run", "--method", "finetuned", *common])
     for settings in (["--iterations", "2", "--proxy-examples", "4"],
                      ["--iterations", "2", "--proxy-examples", "4", "--space", "product"]):
-        main(["merge", "frank_wolfe", *common, "--limit-validation", "4", *settings])
+        main(["run", "--method", "frank_wolfe", *common, "--limit-validation", "4", *settings])
     assert "missing" not in capsys.readouterr().err  # trained once, cached
-    rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    assert [r.split(",")[0] for r in rows[1:]] == ["task_arithmetic lambda=0.5", "finetuned",
-                                                   "frank_wolfe iterations=2 proxy_examples=4",
-                                                   "frank_wolfe iterations=2 proxy_examples=4 space=product"]
-    assert float(rows[2].split(",")[header.index("normalized")]) == 100
+    rows = read_rows(tmp_path / "outs" / "tiny_lora" / "results.csv")
+    assert [(r["method"], r["overrides"]) for r in rows] == [
+        ("task_arithmetic", '{"lambda": 0.5}'), ("finetuned", ""),
+        ("frank_wolfe", '{"iterations": 2, "proxy_examples": 4}'),
+        ("frank_wolfe", '{"iterations": 2, "proxy_examples": 4, "space": "product"}')]
+    assert float(rows[1]["normalized"]) == 100 and rows[0]["pool_seed"] == "0" and rows[0]["seed"] == "0"
+    assert json.loads(rows[0]["params"])["lambda"] == 0.5 and float(rows[0]["peak_rss_gb"]) > 0
+    logs = sorted((tmp_path / "outs" / "tiny_lora" / "logs").iterdir())  # FW's log, as the other domains write it
+    assert len(logs) == 2 and len(json.loads(logs[0].read_text())["log"]["history"]) == 2
     assert (tmp_path / "outs" / "tiny_lora" / "lm_eval" / "task_arithmetic_lambda_0.5-seed0-test.json").is_file()
 
     pool = load_pool(tiny_pool())
@@ -117,9 +121,9 @@ def test_full_fine_tunes_merge_through_the_engine_with_dare_from(tiny_pool, tmp_
 
     common = ["--pool", str(tiny_pool("full")), "--outs", str(tmp_path / "outs"), "--limit", "4"]
     main(["finetune", *common])
-    main(["merge", "from", *common, "--limit-validation", "4", "--drop-rate", "0.5"])
-    rows = (tmp_path / "outs" / "tiny_full" / "results.csv").read_text().splitlines()
-    assert rows[1].startswith("from drop_rate=0.5,")
+    main(["run", "--method", "from", *common, "--limit-validation", "4", "--drop-rate", "0.5"])
+    row, = read_rows(tmp_path / "outs" / "tiny_full" / "results.csv")
+    assert (row["method"], row["overrides"]) == ("from", '{"drop_rate": 0.5}')
     out = merged_dir(load_pool(tiny_pool("full")), "from drop_rate=0.5", 0)
     info = json.loads((out / "merge.json").read_text())
     grid = method_config("generative", "from", {})[1]["alpha"]
@@ -138,13 +142,13 @@ def test_a_pool_of_given_adapters_merges_with_the_official_proxy_file(tiny_pool,
                                  "piqa": {"input": ["Goal: boil water"], "output": ["use a kettle"]}}))
     given = tiny_pool(tasks=[], checkpoints={"code": str(folders["qa"]), "piqa": str(folders["yesno"])},
                       proxy=str(proxy), name="given")
-    main(["merge", "frank_wolfe", "--pool", str(given), "--iterations", "2"])
+    main(["run", "--method", "frank_wolfe", "--pool", str(given), "--iterations", "2"])
     out = merged_dir(load_pool(given), "frank_wolfe iterations=2", 0)
     info = json.loads((out / "merge.json").read_text())
     assert info["checkpoints"] == {"code": str(folders["qa"]), "piqa": str(folders["yesno"])}
     assert info["history"][0]["objective"] > 0
     _assert_outputs_agree(out, tmp_path / "tiny")
-    assert main(["merge", "ties", "--pool", str(given)]) == 2
+    assert main(["run", "--method", "ties", "--pool", str(given)]) == 2  # a grid to choose, but no tasks
 
 
 def test_the_paper_configs_name_the_official_checkpoints():
@@ -156,23 +160,3 @@ def test_the_paper_configs_name_the_official_checkpoints():
     offline = load_pool(CONFIGS / "smollm2_16_lora.yaml")
     assert len(offline.tasks) == 16 and offline.training_config().r == 8 and offline.training_config().alpha == 16
     assert set(offline.tasks) == set(data.entries())
-
-
-@pytest.mark.parametrize("call,expected", [
-    ("run_frank_wolfe --space product",
-     "-m generative merge --pool configs/generative/smollm2_16_lora.yaml frank_wolfe --space product"),
-    ("run_from", "-m generative merge --pool configs/generative/smollm2_16_lora.yaml from_lora"),
-    ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 run_from",
-     "-m generative merge --pool configs/generative/smollm2_3_full.yaml --limit 5 from"),
-    ("run_pretrained", "-m generative evaluate --pool configs/generative/smollm2_16_lora.yaml --label base"),
-    ("WORKERS=2 POOL_SEEDS='0 1' run_finetune",
-     "-m generative finetune --pool configs/generative/smollm2_16_lora.yaml --workers 2 --seeds 0 1"),
-])
-def test_the_script_functions_call_the_cli(call, expected):
-    import subprocess
-
-    script = f'source scripts/generative.sh; python3() {{ echo "$@"; }}; {call}'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         cwd=CONFIGS.parents[1]).stdout.strip()
-    assert out == expected
-

@@ -47,7 +47,7 @@ def no_work(monkeypatch, tmp_path):
                         (TEXT, "prepare"), (VISION, "prepare"),
                         (generative_data, "prepare"), (generative_data, "fetch"),
                         (generative_cli, "train_many"), (generative_cli, "evaluate_model"),
-                        (generative_cli, "finetuned_scores"), (generative_run, "scores_of"),
+                        (generative_run, "finetuned_scores"), (generative_run, "scores_of"),
                         (generative_run, "merge_adapters"), (generative_run, "run_merge"),
                         (generative_run, "read_lora_adapter"), (generative_run, "train_many")]:
         monkeypatch.setattr(owner, name, _trap)
@@ -227,7 +227,7 @@ def test_every_shipped_method_config_passes_the_checks():
     from discriminative.pool import TextPool
     from generative.merge import adapter_methods
     from generative.pool import GenerativePool
-    from generative.run import check_merge
+    from generative.run import check_method as check_generative
     from merging.registry import known_methods
     from vision.pool import VisionPool
 
@@ -237,7 +237,7 @@ def test_every_shipped_method_config_passes_the_checks():
             experiment.check_method(pool, method, fixed.get(method, {}))
     for kind, methods in (("lora", adapter_methods()), ("full", known_methods("per_tensor"))):
         for method in methods:
-            check_merge(GenerativePool(name="g", base="b", kind=kind, tasks=["qa"]), method, fixed.get(method, {}))
+            check_generative(GenerativePool(name="g", base="b", kind=kind, tasks=["qa"]), method, fixed.get(method, {}))
     pool = VisionPool(name="v", base="b", tasks=["a"])
     for method in known_methods("data_driven"):  # and every preset
         for preset in experiment._method_yaml("vision", method).get("presets") or {}:
@@ -251,14 +251,14 @@ def test_an_unknown_preset_is_named_with_the_known_ones(text_pool, capsys):
 
 
 # ------------------------------------------------------------------------------------------ python -m generative
-def test_generative_merge_names_an_unknown_method_not_a_missing_checkpoint(generative_pool, capsys):
-    error = refusal(capsys, generative_cli.main, ["merge", "tie", "--pool", generative_pool()])
+def test_generative_run_names_an_unknown_method_not_a_missing_checkpoint(generative_pool, capsys):
+    error = refusal(capsys, generative_cli.main, ["run", "--method", "tie", "--pool", generative_pool()])
     assert "unknown method 'tie'" in error and "ties" in error and "no trained checkpoint" not in error
 
 
 def test_a_good_generative_request_passes_the_checks(generative_pool):
     with pytest.raises(AssertionError, match="expensive work"):  # training the missing adapters: the request was good
-        generative_cli.main(["merge", "frank_wolfe", "--pool", generative_pool(), "--space", "product",
+        generative_cli.main(["run", "--method", "frank_wolfe", "--pool", generative_pool(), "--space", "product",
                              "--iterations", "2"])
     with pytest.raises(AssertionError, match="expensive work"):
         generative_cli.main(["finetune", "--pool", generative_pool(), "--epochs", "2", "--seeds", "0", "1"])
@@ -274,9 +274,9 @@ def test_a_good_generative_request_passes_the_checks(generative_pool):
     ("full", "frank_wolfe", [], ["frank_wolfe", "lora"]),          # not wired for full fine-tunes
     ("full", "from_lora", [], ["from_lora"]),                      # adapters only
 ])
-def test_generative_merge_checks_the_method_and_each_set_value(generative_pool, capsys, kind, method, settings,
+def test_generative_run_checks_the_method_and_each_set_value(generative_pool, capsys, kind, method, settings,
                                                                named):
-    argv = ["merge", method, "--pool", generative_pool(kind),
+    argv = ["run", "--method", method, "--pool", generative_pool(kind),
             *(token for s in settings for token in ("--" + s.split("=")[0].replace("_", "-"), s.split("=", 1)[1]))]
     error = refusal(capsys, generative_cli.main, argv)
     assert all(word in error for word in named) and "no trained checkpoint" not in error, error
@@ -299,7 +299,8 @@ def test_generative_pool_tasks_must_be_tasks_of_the_suite(generative_pool, capsy
 @pytest.mark.parametrize("argv,named", [
     (["evaluate", "--limit", "0"], "--limit"),
     (["evaluate", "--batch-size", "0"], "--batch-size"),
-    (["merge", "ties", "--limit-validation", "0"], "--limit-validation"),
+    (["run", "--method", "ties", "--limit-validation", "0"], "--limit-validation"),
+    (["run", "--method", "finetuned", "--lambda", "0.5"], "reference"),
     (["finetune", "--seeds", "-1"], "--seeds"),
     (["finetune", "--only", "nosuch:0"], "nosuch"),
 ])
@@ -312,7 +313,7 @@ def test_generative_sizes_and_seeds_are_checked_first(generative_pool, capsys, a
 def test_generative_missing_local_folders_are_named(generative_pool, tmp_path, capsys, where):
     missing = str(tmp_path / "nowhere" / "model")
     if where == "base":
-        argv = ["merge", "ties", "--pool", generative_pool(base=missing)]
+        argv = ["run", "--method", "ties", "--pool", generative_pool(base=missing)]
     else:
         argv = ["evaluate", "--pool", generative_pool(), where, missing]
     error = refusal(capsys, generative_cli.main, argv)
@@ -327,7 +328,7 @@ def test_generative_given_checkpoints_are_not_downloaded_for_a_bad_request(gener
                                                                           named):
     pool = generative_pool(tasks=[], checkpoints={"code": "owner/code-adapter", "math": "owner/math-adapter"},
                            **keys)
-    error = refusal(capsys, generative_cli.main, ["merge", "ties", "--pool", pool, *argv])
+    error = refusal(capsys, generative_cli.main, ["run", "--method", "ties", "--pool", pool, *argv])
     assert named in error
 
 
@@ -342,3 +343,14 @@ def test_run_help_lists_every_method_with_its_parameters_grid_and_presets(capsys
     assert "--lambda {0.2, 0.3, 0.4, 0.5, 0.7}" in text  # configs/methods/task_arithmetic.yaml
     assert "--t REQUIRED" in text and "--preset irrelevance | relevance | main" in text
     assert "--statistics average|reestimate" in text and "--scaling is --lambda" in text
+
+
+def test_generative_run_help_lists_the_references_and_the_adapter_methods(capsys):
+    from generative.merge import adapter_methods
+
+    with pytest.raises(SystemExit):
+        generative_cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "references (no parameters): pretrained, finetuned" in text
+    assert all(f" {method} (" in text for method in adapter_methods()) and " from_lora (adapter," in text
+    assert "--space product|factors" in text and "--statistics" not in text  # no BatchNorm option here

@@ -27,3 +27,25 @@ def test_run_baselines_announces_each_stage_and_stops_at_the_first_failure():
 def test_fine_tuning_workers_default_to_the_cores_not_to_omp_num_threads(script):
     out = run("OMP_NUM_THREADS=1 run_finetune", script).stdout.split()
     assert out[out.index("--workers") + 1] == str(len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("call,expected", [
+    ("run_frank_wolfe --space product",
+     "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method frank_wolfe --space product"),
+    ("run_from", "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method from_lora"),
+    ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 POOL_SEEDS='0 1' run_from",
+     "-m generative run --pool configs/generative/smollm2_3_full.yaml --limit 5 --method from --pool-seeds 0 1"),
+    ("run_pretrained", "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method pretrained"),
+    ("WORKERS=2 POOL_SEEDS='0 1' run_finetune",
+     "-m generative finetune --pool configs/generative/smollm2_16_lora.yaml --workers 2 --seeds 0 1"),
+])
+def test_the_generative_runners_are_the_shared_ones_on_its_cli(call, expected):
+    assert run(call, "scripts/generative.sh").stdout.strip() == expected
+
+
+def test_generative_has_no_runner_for_what_its_cli_lacks():
+    done = run("run_baselines; run_irrelevance", "scripts/generative.sh")
+    stages = [line.split()[2] for line in done.stderr.splitlines() if line.startswith("[stage ")]
+    assert stages == ["run_finetune", "run_finetuned", "run_pretrained", "run_task_arith", "run_ties",
+                      "run_dare_ties", "run_from"]
+    assert "run_irrelevance: command not found" in done.stderr

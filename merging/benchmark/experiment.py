@@ -113,12 +113,14 @@ def _option(name: str, field: Any, fixed: dict[str, Any], grid: dict[str, list])
     return f"{flag} REQUIRED" if field.is_required() else f"{flag} {field.get_default(call_default_factory=True)}"
 
 
-def parameters_help(domain: str) -> str:
-    """Every method a pool of ``domain`` runs, with each parameter as ``--name value`` (a ``{grid}`` is searched
-    on validation; other values are the method YAML's or the schema's default), and the presets."""
-    lines = ["references (no parameters): " + ", ".join(REFERENCES), "",
+def parameters_help(domain: str, references: tuple[str, ...] = REFERENCES, names: list[str] | None = None,
+                    note: str | None = None) -> str:
+    """Every method a pool of ``domain`` runs (default: ``runnable_methods``), with each parameter as ``--name
+    value`` (a ``{grid}`` is searched on validation; other values are the method YAML's or the schema's default),
+    and the presets; then ``note`` (default: the options every benchmark method takes)."""
+    lines = ["references (no parameters): " + ", ".join(references), "",
              "methods (override any parameter with --name value; a grid is then fixed to that value):"]
-    for name in runnable_methods():
+    for name in runnable_methods() if names is None else names:
         spec = get_method(name)
         try:
             raw = _method_yaml(domain, name)
@@ -136,10 +138,10 @@ def parameters_help(domain: str) -> str:
                                subsequent_indent=" " * 6, break_on_hyphens=False)
         if raw.get("presets"):
             lines.append("      --preset " + " | ".join(raw["presets"]))
-    lines += ["", *textwrap.wrap(
+    lines += ["", *textwrap.wrap(note or (
         "every method: --statistics average|reestimate (BatchNorm pools: the candidates' mean running statistics, "
         "or re-estimated on training images); --merge-biases false (each task keeps its own biases, as the official "
-        "FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)", 114)]
+        "FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)"), 114)]
     return "\n".join(lines)
 
 
@@ -347,15 +349,24 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **run_stamp(started),
         }
-        folder = outs / experiment
-        if log:
-            _write_log(folder / "logs" / f"{method}-seed{pool_seed}-{row['date'].replace(' ', 'T')}.json",
-                       {"row": row, "log": log})
-        append_row(folder / "results.csv", row)
-        rebuild_markdown(folder / "results.csv", folder / "results.md", f"{experiment}: pool {pool.name}",
-                         ["method", "normalized", "average", *pool.tasks, "params", "pool_seed"],
-                         summary=("method", "pool_seed", ["normalized", "average", *pool.tasks, "seconds"]),
-                         label=point, describe=("chosen on validation", functools.partial(chosen, pool.domain.name)),
-                         sections=claim_tables)
+        write_row(outs / experiment, pool.domain.name, pool.name, pool.tasks, row, log)
         rows.append(row)
     return rows
+
+
+def write_row(folder: Path, domain: str, pool_name: str, tasks: list[str], row: dict[str, Any],
+              log: dict[str, Any] | None = None) -> None:
+    """Append ``row`` (a method's or a reference's, scored on ``tasks``) to ``folder``/results.csv, its method's
+    ``log`` to ``folder``/logs/, and rebuild ``folder``/results.md: the rows, then the mean and spread over
+    pool seeds of each variant with the hyper-parameters chosen on validation, and a scaling claim's views."""
+    if log:
+        stem = f"{row['method']}-seed{row['pool_seed']}-{row['date'].replace(' ', 'T')}"
+        taken = {p.name for p in (folder / "logs").glob(f"{stem}*.json")}
+        name = next(n for i in itertools.count(1) if (n := f"{stem}{'' if i == 1 else f'-{i}'}.json") not in taken)
+        _write_log(folder / "logs" / name, {"row": row, "log": log})  # a run within the same minute: -2, -3, …
+    append_row(folder / "results.csv", row)
+    rebuild_markdown(folder / "results.csv", folder / "results.md", f"{folder.name}: pool {pool_name}",
+                     ["method", "normalized", "average", *tasks, "params", "pool_seed"],
+                     summary=("method", "pool_seed", ["normalized", "average", *tasks, "seconds"]),
+                     label=point, describe=("chosen on validation", functools.partial(chosen, domain)),
+                     sections=claim_tables)
