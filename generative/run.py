@@ -16,7 +16,6 @@ engine (merging/run.py), as any checkpoints.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ import torch
 from merging import distributed
 from merging.benchmark.experiment import best_on_validation, check_method_config, grid_points, method_config, write_row
 from merging.benchmark.metrics import normalized_score
+from merging.benchmark.parallel import announce_missing
 from merging.config import validate_config
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
@@ -43,8 +43,6 @@ from .finetune import MARKER, train_many
 from .lm_eval_tasks import write_tasks
 from .merge import adapter_methods, merge_adapters, parameter_schemas, write_outputs
 from .pool import GenerativePool, official_proxy
-
-logger = logging.getLogger(__name__)
 
 DOMAIN = "generative"  # configs/generative/methods/<method>.yaml
 REFERENCES = ("pretrained", "finetuned")
@@ -133,15 +131,15 @@ def normalized(scores: dict[str, float], reference: dict[str, float]) -> float:
 
 
 def train_missing(pool: GenerativePool, seed: int) -> None:
-    """Train the pool's checkpoints of ``seed`` that are not in the cache yet, announced first, as the other
-    domains fine-tune theirs before a merge (one process; ``run_finetune`` spreads them over the cores)."""
+    """Train the pool's checkpoints of ``seed`` that are not in the cache yet, announced first as the other
+    domains announce theirs (one process; ``run_finetune`` spreads them over the cores)."""
     if pool.checkpoints:  # given checkpoints are never trained here
         return
     missing = [task for task in pool.tasks if not (pool.folder(task, seed) / MARKER).is_file()]
     if not missing:
         return
-    logger.info("%d checkpoint(s) missing (%s, seed %d): training them first into %s; `run_finetune` runs them in "
-                "parallel", len(missing), ", ".join(missing), seed, pool.folder(missing[0], seed).parent)
+    into = pool.folder(missing[0], seed).parent
+    announce_missing([(task, seed) for task in missing], into, into.glob(f"*/{MARKER}"))
     train_many(resolve_model_ref(pool.base), data.local_tasks("train", missing), [(t, seed) for t in missing],
                pool.folder, pool.training_config())
 

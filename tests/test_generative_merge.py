@@ -41,7 +41,7 @@ def test_the_objective_is_the_models_own_answer_token_loss(suite):
 def test_cli_trains_merges_scores_and_saves_reloadable_outputs(tiny_pool, tmp_path, capsys):
     common = ["--pool", str(tiny_pool()), "--outs", str(tmp_path / "outs"), "--limit", "4"]
     assert main(["run", "--method", "task_arithmetic", *common, "--limit-validation", "4", "--lambda", "0.5"]) == 0
-    assert "2 checkpoint(s) missing (qa, yesno, seed 0): training them first" in capsys.readouterr().err
+    assert "2 checkpoint(s) missing (qa-seed0, yesno-seed0): fine-tuning them first" in capsys.readouterr().err
     main(["run", "--method", "finetuned", *common])
     for settings in (["--iterations", "2", "--proxy-examples", "4"],
                      ["--iterations", "2", "--proxy-examples", "4", "--space", "product"]):

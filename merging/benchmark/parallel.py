@@ -9,16 +9,41 @@ the fine-tuning commands: a worker is the same command with ``--only TASK:SEEDâ€
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from ..errors import MergeError
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 Job = tuple[str, int]  # (task, seed)
+
+
+def announce_missing(missing: Sequence[Job], into: Path, records: Iterable[Path]) -> None:
+    """Say, before fine-tuning them, how many checkpoints a run lacks, where they go and, from the time each
+    task took at another seed (``records``: the finished checkpoints' JSON records with ``task`` and
+    ``seconds``), about how long they will take on one process."""
+    if not missing:
+        return
+    took: dict[str, float] = {}
+    for record in records:
+        try:
+            entry = json.loads(record.read_text())
+            took.setdefault(str(entry["task"]), float(entry["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable record only costs the estimate
+            continue
+    known = [took[t] for t, _ in missing if t in took]
+    eta = (f"about {max(1, round(sum(known) / 60))} min on one process" + ("" if len(known) == len(missing) else
+           f" for the {len(known)} tasks timed before")) if known else "no earlier timing to estimate from"
+    logger.info("%d checkpoint(s) missing (%s): fine-tuning them first into %s, %s; `run_finetune` runs them in "
+                "parallel", len(missing), ", ".join(f"{t}-seed{s}" for t, s in missing), into, eta)
 
 
 def deal(items: Sequence[T], cost: Callable[[T], float], workers: int) -> list[list[T]]:

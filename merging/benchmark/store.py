@@ -14,6 +14,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from merging.batchnorm import reestimate_statistics
+from merging.benchmark import parallel
 from merging.benchmark.parallel import run_jobs
 from merging.io.atomic import atomic_directory
 from merging.io.checkpoint import resolve_model_ref
@@ -65,22 +66,8 @@ def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[t
 
 
 def announce_missing(pool: PoolConfig, missing: list[tuple[str, int]]) -> None:
-    """Say, before fine-tuning them, how many checkpoints a run lacks and, from the time each task took at another
-    seed (its ``finetune.json``), about how long they will take."""
-    if not missing:
-        return
-    took: dict[str, float] = {}
-    for record in pool_dir(pool).glob(f"finetuned/*/{DONE}"):
-        try:
-            entry = json.loads(record.read_text())
-            took.setdefault(str(entry["task"]), float(entry["seconds"]))
-        except (OSError, ValueError, KeyError, TypeError):  # an unreadable record only costs the estimate
-            continue
-    known = [took[t] for t, _ in missing if t in took]
-    eta = (f"about {max(1, round(sum(known) / 60))} min on one process" + ("" if len(known) == len(missing) else
-           f" for the {len(known)} tasks timed before")) if known else "no earlier timing to estimate from"
-    logger.info("%d checkpoint(s) missing (%s): fine-tuning them first into %s, %s; `run_finetune` runs them in "
-                "parallel", len(missing), ", ".join(f"{t}-seed{s}" for t, s in missing), pool_dir(pool), eta)
+    """``parallel.announce_missing`` for the pool's checkpoints, timed by their ``finetune.json`` records."""
+    parallel.announce_missing(missing, pool_dir(pool), pool_dir(pool).glob(f"finetuned/*/{DONE}"))
 
 
 def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: bool = True) -> Path:
