@@ -31,14 +31,29 @@ run_regmean()     { _bench_run regmean "$@"; }
 run_fisher()      { _bench_run fisher "$@"; }
 run_adamerging()  { _bench_run adamerging "$@"; }
 run_greedy_soup() { _bench_run greedy_soup "$@"; }
-# Run the functions named, in turn, each announced on stderr as "[stage i/n] name (m min elapsed)"; stop at the
-# first that fails.
+# Run the functions named, in turn, each announced on stderr as "[stage i/n] name (m min elapsed, about k min left)";
+# stop at the first that fails. The time left adds up the stages' durations in the last run that reached them,
+# recorded per domain and pool in $MERGING_CACHE/stage_times/ (absent until a run has timed every stage left).
+_stage_times() { echo "${MERGING_CACHE:-$HOME/.cache/merging}/stage_times/${_DOMAIN}-$(basename "${POOL:-$_DEFAULT_POOL}" .yaml).tsv"; }
+_time_left() {  # _time_left FILE STAGE…: ", about k min left" when FILE times every STAGE
+  local file=$1; shift
+  [ -f "$file" ] || return 0
+  awk -F'\t' -v stages="$*" '{ last[$1] = $2 }
+    END { n = split(stages, s, " "); total = 0
+          for (i = 1; i <= n; i++) { if (!(s[i] in last)) exit; total += last[s[i]] }
+          printf ", about %d min left", int((total + 59) / 60) }' "$file"
+}
 _stages() {
-  local n=$# i=0 started=$SECONDS stage
+  local n=$# i=0 started=$SECONDS stage times begun
+  times=$(_stage_times)
+  mkdir -p "$(dirname "$times")"
   for stage in "$@"; do
     i=$((i + 1))
-    printf '[stage %d/%d] %s (%d min elapsed)\n' "$i" "$n" "$stage" $(((SECONDS - started) / 60)) >&2
+    printf '[stage %d/%d] %s (%d min elapsed%s)\n' "$i" "$n" "$stage" $(((SECONDS - started) / 60)) \
+      "$(_time_left "$times" "${@:i}")" >&2
+    begun=$SECONDS
     "$stage" || return
+    printf '%s\t%d\n' "$stage" $((SECONDS - begun)) >> "$times"
   done
   printf '[stages done] %d in %d min\n' "$n" $(((SECONDS - started) / 60)) >&2
 }
