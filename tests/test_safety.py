@@ -21,7 +21,7 @@ from conftest import assert_refused, edit_tensors, leftovers, native, read_weigh
 
 from merging.errors import MergeError
 from merging.io.atomic import INCOMPLETE, atomic_write_text
-from merging.io.pypi import MODEL_WHEELS
+from merging.io.pypi import model_wheels
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -66,7 +66,7 @@ def test_package_reference_never_imports_a_module_beside_the_config(bert_pool, t
     config = native(bert_pool, models=("ft1", "ft2"))
     config["base"] = "package:evilpkg"
     assert_refused(tmp_path, capsys, config, "package:evilpkg", "not a pinned model package",
-                   *sorted(MODEL_WHEELS))
+                   *sorted(model_wheels()))
     assert not marker.exists() and "evilpkg" not in sys.modules
 
 

