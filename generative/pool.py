@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from merging.config import describe_errors, read_mapping
+from merging.config import describe_errors, read_validated
 from merging.errors import MergeError
 from merging.io.pypi import cache_dir
 from merging.resources import CONFIGS as SHIPPED
@@ -76,10 +76,7 @@ def load_pool(path: str | Path) -> GenerativePool:
     path = Path(path)
     if not path.is_file():
         raise MergeError(f"generative pool '{path}' does not exist; e.g. {CONFIGS / 'smollm2_16_lora.yaml'}")
-    try:
-        pool = GenerativePool.model_validate({**read_mapping(path, "generative pool"), "path": path})
-    except ValidationError as err:
-        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    pool = read_validated(path, GenerativePool, "generative pool", {"path": path})
     suite = entries()
     unknown = [task for task in pool.tasks if task not in suite]
     if unknown:

@@ -26,13 +26,15 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import MergeError
+
+M = TypeVar("M", bound=BaseModel)
 
 Scalar = Union[float, int, bool, str]
 ParamValue = Union[Scalar, list[float], list[dict[str, Any]]]
@@ -184,6 +186,15 @@ def read_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise MergeError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+def read_validated(path: Path, schema: type[M], what: str = "file", extra: dict[str, Any] | None = None) -> M:
+    """The mapping of YAML file ``path`` (``read_mapping``, with the ``extra`` keys added) validated by the
+    pydantic model ``schema``; a validation error is a MergeError naming the file and each bad key."""
+    try:
+        return schema.model_validate({**read_mapping(path, what), **(extra or {})})
+    except ValidationError as err:
+        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
 
 
 def parse_value(text: str, where: str) -> Any:

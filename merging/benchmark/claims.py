@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from merging.benchmark.results import markdown_table, read_rows
-from merging.config import describe_errors, read_mapping
-from merging.errors import MergeError
+from merging.config import read_validated
 from merging.io.atomic import atomic_write_text
 
 from .experiment import CONFIGS, preset_parameters
@@ -85,10 +84,7 @@ class ClaimsFile(_Strict):
 
 
 def load_claims(path: Path = CLAIMS_FILE) -> list[Claim]:
-    try:
-        return ClaimsFile.model_validate(read_mapping(path, "claims file")).claims
-    except ValidationError as err:
-        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    return read_validated(path, ClaimsFile, "claims file").claims
 
 
 @dataclass

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from merging.batchnorm import MODES
 from merging.benchmark.metrics import normalized_score
 from merging.benchmark.results import append_row, pivot_table, rebuild_markdown
-from merging.config import MergeConfig, check_parameters, describe_errors, read_mapping, validate_config
+from merging.config import MergeConfig, check_parameters, read_validated, validate_config
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 from merging.registry import get_method, known_methods
@@ -78,12 +78,7 @@ def _method_yaml(domain: str, method: str) -> dict[str, Any]:
     """The method's parameters and validation grid (``method_file``); read once per process (every summary
     rebuild asks again)."""
     path = method_file(domain, method)
-    raw = read_mapping(path) if path.is_file() else {}
-    try:
-        MethodFile.model_validate(raw)
-    except ValidationError as err:
-        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
-    return raw
+    return read_validated(path, MethodFile, "method file").model_dump(exclude_none=True) if path.is_file() else {}
 
 
 def method_config(domain: str, method: str, overrides: dict[str, Any]

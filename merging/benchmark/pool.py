@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from merging.config import describe_errors, read_mapping
+from merging.config import read_validated
 from merging.errors import MergeError
 
 from .domain import Domain
@@ -58,11 +58,7 @@ def load_pool(path: str | Path, schema: type[Pool]) -> Pool:
     """Read and check a pool YAML against ``schema``: unknown keys, unknown tasks and checkpoints of unlisted
     tasks are errors (so is a file that is not a YAML mapping)."""
     path = Path(path)
-    raw = read_mapping(path, "pool file")
-    try:
-        pool = schema.model_validate(raw)
-    except ValidationError as err:
-        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    pool = read_validated(path, schema, "pool file")
     for task in pool.tasks:
         try:
             pool.domain.spec(pool, task)

