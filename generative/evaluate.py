@@ -8,36 +8,52 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
+from merging.logs import future_warnings_silenced
 
 from .lm_eval_tasks import METRIC, Kind
 
+EXPECTED = ("model kwarg is not of type `str`",       # we pass the in-memory model on purpose, every time
+            "Passed an already-initialized model",    # the same notice, lm-eval 0.4.13's wording
+            "Overwriting default num_fewshot")         # we ask for zero-shot on purpose
 
-class _ModelObjectNotice(logging.Filter):
-    """Drops lm-eval's notice that HFLM was given a model object rather than a name: we pass the in-memory model
-    on purpose, at every task and grid point."""
+
+class _ExpectedNotices(logging.Filter):
+    """Drops lm-eval's notices about what we do on purpose (``EXPECTED``), repeated at every task and grid point."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "model kwarg is not of type `str`" not in record.getMessage()
+        return not any(notice in record.getMessage() for notice in EXPECTED)
 
 
 @contextlib.contextmanager
-def _expected_notices_silenced() -> Iterator[None]:
-    """lm-eval's model-object notice and the FutureWarnings of the libraries it drives, for the duration."""
-    logger, notice = logging.getLogger("lm_eval.models.huggingface"), _ModelObjectNotice()
-    logger.addFilter(notice)
+def expected_notices_silenced() -> Iterator[None]:
+    """For the duration: lm-eval's expected notices, the FutureWarnings of the libraries it drives (transformers,
+    peft), the datasets library's per-split "Generating" bars, and lm-eval's ``git describe`` of the current
+    folder (its "fatal: not a git repository" outside a checkout; the toolkit's own commit is recorded instead)."""
+    import datasets
+    import lm_eval.evaluator
+
+    from merging.run import git_sha
+
+    loggers = [logging.getLogger(name) for name in ("lm_eval.models.huggingface", "lm_eval.evaluator")]
+    notice, bars = _ExpectedNotices(), datasets.is_progress_bar_enabled()
+    for logger in loggers:
+        logger.addFilter(notice)
+    datasets.disable_progress_bars()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        with future_warnings_silenced(), mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", git_sha):
             yield
     finally:
-        logger.removeFilter(notice)
+        for logger in loggers:
+            logger.removeFilter(notice)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def evaluate(model: Any, tokenizer: Any, task_dir: Path, tasks: dict[str, Kind], out_json: Path | None = None,
@@ -55,7 +71,7 @@ def evaluate(model: Any, tokenizer: Any, task_dir: Path, tasks: dict[str, Kind],
     unknown = sorted(set(tasks) - set(manager.all_tasks))
     if unknown:
         raise MergeError(f"task(s) {unknown} have no YAML in {task_dir} (found {sorted(manager.all_tasks)})")
-    with _expected_notices_silenced():
+    with expected_notices_silenced():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=0,
                                           limit=limit, log_samples=False, bootstrap_iters=0)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from merging.errors import MergeError
 from merging.io.atomic import atomic_directory
 from merging.io.lora import LoraAdapter, write_lora_adapter
+from merging.logs import future_warnings_silenced
 from merging.lora_merge import Factors, merge_deltas, sources, to_factors
 from merging.methods.base import DataDrivenInputs, Params
 from merging.methods.from_lora import default_rank
@@ -118,7 +119,8 @@ def write_outputs(out: Path, base_folder: Path, factors: dict[str, Factors], ran
         write_lora_adapter(tmp / "adapter", factors, rank, alpha, {**template, "base_model_name_or_path":
                                                                     str(base_folder)}, torch.float32)
         base = AutoModelForCausalLM.from_pretrained(base_folder, dtype="float32")
-        PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload().save_pretrained(tmp / "model")
+        with future_warnings_silenced():  # peft's deprecation notices on every load
+            PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload().save_pretrained(tmp / "model")
         AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp / "model")
         (tmp / "merge.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
     return Path(out)

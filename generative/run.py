@@ -34,6 +34,7 @@ from merging.io.atomic import atomic_write_text
 from merging.io.checkpoint import resolve_model_ref
 from merging.io.lora import read_lora_adapter, write_lora_adapter
 from merging.io.pypi import cache_dir
+from merging.logs import future_warnings_silenced
 from merging.registry import get_method, known_methods
 from merging.run import run_merge, run_stamp
 
@@ -62,11 +63,12 @@ def scores_of(model_ref: str | Path, split: data.Split, tasks: list[str], limit:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model_ref(str(model_ref))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
-    if adapter is not None:
-        from peft import PeftModel
+    with future_warnings_silenced():  # peft's deprecation notices, at every grid point
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+        if adapter is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
     local = data.local_tasks(split, tasks)
     task_dir = write_tasks(local, cache_dir() / "generative" / "lm_eval" / split)
     return evaluate(model, AutoTokenizer.from_pretrained(folder), task_dir, {t.name: t.kind for t in local},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -84,3 +85,12 @@ def quiet_model_loads() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def future_warnings_silenced() -> Iterator[None]:
+    """For the duration, no FutureWarning: the deprecation notices transformers and peft give on every model
+    load (``is_gradient_checkpointing`` …), repeated at every grid point, that a user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield

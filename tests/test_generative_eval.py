@@ -13,6 +13,7 @@ from tiny_lm import tiny_byte_llama
 from generative.evaluate import evaluate
 from generative.lm_eval_tasks import LocalTask, write_tasks
 from merging.errors import MergeError
+from merging.run import git_sha
 
 pytest.importorskip("lm_eval")
 CHOICES = ["yes", "no", "maybe"]
@@ -69,11 +70,16 @@ def test_bad_tasks_are_errors_naming_them(tiny_lm, tmp_path):
         evaluate(*tiny_lm, folder, {"missing": "exact_match"})
 
 
-def test_lm_eval_given_our_model_object_raises_no_notice(tiny_lm, tmp_path, caplog):
+def test_lm_eval_says_nothing_about_what_we_do_on_purpose(tiny_lm, tmp_path, caplog, capfd, monkeypatch):
     model, tokenizer = tiny_lm
     folder = write_tasks([LocalTask("mc", "multiple_choice", [{"input": "q?", "choices": CHOICES, "label": 0}])],
                          tmp_path / "tasks")
+    monkeypatch.chdir(tmp_path)  # outside a git checkout: lm-eval's own `git describe` would say "fatal: …"
     with caplog.at_level("WARNING"):
-        evaluate(model, tokenizer, folder, {"mc": "multiple_choice"}, batch_size=1)
-    assert "not of type `str`" not in caplog.text
-    assert not logging.getLogger("lm_eval.models.huggingface").filters  # the filter is removed afterwards
+        evaluate(model, tokenizer, folder, {"mc": "multiple_choice"}, tmp_path / "out.json", batch_size=1)
+    said = caplog.text + capfd.readouterr().err
+    for notice in ("not of type `str`", "already-initialized model", "Overwriting default num_fewshot",
+                   "not a git repository", "Generating test split"):
+        assert notice not in said, notice
+    assert not logging.getLogger("lm_eval.models.huggingface").filters  # the filters are removed afterwards
+    assert json.loads((tmp_path / "out.json").read_text())["git_hash"] == git_sha()  # the toolkit's commit
