@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from merging.benchmark.domain import Domain, TaskSpec
 from merging.logs import fresh_head_load
 
-from . import tasks
+from . import files, tasks
 from .data import Example
 
 
@@ -42,9 +42,13 @@ class TextDomain(Domain):
     name = "discriminative"
 
     def spec(self, pool, task: str) -> TaskSpec:
+        if pool.data == "files":
+            return files.spec(pool.files[task], task)
         return tasks.spec(pool.data, task)
 
     def examples(self, pool, task: str, split: str) -> list[Example]:
+        if pool.data == "files":
+            return files.examples(pool.files[task], task, split)
         return tasks.examples(pool.data, task, split)
 
     def load_model(self, pool, folder: Path, task: str, fresh_head: bool = False) -> PreTrainedModel:

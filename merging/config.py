@@ -66,6 +66,7 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     parameters: dict[str, ParamValue] = {}
+    task: str | None = None  # data-driven merges (``data:``): the task this checkpoint was fine-tuned on
 
     _check_parameters = field_validator("parameters")(_finite_parameters)
 
@@ -89,6 +90,7 @@ class MergeConfig(BaseModel):
     allow_adapter_base_mismatch: bool = False
     layer_range: tuple[int, int] | None = None  # mergekit's single slice: it must cover every layer of the base
     origin: Literal["native", "mergekit"] = "native"
+    data: dict[str, Any] | None = None  # data-driven merges: the tasks' data (merging/data_merge.py checks it)
 
     _check_parameters = field_validator("parameters")(_finite_parameters)
 

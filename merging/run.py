@@ -184,9 +184,15 @@ def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust
 def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, trust_remote_code: bool = False,
               progress: bool = True, workers: int = 2, source_yaml: Path | None = None) -> dict[str, Any]:
     """Merge per ``cfg`` into ``out``; returns the run summary also written to ``merge_info.json``."""
-    if cfg.method in known_methods("data_driven"):
-        raise MergeError(f"method '{cfg.method}' reads data ({get_method(cfg.method).data}); run it on a benchmark "
-                         f"pool: python -m discriminative|vision|generative run --method {cfg.method}")
+    if cfg.data is not None or cfg.method in known_methods("data_driven"):
+        if cfg.data is None:
+            raise MergeError(f"method '{cfg.method}' reads data ({get_method(cfg.method).data}): give each model "
+                             f"its 'task' and the tasks' files in a 'data:' section (docs/data-driven.md), or run "
+                             f"it on a benchmark pool: python -m discriminative|vision|generative run --method "
+                             f"{cfg.method}")
+        from .data_merge import run_data_merge
+
+        return run_data_merge(cfg, out, overwrite=overwrite, progress=progress, source_yaml=source_yaml)
     spec = get_method(cfg.method, "per_tensor", "adapter")
     out = check_target(out, overwrite)
     if spec.kind == "adapter":

@@ -116,7 +116,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
                                        if k != "labels"} for i in range(0, len(train), 64)])
     model.eval()
     record = {"task": task, "seed": seed, "steps": total, "examples": len(train), "finetune": cfg.model_dump(),
-              **pool.model_dump(exclude={"name", "base", "tasks", "checkpoints", "head", "finetune", "data"}),
+              **pool.model_dump(mode="json", exclude={"name", "base", "tasks", "checkpoints", "head", "finetune", "data"}),
               "seconds": round(time.perf_counter() - started, 1),
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     with atomic_directory(folder, overwrite=True) as tmp:
