@@ -124,3 +124,82 @@ def test_the_cli_merge_equals_the_benchmark_merge_on_the_same_pool_and_data(trai
         written = load_file(root / f"{method}_same" / task / "model.safetensors")
         assert all(torch.equal(written[name], tensor) for name, tensor in body.items() if name in written)
         assert sum(name in written for name in body) > 10
+
+
+def _refused(root, cfg: dict, name: str, capsys) -> str:
+    code, out = _merge(root, cfg, name)
+    error = capsys.readouterr().err
+    assert code == 2 and "error:" in error and not (root / name).exists(), error
+    return error
+
+
+def _task(cfg: dict, task: str = "has_good") -> dict:
+    return cfg["data"]["tasks"][task]
+
+
+@pytest.mark.parametrize("case,named", [
+    ("missing file", ["nowhere.jsonl", "does not exist"]),
+    ("missing column", ["has_good_proxy.jsonl", "row 1", "'text'", "'sentence'"]),
+    ("label outside the head", ["bad_labels.jsonl", "row 2", "7", "2 labels"]),
+    ("label name unknown", ["bad_labels.jsonl", "row 2", "'maybe'"]),
+    ("not JSON", ["broken.jsonl", "line 2", "not JSON"]),
+    ("unsupported format", ["data.txt", ".jsonl"]),
+    ("task without a model", ["['has_good', 'has_sport']", "['extra', 'has_good', 'has_sport']"]),
+    ("model without a task", ["each model entry", "'task'"]),
+    ("unknown kind", ["data.kind 'speech'", "sequence_classification"]),
+    ("unknown key", ["data", "colour"]),
+    ("data-free method", ["'ties' reads no data"]),
+    ("greedy soup without validation", ["greedy_soup", "validation", "has_good"]),
+    ("bad parameter", ["iterations"]),
+])
+def test_bad_data_is_refused_before_any_weight_is_read_naming_file_column_and_value(trained, capsys, case, named):
+    root, config, _ = trained
+    cfg = config("frank_wolfe", {"iterations": 2})
+    bad = root / "data" / "bad_labels.jsonl"
+    if case == "missing file":
+        _task(cfg)["proxy"] = str(root / "data" / "nowhere.jsonl")
+    elif case == "missing column":
+        _task(cfg)["text"] = "text"
+    elif case in ("label outside the head", "label name unknown"):
+        value = 7 if case == "label outside the head" else "maybe"
+        bad.write_text(json.dumps({"sentence": "good film", "label": 1}) + "\n"
+                       + json.dumps({"sentence": "bad plot", "label": value}) + "\n")
+        _task(cfg)["proxy"] = str(bad)
+    elif case == "not JSON":
+        broken = root / "data" / "broken.jsonl"
+        broken.write_text('{"sentence": "good", "label": 1}\n{"sentence": oops}\n')
+        _task(cfg)["proxy"] = str(broken)
+    elif case == "unsupported format":
+        _task(cfg)["proxy"] = str(root / "data" / "data.txt")
+    elif case == "task without a model":
+        cfg["data"]["tasks"]["extra"] = dict(_task(cfg))
+    elif case == "model without a task":
+        del cfg["models"][0]["task"]
+    elif case == "unknown kind":
+        cfg["data"]["kind"] = "speech"
+    elif case == "unknown key":
+        cfg["data"]["colour"] = "red"
+    elif case == "data-free method":
+        cfg["method"] = "ties"
+    elif case == "greedy soup without validation":
+        cfg["method"], cfg["parameters"] = "greedy_soup", {}
+    elif case == "bad parameter":
+        cfg["parameters"] = {"iterations": -1}
+    error = _refused(root, cfg, case.replace(" ", "_"), capsys)
+    assert all(word in error for word in named), error
+
+
+def test_csv_and_parquet_tables_and_label_names_read_as_jsonl_does(trained, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from discriminative.files import FileTask, examples
+
+    rows = [{"sentence": "good film", "label": "positive"}, {"sentence": "bad plot", "label": "negative"}]
+    (tmp_path / "t.csv").write_text("sentence,label\n" + "".join(f"{r['sentence']},{r['label']}\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read = [examples(FileTask(proxy=tmp_path / f"t.{suffix}", text="sentence", num_labels=2,
+                              label_names=["negative", "positive"]), "t", "proxy")
+            for suffix in ("csv", "parquet", "jsonl")]
+    assert read[0] == read[1] == read[2] and [e.label for e in read[0]] == [1, 0]
