@@ -106,7 +106,7 @@ def test_unknown_config_key(bert_pool, tmp_path, capsys):
 def test_unknown_model_entry_key(bert_pool, tmp_path, capsys):
     config = native(bert_pool)
     config["models"][0]["weight"] = 0.5
-    assert_refused(tmp_path, capsys, config, "key 'models.0.weight'", "expected one of ['model', 'parameters']")
+    assert_refused(tmp_path, capsys, config, "key 'models.0.weight'", "expected one of ['model', 'parameters', 'task']")
 
 
 def test_unknown_method_parameter(bert_pool, tmp_path, capsys):
@@ -201,9 +201,9 @@ def test_methods_command_lists_every_registered_method(capsys):
     assert all(data != "none" for data in reads_data.values())
 
 
-def test_a_data_driven_method_is_refused_with_where_it_runs(bert_pool, tmp_path, capsys):
+def test_a_data_driven_method_without_data_is_refused_with_what_it_needs(bert_pool, tmp_path, capsys):
     assert_refused(tmp_path, capsys, native(bert_pool, method="regmean", parameters={}), "method 'regmean' reads data",
-                   "python -m discriminative|vision run --method regmean")
+                   "'data:' section (docs/data-driven.md)", "run --method regmean")
 
 
 def test_workers_must_be_positive(bert_pool, tmp_path, capsys):

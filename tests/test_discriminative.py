@@ -1,7 +1,6 @@
 """The discriminative pipeline end to end on a tiny BERT and two toy keyword tasks: fine-tune -> merge ->
 evaluate, result rows, and bad pool YAMLs."""
 import json
-import random
 
 import pytest
 import torch
@@ -10,44 +9,23 @@ import yaml
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and unaffected by a busy second core
 
 from discriminative import tasks
-from discriminative.data import Example, TaskSpec
+from discriminative.data import TaskSpec
+from discriminative.demo import keyword_examples as toy_split
+from discriminative.demo import write_base
 from discriminative.pool import load_pool
 from merging.benchmark.experiment import run_experiment
 from merging.benchmark.results import read_rows
 from merging.errors import MergeError
 
-WORDS = ["the", "a", "match", "film", "good", "bad", "sport", "team", "movie", "plot", "ball", "score"]
 SPECS = {"has_good": TaskSpec("has_good", "classification", 2, "accuracy"),
          "has_sport": TaskSpec("has_sport", "classification", 2, "accuracy")}
-SIZES = {"train": 240, "validation": 80, "test": 120, "proxy": 100}
-
-
-def toy_split(task: str, split: str) -> list[Example]:
-    keyword = {"has_good": "good", "has_sport": "sport"}[task]
-    rng = random.Random(f"{task}/{split}")
-    examples = []
-    for _ in range(SIZES[split]):
-        words = [rng.choice([w for w in WORDS if w != keyword]) for _ in range(6)]
-        label = rng.random() < 0.5
-        if label:
-            words[rng.randrange(6)] = keyword
-        examples.append(Example(" ".join(words), int(label)))
-    return examples
 
 
 @pytest.fixture
 def toy_pool(tmp_path, monkeypatch):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(tasks.PROVIDERS, "toy", lambda: (SPECS.__getitem__, toy_split))
-    base = tmp_path / "base"
-    base.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(base)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64)).save_pretrained(base)
+    base = write_base(tmp_path / "base")
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump({"name": "toy", "base": str(base), "tasks": list(SPECS), "data": "toy",
                                     "max_length": 16,

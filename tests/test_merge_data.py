@@ -2,67 +2,43 @@
 BERT classifiers fine-tuned on two JSONL keyword tasks, merged by FW, RegMean and AdaMerging from a config with a
 ``data:`` section; the outputs load and beat the pre-trained encoder; the CLI's FW merge equals the benchmark's on
 the same pool and data; every bad-data case is refused before any weight is read."""
+import copy
 import json
 
 import pytest
 import torch
 import yaml
-from test_discriminative import SPECS, WORDS, toy_split
 
+from discriminative.demo import KEYWORDS as SPECS
+from discriminative.demo import write_demo
 from discriminative.pool import load_pool
 from merging.benchmark.evaluate import Evaluator
 from merging.benchmark.experiment import merged_body, run_experiment
-from merging.benchmark.store import checkpoint_folder
 from merging.cli import main
 
 torch.set_num_threads(1)
-SPLITS = ("proxy", "validation", "test")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(root, a merge-config writer, the path of a ``data: files`` pool YAML over the tasks' JSONL files): the base
-    encoder and the pool's two fine-tuned checkpoints, in this module's own cache."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
+    """(root, a merge-config writer, the path of the ``data: files`` pool YAML): the demo's base encoder, JSONL
+    files and pool (discriminative/demo.py) with its two fine-tuned checkpoints, in this module's own cache."""
     root = tmp_path_factory.mktemp("merge_data")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MERGING_CACHE", str(root / "cache"))
-        base = root / "base"
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-        BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(base)
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=64)).save_pretrained(base)
-        files = {}
-        for task in SPECS:
-            files[task] = {"text": "sentence", "label": "label", "num_labels": 2}
-            for split in (*SPLITS, "train"):
-                path = root / "data" / f"{task}_{split}.jsonl"
-                path.parent.mkdir(exist_ok=True)
-                path.write_text("".join(json.dumps({"sentence": e.text, "label": e.label}) + "\n"
-                                        for e in toy_split(task, split)))
-                files[task][split] = str(path)
-        pool_yaml = root / "pool.yaml"
-        pool_yaml.write_text(yaml.safe_dump({"name": "files", "base": str(base), "tasks": list(SPECS), "data": "files",
-                                             "files": files, "max_length": 16,
-                                             "finetune": {"epochs": 5, "lr": 3e-3, "batch_size": 16, "seeds": [0]}}))
-        pool = load_pool(pool_yaml)
-        run_experiment(pool, "finetuned", "files", {}, progress=False, outs=root / "outs")
-        models = {task: str(checkpoint_folder(pool, task, 0)) for task in SPECS}
+        demo = yaml.safe_load(write_demo(root).read_text())
+        run_experiment(load_pool(root / "pool.yaml"), "finetuned", "demo", {}, progress=False, outs=root / "outs")
 
-        def config(method: str, parameters: dict, **data) -> dict:
-            tasks = {t: {"proxy": files[t]["proxy"], "test": files[t]["test"], "text": "sentence"} for t in SPECS}
-            return {"method": method, "base": str(base), "models": [{"model": models[t], "task": t} for t in SPECS],
-                    "parameters": parameters, "data": {"kind": "sequence_classification", "head": pool.head,
-                                                       "max_length": 16, "tasks": tasks, **data}}
-        yield root, config, pool_yaml  # the cache stays this module's until its last test
+        def config(method: str, parameters: dict) -> dict:
+            return {**copy.deepcopy(demo), "method": method, "parameters": parameters}
+        yield root, config, root / "pool.yaml"  # the cache stays this module's until its last test
 
 
-def _merge(root, cfg: dict, name: str) -> tuple[int, str]:
+def _merge(root, cfg: dict, name: str) -> int:
+    """``python -m merging merge`` of ``cfg`` into root/name; its exit status."""
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return main(["merge", str(path), "--out", str(root / name), "--quiet"]), str(root / name)
+    return main(["merge", str(path), "--out", str(root / name), "--quiet"])
 
 
 def _accuracy(folder, task: str, root) -> float:
@@ -98,8 +74,7 @@ def _pretrained_accuracy(root, config, task: str) -> float:
 def test_a_data_driven_merge_from_the_cli_writes_task_models_that_beat_the_pretrained_encoder(
         trained, method, parameters):
     root, config, _ = trained
-    code, _ = _merge(root, config(method, parameters), method)
-    assert code == 0
+    assert _merge(root, config(method, parameters), method) == 0
     info = json.loads((root / method / "merge_info.json").read_text())
     assert info["method"] == method and set(info["tasks"]) == set(SPECS)
     if method == "frank_wolfe":
@@ -114,8 +89,7 @@ def test_a_data_driven_merge_from_the_cli_writes_task_models_that_beat_the_pretr
 def test_the_cli_merge_equals_the_benchmark_merge_on_the_same_pool_and_data(trained, method, parameters):
     """(RegMean is checked here only: on this toy its merge predicts one class, through either path.)"""
     root, config, pool_yaml = trained
-    code, _ = _merge(root, config(method, parameters), f"{method}_same")
-    assert code == 0
+    assert _merge(root, config(method, parameters), f"{method}_same") == 0
     pool = load_pool(pool_yaml)
     body, _ = merged_body(pool, Evaluator(pool, "validation", 0), method, parameters, [], 0, [(t, 0) for t in SPECS])
     from safetensors.torch import load_file
@@ -127,7 +101,7 @@ def test_the_cli_merge_equals_the_benchmark_merge_on_the_same_pool_and_data(trai
 
 
 def _refused(root, cfg: dict, name: str, capsys) -> str:
-    code, out = _merge(root, cfg, name)
+    code = _merge(root, cfg, name)
     error = capsys.readouterr().err
     assert code == 2 and "error:" in error and not (root / name).exists(), error
     return error
