@@ -34,6 +34,7 @@ from merging.errors import MergeError
 from merging.io.atomic import atomic_directory, check_target
 from merging.io.checkpoint import resolve_model_ref
 from merging.logs import quiet_model_loads
+from merging.model_card import model_card
 from merging.registry import get_method
 from merging.run import git_sha
 
@@ -125,24 +126,19 @@ def merge(cfg: MergeConfig, out: Path, *, overwrite: bool = False, progress: boo
             checkpoint = validation.checkpoint(task)
             model = with_merged_body(validation.model(checkpoint, task), body, pool.head)
             pool.domain.save_model(model, pool.domain.processor(pool, checkpoint), folder / task)
-        (folder / "merge_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False))
+        config_yaml = yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False)
+        (folder / "merge_config.yaml").write_text(config_yaml)
         (folder / "merge_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        (folder / "README.md").write_text(model_card(cfg, pool, info))
+        (folder / "README.md").write_text(classifier_card(cfg, pool, info, config_yaml))
     return {k: v for k, v in info.items() if k != "log"}
 
 
-def model_card(cfg: MergeConfig, pool: TextPool, info: dict[str, Any]) -> str:
-    """A Hugging Face model card: metadata header, what was merged with what, how to load a task's model."""
-    header = yaml.safe_dump({"library_name": "transformers", "base_model": cfg.base, "tags": ["merge", cfg.method],
-                             "pipeline_tag": "text-classification"}, sort_keys=False)
+def classifier_card(cfg: MergeConfig, pool: TextPool, info: dict[str, Any], config_yaml: str) -> str:
     summary = (f"The body of {len(pool.tasks)} fine-tuned checkpoints of `{cfg.base}` merged with **{cfg.method}** "
                f"({info['paper']}) on the tasks' data; each task keeps its own head (`{'`, `'.join(pool.head)}`).")
-    lines = [f"---\n{header}---", f"# Merged sequence classifiers ({cfg.method})", "", summary, "",
-             "| task | checkpoint | folder |", "|---|---|---|",
-             *(f"| {e.task} | `{e.model}` | `{e.task}/` |" for e in cfg.models), "",
-             "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-             f"model = AutoModelForSequenceClassification.from_pretrained('{pool.tasks[0]}')",
-             f"tokenizer = AutoTokenizer.from_pretrained('{pool.tasks[0]}')", "```", "",
-             "`merge_info.json` holds the method's log; the configuration:", "", "```yaml",
-             yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False).rstrip(), "```", ""]
-    return "\n".join(lines)
+    return model_card({"library_name": "transformers", "base_model": cfg.base, "tags": ["merge", cfg.method],
+                       "pipeline_tag": "text-classification"}, f"Merged sequence classifiers ({cfg.method})", summary,
+                      [["task", "checkpoint", "folder"], *([e.task, f"`{e.model}`", f"`{e.task}/`"] for e in cfg.models)],
+                      ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                       f"model = AutoModelForSequenceClassification.from_pretrained('{pool.tasks[0]}')",
+                       f"tokenizer = AutoTokenizer.from_pretrained('{pool.tasks[0]}')"], config_yaml)

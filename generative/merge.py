@@ -109,9 +109,10 @@ def merge_adapters(method: str, params: dict[str, Any], adapters: Sequence[LoraA
 
 
 def write_outputs(out: Path, base_folder: Path, factors: dict[str, Factors], rank: int, alpha: float,
-                  template: dict[str, Any], info: dict[str, Any], overwrite: bool = True) -> Path:
-    """``out/adapter`` (peft LoRA folder), ``out/model`` (base + the adapter's ΔW, with the tokenizer) and
-    ``out/merge.json``, written atomically."""
+                  template: dict[str, Any], info: dict[str, Any], overwrite: bool = True,
+                  files: dict[str, str] | None = None, info_name: str = "merge.json") -> Path:
+    """``out/adapter`` (peft LoRA folder), ``out/model`` (base + the adapter's ΔW, with the tokenizer),
+    ``out/<info_name>`` (``info`` as JSON) and the text ``files`` by name, written atomically."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,5 +123,7 @@ def write_outputs(out: Path, base_folder: Path, factors: dict[str, Factors], ran
         with future_warnings_silenced():  # peft's deprecation notices on every load
             PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload().save_pretrained(tmp / "model")
         AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp / "model")
-        (tmp / "merge.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+        (tmp / info_name).write_text(json.dumps(info, indent=1, default=str) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out)

@@ -27,7 +27,8 @@ from .config import MergeConfig
 from .errors import MergeError
 from .registry import known_methods
 
-KINDS = {"sequence_classification": "discriminative.merge_data"}  # data.kind -> the module whose merge() runs it
+KINDS = {"sequence_classification": "discriminative.merge_data",  # data.kind -> the module whose merge() runs it
+         "causal_lm": "generative.merge_data"}
 
 
 def check_data_request(cfg: MergeConfig) -> str:

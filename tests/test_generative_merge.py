@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from tiny_lm import tiny_byte_llama
 
 from generative import data
@@ -160,3 +161,40 @@ def test_the_paper_configs_name_the_official_checkpoints():
     offline = load_pool(CONFIGS / "smollm2_16_lora.yaml")
     assert len(offline.tasks) == 16 and offline.training_config().r == 8 and offline.training_config().alpha == 16
     assert set(offline.tasks) == set(data.entries())
+
+
+def test_lora_adapters_merge_by_fw_from_the_merge_cli_on_prompt_answer_files(tiny_pool, tmp_path, capsys):
+    """``python -m merging merge`` with ``data.kind: causal_lm``: the same adapter merge and objective as the
+    benchmark, on the user's JSONL; a bad file or a method that cannot merge adapters is refused first."""
+    from merging.cli import main as merge_main
+
+    trained = tiny_pool()
+    main(["finetune", "--pool", str(trained)])
+    folders = load_pool(trained).candidates(0)
+    files = {}
+    for task, rows in {"qa": [("Q: capital of France?", "Paris"), ("Q: 2 + 2?", "4")],
+                       "yesno": [("Is the sky blue?", "yes"), ("Is fire cold?", "no")]}.items():
+        files[task] = tmp_path / f"{task}.jsonl"
+        files[task].write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
+    config = {"method": "frank_wolfe", "base": str(tmp_path / "tiny"), "parameters": {"iterations": 2},
+              "models": [{"model": str(folders[t]), "task": t} for t in files],
+              "data": {"kind": "causal_lm", "tasks": {t: {"proxy": str(f)} for t, f in files.items()}}}
+
+    def merge(name: str, **changes) -> int:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**config, **changes}))
+        return merge_main(["merge", str(path), "--out", str(tmp_path / name), "--quiet"])
+
+    assert merge("fw") == 0
+    info = json.loads((tmp_path / "fw" / "merge_info.json").read_text())
+    assert len(info["log"]["history"]) == 2 and info["log"]["history"][0]["objective"] > 0
+    assert "library_name: peft" in (tmp_path / "fw" / "README.md").read_text()
+    assert (tmp_path / "fw" / "merge_config.yaml").is_file()
+    _assert_outputs_agree(tmp_path / "fw", tmp_path / "tiny")
+    capsys.readouterr()
+    files["qa"].write_text(json.dumps({"question": "Q?", "answer": "A"}) + "\n")
+    assert merge("no_prompt") == 2
+    assert "qa.jsonl: row 1 has no column 'prompt'" in capsys.readouterr().err
+    assert merge("regmean", method="regmean", parameters={}) == 2
+    assert "regmean does not merge LoRA adapters" in capsys.readouterr().err
+    assert not (tmp_path / "no_prompt").exists() and not (tmp_path / "regmean").exists()
