@@ -8,6 +8,8 @@ parquet file per split (merging/io/tables.py), its text column (two for a senten
         validation: data/sentiment_val.jsonl  # held-out choice (grids, greedy soup); default: none
         test: data/sentiment_test.jsonl       # scores; AdaMerging's unlabelled inputs (default: the proxy's)
         train: data/sentiment_train.jsonl     # fine-tuning; FW soft's fresh draws (default: the proxy)
+                                              # a split may also be a hub data set's: {hub: REPO, name: CONFIG,
+                                              #   split: "train[:100]"} (datasets.load_dataset)
         text: sentence                        # or [premise, hypothesis]
         label: label                          # integers 0 … num_labels − 1, or names listed in label_names
         num_labels: 2
@@ -30,12 +32,28 @@ from .data import Example
 FALLBACK = {"test": "proxy", "train": "proxy"}  # a split without its own file reads these
 
 
+class HubSplit(BaseModel):
+    """A split of a Hugging Face hub data set (``datasets.load_dataset(hub, name, split=split)``), e.g.
+    ``{hub: nyu-mll/glue, name: sst2, split: "train[:100]"}``; needs hub access or its cached copy."""
+
+    model_config = ConfigDict(extra="forbid")
+    hub: str = Field(min_length=1)
+    name: str | None = None
+    split: str = "train"
+
+    def __str__(self) -> str:
+        return f"hub data set {self.hub}" + (f" ({self.name})" if self.name else "") + f", split {self.split}"
+
+
+Source = Path | HubSplit
+
+
 class FileTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    proxy: Path
-    validation: Path | None = None
-    test: Path | None = None
-    train: Path | None = None
+    proxy: Source
+    validation: Source | None = None
+    test: Source | None = None
+    train: Source | None = None
     text: list[str] = Field(min_length=1, max_length=2)
     label: str = "label"
     num_labels: int = Field(gt=0)  # 1 for regression
@@ -48,7 +66,7 @@ class FileTask(BaseModel):
     def _one_column(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
-    def file(self, split: str) -> Path:
+    def file(self, split: str) -> Source:
         """The file of ``split`` (or of its ``FALLBACK``); a split without one is a MergeError."""
         path = getattr(self, split, None) if split in ("proxy", "validation", "test", "train") else None
         if path is None and split in FALLBACK:
@@ -65,16 +83,27 @@ def spec(task: FileTask, name: str) -> TaskSpec:
 def examples(task: FileTask, name: str, split: str) -> list[Example]:
     """The examples of ``split`` of task ``name``; read once per process."""
     try:
-        path = task.file(split)
+        task.file(split)  # a split without a file is named with its task
     except MergeError as err:
         raise MergeError(f"task '{name}': {err}") from None
-    return _read(task.model_dump_json(), str(path))
+    return _read(task.model_dump_json(), split)
+
+
+def rows_of(source: Source) -> list[dict]:
+    """The rows of a local table file or of a hub data set's split."""
+    if isinstance(source, HubSplit):
+        from merging.benchmark.hub_data import load_hub_dataset
+
+        return list(load_hub_dataset(source.hub, source.name, source.split))
+    return read_table(source)
 
 
 @functools.cache
-def _read(task_json: str, path: str) -> list[Example]:
+def _read(task_json: str, split: str) -> list[Example]:
     task = FileTask.model_validate_json(task_json)
-    rows = read_table(path)
+    source = task.file(split)
+    path = str(source)
+    rows = rows_of(source)
     require_columns(rows, [*task.text, task.label], path)
     return [Example(*(_string(row[c], path, i, c) for c in task.text[:1]), _label(task, row[task.label], path, i),
                     *(_string(row[c], path, i, c) for c in task.text[1:]))

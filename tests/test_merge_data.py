@@ -177,3 +177,19 @@ def test_csv_and_parquet_tables_and_label_names_read_as_jsonl_does(trained, tmp_
                               label_names=["negative", "positive"]), "t", "proxy")
             for suffix in ("csv", "parquet", "jsonl")]
     assert read[0] == read[1] == read[2] and [e.label for e in read[0]] == [1, 0]
+
+
+def test_a_split_may_come_from_a_hub_data_set(monkeypatch):
+    from discriminative import files
+    from merging.benchmark import hub_data
+
+    asked = []
+
+    def fake_hub(repo, name=None, split=None):
+        asked.append((repo, name, split))
+        return [{"sentence": "good film", "label": 1}, {"sentence": "bad plot", "label": 0}]
+    monkeypatch.setattr(hub_data, "load_hub_dataset", fake_hub)
+    task = files.FileTask.model_validate({"proxy": {"hub": "nyu-mll/glue", "name": "sst2", "split": "train[:2]"},
+                                          "text": "sentence", "num_labels": 2})
+    assert [e.label for e in files.examples(task, "sst2", "proxy")] == [1, 0]
+    assert asked == [("nyu-mll/glue", "sst2", "train[:2]")]
