@@ -43,7 +43,7 @@ class TextDomain(Domain):
 
     def spec(self, pool, task: str) -> TaskSpec:
         if pool.data == "files":
-            return files.spec(pool.files[task], task)
+            return pool.files[task].spec(task)
         return tasks.spec(pool.data, task)
 
     def examples(self, pool, task: str, split: str) -> list[Example]:
