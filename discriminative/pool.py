@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from merging.benchmark.domain import Domain
 from merging.benchmark.pool import PoolConfig
@@ -28,15 +28,6 @@ class TextPool(PoolConfig):
     head: list[str] = [r"^bert\.pooler\.", r"^classifier\."]
     max_length: int = Field(64, gt=0)
     files: dict[str, FileTask] = {}  # data: files (discriminative/files.py): each task's own files
-
-    @model_validator(mode="after")
-    def _files_for_every_task(self) -> TextPool:
-        if (self.data == "files") != bool(self.files):
-            raise ValueError("'files' goes with 'data: files' (each task's own data files), and only with it")
-        missing = [t for t in self.tasks if self.files and t not in self.files]
-        if missing:
-            raise ValueError(f"files: no entry for task(s) {missing}")
-        return self
 
 
 def load_pool(path: str | Path) -> TextPool:

@@ -28,6 +28,7 @@ from .errors import MergeError
 from .registry import known_methods
 
 KINDS = {"sequence_classification": "discriminative.merge_data",  # data.kind -> the module whose merge() runs it
+         "image_classification": "vision.merge_data",
          "causal_lm": "generative.merge_data"}
 
 

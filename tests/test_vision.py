@@ -444,3 +444,64 @@ def test_the_linear_probe_beats_chance_and_reports_each_task(toy_vision_pool, ca
     err = capsys.readouterr().err
     assert all(probe[task] > 60 for task in pool.tasks), probe  # two-way toy tasks: chance is 50
     assert "probe 1/2 bright:" in err and "probe 2/2 reddish:" in err
+
+
+def test_image_classifiers_merge_from_the_merge_cli_on_image_tables(tmp_path, monkeypatch, capsys):
+    """``python -m merging merge`` with ``data.kind: image_classification``: ViT classifiers fine-tuned on the toy
+    tasks, written as PNG files listed in CSV tables; the merge is the benchmark's (same weights), each task's
+    folder loads with transformers, and a picture that cannot be read is named before any weight is."""
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from merging.benchmark.evaluate import Evaluator
+    from merging.benchmark.experiment import merged_body
+    from merging.benchmark.store import checkpoint_folder
+    from merging.cli import main as merge_main
+    from vision import files as vision_files
+
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    files = {}
+    for task in SPECS:
+        files[task] = {"image": "file", "num_labels": 2}
+        for split in SIZES:
+            folder = tmp_path / "data" / task / split
+            folder.mkdir(parents=True)
+            pictures = toy_split(task, split)
+            lines = ["file,label"]
+            for i in range(len(pictures)):
+                Image.fromarray(pictures.images[i].numpy()).save(folder / f"{i}.png")
+                lines.append(f"{split}/{i}.png,{int(pictures.labels[i])}")
+            (tmp_path / "data" / task / f"{split}.csv").write_text("\n".join(lines) + "\n")
+            files[task][split] = str(tmp_path / "data" / task / f"{split}.csv")
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                        image_size=16, patch_size=4, num_labels=2)).save_pretrained(tmp_path / "vit")
+    pool_yaml = tmp_path / "pool.yaml"
+    pool_yaml.write_text(yaml.safe_dump({"name": "files_vit", "model": "hf", "base": str(tmp_path / "vit"),
+                                         "tasks": list(SPECS), "head": ["^classifier\\."], "image_size": 16,
+                                         "data": "files", "files": files,
+                                         "finetune": {"epochs": 6, "lr": 2e-3, "batch_size": 16, "seeds": [0]}}))
+    pool = load_pool(pool_yaml)
+    finetuned, = run_experiment(pool, "finetuned", "vit", {}, progress=False, outs=tmp_path / "outs")
+    assert finetuned["bright"] > 85, finetuned  # the pictures read from the files are the toy tasks'
+    parameters = {"iterations": 2, "lambda": 0.5}
+    config = {"method": "frank_wolfe", "base": str(tmp_path / "vit"), "parameters": parameters,
+              "models": [{"model": str(checkpoint_folder(pool, t, 0)), "task": t} for t in SPECS],
+              "data": {"kind": "image_classification", "head": ["^classifier\\."], "image_size": 16,
+                       "tasks": {t: {"proxy": files[t]["proxy"], "test": files[t]["test"], "image": "file"}
+                                 for t in SPECS}}}
+    (tmp_path / "fw.yaml").write_text(yaml.safe_dump(config))
+    assert merge_main(["merge", str(tmp_path / "fw.yaml"), "--out", str(tmp_path / "merged"), "--quiet"]) == 0
+    body, _ = merged_body(pool, Evaluator(pool, "validation", 0), "frank_wolfe", parameters, [], 0,
+                          [(t, 0) for t in SPECS])
+    for task in SPECS:
+        written = load_file(tmp_path / "merged" / task / "model.safetensors")
+        assert all(torch.equal(written[name], tensor) for name, tensor in body.items() if name in written)
+        assert sum(name in written for name in body) > 10
+        ViTForImageClassification.from_pretrained(tmp_path / "merged" / task)  # loads as a classifier
+    (tmp_path / "data" / "bright" / "proxy" / "3.png").write_text("not a picture")
+    vision_files._read.cache_clear()  # a split is read once per process; a new command line reads it again
+    capsys.readouterr()
+    assert merge_main(["merge", str(tmp_path / "fw.yaml"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "proxy.csv: row 4, column 'file': cannot read image" in capsys.readouterr().err

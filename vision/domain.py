@@ -25,6 +25,8 @@ class VisionDomain(Domain):
     statistics = STATISTICS
 
     def spec(self, pool, task: str) -> TaskSpec:
+        if pool.data == "files":
+            return pool.files[task].spec(task)
         if pool.data == "offline":
             return data.task_spec(task)
         if pool.data == "hub":
@@ -32,9 +34,13 @@ class VisionDomain(Domain):
 
             return hub_spec(task, repo(pool, task))
         raise MergeError(f"pool '{pool.name}': unknown data '{pool.data}' for the vision domain; expected "
-                         f"offline or hub")
+                         f"offline, hub or files")
 
     def examples(self, pool, task: str, split: str) -> data.PictureSet:
+        if pool.data == "files":
+            from .files import examples
+
+            return examples(pool.files[task], task, split, pool.image_size)
         if pool.data == "hub":
             from .hub import hub_splits, repo
 

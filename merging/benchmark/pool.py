@@ -8,7 +8,8 @@ how missing checkpoints are fine-tuned. A domain subclasses ``PoolConfig`` with 
     checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache
     head: ['^bert\\.pooler\\.', '^classifier\\.']   # per-task parameters, never merged
     finetune: {epochs: 3, lr: 5.0e-5, batch_size: 16, seeds: [0, 1, 2], warmup: 0.06}
-    data: offline                          # where the tasks' examples come from (domain-specific sources)
+    data: offline                          # where the tasks' examples come from (domain-specific sources), or
+                                           # files: your own, per task under files: (merging/benchmark/files.py)
 
 ``finetune.seeds`` are the pool's fine-tuning seeds: each seed is one full pool (one checkpoint per task), and
 every experiment row is computed on each of them, so tables report a mean and a spread over seeds. A task
@@ -19,12 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from merging.config import read_validated
 from merging.errors import MergeError
 
 from .domain import Domain
+from .files import TaskFiles
 
 
 class FinetuneConfig(BaseModel):
@@ -49,6 +51,17 @@ class PoolConfig(BaseModel):
     head: list[str] = Field(min_length=1)
     finetune: FinetuneConfig = FinetuneConfig()
     data: str = "offline"
+    files: dict[str, TaskFiles] = {}  # data: files: each task's own files (merging/benchmark/files.py; a domain
+                                      # narrows the type with its input columns)
+
+    @model_validator(mode="after")
+    def _files_for_every_task(self) -> PoolConfig:
+        if (self.data == "files") != bool(self.files):
+            raise ValueError("'files' goes with 'data: files' (each task's own data files), and only with it")
+        missing = [t for t in self.tasks if self.files and t not in self.files]
+        if missing:
+            raise ValueError(f"files: no entry for task(s) {missing}")
+        return self
 
 
 Pool = TypeVar("Pool", bound=PoolConfig)
