@@ -28,12 +28,13 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from merging.benchmark.files import Source, rows_of
 from merging.config import MergeConfig, check_parameters, describe_errors
 from merging.errors import MergeError
 from merging.io.atomic import check_target
 from merging.io.checkpoint import resolve_model_ref
 from merging.io.lora import read_lora_adapter
-from merging.io.tables import read_table, require_columns
+from merging.io.tables import require_columns
 from merging.logs import quiet_model_loads
 from merging.model_card import model_card
 from merging.registry import get_method
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 class PromptAnswerFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    proxy: Path
+    proxy: Source  # a table file, or a hub data set's split (merging/benchmark/files.py)
     prompt: str = "prompt"
     answer: str = "answer"
 
@@ -63,7 +64,7 @@ def proxy_tasks(data: CausalLMData) -> list[LocalTask]:
     """One exact-match task per entry: each row's prompt, with the loss on its answer; every row checked."""
     tasks = []
     for name, entry in data.tasks.items():
-        rows = read_table(entry.proxy)
+        rows = rows_of(entry.proxy)
         require_columns(rows, [entry.prompt, entry.answer], entry.proxy)
         for index, row in enumerate(rows, 1):
             for column in (entry.prompt, entry.answer):

@@ -22,3 +22,17 @@ def test_readme_vision_trial_prepares_fine_tunes_and_merges():
     assert [row["method"] for row in rows] == ["ties"]
     assert rows[0]["pool"] == "efficientnet_lite0_trial" and 0 < rows[0]["normalized"] <= 110
     assert "validation normalised" in done.stderr  # the grid's progress, on stderr
+
+
+@pytest.mark.slow
+def test_readme_data_driven_example_merges_the_demo_classifiers_by_fw(tmp_path):
+    lines = [line.split("#")[0].strip() for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("python -m") and "demo_data" in line]
+    assert len(lines) == 3, "README's data-driven example changed: update this test with its commands"
+    done = subprocess.run(["bash", "-c", "set -e; " + "; ".join(lines)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MERGING_CACHE": str(tmp_path / "cache")},
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "demo_data" / "merged" / "merge_info.json").read_text())
+    assert info["method"] == "frank_wolfe" and len(info["log"]["history"]) == 5
+    assert {p.name for p in (tmp_path / "demo_data" / "merged").iterdir()} >= {"has_good", "has_sport", "README.md"}

@@ -15,6 +15,7 @@ from discriminative.pool import load_pool
 from merging.benchmark.evaluate import Evaluator
 from merging.benchmark.experiment import merged_body, run_experiment
 from merging.cli import main
+from merging.registry import known_methods
 
 torch.set_num_threads(1)
 
@@ -193,3 +194,19 @@ def test_a_split_may_come_from_a_hub_data_set(monkeypatch):
                                           "text": "sentence", "num_labels": 2})
     assert [e.label for e in files.examples(task, "sst2", "proxy")] == [1, 0]
     assert asked == [("nyu-mll/glue", "sst2", "train[:2]")]
+
+
+SMALL = {"frank_wolfe": {"iterations": 2}, "frank_wolfe_soft": {"iterations": 1, "ada_steps": 2},
+         "adamerging": {"steps": 2}, "regmean": {}, "fisher": {}, "greedy_soup": {}}
+
+
+@pytest.mark.parametrize("method", known_methods("data_driven"))
+def test_every_data_driven_method_merges_from_the_cli(trained, method):
+    root, config, _ = trained
+    cfg = config(method, SMALL[method])  # a method missing from SMALL fails here: give it small settings
+    for task, entry in cfg["data"]["tasks"].items():
+        entry["validation"] = str(root / "data" / f"{task}_validation.jsonl")  # greedy soup chooses on it
+    assert _merge(root, cfg, f"every_{method}") == 0
+    for task in SPECS:
+        assert (root / f"every_{method}" / task / "model.safetensors").is_file()
+    assert json.loads((root / f"every_{method}" / "merge_info.json").read_text())["method"] == method

@@ -97,8 +97,13 @@ def split_rows(task: TaskFiles, name: str, split: str) -> tuple[list[dict[str, A
         source = task.source(split)
     except MergeError as err:
         raise MergeError(f"task '{name}': {err}") from None
+    return rows_of(source), str(source)
+
+
+def rows_of(source: Source) -> list[dict[str, Any]]:
+    """The rows of a local table file or of a hub data set's split."""
     if isinstance(source, HubSplit):
         from .hub_data import load_hub_dataset
 
-        return list(load_hub_dataset(source.hub, source.name, source.split)), str(source)
-    return read_table(source), str(source)
+        return list(load_hub_dataset(source.hub, source.name, source.split))
+    return read_table(source)
