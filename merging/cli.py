@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'method':17s} {'kind':11s} {'LoRA':4s} {'paper':44s} data read")
             for spec in methods():
                 print(f"{spec.name:17s} {spec.kind:11s} {'yes' if spec.lora else 'no':4s} {spec.paper:44s} {spec.data}")
+            from .data_merge import KINDS
+
+            print(f"\ndata-driven methods merge with a 'data:' section of kind {', '.join(KINDS)} "
+                  "(docs/data-driven.md)")
             return 0
         from .run import run_merge
 

@@ -190,7 +190,9 @@ def test_bad_input_through_a_real_subprocess(bert_pool, copy_model, tmp_path):
 
 def test_methods_command_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
-    header, *lines = [line.split(maxsplit=4) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    table, note = capsys.readouterr().out.split("\n\n")
+    header, *lines = [line.split(maxsplit=4) for line in table.splitlines()]
+    assert "'data:' section of kind sequence_classification, image_classification, causal_lm" in note
     assert header == ["method", "kind", "LoRA", "paper", "data read"]
     assert all(paper.startswith("https://") for _, _, _, paper, _ in lines)  # each names its paper
     runs_here = {name for name, kind, *_ in lines if kind in ("per_tensor", "adapter")}
