@@ -59,7 +59,7 @@ def write_demo(root: Path) -> Path:
 
     from .pool import TextPool
 
-    root = Path(root)
+    root = Path(root).resolve()  # the YAMLs work from any folder
     base = write_base(root / "base")
     files = {}
     for task in KEYWORDS:
