@@ -1,6 +1,6 @@
 """The generative suite as an ``Objective`` (merging/objective.py) for the data-driven merges (FW-Merging):
-the mergeable tensors are a LoRA merge in product or factor space (merging/lora_merge.py), put into a frozen
-causal LM, and the loss of a task is the next-token cross-entropy on the answer tokens of its proxy examples
+the mergeable tensors are a LoRA merge in product or factor space (merging/lora_merge.py), or the model's own
+weights (``space: weights``, full fine-tunes), put into a frozen causal LM, and the loss of a task is the next-token cross-entropy on the answer tokens of its proxy examples
 (the prompt is masked, as in the official FW-Merging LLaMA code and in fine-tuning, generative/finetune.py):
 
     ℓ_t(θ; x) = −(1/|answer(x)|) Σ_{j ∈ answer(x)} log p_θ(x_j | x_<j)      (mean over a batch's answer tokens)
@@ -13,7 +13,7 @@ one batch's activations and ∇θ live on the device.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +29,11 @@ from .lm_eval_tasks import LocalTask
 
 class CausalLMObjective:
     """f(θ) for FW-Merging over the proxy examples of ``tasks`` (the first ``per_task`` of each), with the
-    merge θ in ``space`` (``scaling``: the adapters' lora_alpha / r, used by factor space)."""
+    merge θ in ``space`` (``scaling``: the adapters' lora_alpha / r, used by factor space; ``weights``: θ are the
+    model's own parameters by name)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, tasks: Sequence[LocalTask], space: Space,
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, tasks: Sequence[LocalTask],
+                 space: Space | Literal["weights"],
                  scaling: float = 1.0, batch_size: int = 8, per_task: int | None = None) -> None:
         self.device = distributed.device()
         self._model = model.eval().requires_grad_(False).to(self.device)
@@ -53,7 +55,8 @@ class CausalLMObjective:
 
     def logits(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         params = {name: t.to(self.device) for name, t in params.items()}  # differentiable: ∇ returns to θ
-        weights = merged_weights(self.space, self._weights, params, self.scaling)
+        weights = params if self.space == "weights" else merged_weights(self.space, self._weights, params,
+                                                                        self.scaling)
         inputs = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
         return functional_logits(self._model, weights, inputs)  # [b, T, vocab]
 

@@ -198,3 +198,28 @@ def test_lora_adapters_merge_by_fw_from_the_merge_cli_on_prompt_answer_files(tin
     assert merge("regmean", method="regmean", parameters={}) == 2
     assert "regmean does not merge LoRA adapters" in capsys.readouterr().err
     assert not (tmp_path / "no_prompt").exists() and not (tmp_path / "regmean").exists()
+
+
+@pytest.mark.parametrize("method", ["frank_wolfe", "regmean"])
+def test_full_causal_lm_fine_tunes_merge_from_the_merge_cli_on_prompt_answer_files(tiny_pool, tmp_path, method):
+    """Full fine-tunes (every parameter merged), the same answer-token objective in weights space."""
+    from transformers import AutoModelForCausalLM
+
+    from merging.cli import main as merge_main
+
+    trained = tiny_pool("full")
+    main(["finetune", "--pool", str(trained)])
+    folders = load_pool(trained).candidates(0)
+    for task in folders:
+        (tmp_path / f"{task}.jsonl").write_text(json.dumps({"prompt": f"{task}?", "answer": "yes"}) + "\n")
+    config = {"method": method, "base": str(tmp_path / "tiny"), "parameters": {"iterations": 2} if method ==
+              "frank_wolfe" else {}, "models": [{"model": str(f), "task": t} for t, f in folders.items()],
+              "data": {"kind": "causal_lm", "tasks": {t: {"proxy": str(tmp_path / f"{t}.jsonl")} for t in folders}}}
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(config))
+    assert merge_main(["merge", str(tmp_path / "full.yaml"), "--out", str(tmp_path / "merged"), "--quiet"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert not torch.allclose(merged(ids).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")(ids).logits)
+    info = json.loads((tmp_path / "merged" / "merge_info.json").read_text())
+    assert info["method"] == method and (method != "frank_wolfe" or len(info["log"]["history"]) == 2)
+    assert "library_name: transformers" in (tmp_path / "merged" / "README.md").read_text()
