@@ -249,3 +249,12 @@ def test_runs_with_other_fixed_hyper_parameters_get_their_own_summary_line(toy_p
     summary = (outs / "toy" / "results.md").read_text().split("## All rows")[0]
     assert '| task_arithmetic {"scaling": 0.3} | 1 |' in summary
     assert '| task_arithmetic {"scaling": 0.6} | 1 |' in summary
+
+
+def test_fine_tuning_off_a_terminal_writes_a_line_per_30_seconds_not_per_step(toy_pool, capsys):
+    from merging.benchmark import store
+
+    pool, _ = toy_pool
+    store.finetune(pool, "has_good", 0, progress=True)  # 75 steps in a few seconds
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fine-tune has_good")]
+    assert 1 <= len(lines) <= 3, lines  # the first, the last, and any 30 s apart

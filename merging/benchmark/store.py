@@ -110,7 +110,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
                 optimizer.zero_grad()
                 losses.append(loss.item())
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)  # bar's pace
     if domain.statistics:  # BatchNorm: running averages lag the weights after a short fine-tune; recompute them
         reestimate_statistics(model, [{k: v for k, v in domain.collate(pool, processor, train[i:i + 64]).items()
                                        if k != "labels"} for i in range(0, len(train), 64)])
