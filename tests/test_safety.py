@@ -276,12 +276,19 @@ sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[2], "--quiet", "--workers
 """
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT's default action in the child, as in a terminal: a test run started in the background (``cmd &``)
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_slow_merge(bert_pool, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """A merge CLI process whose writes are slowed down, once its temporary output folder exists."""
     config = write_yaml(tmp_path / "merge.yaml", native(bert_pool, models=("ft1", "ft2")))
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-c", SLOW_MERGE, str(config), str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 60
     while not leftovers(out):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
