@@ -210,3 +210,13 @@ def test_every_data_driven_method_merges_from_the_cli(trained, method):
     for task in SPECS:
         assert (root / f"every_{method}" / task / "model.safetensors").is_file()
     assert json.loads((root / f"every_{method}" / "merge_info.json").read_text())["method"] == method
+
+
+def test_a_benchmark_pool_never_scores_on_the_proxy_in_place_of_a_missing_test_file(tmp_path):
+    from discriminative.files import FileTask, examples
+    from merging.errors import MergeError
+
+    (tmp_path / "p.jsonl").write_text(json.dumps({"sentence": "good", "label": 1}) + "\n")
+    task = FileTask(proxy=tmp_path / "p.jsonl", text="sentence", num_labels=2)
+    with pytest.raises(MergeError, match="task 't': no 'test' file for this task"):
+        examples(task, "t", "test")

@@ -4,9 +4,12 @@ task names a local JSONL / JSON / CSV / parquet file (merging/io/tables.py) or a
 its label column, and the columns of its inputs (a domain's subclass of ``TaskFiles`` adds them):
 
     proxy: data/sentiment_proxy.jsonl     # labelled examples the data-driven methods read (required)
-    validation: data/sentiment_val.jsonl  # held-out choice (grids, greedy soup); default: none
-    test: data/sentiment_test.jsonl       # scores; AdaMerging's unlabelled inputs (default: the proxy's)
-    train: data/sentiment_train.jsonl     # fine-tuning; FW soft's fresh draws (default: the proxy)
+    validation: data/sentiment_val.jsonl  # held-out choice (grids, greedy soup)
+    test: data/sentiment_test.jsonl       # scores; AdaMerging's unlabelled inputs
+    train: data/sentiment_train.jsonl     # fine-tuning; FW soft's fresh draws
+
+A split without a source is an error when it is read (a benchmark pool scores on ``test`` and chooses on
+``validation``); the merge command line fills ``test`` and ``train`` with the proxy (merge_data.py).
     label: label                          # integers 0 … num_labels − 1, or names listed in label_names
     num_labels: 2
 
@@ -24,8 +27,6 @@ from merging.errors import MergeError
 from merging.io.tables import read_table
 
 from .domain import TaskSpec
-
-FALLBACK = {"test": "proxy", "train": "proxy"}  # a split without its own source reads these
 
 
 class HubSplit(BaseModel):
@@ -59,10 +60,8 @@ class TaskFiles(BaseModel):
     metric: Literal["accuracy", "matthews", "f1_acc", "pearson_spearman"] = "accuracy"
 
     def source(self, split: str) -> Source:
-        """The source of ``split`` (or of its ``FALLBACK``); a split without one is a MergeError."""
+        """The source of ``split``; a split without one is a MergeError."""
         found = getattr(self, split, None) if split in ("proxy", "validation", "test", "train") else None
-        if found is None and split in FALLBACK:
-            return self.source(FALLBACK[split])
         if found is None:
             raise MergeError(f"no '{split}' file for this task; add '{split}: FILE' under its files entry")
         return found

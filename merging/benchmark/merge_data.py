@@ -44,6 +44,8 @@ from .pool import PoolConfig
 logger = logging.getLogger(__name__)
 
 NEEDS_VALIDATION = ("greedy_soup",)  # methods that score candidates on held-out data
+PROXY_STANDS_IN = ("test", "train")  # splits a merge reads the proxy for when a task gives none (AdaMerging's
+                                     # unlabelled inputs, FW soft's fresh draws): no scores are made here
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,9 @@ def build_pool(kind: ClassifierKind, cfg: MergeConfig, where: str = "config") ->
     folders = {task: resolve_model_ref(model) for task, model in by_task.items()}
     files = {}
     for task, entry in entries.items():
+        proxy = {split: entry["proxy"] for split in PROXY_STANDS_IN if "proxy" in entry}
         try:
-            files[task] = kind.files.model_validate({**checkpoint_labels(folders[task]), **entry})
+            files[task] = kind.files.model_validate({**checkpoint_labels(folders[task]), **proxy, **entry})
         except ValidationError as err:
             raise MergeError(f"{where}: data.tasks.{task}: {describe_errors(err, 'key')}") from None
     try:
