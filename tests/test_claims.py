@@ -2,6 +2,7 @@
 missing row is 'not run', a cut-down run is named, and the table gives the command for every row."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -188,3 +189,17 @@ def test_compared_methods_show_their_best_variant_and_its_command(tmp_path):
     assert "regmean" not in table.split("|")[-3]  # no rows: not in the cell
     assert 'SIZES="0 16" METHODS="frank_wolfe" run_irrelevance --preset vision_fork' in table
     assert 'METHODS="regmean" run_irrelevance' in table  # the command that makes the missing rows
+
+
+def test_a_plotted_curve_averages_the_seeds_complete_at_the_claims_points(tmp_path):
+    from merging.benchmark.claims import _Context, _curve, _is_variant
+
+    _row(tmp_path, "irrelevance", "ties", 0, 80.0, 0)
+    _row(tmp_path, "irrelevance", "ties", 16, 60.0, 0)
+    _row(tmp_path, "irrelevance", "ties", 0, 90.0, 1)  # seed 1 has no k = 16 row (yet): left out of the curve
+    context = _Context(_claim("flat", **FLAT), POOL, TARGETS, tmp_path)
+    keep = functools.partial(_is_variant, method="ties", overrides="")
+    assert _curve(context, [0, 16], keep) == {0: 80.0, 16: 60.0}
+    _row(tmp_path, "irrelevance", "ties", 16, 70.0, 1)
+    context = _Context(_claim("flat", **FLAT), POOL, TARGETS, tmp_path)
+    assert _curve(context, [0, 16], keep) == {0: 85.0, 16: 65.0}

@@ -325,9 +325,14 @@ def claims_markdown(judgements: list[Judgement]) -> str:
     return markdown_table(lines, list(lines[0]))
 
 
-def _curve(rows: list[Row], extras: list[int], keep: Callable[[Row], bool]) -> dict[int, float]:
-    """Mean over seeds of the kept rows' scores at each number of extra checkpoints that has any."""
-    return {k: statistics.fmean(found.values()) for k in extras if (found := series(rows, keep, k))}
+def _curve(context: _Context, extras: list[int], keep: Callable[[Row], bool]) -> dict[int, float]:
+    """Mean of the kept rows' scores at each number of extra checkpoints, over the seeds the claim's points all
+    have (those the table compares; every seed when none is complete), where those seeds have a row."""
+    found = {k: series(context.rows, keep, k) for k in extras}
+    seeds = _complete([found.get(k) or series(context.rows, keep, k) for k in context.points]) or {
+        seed for scores in found.values() for seed in scores}
+    return {k: statistics.fmean(scores[s] for s in seeds) for k, scores in found.items()
+            if seeds and seeds <= set(scores)}
 
 
 def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Path:
@@ -345,14 +350,14 @@ def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Pat
     colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([FW_SOFT, *claim.paper.scores, *claim.shown()]))}
     for judgement, style in zip(judgements, ("-", ":")):
         keep = functools.partial(context.is_fw_soft, loss=judgement.inner_loss, flags=judgement.flags)
-        curve = _curve(rows, extras, keep)
+        curve = _curve(context, extras, keep)
         if curve:
             ours.plot(list(curve), list(curve.values()), marker="o", linestyle=style, color=colour[FW_SOFT],
                       label=f"{FW_SOFT} ({judgement.inner_loss}{', ' + judgement.flags if judgement.flags else ''})")
     seeds = {r["pool_seed"] for r in rows}
     for method in claim.shown():
         variant, _ = context.best(method, seeds)
-        curve = _curve(rows, extras, functools.partial(_is_variant, method=method, overrides=variant))
+        curve = _curve(context, extras, functools.partial(_is_variant, method=method, overrides=variant))
         if curve:
             ours.plot(list(curve), list(curve.values()), marker="s", color=colour[method],
                       label=f"{method} {_flags(variant)}".strip())
