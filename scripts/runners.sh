@@ -57,27 +57,9 @@ _stages() {
   done
   printf '[stages done] %d in %d min\n' "$n" $(((SECONDS - started) / 60)) >&2
 }
-# _lanes K STAGE…: the first K stages in turn, then the others over LANES parallel processes (default 1: in turn),
-# each with cores / LANES threads; a small model scores faster so than with every thread in one process. Lane k's
-# stages are every LANES-th from the k-th; its stage lines on stderr start with "[lane k]".
-_lanes() {
-  local serial=$1; shift
-  local lanes=${LANES:-1} k j status=0 pids=()
-  if [ "$lanes" -le 1 ]; then _stages "$@"; return; fi
-  _stages "${@:1:serial}" || return
-  local rest=("${@:serial+1}") threads=$(( $(_cores) / lanes > 0 ? $(_cores) / lanes : 1 ))
-  for ((k = 0; k < lanes && k < ${#rest[@]}; k++)); do
-    local mine=()
-    for ((j = k; j < ${#rest[@]}; j += lanes)); do mine+=("${rest[j]}"); done
-    OMP_NUM_THREADS=$threads _stages "${mine[@]}" 2> >(sed -u "s/^/[lane $((k + 1))] /" >&2) &
-    pids+=($!)
-  done
-  for j in "${pids[@]}"; do wait "$j" || status=$?; done
-  return $status
-}
 run_baselines() {     # references and data-free merges: the benchmark's main comparison (the fine-tuned checkpoints
   # are scored first: every row's normalised score divides by them, so the references after read no extra model)
-  _lanes 2 run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
+  _stages run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
     run_dare_ties run_from
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)

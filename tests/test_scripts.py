@@ -66,15 +66,3 @@ def test_the_stage_lines_give_the_time_left_from_the_last_run_of_every_stage_lef
     assert "[stage 10/10] run_from (0 min elapsed, about 1 min left)" in again.stderr
     other = run("POOL=configs/discriminative/minilm_trial.yaml run_baselines", cache=tmp_path)
     assert "min left" not in other.stderr  # timed per pool
-
-
-def test_lanes_run_the_stages_after_the_fine_tuning_in_parallel_processes(tmp_path):
-    done = run("LANES=2 run_baselines", cache=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert sorted(line.split()[2] for line in done.stdout.splitlines()) == sorted(
-        ["finetune", *["run"] * 9])  # python3 is echoed: one call per stage, all ten ran
-    lines = done.stderr.splitlines()
-    assert lines[0].startswith("[stage 1/2] run_finetune") and lines[1].startswith("[stage 2/2] run_finetuned")
-    assert "[lane 1] [stage 1/4] run_majority" in done.stderr and "[lane 2] [stage 1/4] run_probe" in done.stderr
-    failing = run("LANES=2; run_ties() { return 3; }; run_baselines", cache=tmp_path)
-    assert failing.returncode == 3  # a lane's failure is the runner's
