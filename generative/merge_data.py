@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merging.benchmark.files import Source, rows_of
 from merging.config import MergeConfig, check_parameters, describe_errors
+from merging.data_merge import merge_summary
 from merging.errors import MergeError
 from merging.io.atomic import atomic_directory, check_target
 from merging.io.candidates import CheckpointSource
@@ -44,7 +45,6 @@ from merging.logs import quiet_model_loads
 from merging.methods.base import DataDrivenInputs
 from merging.model_card import model_card
 from merging.registry import get_method
-from merging.run import git_sha
 
 from .lm_eval_tasks import LocalTask
 from .merge import adapter_methods, merge_adapters, parameter_schemas, write_outputs
@@ -95,9 +95,7 @@ def merge(cfg: MergeConfig, out: Path, *, overwrite: bool = False, progress: boo
         data = CausalLMData.model_validate(cfg.data)
     except ValidationError as err:
         raise MergeError(f"{where}: data: {describe_errors(err, 'key')}") from None
-    tasks = [entry.task for entry in cfg.models]
-    if sorted(tasks) != sorted(data.tasks) or len(set(tasks)) != len(tasks):
-        raise MergeError(f"{where}: the models' tasks {tasks} must name each of data.tasks {sorted(data.tasks)} once")
+    tasks = [entry.task for entry in cfg.models]  # one model per task of data.tasks: check_data_request
     folders = [resolve_model_ref(entry.model) for entry in cfg.models]
     lora = [(folder / "adapter_config.json").is_file() for folder in folders]
     if any(lora) and not all(lora):
@@ -116,21 +114,18 @@ def merge(cfg: MergeConfig, out: Path, *, overwrite: bool = False, progress: boo
                 "LoRA adapter(s)" if all(lora) else "full model(s)", ", ".join(tasks))
     quiet_model_loads()
     started = time.perf_counter()
-    info: dict[str, Any] = {"method": cfg.method, "paper": spec.paper, "parameters": cfg.parameters, "seed": cfg.seed,
-                            "tasks": {e.task: e.model for e in cfg.models}, "git_sha": git_sha(),
-                            "torch": torch.__version__}
     config_yaml = yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False)
     if all(lora):
         adapters = [read_lora_adapter(folder) for folder in folders]
         factors, rank, alpha, log = merge_adapters(cfg.method, dict(cfg.parameters), adapters, tasks, base, proxy,
                                                    cfg.seed, progress, data.dtype)
-        info.update(seconds=round(time.perf_counter() - started, 3), log=log)
+        info = merge_summary(cfg, {e.task: e.model for e in cfg.models}, started, log)
         write_outputs(out, base, factors, rank, alpha, adapters[0].config, info, overwrite,
                       {"merge_config.yaml": config_yaml, "README.md": card(cfg, config_yaml, lora=True)},
                       "merge_info.json")
     else:
         model, tokenizer, log = merge_full(cfg, data, proxy, base, folders, progress)
-        info.update(seconds=round(time.perf_counter() - started, 3), log=log)
+        info = merge_summary(cfg, {e.task: e.model for e in cfg.models}, started, log)
         with atomic_directory(out, overwrite=overwrite) as folder:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)

@@ -22,18 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import ValidationError
 
 from merging.config import MergeConfig, check_parameters, describe_errors
+from merging.data_merge import merge_summary
 from merging.errors import MergeError
 from merging.io.atomic import atomic_directory, check_target
 from merging.io.checkpoint import resolve_model_ref
 from merging.logs import quiet_model_loads
 from merging.model_card import model_card
 from merging.registry import get_method
-from merging.run import git_sha
 
 from .body import with_merged_body
 from .data_driven import merge_data_driven
@@ -94,14 +93,7 @@ def build_pool(kind: ClassifierKind, cfg: MergeConfig, where: str = "config") ->
     """The in-memory pool of ``cfg``: its base, each task's checkpoint and files; every split the method may read
     is read and checked here (files, columns, labels against the checkpoint's head), before any weight is."""
     head, pool_keys, entries = _section(kind, cfg.data or {}, where)
-    by_task: dict[str, str] = {}
-    for entry in cfg.models:
-        if entry.task in by_task:
-            raise MergeError(f"{where}: task '{entry.task}' has two models ({by_task[entry.task]}, {entry.model})")
-        by_task[entry.task] = entry.model
-    if set(by_task) != set(entries):
-        raise MergeError(f"{where}: the models' tasks {sorted(by_task)} and data.tasks {sorted(entries)} differ")
-    folders = {task: resolve_model_ref(model) for task, model in by_task.items()}
+    folders = {entry.task: resolve_model_ref(entry.model) for entry in cfg.models}  # paired: check_data_request
     files = {}
     for task, entry in entries.items():
         proxy = {split: entry["proxy"] for split in PROXY_STANDS_IN if "proxy" in entry}
@@ -139,10 +131,7 @@ def merge_classifiers(kind: ClassifierKind, cfg: MergeConfig, out: Path, *, over
     has_validation = all(f.validation is not None for f in pool.files.values())
     validation = Evaluator(pool, "validation" if has_validation else "proxy", 0)
     body, log = merge_data_driven(pool, cfg.method, dict(cfg.parameters), [], validation, seed=cfg.seed)
-    spec = get_method(cfg.method)
-    info = {"method": cfg.method, "paper": spec.paper, "parameters": cfg.parameters, "seed": cfg.seed,
-            "tasks": {task: pool.checkpoints[task] for task in pool.tasks}, "git_sha": git_sha(),
-            "torch": torch.__version__, "seconds": round(time.perf_counter() - started, 3), "log": log}
+    info = merge_summary(cfg, {task: pool.checkpoints[task] for task in pool.tasks}, started, log)
     with atomic_directory(out, overwrite=overwrite) as folder:
         for task in pool.tasks:
             checkpoint = validation.checkpoint(task)
@@ -151,7 +140,7 @@ def merge_classifiers(kind: ClassifierKind, cfg: MergeConfig, out: Path, *, over
         config_yaml = yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False)
         (folder / "merge_config.yaml").write_text(config_yaml)
         (folder / "merge_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        (folder / "README.md").write_text(_card(kind, cfg, pool, spec.paper, config_yaml))
+        (folder / "README.md").write_text(_card(kind, cfg, pool, info["paper"], config_yaml))
     return {k: v for k, v in info.items() if k != "log"}
 
 
