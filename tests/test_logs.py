@@ -52,6 +52,37 @@ def test_off_a_terminal_a_progress_bar_writes_whole_lines_not_carriage_returns(c
     assert all(line.startswith("fine-tune toy (seed 0)") for line in lines) and "1000/1000" in lines[-1]
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs a pseudo-terminal (POSIX)")
+def test_on_a_terminal_a_progress_bar_redraws_in_place():
+    """A child whose stderr is a pseudo-terminal 100 columns wide draws one live bar: carriage-return redraws,
+    no 30 s throttle (the pip download bar of merging/io/pypi.py is this bar)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    child = ("import time\nfrom merging.logs import progress_bar\n"
+             "for _ in progress_bar(range(5), desc='[pypi] toy'):\n    time.sleep(0.15)\n")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        os.execv(sys.executable, [sys.executable, "-c", child])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert os.waitpid(pid, 0)[1] == 0
+    redraws = [part for part in b"".join(chunks).decode().split("\r") if part.startswith("[pypi] toy")]
+    assert len(redraws) >= 3 and "5/5" in redraws[-1]  # drawn again in place as it advances, not once per 30 s
+
+
 def test_benchmark_command_lines_load_models_without_a_bar_each(bert_pool, capfd):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
