@@ -1,6 +1,8 @@
 """A tiny text pool to try data-driven merging on your own files in about a minute, offline: a 2-layer BERT over a
-17-word vocabulary and two keyword tasks (``has_good``, ``has_sport``: does the sentence contain the word?),
-written as JSONL files, a ``data: files`` pool YAML over them and a merge config for FW-Merging.
+17-token vocabulary and two keyword tasks on two topics (``has_good``: does a sentence about films contain "good"?
+``has_sport``: does a sentence about sports contain "sport"?), written as JSONL files, a ``data: files`` pool YAML
+over them and a merge config for FW-Merging. The topics share only "the" and "a": as real tasks do, each sees
+inputs of its own, which RegMean's and Fisher's statistics (and AdaMerging's test inputs) tell apart.
 
     python -m discriminative.demo demo_data          # writes demo_data/{base, data/*.jsonl, pool.yaml, fw.yaml}
     python -m discriminative finetune --pool demo_data/pool.yaml
@@ -18,20 +20,23 @@ import yaml
 
 from .data import Example
 
-WORDS = ["the", "a", "match", "film", "good", "bad", "sport", "team", "movie", "plot", "ball", "score"]
 KEYWORDS = {"has_good": "good", "has_sport": "sport"}
+TOPICS = {"has_good": ["film", "movie", "plot", "bad", "good"], "has_sport": ["match", "team", "ball", "score", "sport"]}
+SHARED = ["the", "a"]
+WORDS = [*SHARED, *(word for words in TOPICS.values() for word in words)]
 SIZES = {"train": 240, "validation": 80, "test": 120, "proxy": 100}
-FINETUNE = {"epochs": 5, "lr": 3e-3, "batch_size": 16, "seeds": [0]}
+FINETUNE = {"epochs": 10, "lr": 1e-3, "batch_size": 16, "seeds": [0]}
 
 
 def keyword_examples(task: str, split: str) -> list[Example]:
-    """Six random words per sentence; in half of them (label 1) one is the task's keyword. Seeded by task and
-    split, so every run writes the same files."""
+    """Six random words of the task's topic (or "the", "a") per sentence; in half of them (label 1) one is the
+    task's keyword. Seeded by task and split, so every run writes the same files."""
     keyword = KEYWORDS[task]
+    vocabulary = [word for word in [*SHARED, *TOPICS[task]] if word != keyword]
     rng = random.Random(f"{task}/{split}")
     examples = []
     for _ in range(SIZES[split]):
-        words = [rng.choice([w for w in WORDS if w != keyword]) for _ in range(6)]
+        words = [rng.choice(vocabulary) for _ in range(6)]
         label = rng.random() < 0.5
         if label:
             words[rng.randrange(6)] = keyword

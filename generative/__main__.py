@@ -25,16 +25,13 @@ import sys
 from pathlib import Path
 
 from merging import distributed
-from merging.benchmark.cli import parse_overrides
+from merging.benchmark.cli import parse_overrides, start_command
 from merging.benchmark.experiment import parameters_help
 from merging.benchmark.parallel import check_jobs, parse_job
 from merging.benchmark.request import check_local
 from merging.cli import positive_int
 from merging.errors import MergeError, report
-from merging.io.atomic import interrupt_on_sigterm
 from merging.io.checkpoint import resolve_model_ref
-from merging.logs import configure as configure_logging
-from merging.logs import quiet_model_loads
 
 from . import data
 from .finetune import train_many
@@ -114,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--limit-validation", type=positive_int, default=25,
                      help="validation examples per task for the hyper-parameter search")
     tune.epilog = "--name value pairs override the pool's training settings (e.g. --epochs 2 --lr 0.01)"
-    args, extra = parser.parse_known_args(argv)
-    if args.command not in ("finetune", "run") and extra:
-        parser.error(f"unexpected arguments {extra}")
-    interrupt_on_sigterm()
-    configure_logging()
-    quiet_model_loads()
+    args, extra = start_command(parser, argv, overridable=("finetune", "run"))
     try:
         overrides = parse_overrides(extra)
         pool = load_pool(args.pool)

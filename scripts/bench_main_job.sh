@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 domain=${1:-discriminative}
-work=${BENCH_WORK:-outs/bench/main_job}
+work=$(realpath -m "${BENCH_WORK:-outs/bench/main_job}")  # absolute: the job runs from inside it
 shared=${MERGING_CACHE:-$HOME/.cache/merging}
 rm -rf "$work"
 mkdir -p "$work/cache" outs/bench

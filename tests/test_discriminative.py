@@ -108,14 +108,15 @@ def test_every_fine_tuning_seed_is_a_pool_and_the_table_gives_the_spread(toy_poo
     pool, root = toy_pool
     pool = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 1]})})
     outs = root / "outs"
-    rows = run_experiment(pool, "pretrained", "toy", {}, progress=False, outs=outs)
+    rows = run_experiment(pool, "average", "toy", {}, progress=False, outs=outs)
     assert [r["pool_seed"] for r in rows] == [0, 1]
-    assert rows[0]["has_good"] != rows[1]["has_good"]       # each seed's own heads, so different scores
+    scores = [[r[t] for t in SPECS] + [r["validation_normalized"]] for r in rows]
+    assert scores[0] != scores[1]                           # each seed's own checkpoints, so different scores
     assert len(run_experiment(pool, "majority", "toy", {}, progress=False, outs=outs)) == 1  # no checkpoint used
     folders = sorted(p.name for p in (root / "cache" / "discriminative" / "pools" / "toy" / "finetuned").iterdir())
     assert folders == ["has_good-seed0", "has_good-seed1", "has_sport-seed0", "has_sport-seed1"]
     mean = sum(float(r["normalized"]) for r in read_rows(outs / "toy" / "results.csv")[:2]) / 2  # as stored
-    assert f"| pretrained | 2 | {mean:.2f} ± " in (outs / "toy" / "results.md").read_text()
+    assert f"| average | 2 | {mean:.2f} ± " in (outs / "toy" / "results.md").read_text()
 
 
 def test_pool_repeated_seed_is_an_error(tmp_path):

@@ -71,6 +71,7 @@ def _pretrained_accuracy(root, config, task: str) -> float:
 
 
 @pytest.mark.parametrize("method,parameters", [("frank_wolfe", {"iterations": 3, "lambda": 1.0}),
+                                               ("regmean", {"alpha": 0.5}),
                                                ("adamerging", {"steps": 20, "init": 1.0})])
 def test_a_data_driven_merge_from_the_cli_writes_task_models_that_beat_the_pretrained_encoder(
         trained, method, parameters):
@@ -88,7 +89,6 @@ def test_a_data_driven_merge_from_the_cli_writes_task_models_that_beat_the_pretr
 @pytest.mark.parametrize("method,parameters", [("frank_wolfe", {"iterations": 3, "lambda": 0.3, "eta": 0.1}),
                                                ("regmean", {"alpha": 0.5})])
 def test_the_cli_merge_equals_the_benchmark_merge_on_the_same_pool_and_data(trained, method, parameters):
-    """(RegMean is checked here only: on this toy its merge predicts one class, through either path.)"""
     root, config, pool_yaml = trained
     assert _merge(root, config(method, parameters), f"{method}_same") == 0
     pool = load_pool(pool_yaml)

@@ -21,6 +21,20 @@ from .pool import PoolConfig
 from .request import check_local
 
 
+def start_command(parser: argparse.ArgumentParser, argv: list[str] | None,
+                  overridable: tuple[str, ...]) -> tuple[argparse.Namespace, list[str]]:
+    """(arguments, the rest) of a domain's command line, whose commands in ``overridable`` take ``--name value``
+    overrides (any other leftover is a usage error); then a run's setup: SIGTERM stops it as Ctrl-C does, progress
+    logs go to stderr, and model loads draw no bar each."""
+    args, extra = parser.parse_known_args(argv)
+    if args.command not in overridable and extra:
+        parser.error(f"unexpected arguments {extra}")
+    interrupt_on_sigterm()
+    configure_logging()
+    quiet_model_loads()
+    return args, extra
+
+
 def parse_overrides(extra: list[str]) -> dict[str, object]:
     """``--density 0.2 --scaling 0.7`` -> {"density": 0.2, "scaling": 0.7} (values parsed as YAML scalars)."""
     if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
@@ -82,7 +96,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     tune.add_argument("--only", nargs="*", metavar="TASK:SEED", help=argparse.SUPPRESS)  # one worker's share
     from .experiment import parameters_help
 
-    methods = dict(epilog=parameters_help(domain), formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods = {"epilog": parameters_help(domain), "formatter_class": argparse.RawDescriptionHelpFormatter}
     run = commands.add_parser("run", help="evaluate one method and append its row to outs/<experiment>", **methods)
     run.add_argument("--pool", default=default_pool)
     run.add_argument("--method", required=True)
@@ -109,12 +123,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                  "scaling rows: outs/<pool>_claims.md and one plot per claim")
     claims.add_argument("--pool", default=default_pool)
     claims.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
-    args, extra = parser.parse_known_args(argv)
-    if args.command not in ("run", "scale") and extra:
-        parser.error(f"unexpected arguments {extra}")
-    interrupt_on_sigterm()
-    configure_logging()
-    quiet_model_loads()
+    args, extra = start_command(parser, argv, overridable=("run", "scale"))
     try:
         pool = load_pool(args.pool)
         overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}
