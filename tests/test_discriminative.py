@@ -50,6 +50,23 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
     assert f"| 0: lambda {lam} |" in (outs / "toy" / "results.md").read_text()  # the λ validation chose
 
 
+def test_a_cached_checkpoint_of_another_recipe_is_refused_not_merged(toy_pool):
+    """The cache is keyed by pool name, task and seed: a checkpoint fine-tuned before the pool's recipe was edited
+    is named as stale before any merge, while another seed list (the same recipe) keeps it."""
+    from merging.benchmark.store import missing_checkpoints
+
+    pool, root = toy_pool
+    run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=root / "outs")
+    other_lr = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"lr": 1e-4})})
+    with pytest.raises(MergeError, match=r"has_good-seed0: this cached checkpoint was fine-tuned with finetune\.lr "
+                                         r"= 0\.003, but pool 'toy' now says 0\.0001; delete the folder"):
+        run_experiment(other_lr, "average", "toy", {}, progress=False, outs=root / "outs")
+    with pytest.raises(MergeError, match="max_length = 16, but pool 'toy' now says 32"):
+        missing_checkpoints(pool.model_copy(update={"max_length": 32}), [("has_good", 0)])
+    more_seeds = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 5]})})
+    assert missing_checkpoints(more_seeds, [("has_good", 0), ("has_good", 5)]) == [("has_good", 5)]
+
+
 def test_fixed_hyper_parameters_skip_the_search_and_still_record_the_validation_score(toy_pool, monkeypatch):
     from merging.benchmark import experiment
 

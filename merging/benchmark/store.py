@@ -16,6 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 from merging.batchnorm import reestimate_statistics
 from merging.benchmark import parallel
 from merging.benchmark.parallel import run_jobs
+from merging.errors import MergeError
 from merging.io.atomic import atomic_directory
 from merging.io.checkpoint import resolve_model_ref
 from merging.io.pypi import cache_dir
@@ -60,9 +61,44 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
 
 
 def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The (task, seed) pairs of ``work`` without a complete checkpoint (given ones are never missing)."""
-    return [(t, s) for t, s in dict.fromkeys(work)
-            if not (is_given(pool, t, s) or (checkpoint_folder(pool, t, s) / DONE).is_file())]
+    """The (task, seed) pairs of ``work`` without a complete checkpoint (given ones are never missing). A cached
+    checkpoint fine-tuned under settings the pool no longer has (an edited recipe under the same pool name) is a
+    MergeError, so that it is never merged as if it were the pool's."""
+    missing = []
+    for task, seed in dict.fromkeys(work):
+        if is_given(pool, task, seed):
+            continue
+        record = checkpoint_folder(pool, task, seed) / DONE
+        if record.is_file():
+            check_recipe(pool, record)
+        else:
+            missing.append((task, seed))
+    return missing
+
+
+def recipe(pool: PoolConfig) -> dict:
+    """What a fine-tuned checkpoint's ``finetune.json`` records of the pool: the fine-tuning settings and the
+    domain's fields (max_length, image_size …)."""
+    return {"finetune": pool.finetune.model_dump(),
+            **pool.model_dump(mode="json", exclude={"name", "base", "tasks", "checkpoints", "head", "finetune",
+                                                    "data"})}
+
+
+def check_recipe(pool: PoolConfig, record: Path) -> None:
+    """A MergeError naming the setting if the checkpoint recorded in ``record`` was fine-tuned otherwise than
+    ``pool`` says now. Compared: every fine-tuning setting but the list of seeds, and the pool's scalar fields;
+    a setting the record predates is not compared, nor are per-task sections (files, data sets) that grow with
+    the pool's tasks."""
+    stored, now = json.loads(record.read_text()), recipe(pool)
+    pairs = [(f"finetune.{key}", stored.get("finetune", {}).get(key, value), value)
+             for key, value in now["finetune"].items() if key != "seeds"]
+    pairs += [(key, stored.get(key, value), value) for key, value in now.items()
+              if key != "finetune" and (value is None or isinstance(value, (bool, int, float, str)))]
+    for key, cached, wanted in pairs:
+        if cached != wanted:
+            raise MergeError(f"{record.parent}: this cached checkpoint was fine-tuned with {key} = {cached!r}, "
+                             f"but pool '{pool.name}' now says {wanted!r}; delete the folder to fine-tune it again "
+                             f"(or give the pool another name to keep both)")
 
 
 def announce_missing(pool: PoolConfig, missing: list[tuple[str, int]]) -> None:
@@ -115,8 +151,7 @@ def finetune(pool: PoolConfig, task: str, seed: int | None = None, progress: boo
         reestimate_statistics(model, [{k: v for k, v in domain.collate(pool, processor, train[i:i + 64]).items()
                                        if k != "labels"} for i in range(0, len(train), 64)])
     model.eval()
-    record = {"task": task, "seed": seed, "steps": total, "examples": len(train), "finetune": cfg.model_dump(),
-              **pool.model_dump(mode="json", exclude={"name", "base", "tasks", "checkpoints", "head", "finetune", "data"}),
+    record = {"task": task, "seed": seed, "steps": total, "examples": len(train), **recipe(pool),
               "seconds": round(time.perf_counter() - started, 1),
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     with atomic_directory(folder, overwrite=True) as tmp:
