@@ -156,6 +156,21 @@ def test_textbook_schedule_converges_to_the_target_vertex_and_closes_the_gap():
     assert all(h["slope"] == pytest.approx(-h["gap"], rel=1e-4, abs=1e-6) for h in history)  # D = s − θ
 
 
+def test_the_duality_gap_stopping_rule_ends_the_run_at_a_certified_iterate():
+    obj = StrongToy(["t1"])
+    params = {"lambda": 1.0, "eta": 1.0, "oracle": "linear", "zero_vertex": False, "init": "base",
+              "init_as_vertex": False, "iterations": 120}
+    full = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t1"), params).history
+    tolerance = full[10]["gap_max"]
+    result = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t1"), {**params, "stop_gap": tolerance})
+    last = result.history[-1]
+    assert "stopped" in last and last["gap_max"] <= tolerance and len(result.history) <= 11
+    assert all("stopped" not in h and h["gap_max"] > tolerance for h in result.history[:-1])
+    assert result.final_objective == pytest.approx(last["objective"])  # no step after the stop
+    at_once = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t1"), {**params, "stop_gap": 1e12})
+    assert len(at_once.history) == 1 and all(torch.equal(at_once.theta[n], obj.base[n]) for n in NAMES)
+
+
 @pytest.mark.parametrize("search", ["grid", "golden"])
 @pytest.mark.parametrize("oracle", ["linear", "cosine"])
 def test_line_search_decreases_the_objective_monotonically(search, oracle):
@@ -212,6 +227,22 @@ def test_without_the_zero_vertex_the_oracle_takes_the_least_bad_candidate():
     h = frank_wolfe_merge(obj, base, pool, params, init_tensors=theta0).history[0]
     # layer a: cos(c, τ_p) = 1/√2 < cos(c, τ_q) = 2/√5; layer c: 1 vs 2/√5
     assert h["choices"] == {"a": "p", "b": "q", "c": "q"}
+
+
+def test_scaled_task_vector_vertices_step_towards_the_base_plus_c_times_the_task_vector():
+    """vertex_scale c = 2: the vertices are θ_base + 2τ_i, scored and stepped to as such (linear oracle)."""
+    obj, base, pool, theta0 = zero_vertex_case()
+    params = {"vertices": "task_vector", "vertex_scale": 2.0, "oracle": "linear", "zero_vertex": False,
+              "init": "given", "init_as_vertex": False, "iterations": 1, "lambda": 1.0, "eta": 0.5}
+    result = frank_wolfe_merge(obj, base, pool, params, init_tensors=theta0)
+    h = result.history[0]
+    # ⟨c, 2τ⟩: layer a p 2, q 4; layer b p 4, q −2; layer c p 2, q 4
+    assert h["choices"] == {"a": "p", "b": "q", "c": "p"}
+    s = {n: base[n] + 2 * (pool[h["choices"][n]][n] - base[n]) for n in base}
+    for n in base:
+        torch.testing.assert_close(result.theta[n], 0.5 * theta0[n] + 0.5 * s[n])
+    assert h["gap"] == pytest.approx(sum(dot(obj.c[n], theta0[n] - s[n]) for n in base))  # 4 + 3 − 4
+    assert h["gap"] == pytest.approx(3.0) and h["gap_max"] == pytest.approx(h["gap"])
 
 
 def test_model_granularity_picks_one_candidate_by_the_sum_of_layer_cosines():
@@ -343,6 +374,9 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"merge": "ties", "merge_params": {"density": 0.2, "scope": "model"}}, "scope: model"),
     ({"merge": "from", "merge_params": {"alpha": 2}}, "Frank-Wolfe sets the scale"),
     ({"line_search_points": 1}, "line_search_points"),
+    ({"vertex_scale": 2.0}, "vertex_scale scales task vectors: it needs vertices: task_vector"),
+    ({"vertices": "task_vector", "vertex_scale": 0}, "vertex_scale"),
+    ({"stop_gap": -1}, "stop_gap"),
     ({"init_adamerging": {"steps": 5}}, "init: adamerging only"),
     ({"init": "adamerging", "init_adamerging": {"step": 5}}, "step"),
 ])

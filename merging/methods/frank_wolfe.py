@@ -10,7 +10,9 @@ V = the candidates' full weights θ_i (``vertices: full``, as the official code)
 ``init_as_vertex`` (the official code appends it as "initial"), and with ``zero_vertex`` the zero vertex:
 the all-zero tensor for ``full``, the base θ_base (the zero task vector, "do nothing") for ``task_vector``.
 With ``vertices: task_vector`` the same checkpoints are scored through τ_i = θ_i − θ_base (the official
-LoRA code, where checkpoints *are* task vectors), so conv(V) = θ_base + conv{0, τ_i, τ_0}.
+LoRA code, where checkpoints *are* task vectors), so conv(V) = θ_base + conv{0, c·τ_i, τ_0}, c = ``vertex_scale``
+(default 1; c > 1 lets the hull hold task-arithmetic merges θ_base + λ Σ_i τ_i with n·λ ≤ c, while a step can
+still move a layer only by a fraction of one scaled task vector; the initial merge θ_0 stays a vertex as it is).
 LoRA adapters enter as tensor sources of merging/lora_merge.py: their factors A_i, B_i (the official code)
 or their updates ΔW_i, with an all-zero base.
 
@@ -24,6 +26,8 @@ Iteration k = 0 … K−1 (``iterations`` = K):
          i*   = argmin_i Σ_l score_il for the whole model (``model``; the official sums layer cosines)
          the zero vertex (score 0) is taken instead unless min score < 0 (official rule); a layer whose
          gradient is exactly 0 is kept as it is ("keep")
+    stop before the step when the duality gap max_v ⟨g, θ_k − v⟩ ≤ ``stop_gap`` (off by default): for a
+         convex f it bounds f(θ_k) − min_{conv(V)} f, the textbook stopping rule
     γ_k = λ · 2/(k+2) · η                                     (``lambda``, ``eta``; official λ=0.29, η=0.1)
           or argmin_{γ ∈ [0, γ_max]} f(θ_k + γ D_k) by a grid or golden section (``line_search``; γ = 0 is
           a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0)
@@ -95,6 +99,7 @@ class FrankWolfeParams(Params):
     step_size: float = Field(0.1, alias="eta", gt=0)
     granularity: Literal["layer", "model"] = "layer"
     vertices: Literal["full", "task_vector"] = "full"
+    vertex_scale: float = Field(1.0, gt=0)  # c: task_vector vertices θ_base + c·τ_i
     oracle: Literal["cosine", "linear"] = "cosine"
     zero_vertex: bool = True
     init: Literal["ta", "merge", "base", "given", "adamerging"] = "ta"
@@ -105,11 +110,14 @@ class FrankWolfeParams(Params):
     line_search: Literal["none", "grid", "golden"] = "none"
     line_search_points: int = Field(8, ge=2)
     gamma_max: float = Field(1.0, gt=0)
+    stop_gap: float | None = Field(None, ge=0)  # stop once the duality gap is at most this (None: never)
     seed: int = 0
 
     @model_validator(mode="after")
     def _check_merge(self) -> FrankWolfeParams:
         merge_method(self, 1.0)
+        if self.vertex_scale != 1 and self.vertices != "task_vector":
+            raise ValueError("vertex_scale scales task vectors: it needs vertices: task_vector")
         if self.init_adamerging and self.init != "adamerging":
             raise ValueError("init_adamerging is read by init: adamerging only")
         if self.init == "adamerging":
@@ -228,6 +236,9 @@ def _oracle(p: FrankWolfeParams, names: list[str], theta: Tensors, grad: Tensors
     labels, tv = list(vertices), p.vertices == "task_vector"
     ip, norm, g_base = stream_inner_products(names, [grad], vertices, base if tv else None)
     ip, g_base = ip[0], g_base[0]  # [J, L] ⟨g_l, u_jl⟩, [L] ⟨g_l, θ_base,l⟩ (task_vector) or 0
+    if tv and p.vertex_scale != 1:  # u_jl = c·τ_jl for the candidates; the initial merge stays as it is
+        c = torch.tensor([1.0 if label == "initial" else p.vertex_scale for label in labels], dtype=torch.float64)
+        ip, norm = ip * c.unsqueeze(1), norm * c.unsqueeze(1)  # [J, L]
     g_norm = torch.tensor([float(grad[n].double().norm()) for n in names], dtype=torch.float64)  # [L]
     g_theta = torch.tensor([_dot(grad[n], theta[n]) for n in names], dtype=torch.float64)  # [L]
     score = ip if p.oracle == "linear" else cosine_scores(ip, norm, g_norm)
@@ -271,6 +282,9 @@ def _directions(p: FrankWolfeParams, names: list[str], theta: Tensors, choice: d
             s = base.read(name).to(torch.float32) if p.vertices == "task_vector" else torch.zeros_like(t)
         else:
             s = vertices[pick].read(name).to(torch.float32)  # [*shape]
+            if p.vertices == "task_vector" and p.vertex_scale != 1 and pick != "initial":
+                b = base.read(name).to(torch.float32)
+                s = b + p.vertex_scale * (s - b)  # θ_base + c·τ
         directions[name] = merge_in_memory(method, t, [s], name=name, seed=p.seed + k) - t  # [*shape]
         slope += _dot(grad[name], directions[name])
         del s
@@ -382,6 +396,13 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
         value, grad = proxy_objective(objective, theta, grad=True)
         grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grad.values()))
         choice, gap, gap_max = _oracle(p, names, theta, grad, base_src, vertices)
+        if p.stop_gap is not None and gap_max <= p.stop_gap:  # θ_k is certified: no step
+            history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max,
+                            "grad_norm": grad_norm, "stopped": f"duality gap {gap_max:.4g} <= stop_gap"})
+            if progress and distributed.is_main():
+                logger.info("FW %d/%d: f=%.6g duality gap %.4g <= stop_gap: stopped", k + 1, p.iterations, value,
+                            gap_max)
+            break
         d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
         del grad
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
