@@ -33,6 +33,13 @@ Iteration k = 0 … K−1 (``iterations`` = K):
           a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0)
     θ_{k+1} = MF(θ_k, [s_k]; scale γ_k) = θ_k + γ_k D_k,    D_k = MF(θ_k, [s_k]; scale 1) − θ_k
 
+Pairwise steps (``steps: pairwise``; Lacoste-Julien & Jaggi, "On the Global Linear Convergence of Frank-Wolfe
+Optimization Variants", NeurIPS 2015), per layer: θ_k,l = Σ_j α_jl v_jl is kept as weights α_l on the simplex
+over the vertices (θ_0 the "initial" vertex, α = 1 there), the away vertex a_l = argmax_{α_jl > 0} ⟨g_l, v_jl⟩
+gives D_l = s_l − a_l, and layer l moves by γ_l = min(γ_k, α_{a_l,l}), so weight flows from the worst active
+vertex to the best one and a vertex chosen by mistake can be dropped again (α → 0). It needs the linear oracle,
+layer granularity, merge task_arithmetic and init_as_vertex; the away vertex's tensor is a second one resident.
+
 MF is a registered per-tensor method with base θ_k and the single model s_k (``merge``): task_arithmetic
 gives D = s − θ, the Frank-Wolfe step θ + γ(s − θ); ties gives D = trim_d(s − θ); dare_ties D = m⊙(s − θ)/(1−p)
 (masks seeded by seed + k); from with one model D = s − θ. Every one is linear in its scale, hence D.
@@ -111,11 +118,16 @@ class FrankWolfeParams(Params):
     line_search_points: int = Field(8, ge=2)
     gamma_max: float = Field(1.0, gt=0)
     stop_gap: float | None = Field(None, ge=0)  # stop once the duality gap is at most this (None: never)
+    steps: Literal["frank_wolfe", "pairwise"] = "frank_wolfe"
     seed: int = 0
 
     @model_validator(mode="after")
     def _check_merge(self) -> FrankWolfeParams:
         merge_method(self, 1.0)
+        pairwise = (self.merge, self.oracle, self.granularity, self.init_as_vertex)
+        if self.steps == "pairwise" and pairwise != ("task_arithmetic", "linear", "layer", True):
+            raise ValueError("steps: pairwise moves weight between the vertices of each layer's hull: it needs "
+                             "merge: task_arithmetic, oracle: linear, granularity: layer and init_as_vertex: true")
         if self.vertex_scale != 1 and self.vertices != "task_vector":
             raise ValueError("vertex_scale scales task vectors: it needs vertices: task_vector")
         if self.init_adamerging and self.init != "adamerging":
@@ -155,6 +167,7 @@ class FrankWolfeResult:
     final_objective: float    # f(θ_K)
     params: FrankWolfeParams
     init_log: dict[str, Any] | None = None  # init: adamerging's trace
+    weights: dict[str, dict[str, float]] | None = None  # steps: pairwise: θ_K,l = Σ_j α_jl v_jl, {layer: {j: α}}
 
 
 def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, grad: bool
@@ -230,8 +243,9 @@ def cosine_scores(ip: torch.Tensor, norm: torch.Tensor, g_norm: torch.Tensor) ->
 
 
 def _oracle(p: FrankWolfeParams, names: list[str], theta: Tensors, grad: Tensors, base: TensorSource,
-            vertices: dict[str, TensorSource]) -> tuple[dict[str, str], float, float]:
-    """The LMO: the vertex chosen per layer, the gap ⟨g, θ − s⟩ and the duality gap max_v ⟨g, θ − v⟩.
+            vertices: dict[str, TensorSource]) -> tuple[dict[str, str], float, float, dict[str, torch.Tensor]]:
+    """The LMO: the vertex chosen per layer, the gap ⟨g, θ − s⟩, the duality gap max_v ⟨g, θ − v⟩ and
+    ⟨g_l, v_jl⟩ by vertex label (the zero vertex's too, with ``zero_vertex``), [L] each.
     Streams one vertex tensor at a time; keeps [J, L] tables (J vertices, L layers)."""
     labels, tv = list(vertices), p.vertices == "task_vector"
     ip, norm, g_base = stream_inner_products(names, [grad], vertices, base if tv else None)
@@ -265,40 +279,58 @@ def _oracle(p: FrankWolfeParams, names: list[str], theta: Tensors, grad: Tensors
         best = float(full_ip.sum(1).min())
         best = min(best, float(zero_ip.sum())) if p.zero_vertex else best
         gap_max = float(g_theta.sum()) - best
-    return choice, float((g_theta - s_ip).sum()), gap_max
+    ips = {**{label: full_ip[j] for j, label in enumerate(labels)}, **({"zero": zero_ip} if p.zero_vertex else {})}
+    return choice, float((g_theta - s_ip).sum()), gap_max, ips
+
+
+def _vertex(p: FrankWolfeParams, label: str, name: str, base: TensorSource, vertices: dict[str, TensorSource],
+            like: torch.Tensor) -> torch.Tensor:
+    """Vertex ``label``'s tensor ``name`` in weight space: 0 or θ_base (zero vertex), θ_0 ("initial"), θ_i, or
+    θ_base + c·τ_i (task_vector vertices, c = vertex_scale)."""
+    if label == "zero":
+        return base.read(name).to(torch.float32) if p.vertices == "task_vector" else torch.zeros_like(like)
+    v = vertices[label].read(name).to(torch.float32)  # [*shape]
+    if p.vertices == "task_vector" and p.vertex_scale != 1 and label != "initial":
+        b = base.read(name).to(torch.float32)
+        v = b + p.vertex_scale * (v - b)  # θ_base + c·τ
+    return v
 
 
 def _directions(p: FrankWolfeParams, names: list[str], theta: Tensors, choice: dict[str, str],
-                base: TensorSource, vertices: dict[str, TensorSource], grad: Tensors, k: int
-                ) -> tuple[Tensors, float]:
-    """D_l = MF(θ_l, [s_l]; scale 1) − θ_l, reading each chosen tensor once, and the slope ⟨g, D⟩ = φ'(0)."""
+                base: TensorSource, vertices: dict[str, TensorSource], grad: Tensors, k: int,
+                away: dict[str, str] | None = None) -> tuple[Tensors, float]:
+    """D_l = MF(θ_l, [s_l]; scale 1) − θ_l, or s_l − a_l with ``away`` (pairwise), reading each chosen tensor
+    once, and the slope ⟨g, D⟩ = φ'(0)."""
     method, directions, slope = merge_method(p, 1.0), {}, 0.0
     for name in names:
         pick, t = choice[name], theta[name]  # t: [*shape]
-        if pick == "keep":
+        if pick == "keep" or (away is not None and away[name] == pick):
             directions[name] = torch.zeros_like(t)
             continue
-        if pick == "zero":
-            s = base.read(name).to(torch.float32) if p.vertices == "task_vector" else torch.zeros_like(t)
-        else:
-            s = vertices[pick].read(name).to(torch.float32)  # [*shape]
-            if p.vertices == "task_vector" and p.vertex_scale != 1 and pick != "initial":
-                b = base.read(name).to(torch.float32)
-                s = b + p.vertex_scale * (s - b)  # θ_base + c·τ
+        s = _vertex(p, pick, name, base, vertices, t)  # [*shape]
+        if away is not None:
+            directions[name] = s - _vertex(p, away[name], name, base, vertices, t)
+            slope += _dot(grad[name], directions[name])
+            continue
         directions[name] = merge_in_memory(method, t, [s], name=name, seed=p.seed + k) - t  # [*shape]
         slope += _dot(grad[name], directions[name])
         del s
     return directions, slope
 
 
+def _moved(theta: Tensors, d: Tensors, gamma: float, limits: dict[str, float] | None = None) -> Tensors:
+    """θ + γD, layer l moving by min(γ, limits_l) when ``limits`` is given (pairwise steps)."""
+    return {n: t + (gamma if limits is None else min(gamma, limits[n])) * d[n] for n, t in theta.items()}
+
+
 def _line_search(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, f0: float,
-                 slope: float) -> float:
-    """argmin of φ(γ) = f(θ + γD) over γ = 0 and the points evaluated in (0, γ_max]: a uniform grid
+                 slope: float, limits: dict[str, float] | None = None) -> float:
+    """argmin of φ(γ) = f(θ + γD) (``_moved``) over γ = 0 and the points evaluated in (0, γ_max]: a uniform grid
     γ_max·j/m (``grid``) or golden section plus γ_max (``golden``), m = ``line_search_points``. When no
     point beats φ(0) but D descends (φ'(0) < 0), γ is halved from the smallest point tried, up to 30 times,
     so a coarse grid never stalls the iteration at γ = 0."""
     def phi(gamma: float) -> float:
-        return proxy_objective(objective, {n: t + gamma * d[n] for n, t in theta.items()}, grad=False)[0]
+        return proxy_objective(objective, _moved(theta, d, gamma, limits), grad=False)[0]
 
     seen, m = {0.0: f0}, p.line_search_points
     if p.line_search == "grid":
@@ -391,11 +423,12 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
     _check_pool(names, base_src, pool)
     theta, init_log = _initial(p, objective, names, base_src, pool, init_tensors)
     vertices = {**pool, "initial": InMemorySource(dict(theta), "initial")} if p.init_as_vertex else pool
+    weights = {n: {"initial": 1.0} for n in names} if p.steps == "pairwise" else None  # α_l: active vertices
     history: list[dict[str, Any]] = []
     for k in range(p.iterations):
         value, grad = proxy_objective(objective, theta, grad=True)
         grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grad.values()))
-        choice, gap, gap_max = _oracle(p, names, theta, grad, base_src, vertices)
+        choice, gap, gap_max, ips = _oracle(p, names, theta, grad, base_src, vertices)
         if p.stop_gap is not None and gap_max <= p.stop_gap:  # θ_k is certified: no step
             history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max,
                             "grad_norm": grad_norm, "stopped": f"duality gap {gap_max:.4g} <= stop_gap"})
@@ -403,20 +436,49 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                 logger.info("FW %d/%d: f=%.6g duality gap %.4g <= stop_gap: stopped", k + 1, p.iterations, value,
                             gap_max)
             break
-        d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
+        away = limits = None
+        if weights is not None:  # a_l = argmax over the active vertices of ⟨g_l, v_jl⟩; α_{a_l,l} bounds the step
+            layer = {n: l for l, n in enumerate(names)}
+            away = {n: max(weights[n], key=lambda j, n=n: float(ips[j][layer[n]])) for n in names}
+            limits = {n: weights[n][away[n]] for n in names}
+        d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k, away)
         del grad
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
-        gamma = scheduled if p.line_search == "none" else _line_search(objective, theta, d, p, value, slope)
-        theta = {n: t + gamma * d[n] for n, t in theta.items()}  # θ_{k+1} = θ_k + γ_k D_k
+        search = p if limits is None else p.model_copy(update={"gamma_max": min(p.gamma_max, max(limits.values()))})
+        gamma = scheduled if p.line_search == "none" else _line_search(objective, theta, d, search, value, slope,
+                                                                        limits)
+        theta = _moved(theta, d, gamma, limits)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a) per layer)
         del d
         counts = dict(Counter(choice.values()))
-        history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
-                        "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
-                        "counts": counts})
+        step = {"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
+                "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
+                "counts": counts}
+        if weights is not None:
+            step.update(_shift_weights(weights, choice, away, gamma))
+        history.append(step)
         if progress and distributed.is_main():
             logger.info("FW %d/%d: f=%.6g gap=%.4g γ=%.4g %s", k + 1, p.iterations, value, gap, gamma, counts)
     final = proxy_objective(objective, theta, grad=False)[0]
-    return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p, init_log=init_log)
+    return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p, init_log=init_log,
+                            weights=weights)
+
+
+def _shift_weights(weights: dict[str, dict[str, float]], choice: dict[str, str], away: dict[str, str],
+                   gamma: float) -> dict[str, Any]:
+    """α_{s_l,l} += γ_l, α_{a_l,l} −= γ_l with γ_l = min(γ, α_{a_l,l}), in place; a vertex whose weight reaches
+    0 leaves the active set. The step's record: away vertices per layer (counts) and the vertices dropped."""
+    dropped = 0
+    for name, pick in choice.items():
+        a = away[name]
+        if pick == "keep" or pick == a:
+            continue
+        moved = min(gamma, weights[name][a])
+        weights[name][pick] = weights[name].get(pick, 0.0) + moved
+        weights[name][a] -= moved
+        if weights[name][a] <= 1e-12:
+            del weights[name][a]
+            dropped += 1
+    return {"away": dict(Counter(away.values())), "dropped": dropped}
 
 
 def frank_wolfe_log(history: list[dict[str, Any]], final_objective: float) -> dict[str, Any]:
