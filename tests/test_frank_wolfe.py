@@ -3,6 +3,7 @@ the zero vertex, the merge functions, the gaps, convergence on a convex toy, and
 with the candidate pool."""
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 
@@ -51,6 +52,13 @@ class LinearObjective:
 
     def loss(self, task, logits, batch) -> torch.Tensor:
         return logits.sum()
+
+
+class QuadraticObjective(LinearObjective):
+    """f(θ) = Σ_n ‖θ_n − m_n‖²: its minimiser is m."""
+
+    def logits(self, task, params, batch) -> torch.Tensor:
+        return sum(((params[n] - self.c[n]) ** 2).sum() for n in self.c).reshape(1)  # [1]
 
 
 class TrackingSource:
@@ -134,7 +142,7 @@ def overshoot_pool(obj: StrongToy, target: str) -> dict[str, dict[str, torch.Ten
 
 def distance_ratio(obj: StrongToy, theta: dict[str, torch.Tensor], target: str) -> float:
     """‖θ − θ_target‖ / ‖θ_t0 − θ_target‖."""
-    norm = lambda d: math.sqrt(sum(dot(d[n], d[n]) for n in NAMES))  # noqa: E731
+    norm = lambda d: math.sqrt(sum(dot(d[n], d[n]) for n in NAMES))
     opt = obj.optimum
     return norm({n: theta[n] - opt[target][n] for n in NAMES}) / norm({n: opt["t0"][n] - opt[target][n]
                                                                         for n in NAMES})
@@ -178,13 +186,26 @@ def test_line_search_decreases_the_objective_monotonically(search, oracle):
     params = {"line_search": search, "oracle": oracle, "iterations": 40, "line_search_points": 12}
     result = frank_wolfe_merge(obj, obj.base, overshoot_pool(obj, "t2"), params)
     history = result.history
-    values = [h["objective"] for h in history] + [result.final_objective]
-    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))
+    assert never_rises(result)
     assert all(0 <= h["gamma"] <= 1 for h in history)
     assert all(h["gamma"] > 0 for h in history if h["slope"] < -1e-6)  # a descent direction is never wasted
-    assert values[-1] < 1e-2 * values[0]
+    assert result.final_objective < 1e-2 * history[0]["objective"]
     assert history[-1]["gap_max"] < 1e-2 * history[0]["gap_max"]
     assert distance_ratio(obj, result.theta, "t2") < 0.05
+
+
+def never_rises(result) -> bool:
+    """f(θ_0) ≥ f(θ_1) ≥ … ≥ f(θ_K), up to float rounding."""
+    values = [h["objective"] for h in result.history] + [result.final_objective]
+    return all(b <= a + 1e-9 for a, b in itertools.pairwise(values))
+
+
+def assert_in_hull(result, vertices: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Pairwise steps' record: per layer, weights on the simplex whose combination of the vertices is θ_K."""
+    for name, weights in result.weights.items():
+        assert min(weights.values()) >= 0 and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
+        rebuilt = sum(alpha * vertices[label][name] for label, alpha in weights.items())
+        torch.testing.assert_close(result.theta[name], rebuilt, rtol=1e-5, atol=1e-5)
 
 
 def test_pairwise_steps_keep_the_iterate_a_convex_combination_and_converge_faster():
@@ -197,15 +218,20 @@ def test_pairwise_steps_keep_the_iterate_a_convex_combination_and_converge_faste
               "init": "base", "iterations": 30}
     plain = frank_wolfe_merge(obj, obj.base, pool, params)
     result = frank_wolfe_merge(obj, obj.base, pool, {**params, "steps": "pairwise"})
-    values = [h["objective"] for h in result.history] + [result.final_objective]
-    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))
+    assert never_rises(result)
     assert distance_ratio(obj, result.theta, "t1") < distance_ratio(obj, plain.theta, "t1") / 100
-    vertices = {**pool, "initial": obj.base}
-    for name, weights in result.weights.items():
-        assert min(weights.values()) >= 0 and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
-        rebuilt = sum(alpha * vertices[label][name] for label, alpha in weights.items())
-        torch.testing.assert_close(result.theta[name], rebuilt, rtol=1e-5, atol=1e-5)
+    assert_in_hull(result, {**pool, "initial": obj.base})
     assert result.history[1]["away"] == {"far": 2}  # the first pick overshot: weight flows back from it
+
+
+def test_pairwise_steps_with_layerwise_step_sizes_stay_in_the_hull_and_never_raise_f():
+    obj = StrongToy(["t1"])
+    pool = overshoot_pool(obj, "t1")
+    result = frank_wolfe_merge(obj, obj.base, pool, {"oracle": "linear", "zero_vertex": False, "init": "base",
+                                                     "iterations": 8, "steps": "pairwise",
+                                                     "line_search": "layerwise", "layerwise_steps": 5})
+    assert never_rises(result) and result.final_objective < 0.5 * result.history[0]["objective"]
+    assert_in_hull(result, {**pool, "initial": obj.base})
 
 
 def test_a_full_pairwise_step_drops_the_away_vertex_from_the_active_set():
@@ -222,6 +248,26 @@ def test_a_full_pairwise_step_drops_the_away_vertex_from_the_active_set():
         torch.testing.assert_close(result.theta[name], pool[label][name])
     torch.testing.assert_close(result.theta["c"], theta0["c"])
     assert second["slope"] == 0 and second["dropped"] == 0 and result.final_objective == pytest.approx(-4 - 1 + 1)
+
+
+@pytest.mark.parametrize("gamma_max", [1.0, 0.5])
+def test_layerwise_step_sizes_find_each_layers_own_step(gamma_max):
+    """One direction D = p − 0 whose best step is 0.25 in layer a and 0.75 in layer b: one γ for both (golden
+    section) stops at 0.5 with f = 2; one γ per layer (``layerwise``) reaches both, inside [0, γ_max]."""
+    m = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([3.0, 0.0])}
+    pool = {"p": {"a": torch.tensor([4.0, 0.0]), "b": torch.tensor([4.0, 0.0])}}
+    zeros = {n: torch.zeros(2) for n in m}
+    params = {"oracle": "linear", "zero_vertex": False, "init": "given", "init_as_vertex": False, "iterations": 1,
+              "lambda": 1.0, "eta": 0.5, "gamma_max": gamma_max}
+    one = frank_wolfe_merge(QuadraticObjective(m), zeros, pool, {**params, "line_search": "golden",
+                                                                 "line_search_points": 30}, init_tensors=zeros)
+    assert one.history[0]["gamma"] == pytest.approx(0.5, abs=1e-3) and one.final_objective >= 2 - 1e-4
+    per_layer = frank_wolfe_merge(QuadraticObjective(m), zeros, pool, {**params, "line_search": "layerwise",
+                                                                       "layerwise_steps": 60}, init_tensors=zeros)
+    low, high = per_layer.history[0]["gamma_range"]
+    assert low == pytest.approx(0.25, abs=0.02) and high == pytest.approx(min(0.75, gamma_max), abs=0.02)
+    assert per_layer.final_objective < (0.05 if gamma_max == 1 else (4 * 0.5 - 3) ** 2 + 0.05)
+    assert per_layer.final_objective < per_layer.history[0]["objective"]
 
 
 def zero_vertex_case():
@@ -349,7 +395,7 @@ def test_merge_functions_shape_the_step():
     common = {"init": "given", "init_as_vertex": False, "zero_vertex": False, "iterations": 1,
               "lambda": 1.0, "eta": 0.5}
     d = pool["m"]["w"] - theta0["w"]  # s − θ_0
-    run = lambda **kw: frank_wolfe_merge(LinearObjective(c), base, pool, {**common, **kw},  # noqa: E731
+    run = lambda **kw: frank_wolfe_merge(LinearObjective(c), base, pool, {**common, **kw},
                                          init_tensors=theta0).theta["w"] - theta0["w"]
     torch.testing.assert_close(run(), 0.5 * d)  # task arithmetic: the Frank-Wolfe step γ(s − θ)
     torch.testing.assert_close(run(merge="from"), 0.5 * d)
@@ -415,6 +461,7 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"vertices": "task_vector", "vertex_scale": 0}, "vertex_scale"),
     ({"stop_gap": -1}, "stop_gap"),
     ({"steps": "pairwise"}, "steps: pairwise .* needs merge: task_arithmetic, oracle: linear"),
+    ({"line_search": "layerwise", "layerwise_steps": 0}, "layerwise_steps"),
     ({"steps": "pairwise", "oracle": "linear", "init_as_vertex": False}, "init_as_vertex: true"),
     ({"init_adamerging": {"steps": 5}}, "init: adamerging only"),
     ({"init": "adamerging", "init_adamerging": {"step": 5}}, "step"),

@@ -30,7 +30,10 @@ Iteration k = 0 … K−1 (``iterations`` = K):
          convex f it bounds f(θ_k) − min_{conv(V)} f, the textbook stopping rule
     γ_k = λ · 2/(k+2) · η                                     (``lambda``, ``eta``; official λ=0.29, η=0.1)
           or argmin_{γ ∈ [0, γ_max]} f(θ_k + γ D_k) by a grid or golden section (``line_search``; γ = 0 is
-          a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0)
+          a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0),
+          or one γ_l ∈ [0, γ_max] per layer (``line_search: layerwise``, the AdaMerging idea inside FW):
+          ``layerwise_steps`` Adam steps (lr ``layerwise_lr``) on f(θ_k + Σ_l γ_l D_k,l) from the schedule's γ,
+          ∂f/∂γ_l = ⟨∇_l f, D_k,l⟩, keeping the best point evaluated (γ = 0 included, so f never rises)
     θ_{k+1} = MF(θ_k, [s_k]; scale γ_k) = θ_k + γ_k D_k,    D_k = MF(θ_k, [s_k]; scale 1) − θ_k
 
 Pairwise steps (``steps: pairwise``; Lacoste-Julien & Jaggi, "On the Global Linear Convergence of Frank-Wolfe
@@ -114,8 +117,10 @@ class FrankWolfeParams(Params):
     init_as_vertex: bool = True
     merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
     merge_params: dict[str, Any] = Field(default_factory=dict)
-    line_search: Literal["none", "grid", "golden"] = "none"
+    line_search: Literal["none", "grid", "golden", "layerwise"] = "none"
     line_search_points: int = Field(8, ge=2)
+    layerwise_steps: int = Field(10, ge=1)
+    layerwise_lr: float = Field(0.05, gt=0)
     gamma_max: float = Field(1.0, gt=0)
     stop_gap: float | None = Field(None, ge=0)  # stop once the duality gap is at most this (None: never)
     steps: Literal["frank_wolfe", "pairwise"] = "frank_wolfe"
@@ -318,9 +323,14 @@ def _directions(p: FrankWolfeParams, names: list[str], theta: Tensors, choice: d
     return directions, slope
 
 
-def _moved(theta: Tensors, d: Tensors, gamma: float, limits: dict[str, float] | None = None) -> Tensors:
-    """θ + γD, layer l moving by min(γ, limits_l) when ``limits`` is given (pairwise steps)."""
-    return {n: t + (gamma if limits is None else min(gamma, limits[n])) * d[n] for n, t in theta.items()}
+def _per_layer(gamma: float, names: list[str], limits: dict[str, float] | None = None) -> dict[str, float]:
+    """γ for every layer, min(γ, limits_l) when ``limits`` is given (pairwise steps)."""
+    return {n: gamma if limits is None else min(gamma, limits[n]) for n in names}
+
+
+def _moved(theta: Tensors, d: Tensors, gammas: Mapping[str, float]) -> Tensors:
+    """θ_l + γ_l D_l for every layer l."""
+    return {n: t + gammas[n] * d[n] for n, t in theta.items()}
 
 
 def _line_search(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, f0: float,
@@ -330,7 +340,7 @@ def _line_search(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfe
     point beats φ(0) but D descends (φ'(0) < 0), γ is halved from the smallest point tried, up to 30 times,
     so a coarse grid never stalls the iteration at γ = 0."""
     def phi(gamma: float) -> float:
-        return proxy_objective(objective, _moved(theta, d, gamma, limits), grad=False)[0]
+        return proxy_objective(objective, _moved(theta, d, _per_layer(gamma, list(theta), limits)), grad=False)[0]
 
     seen, m = {0.0: f0}, p.line_search_points
     if p.line_search == "grid":
@@ -358,6 +368,33 @@ def _line_search(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfe
         if seen[gamma] < f0:
             break
     return min(seen, key=lambda g: (seen[g], g))
+
+
+def _layerwise_steps(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, f0: float,
+                     start: dict[str, float], limits: dict[str, float] | None) -> dict[str, float]:
+    """One step size per layer, γ_l ∈ [0, min(γ_max, limits_l)]: ``layerwise_steps`` projected Adam steps on
+    φ(γ) = f(θ + Σ_l γ_l D_l) from ``start``, with ∂φ/∂γ_l = ⟨∇_l f(θ + Σ γ D), D_l⟩; the best point evaluated
+    (γ = 0, worth f0, included)."""
+    names = list(theta)
+    upper = torch.tensor([p.gamma_max if limits is None else min(p.gamma_max, limits[n]) for n in names],
+                         dtype=torch.float64)  # [L]
+    gamma = torch.minimum(torch.tensor([start[n] for n in names], dtype=torch.float64), upper)  # [L]
+    gamma.requires_grad_(True)
+    optimizer = torch.optim.Adam([gamma], lr=p.layerwise_lr)
+    best_value, best = f0, dict.fromkeys(names, 0.0)
+    for step in range(p.layerwise_steps + 1):  # the last point is evaluated, not stepped from
+        gammas = dict(zip(names, gamma.detach().tolist()))
+        value, grad = proxy_objective(objective, _moved(theta, d, gammas), grad=step < p.layerwise_steps)
+        if value < best_value:
+            best_value, best = value, gammas
+        if grad is None:
+            break
+        gamma.grad = torch.tensor([_dot(grad[n], d[n]) for n in names], dtype=torch.float64)  # [L]
+        del grad
+        optimizer.step()
+        with torch.no_grad():
+            gamma.copy_(torch.minimum(gamma.clamp(min=0.0), upper))
+    return best
 
 
 def _check_pool(names: list[str], base: TensorSource, pool: dict[str, TensorSource]) -> None:
@@ -436,25 +473,22 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                 logger.info("FW %d/%d: f=%.6g duality gap %.4g <= stop_gap: stopped", k + 1, p.iterations, value,
                             gap_max)
             break
-        away = limits = None
-        if weights is not None:  # a_l = argmax over the active vertices of ⟨g_l, v_jl⟩; α_{a_l,l} bounds the step
-            layer = {n: l for l, n in enumerate(names)}
-            away = {n: max(weights[n], key=lambda j, n=n: float(ips[j][layer[n]])) for n in names}
-            limits = {n: weights[n][away[n]] for n in names}
+        away = _away_vertices(weights, ips, names) if weights is not None else None
+        limits = {n: weights[n][away[n]] for n in names} if away is not None else None  # α_{a_l,l} bounds γ_l
         d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k, away)
         del grad
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
-        search = p if limits is None else p.model_copy(update={"gamma_max": min(p.gamma_max, max(limits.values()))})
-        gamma = scheduled if p.line_search == "none" else _line_search(objective, theta, d, search, value, slope,
-                                                                        limits)
-        theta = _moved(theta, d, gamma, limits)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a) per layer)
+        gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits)
+        theta = _moved(theta, d, gammas)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a); layerwise: γ_l)
         del d
         counts = dict(Counter(choice.values()))
         step = {"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
                 "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
                 "counts": counts}
+        if p.line_search == "layerwise":
+            step["gamma_range"] = [min(gammas.values()), max(gammas.values())]
         if weights is not None:
-            step.update(_shift_weights(weights, choice, away, gamma))
+            step.update(_shift_weights(weights, choice, away, gammas))
         history.append(step)
         if progress and distributed.is_main():
             logger.info("FW %d/%d: f=%.6g gap=%.4g γ=%.4g %s", k + 1, p.iterations, value, gap, gamma, counts)
@@ -463,16 +497,37 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                             weights=weights)
 
 
+def _away_vertices(weights: dict[str, dict[str, float]], ips: dict[str, torch.Tensor], names: list[str]
+                   ) -> dict[str, str]:
+    """a_l = argmax over layer l's active vertices (α_jl > 0) of ⟨g_l, v_jl⟩: the worst vertex in use."""
+    return {n: max(weights[n], key=lambda j, l=l: float(ips[j][l])) for l, n in enumerate(names)}
+
+
+def _step_sizes(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, value: float, slope: float,
+                scheduled: float, limits: dict[str, float] | None) -> tuple[dict[str, float], float]:
+    """γ_l per layer (pairwise: at most ``limits``) by the schedule, a line search or layer-wise steps, and the γ
+    recorded (layerwise: their mean)."""
+    names = list(theta)
+    if p.line_search == "layerwise":
+        gammas = _layerwise_steps(objective, theta, d, p, value, _per_layer(scheduled, names, limits), limits)
+        return gammas, sum(gammas.values()) / len(gammas)
+    if p.line_search == "none":
+        return _per_layer(scheduled, names, limits), scheduled
+    search = p if limits is None else p.model_copy(update={"gamma_max": min(p.gamma_max, max(limits.values()))})
+    gamma = _line_search(objective, theta, d, search, value, slope, limits)
+    return _per_layer(gamma, names, limits), gamma
+
+
 def _shift_weights(weights: dict[str, dict[str, float]], choice: dict[str, str], away: dict[str, str],
-                   gamma: float) -> dict[str, Any]:
-    """α_{s_l,l} += γ_l, α_{a_l,l} −= γ_l with γ_l = min(γ, α_{a_l,l}), in place; a vertex whose weight reaches
-    0 leaves the active set. The step's record: away vertices per layer (counts) and the vertices dropped."""
+                   gammas: dict[str, float]) -> dict[str, Any]:
+    """α_{s_l,l} += γ_l, α_{a_l,l} −= γ_l (γ_l ≤ α_{a_l,l}), in place; a vertex whose weight reaches 0 leaves the
+    active set. The step's record: away vertices per layer (counts) and the vertices dropped."""
     dropped = 0
     for name, pick in choice.items():
         a = away[name]
         if pick == "keep" or pick == a:
             continue
-        moved = min(gamma, weights[name][a])
+        moved = min(gammas[name], weights[name][a])
         weights[name][pick] = weights[name].get(pick, 0.0) + moved
         weights[name][a] -= moved
         if weights[name][a] <= 1e-12:
