@@ -187,6 +187,8 @@ def test_finetune_checks_workers_tasks_and_seeds_first(text_pool, capsys, option
     (b"parameters: {density: 0.2}\nsearch: {lambda: 0.5}\n", "search"),  # a grid value that is not a list
     (b"parameters: {density: abc}\n", "'abc'"),                          # the YAML's own values are checked
     (b"search: {lambda: [0.5, 1.0], density: [0.2, 7]}\n", "7"),         # so is every point of the grid
+    (b"presets: {p: {source: s, parameters: {density: 0.2}, search: {density: [0.1]}}}\n",
+     "both fixed (parameters) and searched (search)"),                   # a preset fixes or searches a key
     *((content, named) for content, named in BAD_YAML.values())])
 def test_a_bad_method_yaml_is_named_before_any_work(text_pool, tmp_path, monkeypatch, capsys, content, named):
     configs = tmp_path / "configs"
@@ -199,6 +201,31 @@ def test_a_bad_method_yaml_is_named_before_any_work(text_pool, tmp_path, monkeyp
     finally:
         experiment._method_yaml.cache_clear()
     assert "ties.yaml" in error and named in error
+
+
+def test_a_preset_may_carry_its_own_validation_grid(text_pool, tmp_path, monkeypatch, capsys):
+    """A preset's ``search`` replaces the method YAML's grid for its keys; the command line still fixes any key;
+    every point of the preset's grid is checked against the schema when the preset is asked for."""
+    configs = tmp_path / "configs"
+    (configs / "methods").mkdir(parents=True)
+    (configs / "methods" / "ties.yaml").write_text(
+        "parameters: {density: 0.2}\nsearch: {lambda: [0.5, 1.0]}\npresets:\n"
+        "  wide: {source: ours, parameters: {elect: count}, search: {lambda: [0.3, 0.6, 0.9], density: [0.1, 0.3]}}\n"
+        "  bad: {source: ours, parameters: {}, search: {density: [0.2, 7]}}\n")
+    monkeypatch.setattr(experiment, "CONFIGS", configs)
+    experiment._method_yaml.cache_clear()
+    try:
+        params, grid, _ = experiment.method_config("discriminative", "ties", {"preset": "wide"})
+        assert params == {"density": 0.2, "elect": "count"} and grid == {"lambda": [0.3, 0.6, 0.9],
+                                                                         "density": [0.1, 0.3]}
+        assert experiment.method_config("discriminative", "ties", {"preset": "wide", "density": 0.5})[1] == {
+            "lambda": [0.3, 0.6, 0.9]}
+        assert experiment.method_config("discriminative", "ties", {})[1] == {"lambda": [0.5, 1.0]}
+        error = refusal(capsys, discriminative_main, ["run", "--pool", text_pool(), "--method", "ties",
+                                                      "--preset", "bad"])
+    finally:
+        experiment._method_yaml.cache_clear()
+    assert "ties.yaml" in error and "7" in error
 
 
 @pytest.mark.parametrize("case", list(BAD_YAML))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from merging.batchnorm import MODES
 from merging.benchmark.metrics import normalized_score
@@ -46,12 +46,21 @@ def runnable_methods() -> list[str]:
 
 
 class Preset(BaseModel):
-    """Named settings of a method (``--preset NAME``): the parameters a published run used and where they come
-    from (the official file), applied over the method YAML's parameters and under the command line's."""
+    """Named settings of a method (``--preset NAME``): the parameters a published run used (or a configuration
+    under study) and where they come from, applied over the method YAML's parameters and under the command
+    line's; ``search`` gives its own validation grid, which replaces the method YAML's for those keys."""
 
     model_config = ConfigDict(extra="forbid")
     source: str = Field(min_length=1)
     parameters: dict[str, Any]
+    search: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+
+    @model_validator(mode="after")
+    def _apart(self) -> Preset:
+        both = sorted(set(self.parameters) & set(self.search))
+        if both:
+            raise ValueError(f"{both} both fixed (parameters) and searched (search)")
+        return self
 
 
 class MethodFile(BaseModel):
@@ -91,10 +100,12 @@ def method_config(domain: str, method: str, overrides: dict[str, Any]
     exclude = list(raw.get("exclude") or [])
     if overrides.pop("merge_biases", True) is False:  # the official FW-Merging code keeps biases unmerged
         exclude.append(r"\.bias$")
-    preset = preset_parameters(domain, method, overrides.pop("preset", None))
+    chosen = _preset(domain, method, overrides.pop("preset", None))
+    preset = dict(chosen.get("parameters") or {})
     params = {**(raw.get("parameters") or {}), **preset, **overrides}
     overrides = {**preset, **overrides}
-    grid = {k: v for k, v in (raw.get("search") or {}).items() if k not in overrides}
+    searched = {**(raw.get("search") or {}), **(chosen.get("search") or {})}
+    grid = {k: v for k, v in searched.items() if k not in overrides}
     return params, grid, exclude
 
 
@@ -162,13 +173,18 @@ def best_on_validation(points: list[dict[str, Any]], score: Callable[[dict[str, 
 
 def preset_parameters(domain: str, method: str, name: Any) -> dict[str, Any]:
     """The parameters of preset ``name`` of the method YAML (none for None); an unknown name lists the known."""
+    return dict(_preset(domain, method, name).get("parameters") or {})
+
+
+def _preset(domain: str, method: str, name: Any) -> dict[str, Any]:
+    """Preset ``name`` of the method YAML as a mapping ({} for None); an unknown name lists the known."""
     if name is None:
         return {}
     presets = _method_yaml(domain, method).get("presets") or {}
     if name not in presets:
         raise MergeError(f"--preset {name!r}: {method_file(domain, method)} has "
                          + (f"the presets {', '.join(presets)}" if presets else "no presets"))
-    return dict(presets[name]["parameters"])
+    return presets[name]
 
 
 def check_method_config(domain: str, method: str, overrides: dict[str, Any], schemas: tuple[type[BaseModel], ...],
