@@ -35,4 +35,4 @@ run_from_table() {  # the FroM paper's full-model table
 # What the other domains' benchmarks have and this one does not: classifier references and scaling claims, and the
 # data-driven methods that need a classifier's objective.
 unset -f run_majority run_probe run_frank_wolfe_soft run_regmean run_fisher run_adamerging run_greedy_soup \
-  run_irrelevance run_relevance run_relevance_tasks run_main run_claims run_memory
+  run_irrelevance run_relevance run_relevance_tasks run_main run_claims run_variants run_memory

@@ -102,6 +102,10 @@ run_main() {
 # The paper's claims (configs/claims.yaml) judged on the rows above: outs/<pool>_claims.md, a plot per claim.
 # shellcheck disable=SC2086  # TARGETS is a list
 run_claims() { _bench claims --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }
+# Issue 19's Frank-Wolfe variants (configs/fw_variants.yaml) judged on the all-task and scaling rows:
+# outs/<pool>_fw_variants.md.
+# shellcheck disable=SC2086  # TARGETS is a list
+run_variants() { _bench variants --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }
 run_memory() {
   _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&
     _bench plot --claim irrelevance --y peak_rss_gb

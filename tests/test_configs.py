@@ -15,6 +15,7 @@ from generative.pool import load_pool as load_generative_pool
 from generative.run import check_method as check_generative
 from merging.benchmark import experiment
 from merging.benchmark.claims import load_claims
+from merging.benchmark.variants import load_variants
 from merging.config import load_config, read_mapping
 from merging.io.pypi import model_wheels
 from merging.registry import get_method
@@ -64,8 +65,17 @@ def bench_config(path: Path, tmp_path: Path) -> None:
     load_config(copy)
 
 
+def fw_variants(path: Path) -> None:
+    """configs/fw_variants.yaml: each variant's method and flags (its preset, its grid) pass the method's checks
+    in both domains that run the scaling protocols."""
+    for variant in load_variants(path).variants:
+        for pool in (TextPool(name="t", base="b", tasks=["a"]), VisionPool(name="v", base="b", tasks=["a"])):
+            experiment.check_method(pool, variant.method, variant.flags)
+
+
 LOADERS = [  # (pattern, loader): the first match reads the file
     ("configs/claims.yaml", load_claims),
+    ("configs/fw_variants.yaml", fw_variants),
     ("configs/model_packages.yaml", model_wheels.__wrapped__),
     ("configs/bench/*.yaml", bench_config),
     ("configs/examples/*", load_config),

@@ -100,11 +100,11 @@ class Judgement:
     flags: str      # FW soft's deviation from the preset in the judged rows ('' for none)
 
 
-def _overrides(row: Row) -> dict[str, object]:
+def overrides_of(row: Row) -> dict[str, object]:
     return json.loads(row["overrides"]) if row.get("overrides") else {}
 
 
-def _flags(overrides: str) -> str:
+def as_flags(overrides: str) -> str:
     """A row's overrides (JSON) as the runner's command-line flags."""
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (json.loads(overrides) if overrides else {}).items())
 
@@ -119,16 +119,16 @@ def series(rows: list[Row], keep: Callable[[Row], bool], extra: int, column: str
     return out
 
 
-def _complete(found: list[Scores]) -> set[str]:
+def complete_seeds(found: list[Scores]) -> set[str]:
     """Seeds with a value at every point."""
     return set.intersection(*(set(s) for s in found))
 
 
-def _mean(scores: Scores, seeds: list[str]) -> float:
+def mean_over(scores: Scores, seeds: list[str]) -> float:
     return statistics.fmean(scores[s] for s in seeds)
 
 
-def _shown(scores: Scores, seeds: list[str]) -> str:
+def mean_std(scores: Scores, seeds: list[str]) -> str:
     values = [scores[s] for s in seeds]
     mean = statistics.fmean(values)
     return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
@@ -162,7 +162,7 @@ class _Context:
     def deviation(self, row: Row, loss: str) -> str | None:
         """None unless ``row`` is FW soft with the claim's preset and inner loss ``loss``; else the overrides
         that change the preset's setting, as command-line flags ('' for none)."""
-        over = _overrides(row)
+        over = overrides_of(row)
         if (row["method"] != FW_SOFT or over.get("preset") != self.claim.preset
                 or over.get("inner_loss", self.preset.get("inner_loss")) != loss):
             return None
@@ -178,8 +178,8 @@ class _Context:
         groups = sorted({d for r in self.rows if (d := self.deviation(r, loss)) is not None} - {""})
         found = {flags: [series(self.rows, functools.partial(self.is_fw_soft, loss=loss, flags=flags), k)
                          for k in self.points] for flags in ["", *groups]}
-        complete = [flags for flags in found if _complete(found[flags])]
-        flags = "" if not complete or "" in complete else max(complete, key=lambda f: len(_complete(found[f])))
+        complete = [flags for flags in found if complete_seeds(found[flags])]
+        flags = "" if not complete or "" in complete else max(complete, key=lambda f: len(complete_seeds(found[f])))
         return flags, found[flags]
 
     def best(self, method: str, seeds: set[str]) -> tuple[str, list[Scores]]:
@@ -189,15 +189,15 @@ class _Context:
         for over in dict.fromkeys(r.get("overrides", "") for r in self.rows if r["method"] == method):
             found = [series(self.rows, functools.partial(_is_variant, method=method, overrides=over), k)
                      for k in self.points]
-            shared = sorted(_complete(found) & seeds)
-            rank = (len(shared), _mean(found[-1], shared) if shared else 0.0)
+            shared = sorted(complete_seeds(found) & seeds)
+            rank = (len(shared), mean_over(found[-1], shared) if shared else 0.0)
             if shared and rank > best[0]:
                 best = (rank, over, found)
         return best[1], best[2]
 
 
-def _seeds(*found: Scores) -> list[str]:
-    return sorted(_complete(list(found)), key=int)
+def common_seeds(*found: Scores) -> list[str]:
+    return sorted(complete_seeds(list(found)), key=int)
 
 
 def _missing(context: _Context, named: dict[str, list[Scores]]) -> tuple[str, str, str]:
@@ -215,13 +215,13 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
     configured = functools.partial(_is_configured, method=c.reference)
     reference = [series(context.rows, configured, k) for k in (context.points[0], context.points[-1])]
-    seeds = _seeds(*fw, *reference)
+    seeds = common_seeds(*fw, *reference)
     if not seeds:
         return _missing(context, {"FW soft": fw, c.reference: reference})
-    drop = _mean(fw[0], seeds) - _mean(fw[-1], seeds)
-    ref_drop = _mean(reference[0], seeds) - _mean(reference[-1], seeds)
-    ours = (f"FW soft {_shown(fw[0], seeds)} → {_shown(fw[-1], seeds)} ({-drop:+.1f}); {c.reference} "
-            f"{_shown(reference[0], seeds)} → {_shown(reference[-1], seeds)} ({-ref_drop:+.1f}); "
+    drop = mean_over(fw[0], seeds) - mean_over(fw[-1], seeds)
+    ref_drop = mean_over(reference[0], seeds) - mean_over(reference[-1], seeds)
+    ours = (f"FW soft {mean_std(fw[0], seeds)} → {mean_std(fw[-1], seeds)} ({-drop:+.1f}); {c.reference} "
+            f"{mean_std(reference[0], seeds)} → {mean_std(reference[-1], seeds)} ({-ref_drop:+.1f}); "
             f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
     return ours, verdict, (f"FW soft loses {drop:.1f} (criterion ≤ {c.max_drop:g}) while {c.reference} loses "
@@ -230,35 +230,35 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
 
 def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
-    seeds = _seeds(*fw)
+    seeds = common_seeds(*fw)
     if not seeds:
         return _missing(context, {"FW soft": fw})
-    first, last = _mean(fw[0], seeds), _mean(fw[-1], seeds)
+    first, last = mean_over(fw[0], seeds), mean_over(fw[-1], seeds)
     if first <= 0:
         return "", "no", f"FW soft's first mean is {first:.1f}: no relative change to judge"
     relative = last / first - 1
-    ours = f"FW soft {_shown(fw[0], seeds)} → {_shown(fw[-1], seeds)} ({relative:+.1%}); n = {len(seeds)}{note}"
+    ours = f"FW soft {mean_std(fw[0], seeds)} → {mean_std(fw[-1], seeds)} ({relative:+.1%}); n = {len(seeds)}{note}"
     return ours, "yes" if relative >= c.min_relative else "no", (f"relative change {relative:+.1%} "
                                                                   f"(criterion ≥ {c.min_relative:+.0%})")
 
 
 def _beats(context: _Context, fw: list[Scores], note: str) -> Verdict:
     c = context.claim.criterion
-    fw_seeds = _complete(fw)
+    fw_seeds = complete_seeds(fw)
     if not fw_seeds:  # the comparators are chosen on FW soft's seeds
         return _missing(context, {"FW soft": fw})
     variant, ada = context.best(c.reference, fw_seeds)
     free = {m: context.best(m, fw_seeds)[1] for m in c.data_free}
-    seeds = _seeds(*fw, *ada, *(s[0] for s in free.values()))
+    seeds = common_seeds(*fw, *ada, *(s[0] for s in free.values()))
     if not seeds:
         return _missing(context, {"FW soft": fw, c.reference: ada, **free})
-    score, reference = _mean(fw[0], seeds), _mean(ada[0], seeds)
-    best_free = max(free, key=lambda m: _mean(free[m][0], seeds))
-    margin = score - _mean(free[best_free][0], seeds)
+    score, reference = mean_over(fw[0], seeds), mean_over(ada[0], seeds)
+    best_free = max(free, key=lambda m: mean_over(free[m][0], seeds))
+    margin = score - mean_over(free[best_free][0], seeds)
     ratio = score / reference if reference > 0 else math.inf
-    ours = (f"FW soft {_shown(fw[0], seeds)}; {c.reference}{' ' + variant if variant else ''} "
-            f"{_shown(ada[0], seeds)} (×{ratio:.3f}); best data-free {best_free} "
-            f"{_shown(free[best_free][0], seeds)}; n = {len(seeds)}{note}")
+    ours = (f"FW soft {mean_std(fw[0], seeds)}; {c.reference}{' ' + variant if variant else ''} "
+            f"{mean_std(ada[0], seeds)} (×{ratio:.3f}); best data-free {best_free} "
+            f"{mean_std(free[best_free][0], seeds)}; n = {len(seeds)}{note}")
     verdict = "yes" if ratio >= c.min_ratio and margin > 0 else "no"
     return ours, verdict, (f"FW soft / {c.reference} = {ratio:.3f} (criterion ≥ {c.min_ratio:g}); "
                            f"FW soft − {best_free} = {margin:+.1f} (criterion > 0)")
@@ -271,14 +271,14 @@ def compared(context: _Context) -> tuple[str, list[str]]:
     cells, plain, commands = [], [], []
     for method in context.claim.shown():
         variant, found = context.best(method, seeds)
-        shared = _seeds(*found)
+        shared = common_seeds(*found)
         if not shared:
             plain.append(method)
             continue
-        name = f"{method} {_flags(variant)}".strip()
-        cells.append(f"{name} {' → '.join(_shown(s, shared) for s in found)} (n = {len(shared)})")
+        name = f"{method} {as_flags(variant)}".strip()
+        cells.append(f"{name} {' → '.join(mean_std(s, shared) for s in found)} (n = {len(shared)})")
         if variant:
-            commands.append(context.command([method], _flags(variant)))
+            commands.append(context.command([method], as_flags(variant)))
         else:
             plain.append(method)
     if plain:
@@ -329,7 +329,7 @@ def _curve(context: _Context, extras: list[int], keep: Callable[[Row], bool]) ->
     """Mean of the kept rows' scores at each number of extra checkpoints, over the seeds the claim's points all
     have (those the table compares; every seed when none is complete), where those seeds have a row."""
     found = {k: series(context.rows, keep, k) for k in extras}
-    seeds = _complete([found.get(k) or series(context.rows, keep, k) for k in context.points]) or {
+    seeds = complete_seeds([found.get(k) or series(context.rows, keep, k) for k in context.points]) or {
         seed for scores in found.values() for seed in scores}
     return {k: statistics.fmean(scores[s] for s in seeds) for k, scores in found.items()
             if seeds and seeds <= set(scores)}
@@ -360,7 +360,7 @@ def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Pat
         curve = _curve(context, extras, functools.partial(_is_variant, method=method, overrides=variant))
         if curve:
             ours.plot(list(curve), list(curve.values()), marker="s", color=colour[method],
-                      label=f"{method} {_flags(variant)}".strip())
+                      label=f"{method} {as_flags(variant)}".strip())
     for method, values in claim.paper.scores.items():
         known = [(k, v) for k, v in zip(claim.paper.extra, values) if v is not None]
         paper.plot(*zip(*known), marker="o" if method == FW_SOFT else "s", color=colour[method], label=method)

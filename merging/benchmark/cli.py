@@ -70,7 +70,7 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
         if stray:
             raise MergeError(f"--pool-seeds {stray} are not fine-tuning seeds of pool '{pool.name}' "
                              f"{pool.finetune.seeds}; add them to finetune.seeds in {args.pool}")
-    if args.command in ("scale", "claims"):
+    if args.command in ("scale", "claims", "variants"):
         from .scaling import target_pool
 
         target_pool(pool, args.targets)
@@ -123,6 +123,10 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                  "scaling rows: outs/<pool>_claims.md and one plot per claim")
     claims.add_argument("--pool", default=default_pool)
     claims.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
+    variants = commands.add_parser("variants", help="judge the Frank-Wolfe variants (configs/fw_variants.yaml) "
+                                   "on the all-task and scaling rows: outs/<pool>_fw_variants.md")
+    variants.add_argument("--pool", default=default_pool)
+    variants.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
     args, extra = start_command(parser, argv, overridable=("run", "scale"))
     try:
         pool = load_pool(args.pool)
@@ -163,6 +167,10 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
             from .claims import write_claims
 
             print(write_claims(pool, args.pool, args.targets))
+        elif args.command == "variants":
+            from .variants import write_variants
+
+            print(write_variants(pool, args.pool, args.targets))
         else:
             from .scaling import plot
 

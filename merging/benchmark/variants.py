@@ -1,0 +1,168 @@
+"""Frank-Wolfe variants judged on our rows against a criterion fixed before their runs (configs/fw_variants.yaml,
+issue 19: one FW variant above the best data-free merge, flat under irrelevant checkpoints, not falling as relevant
+ones join, at flat memory).
+
+A variant is a method with fixed command-line flags (often ``--preset NAME``) and the hypothesis it tests. Its rows
+come from the ordinary runners with those flags (the table prints each command):
+
+  all tasks     run_<method> FLAGS                               outs/<pool>/results.csv
+  irrelevance   SIZES="first last" run_irrelevance FLAGS         outs/<pool>_irrelevance/results.csv
+  relevance     SIZES="first last" run_relevance_tasks FLAGS     outs/<pool>_relevance_tasks/results.csv
+
+The criteria (means over the fine-tuning seeds both compared series have; latest row per seed):
+
+  above    all-task score ≥ the best data-free merge's (its configured row) + ``margin`` normalised points
+  flat     irrelevance: loses ≤ ``max_drop`` from the first point to the last
+  rises    relevance: the last point's mean ≥ the first's
+  memory   irrelevance: peak RSS at the last point ≤ ``max_rss_ratio`` × at the first
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from merging.benchmark.results import markdown_table, read_rows
+from merging.config import read_validated
+from merging.io.atomic import atomic_write_text
+
+from .claims import RUNNERS, Row, Scores, common_seeds, mean_over, mean_std, series, setup
+from .experiment import CONFIGS
+from .pool import PoolConfig
+from .scaling import extra_count
+
+VARIANTS_FILE = CONFIGS / "fw_variants.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Criteria(_Strict):
+    margin: float
+    max_drop: float = Field(ge=0)
+    max_rss_ratio: float = Field(gt=0)
+
+
+class Variant(_Strict):
+    name: str = Field(min_length=1)
+    method: str = Field(min_length=1)
+    flags: dict[str, Any] = {}
+    hypothesis: str = Field(min_length=1)
+
+
+Point = int | Literal["all"]
+
+
+class VariantsFile(_Strict):
+    criteria: Criteria
+    irrelevance: list[Point] = Field(min_length=2, max_length=2)
+    relevance: list[Point] = Field(min_length=2, max_length=2)
+    data_free: list[str] = Field(min_length=1)
+    variants: list[Variant] = Field(min_length=1)
+
+
+def load_variants(path: Path = VARIANTS_FILE) -> VariantsFile:
+    return read_validated(path, VariantsFile, "variants file")
+
+
+def _flag_text(flags: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
+
+
+def _is(row: Row, method: str, flags: dict[str, Any]) -> bool:
+    return row["method"] == method and (json.loads(row["overrides"]) if row.get("overrides") else {}) == flags
+
+
+def _by_seed(rows: list[Row], keep: functools.partial) -> Scores:
+    """Normalised score by pool seed of the latest kept row (the all-task table has no ``extra`` column)."""
+    return {r["pool_seed"]: float(r["normalized"]) for r in rows if keep(r) and r.get("normalized", "") != ""}
+
+
+class _Rows:
+    """The pool's three result files, the scaling ones restricted to ``targets``, and the protocols' points."""
+
+    def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path) -> None:
+        wanted = " ".join(targets)
+        self.all = read_rows(outs / pool.name / "results.csv")
+        self.scaled = {protocol: [r for r in read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
+                                  if r.get("targets", "") in ("", wanted)]
+                       for protocol in ("irrelevance", "relevance_tasks")}
+        self.points = {protocol: [extra_count(pool, targets, protocol, str(k)) for k in points]
+                       for protocol, points in (("irrelevance", spec.irrelevance),
+                                                ("relevance_tasks", spec.relevance))}
+
+    def pair(self, protocol: str, keep: functools.partial, column: str = "normalized") -> tuple[Scores, Scores]:
+        first, last = self.points[protocol]
+        rows = self.scaled[protocol]
+        return series(rows, keep, first, column), series(rows, keep, last, column)
+
+
+def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[str, str]:
+    mine = _by_seed(rows.all, keep)
+    free = {m: _by_seed(rows.all, functools.partial(_is, method=m, flags={})) for m in spec.data_free}
+    seeds = common_seeds(mine, *(s for s in free.values() if s))
+    if not seeds:
+        return "—", "not run"
+    best = max((m for m in free if free[m]), key=lambda m: mean_over(free[m], seeds))
+    margin = mean_over(mine, seeds) - mean_over(free[best], seeds)
+    verdict = "yes" if margin >= spec.criteria.margin else "no"
+    return f"{mean_std(mine, seeds)} ({margin:+.1f} over {best}; n = {len(seeds)})", verdict
+
+
+def _change(first: Scores, last: Scores) -> tuple[list[str], float]:
+    seeds = common_seeds(first, last)
+    return seeds, (mean_over(last, seeds) - mean_over(first, seeds)) if seeds else 0.0
+
+
+def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str, str]:
+    """One line of the table: each criterion's numbers and verdict (yes / no / not run)."""
+    keep = functools.partial(_is, method=variant.method, flags=variant.flags)
+    above, above_verdict = _above(rows, spec, keep)
+    first, last = rows.pair("irrelevance", keep)
+    seeds, change = _change(first, last)
+    flat = f"{mean_std(first, seeds)} → {mean_std(last, seeds)} ({change:+.1f})" if seeds else "—"
+    flat_verdict = ("yes" if -change <= spec.criteria.max_drop else "no") if seeds else "not run"
+    rss_first, rss_last = rows.pair("irrelevance", keep, "peak_rss_gb")
+    rss_seeds = common_seeds(rss_first, rss_last)
+    ratio = mean_over(rss_last, rss_seeds) / mean_over(rss_first, rss_seeds) if rss_seeds else 0.0
+    memory = (f"{mean_over(rss_first, rss_seeds):.2f} → {mean_over(rss_last, rss_seeds):.2f} GB (×{ratio:.2f})"
+              if rss_seeds else "—")
+    rel_first, rel_last = rows.pair("relevance_tasks", keep)
+    rel_seeds, rise = _change(rel_first, rel_last)
+    relevance = f"{mean_std(rel_first, rel_seeds)} → {mean_std(rel_last, rel_seeds)} ({rise:+.1f})" if rel_seeds \
+        else "—"
+    verdicts = [above_verdict, flat_verdict, ("yes" if rise >= 0 else "no") if rel_seeds else "not run",
+                ("yes" if ratio <= spec.criteria.max_rss_ratio else "no") if rss_seeds else "not run"]
+    flags = _flag_text(variant.flags)
+    sizes = {p: " ".join(map(str, rows.points[p])) for p in rows.points}
+    commands = [f"run_{variant.method} {flags}".strip(),
+                *(f'SIZES="{sizes[p]}" METHODS={variant.method} {RUNNERS[p]} {flags}'.strip() for p in sizes)]
+    return {"variant": f"**{variant.name}**: {' '.join(variant.hypothesis.split())}",
+            "all tasks (vs best data-free)": above, "irrelevance first → last": flat,
+            "relevance first → last": relevance, "peak RSS first → last": memory,
+            "above / flat / rises / memory": " / ".join(verdicts),
+            "all four?": "yes" if all(v == "yes" for v in verdicts) else
+            ("not run" if "not run" in verdicts else "no"),
+            "commands": "<br>".join(f"`{c}`" for c in commands)}
+
+
+def write_variants(pool: PoolConfig, pool_path: str, targets: list[str], outs: Path = Path("outs"),
+                   spec: VariantsFile | None = None) -> str:
+    """Judge every variant of ``spec`` (default: configs/fw_variants.yaml) on the rows under ``outs``; write
+    outs/<pool>_fw_variants.md; the table with its preamble."""
+    spec = spec or load_variants()
+    rows = _Rows(spec, pool, targets, outs)
+    lines = [judge_variant(rows, spec, variant) for variant in spec.variants]
+    c = spec.criteria
+    text = (f"Rebuilt by `run_variants` (configs/fw_variants.yaml) from the rows under {outs}/. Criteria, fixed "
+            f"before the runs: all-task score ≥ the best data-free merge + {c.margin:g}; loses ≤ {c.max_drop:g} "
+            f"from {rows.points['irrelevance'][0]} to {rows.points['irrelevance'][1]} irrelevant checkpoints; does "
+            f"not fall from {rows.points['relevance_tasks'][0]} to {rows.points['relevance_tasks'][1]} other tasks' "
+            f"checkpoints (relevance by tasks); peak RSS ratio ≤ {c.max_rss_ratio:g}. Every command runs after "
+            f"`{setup(pool, pool_path, targets)}`.\n\n{markdown_table(lines, list(lines[0]))}")
+    atomic_write_text(outs / f"{pool.name}_fw_variants.md", f"# Frank-Wolfe variants on pool {pool.name}\n\n{text}")
+    return text

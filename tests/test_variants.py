@@ -1,0 +1,79 @@
+"""The Frank-Wolfe variants table (merging/benchmark/variants.py): each of issue 19's four criteria follows its
+rows (all-task score over the best data-free merge, flat under irrelevant checkpoints, not falling with relevant
+ones, flat memory), a variant is its method and flags exactly, and a missing row is 'not run'."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from merging.benchmark.results import append_row
+from merging.benchmark.variants import VariantsFile, load_variants, write_variants
+
+POOL = SimpleNamespace(name="toy", tasks=["a", "b", "c", "d", "e", "f"], domain=SimpleNamespace(name="discriminative"),
+                       finetune=SimpleNamespace(seeds=[0, 1]))
+TARGETS = ["a", "b"]  # 4 other tasks: relevance "all" = 4 extra checkpoints
+SPEC = VariantsFile.model_validate({
+    "criteria": {"margin": 2.0, "max_drop": 2.0, "max_rss_ratio": 1.2}, "irrelevance": [0, 16],
+    "relevance": [0, "all"], "data_free": ["task_arithmetic", "ties"],
+    "variants": [{"name": "plain", "method": "frank_wolfe", "hypothesis": "h"},
+                 {"name": "scaled", "method": "frank_wolfe", "flags": {"preset": "scaled_vertices"},
+                  "hypothesis": "h2"}]})
+
+
+def _row(outs: Path, folder: str, method: str, score: float, seed: int, extra: int | None = None,
+         rss: float = 2.0, **overrides) -> None:
+    row = {"method": method, "normalized": score, "overrides": json.dumps(overrides) if overrides else "",
+           "pool_seed": seed, "peak_rss_gb": rss}
+    if extra is not None:
+        row.update(extra=extra, targets="a b")
+    append_row(outs / folder / "results.csv", row)
+
+
+def _table(outs: Path) -> dict[str, list[str]]:
+    """The cells after the variant's name, by variant name."""
+    text = write_variants(POOL, "toy.yaml", TARGETS, outs, SPEC)
+    lines = [line.split(" | ") for line in text.splitlines() if line.startswith("| **")]
+    return {line[0][4:].split("**")[0]: line[1:] for line in lines}
+
+
+def _complete_rows(outs: Path, all_task: float, irrelevant: tuple[float, float], relevant: tuple[float, float],
+                   rss: tuple[float, float], **flags) -> None:
+    for seed in (0, 1):
+        _row(outs, "toy", "frank_wolfe", all_task + seed, seed, **flags)
+        _row(outs, "toy_irrelevance", "frank_wolfe", irrelevant[0] + seed, seed, 0, rss[0], **flags)
+        _row(outs, "toy_irrelevance", "frank_wolfe", irrelevant[1] + seed, seed, 16, rss[1], **flags)
+        _row(outs, "toy_relevance_tasks", "frank_wolfe", relevant[0] + seed, seed, 0, **flags)
+        _row(outs, "toy_relevance_tasks", "frank_wolfe", relevant[1] + seed, seed, 4, **flags)
+
+
+def test_a_variant_meeting_all_four_criteria_is_judged_yes_and_each_failure_is_named(tmp_path):
+    for seed in (0, 1):
+        _row(tmp_path, "toy", "task_arithmetic", 80.0 + seed, seed)
+        _row(tmp_path, "toy", "ties", 84.0 + seed, seed)                       # the best data-free merge
+        _row(tmp_path, "toy", "ties", 99.0, seed, density=0.9)                 # a variant of TIES: not compared
+    _complete_rows(tmp_path, 86.5, (80.0, 78.5), (70.0, 75.0), (2.0, 2.3))
+    _complete_rows(tmp_path, 85.0, (80.0, 70.0), (70.0, 69.0), (2.0, 3.0), preset="scaled_vertices")
+    table = _table(tmp_path)
+    above, flat, relevance, memory, verdicts, all_four = table["plain"][:6]
+    assert above == "87.0 ± 0.7 (+2.5 over ties; n = 2)" and flat == "80.5 ± 0.7 → 79.0 ± 0.7 (-1.5)"
+    assert relevance == "70.5 ± 0.7 → 75.5 ± 0.7 (+5.0)" and memory == "2.00 → 2.30 GB (×1.15)"
+    assert verdicts == "yes / yes / yes / yes" and all_four == "yes"
+    assert table["scaled"][4:6] == ["no / no / no / no", "no"]  # +1.0 over ties, −10, −1, ×1.5
+    assert "`run_frank_wolfe --preset scaled_vertices`" in table["scaled"][6]
+    assert '`SIZES="0 4" METHODS=frank_wolfe run_relevance_tasks --preset scaled_vertices`' in table["scaled"][6]
+    assert (tmp_path / "toy_fw_variants.md").read_text().startswith("# Frank-Wolfe variants on pool toy")
+
+
+def test_a_variant_without_rows_is_not_run(tmp_path):
+    _row(tmp_path, "toy", "ties", 84.0, 0)
+    _complete_rows(tmp_path, 90.0, (80.0, 79.0), (70.0, 71.0), (2.0, 2.0))
+    scaled = _table(tmp_path)["scaled"]
+    assert scaled[:4] == ["—", "—", "—", "—"] and scaled[4:6] == ["not run / not run / not run / not run", "not run"]
+
+
+def test_the_shipped_variants_fix_issue_19s_acceptance():
+    spec = load_variants()
+    assert spec.criteria.model_dump() == {"margin": 2.0, "max_drop": 2.0, "max_rss_ratio": 1.2}
+    assert spec.irrelevance == [0, 16] and {"ties", "task_arithmetic"} <= set(spec.data_free)
+    assert {"official", "textbook", "scaled_vertices", "pairwise", "layerwise"} <= {v.name for v in spec.variants}
