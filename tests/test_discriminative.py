@@ -51,8 +51,9 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
 
 
 def test_a_cached_checkpoint_of_another_recipe_is_refused_not_merged(toy_pool):
-    """The cache is keyed by pool name, task and seed: a checkpoint fine-tuned before the pool's recipe was edited
-    is named as stale before any merge, while another seed list (the same recipe) keeps it."""
+    """The cache is keyed by pool name, task and seed: a checkpoint fine-tuned before the pool's recipe was edited,
+    or a base cached before the pool named another, is named as stale before any merge, while another seed list
+    (the same recipe) keeps the checkpoints."""
     from merging.benchmark.store import missing_checkpoints
 
     pool, root = toy_pool
@@ -65,6 +66,10 @@ def test_a_cached_checkpoint_of_another_recipe_is_refused_not_merged(toy_pool):
         missing_checkpoints(pool.model_copy(update={"max_length": 32}), [("has_good", 0)])
     more_seeds = pool.model_copy(update={"finetune": pool.finetune.model_copy(update={"seeds": [0, 5]})})
     assert missing_checkpoints(more_seeds, [("has_good", 0), ("has_good", 5)]) == [("has_good", 5)]
+    other_base = pool.model_copy(update={"base": str(write_base(root / "other_base"))})
+    with pytest.raises(MergeError, match=r"base: cached from base '.*/base', but pool 'toy' now says "
+                                         r"'.*/other_base'; delete .*pools/toy"):
+        run_experiment(other_base, "average", "toy", {}, progress=False, outs=root / "outs")
 
 
 def test_fixed_hyper_parameters_skip_the_search_and_still_record_the_validation_score(toy_pool, monkeypatch):

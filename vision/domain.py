@@ -60,11 +60,12 @@ class VisionDomain(Domain):
         with them once, into the pool's cache (vision/models.py)."""
         if pool.model != "hf":
             return source
-        from merging.benchmark.store import DONE, pool_dir
+        from merging.benchmark.store import DONE, check_source, pool_dir
         from merging.io.atomic import atomic_directory
 
         target = pool_dir(pool) / "given" / task
         if (target / DONE).is_file():
+            check_source(pool, target / DONE, "source", str(source))
             return target
         if _holds_memory_names(str(source)):
             return source  # read it where it is

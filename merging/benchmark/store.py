@@ -37,14 +37,26 @@ def base_folder(pool: PoolConfig) -> Path:
     """The base model saved as a task model (its head, sized for the first task, is a placeholder that is never
     merged or evaluated), so task checkpoints and the merge base share names."""
     folder = pool_dir(pool) / "base"
-    if not (folder / DONE).is_file():
+    if (folder / DONE).is_file():
+        check_source(pool, folder / DONE, "base", pool.base)
+    else:
         domain, source = pool.domain, resolve_model_ref(pool.base)
         torch.manual_seed(0)
         model = domain.load_model(pool, source, pool.tasks[0], fresh_head=True)
         with atomic_directory(folder, overwrite=True) as tmp:
             domain.save_model(model, domain.processor(pool, source), tmp)
-            (tmp / DONE).write_text(json.dumps({"source": str(source)}) + "\n")
+            (tmp / DONE).write_text(json.dumps({"source": str(source), "base": pool.base}) + "\n")
     return folder
+
+
+def check_source(pool: PoolConfig, record: Path, key: str, wanted: str) -> None:
+    """A MergeError if the cached folder of ``record`` was made from another ``key`` (the pool's base, a given
+    checkpoint) than ``wanted``, what the pool names now; a record that predates ``key`` is not compared."""
+    stored = json.loads(record.read_text()).get(key)
+    if stored is not None and stored != wanted:
+        raise MergeError(f"{record.parent}: cached from {key} {stored!r}, but pool '{pool.name}' now says "
+                         f"{wanted!r}; delete {pool_dir(pool)} (the pool's base and checkpoints) to rebuild it, or "
+                         f"give the pool another name")
 
 
 def is_given(pool: PoolConfig, task: str, seed: int | None) -> bool:
