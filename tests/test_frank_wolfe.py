@@ -347,6 +347,14 @@ def test_gap_of_the_linear_oracle_is_nonnegative_inside_the_hull():
     assert all(h["gap_max"] >= max(h["gap"], 0) - 1e-6 for h in cosine.history)
 
 
+def ties_by_hand(taus: torch.Tensor, k: int) -> torch.Tensor:
+    """TIES's merged task vector before its scale: top-k of each τ_i, majority sign by mass, disjoint mean."""
+    trimmed = taus * (taus.abs() >= taus.abs().topk(k, dim=1).values[:, -1:])  # [n, d]
+    sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)  # [d]
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    return (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
 @pytest.mark.parametrize("init", ["ta", "merge", "base", "given"])
 def test_initial_merge_formulas(init):
     torch.manual_seed(0)
@@ -360,14 +368,27 @@ def test_initial_merge_formulas(init):
     taus = torch.stack([m["w"] - base["w"] for m in pool.values()])  # [3, 6]
     if init == "ta":
         expected = base["w"] + 0.29 * taus.sum(0)
-    elif init == "merge":  # TIES by hand: top-3 of each τ_i, majority sign by mass, disjoint mean
-        trimmed = taus * (taus.abs() >= taus.abs().topk(3, dim=1).values[:, -1:])  # [3, 6]
-        sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)  # [6]
-        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
-        expected = base["w"] + 0.29 * (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    elif init == "merge":
+        expected = base["w"] + 0.29 * ties_by_hand(taus, 3)
     else:
         expected = base["w"] if init == "base" else given["w"]
     assert result.history[0]["objective"] == pytest.approx(dot(c["w"], expected), rel=1e-5, abs=1e-5)
+
+
+def test_init_merge_starts_from_its_own_method_while_the_steps_stay_task_arithmetic():
+    """init: merge with init_merge ties (λ 1.0 as given, not FW's λ): θ_0 = θ_base + TIES(τ); the first step
+    is still the Frank-Wolfe step θ_0 + γ(s − θ_0)."""
+    torch.manual_seed(0)
+    c, base = {"w": torch.randn(6)}, {"w": torch.randn(6)}
+    pool = {f"m{i}": {"w": base["w"] + torch.randn(6)} for i in range(3)}
+    params = {"init": "merge", "init_merge": "ties", "init_merge_params": {"density": 0.5, "lambda": 1.0},
+              "iterations": 1, "oracle": "linear", "zero_vertex": False, "init_as_vertex": False,
+              "lambda": 1.0, "eta": 0.5}
+    result = frank_wolfe_merge(LinearObjective(c), base, pool, params)
+    theta0 = base["w"] + ties_by_hand(torch.stack([m["w"] - base["w"] for m in pool.values()]), 3)
+    assert result.history[0]["objective"] == pytest.approx(dot(c["w"], theta0), rel=1e-5, abs=1e-5)
+    pick = result.history[0]["choices"]["w"]
+    torch.testing.assert_close(result.theta["w"], theta0 + 0.5 * (pool[pick]["w"] - theta0))
 
 
 def test_adamerging_init_starts_from_layer_wise_unclamped_adamerging_on_the_same_objective():
@@ -462,6 +483,9 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"stop_gap": -1}, "stop_gap"),
     ({"steps": "pairwise"}, "steps: pairwise .* needs merge: task_arithmetic, oracle: linear"),
     ({"line_search": "layerwise", "layerwise_steps": 0}, "layerwise_steps"),
+    ({"init_merge": "ties", "init_merge_params": {"density": 0.2}}, "read by init: merge only"),
+    ({"init": "merge", "init_merge_params": {"density": 0.2}}, "init_merge_params needs init_merge"),
+    ({"init": "merge", "init_merge": "ties", "init_merge_params": {"density": 7}}, "init_merge_params for 'ties'"),
     ({"steps": "pairwise", "oracle": "linear", "init_as_vertex": False}, "init_as_vertex: true"),
     ({"init_adamerging": {"steps": 5}}, "init: adamerging only"),
     ({"init": "adamerging", "init_adamerging": {"step": 5}}, "step"),

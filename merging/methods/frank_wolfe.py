@@ -51,7 +51,9 @@ max_{v∈V} ⟨g, θ_k − v⟩ (≥ 0 whenever θ_k ∈ conv(V); bounds f(θ_k)
 (= −gap for task_arithmetic), γ_k, the choice per layer (a candidate's name, "initial", "zero" or "keep").
 
 Init θ_0 (``init``): ``ta`` θ_base + λ Σ_i τ_i (the official TA config), ``merge`` MF of all candidates with
-scale λ (the official code's init for any second merge, e.g. TIES), ``base``, ``given`` (``init_tensors``), or
+scale λ (the official code's init for any second merge, e.g. TIES) or, with ``init_merge``, that registered
+per-tensor method with ``init_merge_params`` as given (a TIES start with its own λ while the steps stay
+``merge``), ``base``, ``given`` (``init_tensors``), or
 ``adamerging``: layer-wise AdaMerging over every candidate on the same objective (merging/methods/adamerging.py,
 unclamped λ, its other parameters from ``init_adamerging``), the start of the vision fork's README recipe
 (hmarkc/fusion_bench@837742d README.md: ``init_weight`` = AdaMerging's merged weights, 3 iterations, η 0.01).
@@ -115,6 +117,8 @@ class FrankWolfeParams(Params):
     init: Literal["ta", "merge", "base", "given", "adamerging"] = "ta"
     init_adamerging: dict[str, Any] = Field(default_factory=dict)  # AdaMergingParams of init: adamerging
     init_as_vertex: bool = True
+    init_merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] | None = None  # init: merge's own method
+    init_merge_params: dict[str, Any] = Field(default_factory=dict)  # its parameters as given, scale included
     merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
     merge_params: dict[str, Any] = Field(default_factory=dict)
     line_search: Literal["none", "grid", "golden", "layerwise"] = "none"
@@ -129,6 +133,12 @@ class FrankWolfeParams(Params):
     @model_validator(mode="after")
     def _check_merge(self) -> FrankWolfeParams:
         merge_method(self, 1.0)
+        if (self.init_merge is not None or self.init_merge_params) and self.init != "merge":
+            raise ValueError("init_merge and init_merge_params are read by init: merge only")
+        if self.init_merge_params and self.init_merge is None:
+            raise ValueError("init_merge_params needs init_merge (the method they are for)")
+        if self.init == "merge":
+            initial_merge(self, 1)  # its parameters, checked now
         pairwise = (self.merge, self.oracle, self.granularity, self.init_as_vertex)
         if self.steps == "pairwise" and pairwise != ("task_arithmetic", "linear", "layer", True):
             raise ValueError("steps: pairwise moves weight between the vertices of each layer's hull: it needs "
@@ -162,6 +172,21 @@ def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method
         raise ValueError(f"merge_params for '{p.merge}': {err}") from None
     if getattr(method_params, "scope", "tensor") != "tensor":
         raise ValueError("merge_params scope: model is not supported: the Frank-Wolfe step merges per tensor")
+    return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
+
+
+def initial_merge(p: FrankWolfeParams, n_models: int) -> Method:
+    """``init: merge``'s method for ``n_models``: ``merge`` with scale λ, or ``init_merge`` with
+    ``init_merge_params`` as given."""
+    if p.init_merge is None:
+        return merge_method(p, p.scale, n_models)
+    cls = get_method(p.init_merge, "per_tensor").method_class
+    try:
+        method_params = cls.Params(**p.init_merge_params)
+    except ValidationError as err:
+        raise ValueError(f"init_merge_params for '{p.init_merge}': {err}") from None
+    if getattr(method_params, "scope", "tensor") != "tensor":
+        raise ValueError("init_merge_params scope: model is not supported: the init merges per tensor")
     return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
 
 
@@ -440,7 +465,7 @@ def _initial(p: FrankWolfeParams, objective: Objective, names: list[str], base: 
             theta[name] = b + p.scale * (total - len(pool) * b)
         else:
             models = [src.read(name).to(torch.float32) for src in pool.values()]  # n × [*shape]
-            method = merge_method(p, p.scale, len(models))
+            method = initial_merge(p, len(models))
             theta[name] = merge_in_memory(method, b, models, name=name, seed=p.seed)  # [*shape]
             del models
     return theta, None
