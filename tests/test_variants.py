@@ -66,10 +66,13 @@ def test_a_variant_meeting_all_four_criteria_is_judged_yes_and_each_failure_is_n
 
 
 def test_a_variant_without_rows_is_not_run(tmp_path):
-    _row(tmp_path, "toy", "ties", 84.0, 0)
     _complete_rows(tmp_path, 90.0, (80.0, 79.0), (70.0, 71.0), (2.0, 2.0))
-    scaled = _table(tmp_path)["scaled"]
-    assert scaled[:4] == ["—", "—", "—", "—"] and scaled[4:6] == ["not run / not run / not run / not run", "not run"]
+    assert _table(tmp_path)["plain"][4] == "not run / yes / yes / yes"  # no data-free row to compare with
+    _row(tmp_path, "toy", "ties", 84.0, 0)
+    table = _table(tmp_path)
+    assert table["plain"][4] == "yes / yes / yes / yes"  # compared on the one seed both have
+    assert table["scaled"][:4] == ["—", "—", "—", "—"]
+    assert table["scaled"][4:6] == ["not run / not run / not run / not run", "not run"]
 
 
 def test_the_shipped_variants_fix_issue_19s_acceptance():

@@ -103,11 +103,12 @@ class _Rows:
 
 def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[str, str]:
     mine = _by_seed(rows.all, keep)
-    free = {m: _by_seed(rows.all, functools.partial(_is, method=m, flags={})) for m in spec.data_free}
-    seeds = common_seeds(mine, *(s for s in free.values() if s))
+    free = {m: found for m in spec.data_free if (found := _by_seed(rows.all, functools.partial(_is, method=m,
+                                                                                               flags={})))}
+    seeds = common_seeds(mine, *free.values()) if free else []
     if not seeds:
         return "—", "not run"
-    best = max((m for m in free if free[m]), key=lambda m: mean_over(free[m], seeds))
+    best = max(free, key=lambda m: mean_over(free[m], seeds))
     margin = mean_over(mine, seeds) - mean_over(free[best], seeds)
     verdict = "yes" if margin >= spec.criteria.margin else "no"
     return f"{mean_std(mine, seeds)} ({margin:+.1f} over {best}; n = {len(seeds)})", verdict
