@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 domain=${1:-discriminative}
 work=$(realpath -m "${BENCH_WORK:-outs/bench/main_job}")  # absolute: the job runs from inside it
-shared=${MERGING_CACHE:-$HOME/.cache/merging}
+shared=$(realpath -m "${MERGING_CACHE:-$HOME/.cache/merging}")  # absolute: the links must resolve from $work
 rm -rf "$work"
 mkdir -p "$work/cache" outs/bench
 mkdir -p "$work/cache/$domain"

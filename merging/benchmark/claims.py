@@ -104,17 +104,19 @@ def overrides_of(row: Row) -> dict[str, object]:
     return json.loads(row["overrides"]) if row.get("overrides") else {}
 
 
-def as_flags(overrides: str) -> str:
-    """A row's overrides (JSON) as the runner's command-line flags."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (json.loads(overrides) if overrides else {}).items())
+def as_flags(overrides: str | dict[str, object]) -> str:
+    """Overrides (a row's JSON, or the mapping) as the runner's command-line flags."""
+    found = json.loads(overrides) if isinstance(overrides, str) and overrides else overrides or {}
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in found.items())
 
 
-def series(rows: list[Row], keep: Callable[[Row], bool], extra: int, column: str = "normalized") -> Scores:
-    """``column`` by pool seed of the latest kept row at ``extra`` extra checkpoints (rows without a value in
-    ``column`` are left out)."""
+def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:
+    """``column`` by pool seed of the latest kept row at ``extra`` extra checkpoints (None: any row, as in a table
+    without that column; rows without a value in ``column`` are left out)."""
     out: Scores = {}
     for row in rows:
-        if keep(row) and row.get("extra", "") != "" and int(row["extra"]) == extra and row.get(column, "") != "":
+        at = extra is None or (row.get("extra", "") != "" and int(row["extra"]) == extra)
+        if keep(row) and at and row.get(column, "") != "":
             out[row["pool_seed"]] = float(row[column])
     return out
 

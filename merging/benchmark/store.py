@@ -76,13 +76,13 @@ def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[t
     """The (task, seed) pairs of ``work`` without a complete checkpoint (given ones are never missing). A cached
     checkpoint fine-tuned under settings the pool no longer has (an edited recipe under the same pool name) is a
     MergeError, so that it is never merged as if it were the pool's."""
-    missing = []
+    missing, now = [], recipe(pool)
     for task, seed in dict.fromkeys(work):
         if is_given(pool, task, seed):
             continue
         record = checkpoint_folder(pool, task, seed) / DONE
         if record.is_file():
-            check_recipe(pool, record)
+            check_recipe(pool, record, now)
         else:
             missing.append((task, seed))
     return missing
@@ -96,12 +96,12 @@ def recipe(pool: PoolConfig) -> dict:
                                                     "data"})}
 
 
-def check_recipe(pool: PoolConfig, record: Path) -> None:
+def check_recipe(pool: PoolConfig, record: Path, now: dict) -> None:
     """A MergeError naming the setting if the checkpoint recorded in ``record`` was fine-tuned otherwise than
-    ``pool`` says now. Compared: every fine-tuning setting but the list of seeds, and the pool's scalar fields;
+    ``pool`` says now (``now``: its ``recipe``). Compared: every fine-tuning setting but the list of seeds, and the pool's scalar fields;
     a setting the record predates is not compared, nor are per-task sections (files, data sets) that grow with
     the pool's tasks."""
-    stored, now = json.loads(record.read_text()), recipe(pool)
+    stored = json.loads(record.read_text())
     pairs = [(f"finetune.{key}", stored.get("finetune", {}).get(key, value), value)
              for key, value in now["finetune"].items() if key != "seeds"]
     pairs += [(key, stored.get(key, value), value) for key, value in now.items()

@@ -19,7 +19,6 @@ The criteria (means over the fine-tuning seeds both compared series have; latest
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from merging.benchmark.results import markdown_table, read_rows
 from merging.config import read_validated
 from merging.io.atomic import atomic_write_text
 
-from .claims import RUNNERS, Row, Scores, common_seeds, mean_over, mean_std, series, setup
+from .claims import RUNNERS, Row, Scores, as_flags, common_seeds, mean_over, mean_std, overrides_of, series, setup
 from .experiment import CONFIGS
 from .pool import PoolConfig
 from .scaling import extra_count
@@ -69,17 +68,8 @@ def load_variants(path: Path = VARIANTS_FILE) -> VariantsFile:
     return read_validated(path, VariantsFile, "variants file")
 
 
-def _flag_text(flags: dict[str, Any]) -> str:
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
-
-
 def _is(row: Row, method: str, flags: dict[str, Any]) -> bool:
-    return row["method"] == method and (json.loads(row["overrides"]) if row.get("overrides") else {}) == flags
-
-
-def _by_seed(rows: list[Row], keep: functools.partial) -> Scores:
-    """Normalised score by pool seed of the latest kept row (the all-task table has no ``extra`` column)."""
-    return {r["pool_seed"]: float(r["normalized"]) for r in rows if keep(r) and r.get("normalized", "") != ""}
+    return row["method"] == method and overrides_of(row) == flags
 
 
 class _Rows:
@@ -102,9 +92,9 @@ class _Rows:
 
 
 def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[str, str]:
-    mine = _by_seed(rows.all, keep)
-    free = {m: found for m in spec.data_free if (found := _by_seed(rows.all, functools.partial(_is, method=m,
-                                                                                               flags={})))}
+    mine = series(rows.all, keep, None)
+    configured = {m: functools.partial(_is, method=m, flags={}) for m in spec.data_free}
+    free = {m: found for m, keep_m in configured.items() if (found := series(rows.all, keep_m, None))}
     seeds = common_seeds(mine, *free.values()) if free else []
     if not seeds:
         return "—", "not run"
@@ -138,7 +128,7 @@ def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str
         else "—"
     verdicts = [above_verdict, flat_verdict, ("yes" if rise >= 0 else "no") if rel_seeds else "not run",
                 ("yes" if ratio <= spec.criteria.max_rss_ratio else "no") if rss_seeds else "not run"]
-    flags = _flag_text(variant.flags)
+    flags = as_flags(variant.flags)
     sizes = {p: " ".join(map(str, rows.points[p])) for p in rows.points}
     commands = [f"run_{variant.method} {flags}".strip(),
                 *(f'SIZES="{sizes[p]}" METHODS={variant.method} {RUNNERS[p]} {flags}'.strip() for p in sizes)]

@@ -160,19 +160,12 @@ def initial_adamerging(p: FrankWolfeParams) -> AdaMergingParams:
 
 def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method:
     """The registered method ``p.merge`` with ``p.merge_params``, its scale set to ``scale``, for ``n_models``."""
-    cls = get_method(p.merge, "per_tensor").method_class
     keys = SCALE_KEYS[p.merge]
     fixed = sorted(set(keys) & set(p.merge_params))
     if fixed:
         raise ValueError(f"merge_params must not set {fixed}: Frank-Wolfe sets the scale of '{p.merge}' "
                          "(γ_k in a step, λ in the init)")
-    try:
-        method_params = cls.Params(**{**p.merge_params, keys[0]: scale})
-    except ValidationError as err:
-        raise ValueError(f"merge_params for '{p.merge}': {err}") from None
-    if getattr(method_params, "scope", "tensor") != "tensor":
-        raise ValueError("merge_params scope: model is not supported: the Frank-Wolfe step merges per tensor")
-    return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
+    return _per_tensor_method(p.merge, {**p.merge_params, keys[0]: scale}, n_models, "merge_params")
 
 
 def initial_merge(p: FrankWolfeParams, n_models: int) -> Method:
@@ -180,13 +173,19 @@ def initial_merge(p: FrankWolfeParams, n_models: int) -> Method:
     ``init_merge_params`` as given."""
     if p.init_merge is None:
         return merge_method(p, p.scale, n_models)
-    cls = get_method(p.init_merge, "per_tensor").method_class
+    return _per_tensor_method(p.init_merge, p.init_merge_params, n_models, "init_merge_params")
+
+
+def _per_tensor_method(name: str, params: dict[str, Any], n_models: int, key: str) -> Method:
+    """The registered per-tensor method ``name`` with ``params`` (from the FW parameter ``key``) for ``n_models``;
+    a ValueError naming ``key`` when they are invalid or ask for a whole-model scope."""
+    cls = get_method(name, "per_tensor").method_class
     try:
-        method_params = cls.Params(**p.init_merge_params)
+        method_params = cls.Params(**params)
     except ValidationError as err:
-        raise ValueError(f"init_merge_params for '{p.init_merge}': {err}") from None
+        raise ValueError(f"{key} for '{name}': {err}") from None
     if getattr(method_params, "scope", "tensor") != "tensor":
-        raise ValueError("init_merge_params scope: model is not supported: the init merges per tensor")
+        raise ValueError(f"{key} scope: model is not supported: Frank-Wolfe merges per tensor")
     return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
 
 
@@ -338,11 +337,8 @@ def _directions(p: FrankWolfeParams, names: list[str], theta: Tensors, choice: d
             directions[name] = torch.zeros_like(t)
             continue
         s = _vertex(p, pick, name, base, vertices, t)  # [*shape]
-        if away is not None:
-            directions[name] = s - _vertex(p, away[name], name, base, vertices, t)
-            slope += _dot(grad[name], directions[name])
-            continue
-        directions[name] = merge_in_memory(method, t, [s], name=name, seed=p.seed + k) - t  # [*shape]
+        directions[name] = (s - _vertex(p, away[name], name, base, vertices, t) if away is not None
+                            else merge_in_memory(method, t, [s], name=name, seed=p.seed + k) - t)  # [*shape]
         slope += _dot(grad[name], directions[name])
         del s
     return directions, slope
