@@ -17,8 +17,9 @@
 
 Every number in ``parameters`` must be finite (NaN and ±Inf are refused here, before any work).
 
-A parameter value is a number, a list of numbers (a gradient interpolated over layer depth), or a list
-of ``{filter: substring, value: number | list}`` where the first matching filter wins (mergekit's forms).
+A parameter value is a number, a list of numbers (a gradient interpolated over layer depth: layer i of L at
+i/(L−1), tensors outside the layers at the first value), or a list of ``{filter: substring, value: number |
+list}`` where the first matching filter wins (no filter or ``*`` matches every tensor): mergekit's forms and rules.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 import torch
 import yaml
@@ -36,8 +37,8 @@ from .errors import MergeError
 
 M = TypeVar("M", bound=BaseModel)
 
-Scalar = Union[float, int, bool, str]
-ParamValue = Union[Scalar, list[float], list[dict[str, Any]]]
+Scalar = float | int | bool | str
+ParamValue = Scalar | list[float] | list[dict[str, Any]]
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 DTypeName = Literal["float32", "float64", "bfloat16", "float16"]
@@ -282,12 +283,13 @@ def check_parameters(method: str, point: dict[str, Any], schemas: Sequence[type[
 
 
 def layer_position(name: str, num_layers: int) -> float:
-    """Depth of tensor ``name`` in [0, 1] for gradient parameters: layer i of L is i/(L−1); tensors outside
-    numbered layers sit at 0 if they are embeddings, else at 1 (final norm, output head)."""
+    """Depth t of tensor ``name`` in [0, 1] for gradient parameters, mergekit's rule (plan.py): layer i of L
+    is i/(L−1), the one layer of a one-layer model is at 1, and every tensor outside the numbered layers
+    (embeddings, final norm, output head) is at 0, the gradient's first value."""
     match = _LAYER.search(name)
-    if match and num_layers > 1:
-        return min(int(match.group(1)) / (num_layers - 1), 1.0)
-    return 0.0 if "embed" in name else 1.0
+    if not match:
+        return 0.0
+    return min(int(match.group(1)) / (num_layers - 1), 1.0) if num_layers > 1 else 1.0
 
 
 def count_layers(names: list[str]) -> int:
@@ -303,7 +305,7 @@ def resolve_value(value: ParamValue, name: str, position: float, key: str) -> An
             if unknown or "value" not in rule:
                 raise MergeError(f"parameter '{key}': each rule needs 'value' and optionally 'filter', "
                                  f"got keys {sorted(rule)}")
-            if "filter" not in rule or rule["filter"] in name:
+            if rule.get("filter") in (None, "", "*") or rule["filter"] in name:  # "*": mergekit's match-all
                 return resolve_value(rule["value"], name, position, key)
         raise MergeError(f"parameter '{key}': no rule matches tensor '{name}' (add a rule without 'filter')")
     if isinstance(value, list):
@@ -311,7 +313,8 @@ def resolve_value(value: ParamValue, name: str, position: float, key: str) -> An
             raise MergeError(f"parameter '{key}': a gradient must be a non-empty list of numbers, got {value}")
         if len(value) == 1:
             return value[0]
-        x = position * (len(value) - 1)
-        lo = min(int(x), len(value) - 2)
-        return value[lo] + (x - lo) * (value[lo + 1] - value[lo])
+        scaled = position * (len(value) - 1)  # mergekit's interpolation (config.evaluate_setting), term by term
+        lo = int(scaled)
+        hi = min(len(value) - 1, lo + 1)
+        return (1 - (scaled - lo)) * value[lo] + (scaled - lo) * value[hi]
     return value

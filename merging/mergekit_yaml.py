@@ -10,6 +10,10 @@ meanings and defaults:
 | dare_linear    | dare_ta          | as dare_ties without sign election                                  |
 | slerp          | slerp            | ``t``; base_model is the t = 0 end                                  |
 
+``dtype`` is the compute dtype and, unless ``out_dtype`` is given, the output dtype (config.json says which).
+``linear`` averages a ``base_model`` that is not among the models in too, as mergekit does, with the top-level
+weight; mergekit has no default weight, so a model without one is an error. Gradients follow mergekit's rule
+(``merging.config.layer_position``: tensors outside the layers take the first value).
 ``int8_mask`` only changes mergekit's memory use and is accepted and ignored; ``name`` labels a config.
 One slice is read as mergekit reads it: its sources are the models, its ``parameters`` override the top-level
 ones (a source's own override both), and its ``layer_range`` must cover every layer of the base (checked
@@ -145,6 +149,8 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         if not isinstance(_check_keys(entry, MODEL_KEYS, where).get("model"), str):
             raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
     base = raw.get("base_model")
+    if method == "linear" and base is not None and all(e.get("model") != base for e in entries):
+        entries = [*entries, {"model": base}]  # mergekit averages a base_model it is not given among the models
     others = [e for e in entries if e.get("model") != base]
     if method != "linear" and any(e.get("parameters") for e in entries if e.get("model") == base):
         raise MergeError(f"{path}: the entry of base_model '{base}' has parameters, which mergekit's {method} "
@@ -159,6 +165,11 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
                "parameters": _translate_params(e.get("parameters") or {}, method, f"{path}: model {e['model']}")}
               for e in (entries if method == "linear" else others)]
     parameters = _translate_params(top_params, method, str(path))
+    if method == "linear" and "weight" not in parameters:
+        unweighted = [e["model"] for e in entries if "weight" not in (e.get("parameters") or {})]
+        if unweighted:  # mergekit: "Missing required parameter weight"
+            raise MergeError(f"{path}: linear needs a weight for every model (mergekit has no default); none "
+                             f"for {unweighted}: give each its parameters.weight, or a top-level weight")
     if method in NORMALIZE_DEFAULT:
         parameters.setdefault("normalize", NORMALIZE_DEFAULT[method])
     if method in ("ties",):
@@ -181,4 +192,6 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     for key in ("dtype", "out_dtype"):  # validated as native keys
         if raw.get(key) is not None:
             native[key] = raw[key]
+    if raw.get("dtype") is not None and raw.get("out_dtype") is None:
+        native["out_dtype"] = raw["dtype"]  # mergekit writes its compute dtype unless out_dtype says otherwise
     return native

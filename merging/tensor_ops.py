@@ -17,10 +17,23 @@ def task_vectors(base: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
 
 
 def prune_magnitude(tvs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """TIES trim: keep τ_i where |τ_i| >= t_i, zero elsewhere. [n, c], [n] -> [n, c].
+    """TIES trim: keep τ_i where |τ_i| >= t_i, zero elsewhere (every element tied at t_i kept). [n, c], [n] -> [n, c].
     (Float arithmetic throughout: 1{|τ| >= t} = clamp(sgn(|τ| − t) + 1, max=1); bool masks are slower on CPU.)"""
     keep = tvs.abs().sub_(thresholds.to(tvs).unsqueeze(1)).sign_().add_(1).clamp_(max=1)  # [n, c] of 0/1
     return keep.mul_(tvs)
+
+
+def prune_top_k(tvs: torch.Tensor, thresholds: torch.Tensor, tied_left: torch.Tensor) -> torch.Tensor:
+    """TIES trim keeping exactly k per row: |τ_i| > t_i, and of the elements with |τ_i| = t_i the first
+    ``tied_left[i]`` in flat order. Called chunk by chunk in order, it decrements ``tied_left`` [n] (int64, in
+    place) by the tied elements it keeps, so later chunks keep only what is left. [n, c], [n], [n] -> [n, c]."""
+    magnitude = tvs.abs()
+    threshold = thresholds.to(tvs).unsqueeze(1)  # [n, 1]
+    tied = magnitude == threshold  # [n, c]
+    rank = tied.cumsum(1)  # [n, c]: 1-based rank of each tied element within the chunk
+    keep = (magnitude > threshold) | (tied & (rank <= tied_left.unsqueeze(1)))  # [n, c]
+    tied_left.sub_(torch.minimum(rank[:, -1], tied_left) if tvs.shape[1] else 0)
+    return tvs * keep
 
 
 def random_keep_mask(shape: tuple[int, int], keep_prob: torch.Tensor,

@@ -4,7 +4,7 @@ import torch
 from conftest import native
 from safetensors.torch import load_file, save_file
 
-from merging.config import validate_config
+from merging.config import layer_position, validate_config
 from merging.errors import MergeError
 from merging.run import merge_tensors, run_merge
 
@@ -67,6 +67,25 @@ def test_gradient_and_filter_parameters_vary_by_tensor(pool):
     assert torch.equal(out["head.w"], b["head.w"])                      # filter -> weight 0
     assert torch.allclose(out["layers.0.w"], b["layers.0.w"])            # layer 0 of 2 -> gradient start 0
     expected = b["layers.1.w"] + sum(m["layers.1.w"] - b["layers.1.w"] for m in a)  # layer 1 -> 1.0
+    assert torch.allclose(out["layers.1.w"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,layers,depth", [
+    ("model.embed_tokens.weight", 32, 0.0), ("model.norm.weight", 32, 0.0), ("lm_head.weight", 32, 0.0),
+    ("model.layers.0.mlp.up_proj.weight", 32, 0.0), ("model.layers.31.mlp.up_proj.weight", 32, 1.0),
+    ("model.layers.8.self_attn.q_proj.weight", 17, 0.5), ("model.layers.0.mlp.up_proj.weight", 1, 1.0)])
+def test_gradient_depth_follows_mergekit_for_every_tensor_kind(name, layers, depth):
+    # mergekit 0.1.5 plan.py: pre- and post-layer weights are planned at t = 0; layer i of a slice of L at
+    # i/(L − 1), and t = 1 when the slice has one layer
+    assert layer_position(name, layers) == depth
+
+
+def test_a_gradient_gives_the_head_its_first_value_and_a_star_filter_matches_all(pool):
+    _, (base, *models) = pool
+    b, a = load(base), [load(m) for m in models]
+    out = merged(pool, "task_arithmetic", {"weight": [{"filter": "*", "value": [0.0, 1.0]}]})
+    assert torch.equal(out["head.w"], b["head.w"])  # outside the layers: t = 0, weight 0
+    expected = b["layers.1.w"] + sum(m["layers.1.w"] - b["layers.1.w"] for m in a)
     assert torch.allclose(out["layers.1.w"], expected, atol=1e-6)
 
 

@@ -55,6 +55,23 @@ def test_ties_hand_example():
     assert merge("ties", base, models, density=0.5).tolist() == [3.0, -4.0, 0.0, 2.0]
 
 
+@pytest.mark.parametrize("chunk_size", [None, 7, 1])
+def test_ties_keeps_exactly_k_when_magnitudes_tie_the_first_in_flat_order(chunk_size):
+    # one model (no election): τ = [1, -2, 2, 2, 0.5, -2, 2, 1, 2, 3]; density 0.4 keeps k = 4 of 10: the 3,
+    # then 3 of the six elements tied at |τ| = 2, the first three in flat order (indices 1, 2, 3)
+    tau = torch.tensor([1.0, -2.0, 2.0, 2.0, 0.5, -2.0, 2.0, 1.0, 2.0, 3.0])
+    out = merge("ties", torch.zeros(10), [tau], density=0.4, chunk_size=chunk_size)
+    order = torch.argsort(tau.abs(), descending=True, stable=True)[:4]  # reference: a stable sort, first k
+    expected = torch.zeros(10)
+    expected[order] = tau[order]
+    assert out.tolist() == expected.tolist() == [0, -2, 2, 2, 0, 0, 0, 0, 0, 3]
+
+
+def test_ties_density_below_one_element_still_keeps_the_largest():
+    tau = torch.tensor([0.1, -0.5, 0.2, 0.3])  # density 0.1 · 4 elements < 1: mergekit keeps one, the largest
+    assert merge("ties", torch.zeros(4), [tau], density=0.1).tolist() == [0.0, -0.5, 0.0, 0.0]
+
+
 def test_ties_density_one_agreeing_signs_is_the_mean(pool):
     base, _ = pool
     models = [base + torch.rand(16, 12) * s for s in (0.1, 0.2, 0.3)]  # all task vectors positive

@@ -2,8 +2,9 @@
 arXiv 2306.01708, Sec. 3 / Alg. 1):
 
     τ_i = θ_i − θ_base
-    τ̂_i = trim(τ_i): keep the top-k magnitudes, k = ⌊d_i · numel⌋ (``scope``: per tensor, or over the
-          whole model's task vector — the paper trims per task vector, mergekit and peft per tensor)
+    τ̂_i = trim(τ_i): keep the k largest magnitudes, k = max(1, ⌊d_i · numel⌋) for d_i < 1 (``scope``: per
+          tensor, or over the whole model's task vector — the paper trims per task vector, mergekit and peft
+          per tensor)
     γ = sgn(Σ_i w_i τ̂_i)  (``elect: mass``)  or  sgn(Σ_i sgn(w_i τ̂_i))  (``elect: count``), 0 -> +1
     τ_m = Σ_{i∈A} w_i τ̂_i / Σ_{i∈A} w_i,  A = {i : sgn(w_i τ̂_i) = γ}   (disjoint mean)
     θ = θ_base + λ · τ_m
@@ -11,6 +12,11 @@ arXiv 2306.01708, Sec. 3 / Alg. 1):
 The exact k-th largest magnitude comes from two streaming passes (``merging.topk``: a histogram of the
 float32 bit patterns, then the members of the bin that holds the threshold), so a tensor never has to be
 held whole; ``scope: model`` uses finer bins to keep the second pass small.
+Per tensor, exactly k elements survive, as in mergekit (``sparsify.magnitude``: argsort, first k) and peft
+(``magnitude_based_pruning``: topk): where magnitudes tie at the threshold, the first ones in flat order are kept
+(bf16 task vectors tie often). Which of the tied elements mergekit and peft keep follows torch's unstable sort
+and cannot be reproduced by a streamed trim; the count, and every element not tied at the threshold, agree.
+``scope: model`` keeps every element tied at its threshold (its chunks are merged in parallel).
 With unit weights this equals ``peft.utils.merge_utils.ties``; mergekit's ``ties`` is the same formula.
 """
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from pydantic import Field
 
 from ..registry import register
-from ..tensor_ops import disjoint_merge, elect_sign, prune_magnitude, task_vectors
+from ..tensor_ops import disjoint_merge, elect_sign, prune_magnitude, prune_top_k, task_vectors
 from ..topk import BinMembers, bin_histogram, bin_members, locate_bin, threshold_from_members
 from .base import Chunk, Method, Params
 
@@ -68,19 +74,37 @@ class Ties(Method):
 
     def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
         if pass_index == 0:
-            stats["k"] = (self.densities * numel).floor().to(torch.int64)  # [n]
+            stats["k"] = torch.tensor([keep_count(float(d), numel) for d in self.densities])  # [n]
             stats["bin"], stats["k_left"] = locate_bin(total.cpu(), stats["k"].clamp(min=1))
-        else:
-            threshold = threshold_from_members(total.rows(), stats["k_left"])
-            stats["threshold"] = torch.where(stats["k"] > 0, threshold, torch.inf)
+            return
+        members = total.rows()
+        threshold = threshold_from_members(members, stats["k_left"])  # [n]
+        stats["threshold"] = torch.where(stats["k"] > 0, threshold, torch.inf)
+        bits = threshold.view(torch.int32).tolist()
+        above = torch.tensor([int((row > b).sum()) for row, b in zip(members, bits)])  # [n]
+        tied = torch.tensor([int((row == b).sum()) for row, b in zip(members, bits)])  # [n]
+        stats["tied_left"] = stats["k_left"] - above  # [n]: tied elements to keep (the first ones)
+        stats["exact"] = self.scope == "tensor" and bool((tied > stats["tied_left"]).any())
+
+    def trim(self, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """τ̂: the k largest magnitudes of each row (per tensor: exactly k; chunks in order). [n, c] -> [n, c]."""
+        if stats["exact"]:  # more elements tie at the threshold than the k leave room for
+            return prune_top_k(tvs, stats["threshold"], stats["tied_left"])
+        return prune_magnitude(tvs, stats["threshold"])
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
         tvs = task_vectors(base, models)  # [n, c]
+        if self.trims:
+            tvs = self.trim(tvs, stats)
         weights = self.model_values("weight").to(tvs)  # [n]
         weighted = tvs if self.unit_weights else tvs.mul_(weights.unsqueeze(1))  # [n, c]
-        if self.trims:
-            weighted = prune_magnitude(weighted, stats["threshold"] * weights.abs().cpu())
         merged = disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect),
                                 self.params.normalize)  # [c]
         return base + self.params.scale * merged
+
+
+def keep_count(density: float, numel: int) -> int:
+    """Elements a trim at ``density`` keeps of ``numel``: all at 1, else max(1, ⌊density · numel⌋) (mergekit's
+    rule: a positive density keeps at least one element)."""
+    return numel if density >= 1 else max(1, int(density * numel))

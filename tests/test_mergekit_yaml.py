@@ -1,0 +1,60 @@
+"""mergekit YAML read as mergekit 0.1.5 reads it (merging/mergekit_yaml.py): the rules where a config would
+otherwise give a different model with exit 0. scripts/parity_mergekit.sh checks the same configs against
+mergekit itself."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_refused, read_weights, run_cli
+
+from merging.errors import MergeError
+from merging.mergekit_yaml import from_mergekit
+
+CONFIG = Path("mergekit.yml")
+
+
+def linear(pool, **extra):
+    return {"merge_method": "linear", "models": [{"model": str(pool["ft1"])}, {"model": str(pool["ft2"])}],
+            **extra}
+
+
+def test_dtype_is_also_the_output_dtype_unless_out_dtype_says_otherwise():
+    raw = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "m"}]}
+    assert from_mergekit({**raw, "dtype": "float16"}, CONFIG)["out_dtype"] == "float16"
+    both = from_mergekit({**raw, "dtype": "float16", "out_dtype": "bfloat16"}, CONFIG)
+    assert (both["dtype"], both["out_dtype"]) == ("float16", "bfloat16")
+    assert "out_dtype" not in from_mergekit(raw, CONFIG)  # no dtype: each tensor keeps its own, as mergekit
+
+
+def test_dtype_float16_on_float32_models_writes_float16_and_says_so(bert_pool, tmp_path, capsys):
+    config = {"merge_method": "task_arithmetic", "base_model": str(bert_pool["base"]), "dtype": "float16",
+              "models": [{"model": str(bert_pool["ft1"]), "parameters": {"weight": 0.5}}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    assert {t.dtype for t in read_weights(out).values()} == {torch.float16}
+    saved = json.loads((out / "config.json").read_text())
+    assert saved.get("torch_dtype", saved.get("dtype")) == "float16"
+
+
+def test_linear_averages_in_a_base_model_not_listed_with_the_top_level_weight(bert_pool):
+    native = from_mergekit(linear(bert_pool, base_model=str(bert_pool["base"]), parameters={"weight": 0.5}),
+                           CONFIG)
+    assert [m["model"] for m in native["models"]] == [str(bert_pool[k]) for k in ("ft1", "ft2", "base")]
+    assert native["parameters"]["weight"] == 0.5
+
+
+def test_linear_base_model_not_listed_gives_mergekits_average(bert_pool, tmp_path, capsys):
+    config = linear(bert_pool, base_model=str(bert_pool["base"]), parameters={"weight": 1.0})
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    got, tensors = read_weights(out), bert_pool.tensors
+    for name, value in got.items():
+        expected = (tensors["ft1"][name] + tensors["ft2"][name] + tensors["base"][name]) / 3
+        assert torch.allclose(value, expected.to(value.dtype), atol=1e-6), name
+
+
+def test_linear_without_a_weight_is_refused_as_mergekit_refuses_it(bert_pool, tmp_path, capsys):
+    with pytest.raises(MergeError, match="linear needs a weight for every model"):
+        from_mergekit(linear(bert_pool), CONFIG)
+    assert_refused(tmp_path, capsys, linear(bert_pool), "linear needs a weight for every model")
