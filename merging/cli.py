@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
-from .config import load_config, validate_config
+from .config import load_config, shard_bytes, validate_config
 from .errors import MergeError, report
 from .io.atomic import interrupt_on_sigterm
 from .logs import configure as configure_logging
@@ -21,6 +22,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def out_shard_size(text: str) -> int:
+    """Bytes per output shard: mergekit's notation (a number with K, M or B: thousand, million, billion bytes,
+    so its default 5B is 5·10⁹) or a size in bytes units (200MB, 5GB, 2GiB)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMB])\s*", text)
+    try:
+        size = int(float(match[1]) * {"K": 10**3, "M": 10**6, "B": 10**9}[match[2]]) if match else shard_bytes(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 5B (mergekit's billion bytes), 500M or 2GB, "
+                                         f"got {text!r}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy a base's custom modelling code (auto_map) into the output")
     merge.add_argument("--workers", type=positive_int, default=2, help="tensors merged concurrently (default 2)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.add_argument("--out-shard-size", type=out_shard_size, metavar="SIZE",
+                       help="bytes per output shard, as mergekit's flag (5B = 5·10⁹ bytes, 500M) or 2GB; "
+                            "overrides the config's shard_size")
     commands.add_parser("methods", help="list every registered merge method: kind, LoRA support, paper, data read")
     return parser
 
@@ -60,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         if args.device:
             cfg = validate_config({**cfg.model_dump(), "device": args.device}, "--device")
+        if args.out_shard_size:
+            cfg = validate_config({**cfg.model_dump(), "shard_size": args.out_shard_size}, "--out-shard-size")
         info = run_merge(cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
                          progress=not args.quiet, workers=args.workers, source_yaml=args.config)
     except (MergeError, OSError, KeyboardInterrupt) as err:

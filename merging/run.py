@@ -23,6 +23,7 @@ from .io.atomic import atomic_directory, check_target
 from .io.checkpoint import Checkpoint, open_checkpoint, same_architecture
 from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .methods.base import Method
+from .model_card import merge_card
 from .registry import MethodSpec, get_method, known_methods
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -44,7 +45,7 @@ def run_stamp(started: float) -> dict[str, Any]:
 def git_sha() -> str:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10)
+                              text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
@@ -218,11 +219,25 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
                     "tensors_merged": sum(p.method is not None for p in plans),
                     "tensors_copied": sum(p.method is None for p in plans),
                     "seconds": round(time.perf_counter() - started, 3)}
-            (folder / "merge_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+            (folder / "merge_config.yaml").write_text(config_yaml)
             if source_yaml is not None and cfg.origin == "mergekit":
                 shutil.copy2(source_yaml, folder / "mergekit_config.yml")
+                config_yaml = Path(source_yaml).read_text()
+            (folder / "README.md").write_text(merge_card(
+                cfg.method, spec.paper, cfg.base, [(e.model, e.parameters) for e in cfg.models],
+                loader_of(base.config), config_yaml, cfg.origin == "mergekit"))
             (folder / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def loader_of(config: dict[str, Any] | None) -> str:
+    """The transformers Auto class that loads a model of this config.json (its first architecture's kind)."""
+    architecture = ((config or {}).get("architectures") or [""])[0]
+    for suffix in ("ForCausalLM", "ForSequenceClassification", "ForImageClassification", "ForMaskedLM"):
+        if architecture.endswith(suffix):
+            return f"AutoModel{suffix}"
+    return "AutoModel"
 
 
 def compute_device(cfg: MergeConfig) -> torch.device:

@@ -58,11 +58,8 @@ VENV="$REPO/.bench-venv"
 [[ -x /usr/bin/time ]] || { echo "bench_merge: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
 
 # 1. benchmark-only venv with mergekit
-if [[ ! -x "$VENV/bin/mergekit-yaml" ]]; then
-  echo "== creating $VENV (torch 2.13.0 + mergekit 0.1.5)"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet torch==2.13.0 mergekit==0.1.5
-fi
+source scripts/mergekit_venv.sh
+mergekit_venv "$VENV"
 
 # 2. the pool (idempotent)
 echo "== pool: $POOL"

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import assert_refused, read_weights, run_cli
 
+from merging.cli import out_shard_size
 from merging.errors import MergeError
 from merging.mergekit_yaml import from_mergekit
 
@@ -58,3 +60,31 @@ def test_linear_without_a_weight_is_refused_as_mergekit_refuses_it(bert_pool, tm
     with pytest.raises(MergeError, match="linear needs a weight for every model"):
         from_mergekit(linear(bert_pool), CONFIG)
     assert_refused(tmp_path, capsys, linear(bert_pool), "linear needs a weight for every model")
+
+
+def test_the_output_has_a_model_card_with_the_mergekit_config_as_mergekit_writes_one(bert_pool, tmp_path, capsys):
+    config = {"merge_method": "task_arithmetic", "base_model": str(bert_pool["base"]),
+              "models": [{"model": str(bert_pool["ft1"]), "parameters": {"weight": 0.5}}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert header["library_name"] == "transformers" and {"merge", "mergekit"} <= set(header["tags"])
+    assert "base_model" not in header  # local folders are not hub ids
+    assert (out / "mergekit_config.yml").read_text().strip() in card
+
+
+@pytest.mark.parametrize("flag,size", [("5B", 5 * 10**9), ("500M", 5 * 10**8), ("20K", 20_000), ("2GB", 2 * 10**9),
+                                       ("1GiB", 2**30)])
+def test_out_shard_size_reads_mergekits_notation_and_byte_units(flag, size):
+    assert out_shard_size(flag) == size
+
+
+def test_out_shard_size_shards_the_output(bert_pool, tmp_path, capsys):
+    config = {"merge_method": "task_arithmetic", "base_model": str(bert_pool["base"]),
+              "models": [{"model": str(bert_pool["ft1"]), "parameters": {"weight": 0.5}}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config, "--out-shard-size", "20K")
+    assert code == 0, stderr
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    assert read_weights(out).keys() == bert_pool.tensors["base"].keys()
