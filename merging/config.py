@@ -72,6 +72,36 @@ class ModelEntry(BaseModel):
     _check_parameters = field_validator("parameters")(_finite_parameters)
 
 
+class SliceSource(ModelEntry):
+    """A model's layers [start, end) in a slice, with its parameters (they win over the slice's and the top's)."""
+
+    layer_range: tuple[int, int]
+
+    @field_validator("layer_range")
+    @classmethod
+    def _range(cls, layer_range: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= layer_range[0] < layer_range[1]:
+            raise ValueError(f"layer_range {list(layer_range)} must be [start, end] with 0 <= start < end")
+        return layer_range
+
+
+class Slice(BaseModel):
+    """Consecutive output layers (mergekit's slice): layer i of the slice merges layer start + i of each
+    source; ``base_range`` is where the base's layers come from (default: the first source's range)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[SliceSource] = Field(min_length=1)
+    base_range: tuple[int, int] | None = None
+    parameters: dict[str, ParamValue] = {}
+
+    _check_parameters = field_validator("parameters")(_finite_parameters)
+
+    @property
+    def length(self) -> int:
+        first = self.sources[0].layer_range
+        return first[1] - first[0]
+
+
 class MergeConfig(BaseModel):
     """A validated merge run."""
 
@@ -89,7 +119,7 @@ class MergeConfig(BaseModel):
     shard_size: StrictInt | str = "5GB"
     chunk_size: StrictInt = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
     allow_adapter_base_mismatch: bool = False
-    layer_range: tuple[int, int] | None = None  # mergekit's single slice: it must cover every layer of the base
+    slices: list[Slice] | None = None  # the output's layers slice by slice (merging/slices.py); models: every source
     origin: Literal["native", "mergekit"] = "native"
     data: dict[str, Any] | None = None  # data-driven merges: the tasks' data (merging/data_merge.py checks it)
 
@@ -122,6 +152,17 @@ class MergeConfig(BaseModel):
             except re.error as err:
                 raise ValueError(f"invalid regex {pattern!r}: {err}") from None
         return patterns
+
+    @field_validator("slices")
+    @classmethod
+    def _slices(cls, slices: list[Slice] | None) -> list[Slice] | None:
+        for index, piece in enumerate(slices or []):
+            ranges = [list(s.layer_range) for s in piece.sources] + [list(piece.base_range or piece.sources[0]
+                                                                          .layer_range)]
+            if len({r[1] - r[0] for r in ranges}) > 1:
+                raise ValueError(f"slices[{index}]: every source (and base_range) must span the same number of "
+                                 f"layers, got {ranges}")
+        return slices
 
     @property
     def shard_bytes(self) -> int:

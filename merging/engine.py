@@ -22,15 +22,6 @@ from .methods.base import Chunk, Method, chunk_seed
 
 
 @dataclass
-class TensorPlan:
-    """One output tensor: merged by ``method`` or, when it is None, copied from the base."""
-
-    info: TensorInfo
-    out_dtype: torch.dtype
-    method: Method | None
-
-
-@dataclass
 class Sources:
     """Where chunks come from and how they are prepared for the math."""
 
@@ -60,6 +51,17 @@ class Sources:
                 if not bool(torch.isfinite(values[row]).all()):  # not merely a sum that overflowed
                     raise MergeError(f"{checkpoints[row].describe(name)} contains NaN or Inf values")
         return values[0], values[1:]
+
+
+@dataclass
+class TensorPlan:
+    """One output tensor: merged by ``method`` or, when it is None, copied from the base; read from ``sources``
+    (a slice's views, merging/slices.py) or, when None, from the engine's."""
+
+    info: TensorInfo
+    out_dtype: torch.dtype
+    method: Method | None
+    sources: Sources | None = None
 
 
 def check_finite(values: torch.Tensor, problem: Callable[[], str]) -> None:
@@ -116,11 +118,11 @@ class Engine:
 
     def reader(self, plan: TensorPlan) -> Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]]:
         """chunk -> (base [c], models [n, c]) for one tensor, from memory when it fits, else from disk."""
-        name, numel = plan.info.name, plan.info.numel
-        if (len(self.sources.models) + 1) * numel * self.sources.dtype.itemsize <= self.cache_bytes:
-            base, models = self.sources.chunk(name, 0, numel)
+        name, numel, sources = plan.info.name, plan.info.numel, plan.sources or self.sources
+        if (len(sources.models) + 1) * numel * sources.dtype.itemsize <= self.cache_bytes:
+            base, models = sources.chunk(name, 0, numel)
             return lambda chunk: (base[chunk.start:chunk.stop], models[:, chunk.start:chunk.stop])
-        return lambda chunk: self.sources.chunk(name, chunk.start, chunk.stop)
+        return lambda chunk: sources.chunk(name, chunk.start, chunk.stop)
 
     def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any],
                        read: Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
@@ -137,9 +139,10 @@ class Engine:
             return
         chunks = chunks_of(plan, self.chunk_size, self.seed)
         if method is None:
+            base = (plan.sources or self.sources).base
             for chunk in chunks:
-                values = self.sources.base.read(name, chunk.start, chunk.stop).to(plan.out_dtype)
-                check_finite(values, lambda: f"{self.sources.base.describe(name)} contains NaN or Inf values "
+                values = base.read(name, chunk.start, chunk.stop).to(plan.out_dtype)
+                check_finite(values, lambda: f"{base.describe(name)} contains NaN or Inf values "
                                              "(it is copied to the output, not merged)")
                 self.writer.write(name, chunk.start, values)
             return
@@ -150,8 +153,9 @@ class Engine:
                 method.conclude(p, self.observe_tensor(plan, p, stats, read), stats, plan.info.numel)
         for chunk in chunks:
             merged = method.combine(chunk, *read(chunk), stats).to(plan.out_dtype)
-            check_finite(merged, lambda: f"method '{method.name}' gives NaN or Inf in tensor '{name}' (elements "
-                                         f"{chunk.start}..{chunk.stop} as {plan.out_dtype}); nothing was saved")
+            check_finite(merged, lambda chunk=chunk: f"method '{method.name}' gives NaN or Inf in tensor '{name}' "
+                                                     f"(elements {chunk.start}..{chunk.stop} as {plan.out_dtype}); "
+                                                     "nothing was saved")
             self.writer.write(name, chunk.start, merged)
 
     def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:

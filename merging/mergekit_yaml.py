@@ -30,13 +30,13 @@ from typing import Any
 from .errors import MergeError
 
 METHOD = {"linear": "average", "task_arithmetic": "task_arithmetic", "ties": "ties",
-          "dare_ties": "dare_ties", "dare_linear": "dare_ta", "slerp": "slerp"}
+          "dare_ties": "dare_ties", "dare_linear": "dare_ta", "slerp": "slerp", "passthrough": "passthrough"}
 NORMALIZE_DEFAULT = {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
                      "dare_linear": False}
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
 MODEL_KEYS = {"model", "parameters"}
-SLICE_KEYS = {"sources", "parameters"}
+SLICE_KEYS = {"sources", "parameters", "base_model", "residual_weight"}
 SOURCE_KEYS = {"model", "layer_range", "parameters"}
 IGNORED_PARAMS = {"int8_mask"}
 
@@ -89,29 +89,54 @@ def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[s
     return out
 
 
-def _read_slice(slices: Any, path: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[int] | None]:
-    """The sources, slice-level parameters and layer range of a config's one slice."""
-    if not isinstance(slices, list) or len(slices) != 1:
-        count = len(slices) if isinstance(slices, list) else "a non-list"
-        raise MergeError(f"{path}: 'slices' with {count} slices (layer stacking / passthrough) is not supported; "
-                         "only one slice whose sources all cover the same layer range")
-    piece = _check_keys(slices[0], SLICE_KEYS, f"{path}: slices[0]")
-    sources = piece.get("sources")
-    if not isinstance(sources, list) or not sources:
-        raise MergeError(f"{path}: slices[0].sources must be a non-empty list of models, got {sources!r}")
-    ranges = []
-    for index, source in enumerate(sources):
-        where = f"{path}: slices[0].sources[{index}]"
-        layer_range = _check_keys(source, SOURCE_KEYS, where).get("layer_range")
-        if layer_range is not None and not (isinstance(layer_range, list) and len(layer_range) == 2 and all(
-                isinstance(i, int) and not isinstance(i, bool) for i in layer_range) and 0 <= layer_range[0]
-                < layer_range[1]):
-            raise MergeError(f"{where}: layer_range {layer_range!r} must be [start, end] with 0 <= start < end")
-        ranges.append(layer_range)
-    if any(r != ranges[0] for r in ranges):
-        raise MergeError(f"{path}: slice sources with different layer_range {ranges} are not supported")
-    models = [{k: v for k, v in s.items() if k != "layer_range"} for s in sources]
-    return models, piece.get("parameters") or {}, ranges[0]
+def _read_slices(slices: Any, path: Path) -> list[dict[str, Any]]:
+    """The slices as written: each one's sources (model, layer_range, parameters) and parameters, checked."""
+    if not isinstance(slices, list) or not slices:
+        raise MergeError(f"{path}: 'slices' must be a non-empty list of {{sources: [...]}}, got {slices!r}")
+    read = []
+    for index, piece in enumerate(slices):
+        where = f"{path}: slices[{index}]"
+        _check_keys(piece, SLICE_KEYS, where)
+        for key in ("base_model", "residual_weight"):
+            if piece.get(key) is not None:
+                raise MergeError(f"{where}: a slice-level {key} is not supported; give base_model at the top level")
+        sources = piece.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise MergeError(f"{where}.sources must be a non-empty list of models, got {sources!r}")
+        for number, source in enumerate(sources):
+            at = f"{where}.sources[{number}]"
+            _check_keys(source, SOURCE_KEYS, at)
+            layer_range = source.get("layer_range")
+            if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in layer_range) and 0 <= layer_range[0]
+                    < layer_range[1]):
+                raise MergeError(f"{at}: layer_range {layer_range!r} must be [start, end] with 0 <= start < end")
+            if not isinstance(source.get("model"), str):
+                raise MergeError(f"{at} must have a 'model' path, got {source!r}")
+        read.append({"sources": sources, "parameters": _params_mapping(piece.get("parameters") or {}, where)})
+    return read
+
+
+def _merged_entries(method: str, base: str | None, entries: list[dict[str, Any]], where: str
+                    ) -> list[dict[str, Any]]:
+    """The entries a method merges (mergekit's base_model has no task vector): linear and passthrough merge
+    every entry; slerp the base then the other one; the rest every entry but the base."""
+    if method in ("linear", "passthrough"):
+        return entries
+    others = [e for e in entries if e.get("model") != base]
+    if any(e.get("parameters") for e in entries if e.get("model") == base):
+        raise MergeError(f"{where}: the entry of base_model '{base}' has parameters, which mergekit's {method} "
+                         "does not use (the base has no task vector); remove them")
+    if base is not None and not others:
+        raise MergeError(f"{where}: no models to merge besides base_model '{base}'")
+    if method == "slerp":
+        if len(others) != 1:
+            raise MergeError(f"{where}: slerp needs base_model plus exactly one other model, got {len(others)}")
+        if others[0].get("parameters"):
+            raise MergeError(f"{where}: slerp takes 't' at the top level; the per-model parameters of "
+                             f"'{others[0]['model']}' would not be used")
+        return [next(e for e in entries if e.get("model") == base), others[0]]
+    return others
 
 
 def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -133,43 +158,10 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
                          "copied); remove the key")
     if raw.get("models") is not None and raw.get("slices") is not None:
         raise MergeError(f"{path}: give either 'models' or 'slices', not both")
-    top_params = raw.get("parameters") or {}
-    layer_range = None
-    if raw.get("slices") is not None:
-        entries, slice_params, layer_range = _read_slice(raw["slices"], path)
-        top_params = {**_params_mapping(top_params, str(path)),  # the slice's parameters win
-                      **_params_mapping(slice_params, f"{path}: slices[0]")}
-        listed = "slices[0].sources"
-    else:
-        entries, listed = raw.get("models") or [], "models"
-        if not isinstance(entries, list):
-            raise MergeError(f"{path}: 'models' must be a list of {{model: ..., parameters: ...}}, got {entries!r}")
-    for index, entry in enumerate(entries):
-        where = f"{path}: {listed}[{index}]"
-        if not isinstance(_check_keys(entry, MODEL_KEYS, where).get("model"), str):
-            raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
     base = raw.get("base_model")
-    if method == "linear" and base is not None and all(e.get("model") != base for e in entries):
-        entries = [*entries, {"model": base}]  # mergekit averages a base_model it is not given among the models
-    others = [e for e in entries if e.get("model") != base]
-    if method != "linear" and any(e.get("parameters") for e in entries if e.get("model") == base):
-        raise MergeError(f"{path}: the entry of base_model '{base}' has parameters, which mergekit's {method} "
-                         "does not use (the base has no task vector); remove them")
-    if base is not None and not others:
-        raise MergeError(f"{path}: no models to merge besides base_model '{base}'")
-    if base is None:
-        if method not in ("linear",):
-            raise MergeError(f"{path}: merge_method '{method}' needs base_model")
-        base = entries[0]["model"] if entries else None  # linear: the template for config/tokenizer only
-    models = [{"model": e["model"],
-               "parameters": _translate_params(e.get("parameters") or {}, method, f"{path}: model {e['model']}")}
-              for e in (entries if method == "linear" else others)]
-    parameters = _translate_params(top_params, method, str(path))
-    if method == "linear" and "weight" not in parameters:
-        unweighted = [e["model"] for e in entries if "weight" not in (e.get("parameters") or {})]
-        if unweighted:  # mergekit: "Missing required parameter weight"
-            raise MergeError(f"{path}: linear needs a weight for every model (mergekit has no default); none "
-                             f"for {unweighted}: give each its parameters.weight, or a top-level weight")
+    if base is None and method != "linear" and method != "passthrough":
+        raise MergeError(f"{path}: merge_method '{method}' needs base_model")
+    parameters = _translate_params(_params_mapping(raw.get("parameters") or {}, str(path)), method, str(path))
     if method in NORMALIZE_DEFAULT:
         parameters.setdefault("normalize", NORMALIZE_DEFAULT[method])
     if method in ("ties",):
@@ -177,21 +169,57 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if method in ("dare_ties", "dare_linear"):
         parameters.setdefault("drop_rate", 0.0)
         parameters.setdefault("rescale", "l1")
-    if method == "slerp":
-        if len(others) != 1:
-            raise MergeError(f"{path}: slerp needs base_model plus exactly one other model, got {len(others)}")
-        if others[0].get("parameters"):
-            raise MergeError(f"{path}: slerp takes 't' at the top level; the per-model parameters of "
-                             f"'{others[0]['model']}' would not be used")
-        models = [{"model": base}, {"model": others[0]["model"]}]
-    # mergekit's per-model parameters may also sit at the top level as defaults; ours do the same.
-    native: dict[str, Any] = {"method": METHOD[method], "base": base, "models": models,
-                              "parameters": parameters, "origin": "mergekit"}
-    if layer_range is not None:
-        native["layer_range"] = layer_range
+    native: dict[str, Any] = {"method": METHOD[method], "parameters": parameters, "origin": "mergekit"}
+    if raw.get("slices") is not None:
+        native["slices"] = []
+        for index, piece in enumerate(_read_slices(raw["slices"], path)):
+            where = f"{path}: slices[{index}]"
+            sources = piece["sources"]
+            merged = _merged_entries(method, base, sources, where)
+            base_source = next((s for s in sources if s["model"] == base), None)
+            if method == "passthrough" and len(merged) != 1:
+                raise MergeError(f"{where}: passthrough takes one source per slice, got {len(merged)}")
+            _check_weights(method, parameters, piece["parameters"], merged, where)
+            native["slices"].append({
+                "sources": [{"model": e["model"], "layer_range": e["layer_range"],
+                             "parameters": _translate_params(e.get("parameters") or {}, method,
+                                                             f"{where}: source {e['model']}")} for e in merged],
+                "base_range": base_source["layer_range"] if base_source else None,
+                "parameters": _translate_params(piece["parameters"], method, where)})
+        first = raw["slices"][0]["sources"][0]["model"]
+        references = [s["model"] for piece in native["slices"] for s in piece["sources"]]
+        native["base"] = base or first  # without base_model: the first source is the config's template
+        native["models"] = [{"model": ref} for ref in dict.fromkeys(references)]
+    else:
+        entries = raw.get("models") or []
+        if not isinstance(entries, list):
+            raise MergeError(f"{path}: 'models' must be a list of {{model: ..., parameters: ...}}, got {entries!r}")
+        for index, entry in enumerate(entries):
+            where = f"{path}: models[{index}]"
+            if not isinstance(_check_keys(entry, MODEL_KEYS, where).get("model"), str):
+                raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
+        if method == "linear" and base is not None and all(e.get("model") != base for e in entries):
+            entries = [*entries, {"model": base}]  # mergekit averages a base_model not among the models
+        merged = _merged_entries(method, base, entries, str(path))
+        _check_weights(method, parameters, {}, merged, str(path))
+        native["base"] = base or (entries[0]["model"] if entries else None)  # linear: config/tokenizer template
+        native["models"] = [{"model": e["model"], "parameters": _translate_params(
+            e.get("parameters") or {}, method, f"{path}: model {e['model']}")} for e in merged]
     for key in ("dtype", "out_dtype"):  # validated as native keys
         if raw.get(key) is not None:
             native[key] = raw[key]
     if raw.get("dtype") is not None and raw.get("out_dtype") is None:
         native["out_dtype"] = raw["dtype"]  # mergekit writes its compute dtype unless out_dtype says otherwise
     return native
+
+
+def _check_weights(method: str, top: dict[str, Any], slice_params: dict[str, Any], merged: list[dict[str, Any]],
+                   where: str) -> None:
+    """linear has no default weight in mergekit ("Missing required parameter weight"): every merged model
+    needs one, from its own parameters, its slice's or the top level's."""
+    if method != "linear" or "weight" in top or "weight" in slice_params:
+        return
+    unweighted = [e["model"] for e in merged if "weight" not in (e.get("parameters") or {})]
+    if unweighted:
+        raise MergeError(f"{where}: linear needs a weight for every model (mergekit has no default); none "
+                         f"for {unweighted}: give each its parameters.weight, or a top-level weight")

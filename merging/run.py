@@ -25,6 +25,7 @@ from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .methods.base import Method
 from .model_card import merge_card
 from .registry import MethodSpec, get_method, known_methods
+from .slices import plan_slices
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json",
@@ -55,7 +56,14 @@ def check_config_parameters(cfg: MergeConfig, method_cls: type[Method]) -> None:
     """Before any checkpoint is opened (a hub model downloaded): every parameter key is one of the method's,
     and every value it can take (each gradient point, each filter rule's value) passes the method's schema."""
     check_parameters(cfg.method, cfg.parameters, (method_cls.Params, method_cls.ModelParams), per_tensor=True)
-    for entry in cfg.models:
+    for index, piece in enumerate(cfg.slices or []):
+        try:
+            check_parameters(cfg.method, {**cfg.parameters, **piece.parameters},
+                             (method_cls.Params, method_cls.ModelParams), per_tensor=True)
+        except MergeError as err:
+            raise MergeError(f"slices[{index}]: {err}") from None
+    sources = [source for piece in cfg.slices or [] for source in piece.sources]
+    for entry in [*cfg.models, *sources]:
         try:
             check_parameters(cfg.method, entry.parameters, (method_cls.ModelParams,), per_tensor=True)
         except MergeError as err:
@@ -92,21 +100,33 @@ def build_method(cfg: MergeConfig, method_cls: type[Method], name: str, position
     return method
 
 
-def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> list[TensorPlan]:
-    """Check the pool against the base and decide, per tensor, merge-or-copy and the output dtype."""
-    method_cls = get_method(cfg.method, "per_tensor").method_class
-    if len(models) < method_cls.min_models or (method_cls.max_models and len(models) > method_cls.max_models):
+def check_model_count(method: str, method_cls: type[Method], count: int, where: str = "") -> None:
+    if count < method_cls.min_models or (method_cls.max_models and count > method_cls.max_models):
         wanted = (f"exactly {method_cls.min_models}" if method_cls.min_models == method_cls.max_models
                   else f"at least {method_cls.min_models}")
-        raise MergeError(f"method '{cfg.method}' needs {wanted} models, got {len(models)}")
+        raise MergeError(f"{where}method '{method}' needs {wanted} models, got {count}")
+
+
+def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint],
+               device: torch.device | None = None) -> list[TensorPlan]:
+    """Check the pool against the base and decide, per tensor, merge-or-copy and the output dtype."""
+    method_cls = get_method(cfg.method, "per_tensor").method_class
     for model in models:
         if reason := same_architecture(base, model):
             raise MergeError(f"different architectures: {reason}")
+    if cfg.slices:
+        for index, piece in enumerate(cfg.slices):
+            check_model_count(cfg.method, method_cls, len(piece.sources), f"slices[{index}]: ")
+        opened = {cfg.base: base, **{entry.model: model for entry, model in zip(cfg.models, models)}}
+
+        def method_for(config: MergeConfig, name: str, t: float) -> Method | None:
+            return build_method(config, method_cls, name, t) if config.merges(name) else None
+
+        plans, _ = plan_slices(cfg, opened, device or torch.device("cpu"), method_cls.uses_base, method_for)
+        check_model_scope(plans)
+        return plans
+    check_model_count(cfg.method, method_cls, len(models))
     num_layers = count_layers(list(base.infos))
-    if cfg.layer_range is not None and list(cfg.layer_range) != [0, num_layers]:
-        raise MergeError(f"layer_range {list(cfg.layer_range)} covers part of the base's {num_layers} layers "
-                         f"(layers 0..{num_layers - 1}): partial slices are not supported; use "
-                         f"layer_range: [0, {num_layers}] or leave it out")
     plans = []
     for name, info in base.infos.items():
         out_dtype = DTYPES[cfg.out_dtype] if cfg.out_dtype and info.dtype.is_floating_point else info.dtype
@@ -165,16 +185,33 @@ def input_paths(refs: list[str], checkpoints: list[Checkpoint]) -> dict[str, Pat
     return {**paths, **files}
 
 
-def copy_side_files(base: Checkpoint, folder: Path, out_dtype: str | None, trust_remote_code: bool) -> None:
-    """config.json (dtype updated), generation config and tokenizer files from the base folder."""
-    source = base.path if base.path.is_dir() else base.path.parent
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")  # config.json's layer count, by family
+
+
+def output_config(base: Checkpoint, cfg: MergeConfig) -> dict[str, Any]:
+    """The base's config.json with the output dtype and, for slices, the output's layer count; a config whose
+    layer count cannot be set is refused before any work."""
     config = dict(base.config or {})
+    if config and cfg.out_dtype:
+        config["torch_dtype" if "torch_dtype" in config else "dtype"] = cfg.out_dtype
+    layers = sum(piece.length for piece in cfg.slices) if cfg.slices else None
+    if config and layers is not None:
+        key = next((k for k in LAYER_COUNT_KEYS if k in config), None)
+        if key is None or "layer_types" in config and len(config["layer_types"]) != layers:
+            what = "no layer count (" + ", ".join(LAYER_COUNT_KEYS) + ")" if key is None else "per-layer 'layer_types'"
+            raise MergeError(f"{base.path / 'config.json'} has {what}; slices that give {layers} layers cannot "
+                             "write a matching config")
+        config[key] = layers
+    return config
+
+
+def copy_side_files(base: Checkpoint, folder: Path, config: dict[str, Any], trust_remote_code: bool) -> None:
+    """config.json (``output_config``), generation config and tokenizer files from the base folder."""
+    source = base.path if base.path.is_dir() else base.path.parent
     if config.get("auto_map") and not trust_remote_code:
         raise MergeError(f"{source / 'config.json'} declares custom code (auto_map); pass --trust-remote-code "
                          "to copy its Python files into the output (no code is run by the merge either way)")
     if config:
-        if out_dtype:
-            config["torch_dtype" if "torch_dtype" in config else "dtype"] = out_dtype
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     names = list(SIDE_FILES) + ([p.name for p in source.glob("*.py")] if config.get("auto_map") else [])
     for name in names:
@@ -203,7 +240,8 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     started = time.perf_counter()
     with opened_inputs(cfg) as (base, models):
         check_output_apart(out, input_paths([cfg.base, *(e.model for e in cfg.models)], [base, *models]))
-        plans = plan_merge(cfg, base, models)
+        plans = plan_merge(cfg, base, models, device)
+        config = output_config(base, cfg)
         with atomic_directory(out, overwrite=overwrite) as folder:
             writer = ShardedSafetensorsWriter(folder, [p.info for p in plans], cfg.shard_bytes,
                                               metadata={"merge_method": cfg.method})
@@ -213,7 +251,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
                 writer.finish()
             finally:
                 writer.close()
-            copy_side_files(base, folder, cfg.out_dtype, trust_remote_code)
+            copy_side_files(base, folder, config, trust_remote_code)
             info = {"method": cfg.method, "paper": spec.paper, "git_sha": git_sha(),
                     "torch": torch.__version__, "device": str(device),
                     "tensors_merged": sum(p.method is not None for p in plans),
@@ -269,7 +307,7 @@ def merge_tensors(cfg: MergeConfig, workers: int = 2) -> dict[str, torch.Tensor]
     check_config_parameters(cfg, spec.method_class)
     device = compute_device(cfg)
     with opened_inputs(cfg) as (base, models):
-        plans = plan_merge(cfg, base, models)
+        plans = plan_merge(cfg, base, models, device)
         writer = InMemoryWriter([plan.info for plan in plans])
         Engine(Sources(base, models, DTYPES[cfg.dtype], device), writer, cfg.chunk_size, cfg.seed, workers,
                progress=False).run(plans)

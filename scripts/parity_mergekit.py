@@ -16,7 +16,8 @@ task vectors) which of them survive is torch's choice. With a stable sort the fi
 our rule. A config whose first lines say ``# parity: stable-sort`` is judged against that run (``--stable``);
 the row also counts the elements where stock mergekit differs.
 
-``compare`` reads both output folders: same tensor names, same dtypes, the same files (ours may add its own
+``compare`` reads both output folders: same tensor names, same dtypes, the same config.json (but for the writer's
+transformers_version), the same files (ours may add its own
 records, merge_config.yaml and merge_info.json), the max absolute difference, and the largest difference in
 units in the last place (ulp) of the output dtype at the tensor's largest magnitude. A pair matches when the
 names and dtypes agree and no element differs by more than ``MAX_ULP`` of those ulp: what two correct
@@ -110,10 +111,15 @@ def compare(config: str, mergekit_out: Path, ours_out: Path) -> dict:
         units = gap / spacing(scale, mk[k].dtype)  # in ulp of the tensor's largest magnitude
         worst_ulp = max(worst_ulp, float(units.max()) if units.numel() else 0.0)
         differing += int((units > MAX_ULP).sum())
+    written = [json.loads((folder / "config.json").read_text()) for folder in (mergekit_out, ours_out)]
+    for fields in written:
+        fields.pop("transformers_version", None)  # the writer's version, not the model's
+    same_config = written[0] == written[1]
     files_mk = {p.name for p in mergekit_out.iterdir() if p.suffix != ".safetensors" and "index" not in p.name}
     files_us = {p.name for p in ours_out.iterdir() if p.suffix != ".safetensors" and "index" not in p.name}
     missing, extra = sorted(files_mk - files_us), sorted(files_us - files_mk - OUR_RECORDS)
-    return {"config": config, "status": "match" if same_dtypes and worst_ulp <= MAX_ULP else "DIFFERENT",
+    match = same_dtypes and same_config and worst_ulp <= MAX_ULP
+    return {"config": config, "status": "match" if match else "DIFFERENT", "same_config": same_config,
             "max_abs_diff": diff, "max_ulp": worst_ulp, "elements_over": differing, "same_keys": same_keys,
             "same_dtypes": same_dtypes, "missing_files": missing, "extra_files": extra,
             "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in us.values()})}
@@ -130,8 +136,9 @@ def stable_mergekit(argv: list[str]) -> None:
 
 
 def report(rows: list[dict]) -> str:
-    header = f"| config | result | max abs diff | max ulp | elements > {MAX_ULP} ulp | same keys | same dtypes | same files |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = (f"| config | result | max abs diff | max ulp | elements > {MAX_ULP} ulp | same keys | same dtypes | "
+              "same config.json | same files |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] in ("match", "DIFFERENT"):
             files = "yes" if not r["missing_files"] and not r["extra_files"] else (
@@ -141,9 +148,9 @@ def report(rows: list[dict]) -> str:
                                     "elements differ, where magnitudes tie)" if "stock_elements_over" in r else "")
             lines.append(f"| {r['config']} | {status} ({', '.join(r['dtypes'])}) | {r['max_abs_diff']:.3g} | "
                          f"{r['max_ulp']:.3g} | {r['elements_over']} | {'yes' if r['same_keys'] else 'no'} | "
-                         f"{'yes' if r['same_dtypes'] else 'no'} | {files} |")
+                         f"{'yes' if r['same_dtypes'] else 'no'} | {'yes' if r['same_config'] else 'no'} | {files} |")
         else:
-            lines.append(f"| {r['config']} | {r['status']}: {r.get('message', '')} | | | | | | |")
+            lines.append(f"| {r['config']} | {r['status']}: {r.get('message', '')} | | | | | | | |")
     return "\n".join(lines)
 
 

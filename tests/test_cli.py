@@ -24,8 +24,10 @@ PARAMETERS = {  # a valid native config for every registered method
     "dare_ties": {"drop_rate": 0.3, "rescale": "l1"},
     "from": {"k": 2.0},
     "slerp": {"t": 0.3},
+    "passthrough": {},
 }
 TWO_MODELS = {"slerp"}
+ONE_MODEL = {"passthrough"}
 ADAPTER_PARAMETERS = {"from_lora": {"rank": 4, "k": 1.0}}  # methods whose models are LoRA adapters
 
 
@@ -151,10 +153,11 @@ def test_config_file_that_does_not_exist(tmp_path, capsys):
 
 
 def test_mergekit_unsupported_merge_method(bert_pool, tmp_path, capsys):
-    config = {"merge_method": "passthrough", "base_model": str(bert_pool["base"]),
+    config = {"merge_method": "model_stock", "base_model": str(bert_pool["base"]),
               "models": [{"model": str(bert_pool["ft1"])}]}
-    assert_refused(tmp_path, capsys, config, tmp_path / "merge.yaml", "merge_method 'passthrough' is not supported",
-                   "supported: ['dare_linear', 'dare_ties', 'linear', 'slerp', 'task_arithmetic', 'ties']")
+    assert_refused(tmp_path, capsys, config, tmp_path / "merge.yaml", "merge_method 'model_stock' is not supported",
+                   "supported: ['dare_linear', 'dare_ties', 'linear', 'passthrough', 'slerp', 'task_arithmetic', "
+                   "'ties']")
 
 
 def test_existing_output_needs_overwrite_which_replaces_it(bert_pool, tmp_path, capsys):
@@ -219,7 +222,7 @@ def test_workers_must_be_positive(bert_pool, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", sorted(PARAMETERS))
 def test_native_config_of_every_method_succeeds(bert_pool, tmp_path, capsys, method):
-    models = ("ft1", "ft2") if method in TWO_MODELS else ("ft1", "ft2", "ft3")
+    models = ("ft1", "ft2") if method in TWO_MODELS else ("ft1",) if method in ONE_MODEL else ("ft1", "ft2", "ft3")
     code, stdout, stderr, out = run_cli(tmp_path, capsys, native(bert_pool, method, models, PARAMETERS[method]))
     assert code == 0, stderr
     info = json.loads(stdout)

@@ -88,3 +88,45 @@ def test_out_shard_size_shards_the_output(bert_pool, tmp_path, capsys):
     shards = sorted(out.glob("*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
     assert read_weights(out).keys() == bert_pool.tensors["base"].keys()
+
+
+def test_passthrough_slices_stack_layers_and_the_config_counts_them(bert_pool, tmp_path, capsys):
+    # 2-layer BERTs: ft1's layers 0-1, then ft2's layer 1 again -> 3 layers (a "frankenmerge")
+    config = {"merge_method": "passthrough", "dtype": "float32", "slices": [
+        {"sources": [{"model": str(bert_pool["ft1"]), "layer_range": [0, 2]}]},
+        {"sources": [{"model": str(bert_pool["ft2"]), "layer_range": [1, 2]}]}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    got, ft1, ft2 = read_weights(out), bert_pool.tensors["ft1"], bert_pool.tensors["ft2"]
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+    for name in ft1:
+        if ".layer.1." in name:
+            assert torch.equal(got[name], ft1[name])
+            assert torch.equal(got[name.replace(".layer.1.", ".layer.2.")], ft2[name])
+        elif ".layer." not in name:  # embeddings: the first slice's source; pooler: the last slice's
+            assert torch.equal(got[name], (ft1 if "embed" in name else ft2)[name]), name
+
+
+def test_a_gradient_runs_over_each_slice_and_a_one_layer_slice_sits_at_its_end(bert_pool, tmp_path, capsys):
+    base, ft1 = str(bert_pool["base"]), str(bert_pool["ft1"])
+    config = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32",
+              "parameters": {"weight": [0.0, 1.0]},
+              "slices": [{"sources": [{"model": base, "layer_range": [0, 1]}, {"model": ft1, "layer_range": [0, 1]}]},
+                         {"sources": [{"model": base, "layer_range": [0, 2]}, {"model": ft1, "layer_range": [0, 2]}]}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    got, b, f = read_weights(out), bert_pool.tensors["base"], bert_pool.tensors["ft1"]
+    name = next(n for n in b if ".layer.0.attention.self.query.weight" in n)
+    assert torch.allclose(got[name], f[name], atol=1e-6)  # slice 1 has one layer: t = 1, weight 1
+    assert torch.allclose(got[name.replace(".layer.0.", ".layer.1.")], b[name], atol=1e-6)  # slice 2, t = 0
+    assert torch.allclose(got[name.replace(".layer.0.", ".layer.2.")],
+                          f[name.replace(".layer.0.", ".layer.1.")], atol=1e-6)  # slice 2, t = 1
+    embeddings = next(n for n in b if "word_embeddings" in n)
+    assert torch.equal(got[embeddings], b[embeddings])  # outside the layers: t = 0, weight 0
+
+
+def test_sources_of_different_lengths_in_one_slice_are_refused(bert_pool, tmp_path, capsys):
+    base, ft1 = str(bert_pool["base"]), str(bert_pool["ft1"])
+    config = {"merge_method": "task_arithmetic", "base_model": base, "slices": [
+        {"sources": [{"model": base, "layer_range": [0, 2]}, {"model": ft1, "layer_range": [0, 1]}]}]}
+    assert_refused(tmp_path, capsys, config, "slices[0]", "same number of layers")

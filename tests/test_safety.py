@@ -125,7 +125,8 @@ def mergekit(pool, **top):
 
 
 def as_slice(config, layer_range=(0, 2), **slice_keys):
-    models = config.pop("models")
+    """``config``'s models as one slice over ``layer_range``, the base among its sources (mergekit needs it)."""
+    models = [{"model": config["base_model"]}, *config.pop("models")]
     config["slices"] = [{"sources": [{**m, "layer_range": list(layer_range)} for m in models], **slice_keys}]
     return config
 
@@ -138,8 +139,8 @@ def test_unknown_key_in_a_mergekit_model_entry(bert_pool, tmp_path, capsys):
 
 def test_unknown_key_in_a_mergekit_slice_source(bert_pool, tmp_path, capsys):
     config = as_slice(mergekit(bert_pool))
-    config["slices"][0]["sources"][0]["paramters"] = config["slices"][0]["sources"][0].pop("parameters")
-    assert_refused(tmp_path, capsys, config, "slices[0].sources[0]", "unknown key(s) ['paramters']")
+    config["slices"][0]["sources"][1]["paramters"] = config["slices"][0]["sources"][1].pop("parameters")
+    assert_refused(tmp_path, capsys, config, "slices[0].sources[1]", "unknown key(s) ['paramters']")
 
 
 @pytest.mark.parametrize("where, edit", [
@@ -152,9 +153,17 @@ def test_unknown_keys_at_every_mergekit_level(bert_pool, tmp_path, capsys, where
     assert_refused(tmp_path, capsys, config, where, "unknown key(s)")
 
 
-def test_a_partial_layer_range_is_refused(bert_pool, tmp_path, capsys):
-    assert_refused(tmp_path, capsys, as_slice(mergekit(bert_pool), layer_range=(0, 1)),
-                   "layer_range [0, 1]", "2 layers", "not supported")
+def test_a_layer_range_past_a_models_layers_is_refused(bert_pool, tmp_path, capsys):
+    assert_refused(tmp_path, capsys, as_slice(mergekit(bert_pool), layer_range=(1, 3)),
+                   "slices[0]", "has 2 layers", "layer_range [1, 3] goes past them")
+
+
+def test_a_slice_without_the_base_among_its_sources_is_refused_as_mergekit_refuses_it(bert_pool, tmp_path,
+                                                                                       capsys):
+    config = as_slice(mergekit(bert_pool))
+    config["slices"][0]["sources"].pop(0)
+    assert_refused(tmp_path, capsys, config, "slices[0]", "reads the base model's layers",
+                   f"list base_model '{bert_pool['base']}' among its sources")
 
 
 @pytest.mark.parametrize("key, value", [("chat_template", "chatml"), ("tokenizer_source", "union")])
@@ -172,7 +181,7 @@ def test_one_slice_over_every_layer_with_slice_parameters_is_read_as_mergekit_re
     assert code == 0
     sliced = as_slice(mergekit(bert_pool, parameters={"normalize": True, "density": 0.9}),
                       parameters={"density": 0.3})  # the slice's density wins over the top level's
-    for source in sliced["slices"][0]["sources"]:
+    for source in sliced["slices"][0]["sources"][1:]:
         del source["parameters"]["density"]
     code, _, _, out = run_cli(tmp_path, capsys, write_yaml(tmp_path / "sliced.yml", sliced), out_name="sliced")
     assert code == 0
@@ -477,7 +486,8 @@ def test_a_lora_adapter_trained_on_another_base_needs_an_opt_in(llama_lora, copy
 
 
 @pytest.mark.parametrize("key, value", [("exclude", ["q_proj"]), ("device", "cuda:0"), ("dtype", "float16"),
-                                        ("shard_size", 1), ("layer_range", [0, 1])])
+                                        ("shard_size", 1),
+                                        ("slices", [{"sources": [{"model": "m", "layer_range": [0, 1]}]}])])
 def test_an_adapter_merge_refuses_settings_it_does_not_use(llama_lora, tmp_path, capsys, key, value):
     config = {"method": "from_lora", "base": str(llama_lora.base), key: value,
               "models": [{"model": str(llama_lora.adapter)}, {"model": str(llama_lora.other_adapter)}]}

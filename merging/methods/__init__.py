@@ -9,6 +9,7 @@ from . import (  # noqa: F401
                from_,
                from_lora,
                greedy_soup,
+               passthrough,
                regmean,
                slerp,
                task_arithmetic,

@@ -27,6 +27,7 @@ class AverageParams(Params):
 class Average(Method):
     Params = AverageParams
     ModelParams = AverageModelParams
+    uses_base = False
 
     def check(self) -> None:
         weights = self.model_values("weight")

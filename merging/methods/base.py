@@ -75,6 +75,7 @@ class Method:
     ModelParams: ClassVar[type[Params]] = NoParams
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
+    uses_base: ClassVar[bool] = True  # False: the formula reads only the models (the base supplies copied tensors)
     passes: int = 0
     scope: Literal["tensor", "model"] = "tensor"
 

@@ -28,6 +28,7 @@ class SlerpParams(Params):
 class Slerp(Method):
     Params = SlerpParams
     min_models = max_models = 2
+    uses_base = False  # the two ends are the models (mergekit's base_model is listed as the first)
     passes = 1
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
