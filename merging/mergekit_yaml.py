@@ -153,9 +153,6 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if raw.get("tokenizer_source") not in (None, "base"):
         raise MergeError(f"{path}: tokenizer_source {raw['tokenizer_source']!r}: only the base model's tokenizer "
                          "is supported (tokenizer_source: base)")
-    if raw.get("chat_template") is not None:
-        raise MergeError(f"{path}: chat_template is not supported yet (the base's chat template, if any, is "
-                         "copied); remove the key")
     if raw.get("models") is not None and raw.get("slices") is not None:
         raise MergeError(f"{path}: give either 'models' or 'slices', not both")
     base = raw.get("base_model")
@@ -205,7 +202,7 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         native["base"] = base or (entries[0]["model"] if entries else None)  # linear: config/tokenizer template
         native["models"] = [{"model": e["model"], "parameters": _translate_params(
             e.get("parameters") or {}, method, f"{path}: model {e['model']}")} for e in merged]
-    for key in ("dtype", "out_dtype"):  # validated as native keys
+    for key in ("dtype", "out_dtype", "chat_template"):  # validated as native keys
         if raw.get(key) is not None:
             native[key] = raw[key]
     if raw.get("dtype") is not None and raw.get("out_dtype") is None:

@@ -16,6 +16,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from .chat_template import check_chat_template, resolve_chat_template, write_chat_template
 from .config import DTYPES, MergeConfig, check_parameters, count_layers, describe_errors, layer_position, resolve_value
 from .engine import Engine, InMemoryWriter, Sources, TensorPlan
 from .errors import MergeError
@@ -236,6 +237,8 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
     if spec.kind == "adapter":
         return run_adapter_merge(spec, cfg, out, overwrite=overwrite, progress=progress)
     check_config_parameters(cfg, spec.method_class)
+    if cfg.chat_template is not None:
+        check_chat_template(cfg.chat_template)
     device = compute_device(cfg)
     started = time.perf_counter()
     with opened_inputs(cfg) as (base, models):
@@ -252,6 +255,10 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
             finally:
                 writer.close()
             copy_side_files(base, folder, config, trust_remote_code)
+            template = cfg.chat_template and resolve_chat_template(
+                cfg.chat_template, [c.path if c.path.is_dir() else c.path.parent for c in [base, *models]])
+            if template:
+                write_chat_template(folder, template)
             info = {"method": cfg.method, "paper": spec.paper, "git_sha": git_sha(),
                     "torch": torch.__version__, "device": str(device),
                     "tensors_merged": sum(p.method is not None for p in plans),

@@ -18,7 +18,8 @@ the row also counts the elements where stock mergekit differs.
 
 ``compare`` reads both output folders: same tensor names, same dtypes, the same config.json (but for the writer's
 transformers_version), the same files (ours may add its own
-records, merge_config.yaml and merge_info.json), the max absolute difference, and the largest difference in
+records, merge_config.yaml and merge_info.json) and chat template (a conversation rendered through both
+tokenizers), the max absolute difference, and the largest difference in
 units in the last place (ulp) of the output dtype at the tensor's largest magnitude. A pair matches when the
 names and dtypes agree and no element differs by more than ``MAX_ULP`` of those ulp: what two correct
 implementations that round in a different order give (mergekit computes in the config's dtype, we in float32
@@ -97,6 +98,17 @@ def spacing(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp2(torch.floor(torch.log2(values.abs().double().clamp(min=tiny))) - mantissa)
 
 
+def chat_rendering(folder: Path) -> str | None:
+    """A two-turn conversation through the output tokenizer's chat template (None: it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        return None
+    return tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
 def compare(config: str, mergekit_out: Path, ours_out: Path) -> dict:
     mk, us = tensors(mergekit_out), tensors(ours_out)
     same_keys = set(mk) == set(us)
@@ -118,8 +130,9 @@ def compare(config: str, mergekit_out: Path, ours_out: Path) -> dict:
     files_mk = {p.name for p in mergekit_out.iterdir() if p.suffix != ".safetensors" and "index" not in p.name}
     files_us = {p.name for p in ours_out.iterdir() if p.suffix != ".safetensors" and "index" not in p.name}
     missing, extra = sorted(files_mk - files_us), sorted(files_us - files_mk - OUR_RECORDS)
-    match = same_dtypes and same_config and worst_ulp <= MAX_ULP
-    return {"config": config, "status": "match" if match else "DIFFERENT", "same_config": same_config,
+    same_chat = chat_rendering(mergekit_out) == chat_rendering(ours_out)
+    match = same_dtypes and same_config and same_chat and worst_ulp <= MAX_ULP
+    return {"config": config, "status": "match" if match else "DIFFERENT", "same_config": same_config, "same_chat": same_chat,
             "max_abs_diff": diff, "max_ulp": worst_ulp, "elements_over": differing, "same_keys": same_keys,
             "same_dtypes": same_dtypes, "missing_files": missing, "extra_files": extra,
             "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in us.values()})}
@@ -141,9 +154,10 @@ def report(rows: list[dict]) -> str:
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] in ("match", "DIFFERENT"):
-            files = "yes" if not r["missing_files"] and not r["extra_files"] else (
-                "; ".join(filter(None, [r["missing_files"] and f"ours lacks {', '.join(r['missing_files'])}",
-                                        r["extra_files"] and f"ours adds {', '.join(r['extra_files'])}"])))
+            problems = [r["missing_files"] and f"ours lacks {', '.join(r['missing_files'])}",
+                        r["extra_files"] and f"ours adds {', '.join(r['extra_files'])}",
+                        not r["same_chat"] and "the chat templates render differently"]
+            files = "; ".join(filter(None, problems)) or "yes"
             status = r["status"] + (f" with mergekit under a stable sort (stock mergekit: {r['stock_elements_over']} "
                                     "elements differ, where magnitudes tie)" if "stock_elements_over" in r else "")
             lines.append(f"| {r['config']} | {status} ({', '.join(r['dtypes'])}) | {r['max_abs_diff']:.3g} | "

@@ -130,3 +130,43 @@ def test_sources_of_different_lengths_in_one_slice_are_refused(bert_pool, tmp_pa
     config = {"merge_method": "task_arithmetic", "base_model": base, "slices": [
         {"sources": [{"model": base, "layer_range": [0, 2]}, {"model": ft1, "layer_range": [0, 1]}]}]}
     assert_refused(tmp_path, capsys, config, "slices[0]", "same number of layers")
+
+
+CONVERSATION = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def chat_merge(pool, tmp_path, capsys, template, models=("ft1",)):
+    config = {"merge_method": "task_arithmetic", "base_model": str(pool["base"]), "chat_template": template,
+              "models": [{"model": str(pool[m]) if m in ("ft1", "ft2") else str(m), "parameters": {"weight": 1.0}}
+                         for m in models]}
+    return run_cli(tmp_path, capsys, config)
+
+
+def test_chat_template_chatml_is_written_and_renders_a_conversation(bert_pool, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    code, _, stderr, out = chat_merge(bert_pool, tmp_path, capsys, "chatml")
+    assert code == 0, stderr
+    assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
+    rendered = AutoTokenizer.from_pretrained(out).apply_chat_template(CONVERSATION, tokenize=False,
+                                                                        add_generation_prompt=True)
+    assert rendered == ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+
+
+def test_chat_template_auto_takes_the_template_most_inputs_carry(bert_pool, copy_model, tmp_path, capsys):
+    carriers = [copy_model(bert_pool["ft1"], "a"), copy_model(bert_pool["ft2"], "b")]
+    for folder in carriers:
+        (folder / "chat_template.jinja").write_text("{{ messages[0]['content'] }} (the models' template)")
+    code, _, stderr, out = chat_merge(bert_pool, tmp_path, capsys, "auto", models=carriers)
+    assert code == 0, stderr
+    assert (out / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }} (the models' template)"
+
+
+@pytest.mark.parametrize("value, needle", [("llama3", "put the template text in the config"),
+                                           ("chat", "neither a built-in name")])
+def test_a_chat_template_that_is_no_template_is_refused_before_the_merge(bert_pool, tmp_path, capsys, value,
+                                                                          needle):
+    config = {"merge_method": "task_arithmetic", "base_model": str(bert_pool["base"]), "chat_template": value,
+              "models": [{"model": str(bert_pool["ft1"]), "parameters": {"weight": 1.0}}]}
+    assert_refused(tmp_path, capsys, config, f"chat_template {value!r}", needle)

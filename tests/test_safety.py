@@ -166,7 +166,7 @@ def test_a_slice_without_the_base_among_its_sources_is_refused_as_mergekit_refus
                    f"list base_model '{bert_pool['base']}' among its sources")
 
 
-@pytest.mark.parametrize("key, value", [("chat_template", "chatml"), ("tokenizer_source", "union")])
+@pytest.mark.parametrize("key, value", [("tokenizer_source", "union")])
 def test_what_is_not_implemented_is_refused(bert_pool, tmp_path, capsys, key, value):
     assert_refused(tmp_path, capsys, mergekit(bert_pool, **{key: value}), key, "supported")
 
