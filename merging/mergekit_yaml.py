@@ -9,17 +9,19 @@ meanings and defaults:
 | dare_ties      | dare_ties        | density d -> drop_rate 1−d; ``rescale: true`` -> L1-norm rescale; normalize default false |
 | dare_linear    | dare_ta          | as dare_ties without sign election                                  |
 | slerp          | slerp            | ``t``; base_model is the t = 0 end                                  |
+| passthrough    | passthrough      | one source per slice; ``scale``                                     |
 
-``dtype`` is the compute dtype and, unless ``out_dtype`` is given, the output dtype (config.json says which).
-``linear`` averages a ``base_model`` that is not among the models in too, as mergekit does, with the top-level
-weight; mergekit has no default weight, so a model without one is an error. Gradients follow mergekit's rule
-(``merging.config.layer_position``: tensors outside the layers take the first value).
-``int8_mask`` only changes mergekit's memory use and is accepted and ignored; ``name`` labels a config.
-One slice is read as mergekit reads it: its sources are the models, its ``parameters`` override the top-level
-ones (a source's own override both), and its ``layer_range`` must cover every layer of the base (checked
-when the base is opened). Unknown keys are errors at every level (top, ``models[]``, ``slices[]``,
-``sources[]``, ``tokenizer``), and what is not implemented here (other methods, several slices, partial
-layer ranges, other tokenizer sources, ``chat_template``) is refused: never a silently different model.
+``slices`` become native slices (merging/slices.py): each source's layer range and parameters, the slice's
+parameters, and the base's range (the base's own source; a method that reads the base refuses a slice
+without it, as mergekit does). ``dtype`` is the compute dtype and, unless ``out_dtype`` is given, the output
+dtype (config.json says which). ``linear`` averages a ``base_model`` that is not among the models in too, as
+mergekit does, with the top-level weight; mergekit has no default weight, so a model without one is an error.
+Gradients follow mergekit's rule (``merging.config.layer_position``: tensors outside the layers take the first
+value). ``chat_template`` is passed on (merging/chat_template.py); ``model: MODEL+LORA`` is read by
+``open_checkpoint``. ``int8_mask`` only changes mergekit's memory use and is accepted and ignored; ``name``
+labels a config. Unknown keys are errors at every level (top, ``models[]``, ``slices[]``, ``sources[]``,
+``tokenizer``), and what is not implemented here (other methods, other tokenizer sources, slice-level
+``base_model`` or ``residual_weight``) is refused: never a silently different model.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
 
 ``pool`` writes DIR/<family>_<dtype>/{base,ft1,ft2,ft3}: a LlamaForCausalLM or MistralForCausalLM (hidden 32, 4
 layers, vocab 64, untied head) in float32 or bfloat16 with a word-level tokenizer; ft<i> = base + N(0, 0.01) on
-every tensor (generator seeded with i), rounded to the pool's dtype.
+every tensor (generator seeded with i), rounded to the pool's dtype; and a LoRA adapter of the base, lora/.
 
 ``stable-mergekit`` runs mergekit-yaml with ``torch.argsort(..., stable=True)``: mergekit's magnitude trim
 (sparsify.magnitude) keeps the first k of an unstable argsort, so where magnitudes tie at the threshold (bf16
@@ -68,7 +68,7 @@ def build_pool(out: Path) -> None:
     for family in FAMILIES:
         for dtype_name, dtype in DTYPES.items():
             root = out / f"{family}_{dtype_name}"
-            if (root / "ft3" / "config.json").is_file():
+            if (root / "lora" / "adapter_config.json").is_file():
                 continue
             model = tiny_model(family).to(dtype)
             base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -79,7 +79,18 @@ def build_pool(out: Path) -> None:
                                            .to(v.dtype) for k, v in base.items()})
                 model.save_pretrained(root / name)
                 save_tokenizer(root / name)
+            save_adapter(family, dtype, root / "lora")
             print(f"pool: {root}", file=sys.stderr)
+
+
+def save_adapter(family: str, dtype: torch.dtype, folder: Path) -> None:
+    """A LoRA adapter of the base (r 4 on q_proj and v_proj, both factors random: a non-zero update)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(4)
+    model = get_peft_model(tiny_model(family).to(dtype), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                                    target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(folder)
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -148,10 +159,17 @@ def stable_mergekit(argv: list[str]) -> None:
     mergekit_yaml()
 
 
+TITLE = """# mergekit parity
+Rebuilt by `bash scripts/parity_mergekit.sh`: each config of configs/parity/ through mergekit 0.1.5 and our CLI on
+tiny Llama and Mistral pools (float32, bfloat16). A match differs by at most {max_ulp} ulp of the output dtype at
+each tensor's largest magnitude, with the same tensor names, dtypes and config.json.
+"""
+
+
 def report(rows: list[dict]) -> str:
     header = (f"| config | result | max abs diff | max ulp | elements > {MAX_ULP} ulp | same keys | same dtypes | "
               "same config.json | same files |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [TITLE.format(max_ulp=MAX_ULP), header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] in ("match", "DIFFERENT"):
             problems = [r["missing_files"] and f"ours lacks {', '.join(r['missing_files'])}",

@@ -14,11 +14,12 @@
 #    outs/parity/parity_mergekit.md. Exit status 1 when a config gives different models with both tools
 #    exiting 0 (a silent difference).
 set -euo pipefail
-MERGEKIT_FLAGS=(--no-cuda --device cpu --no-multi-gpu --no-async-write --random-seed 0 --quiet)
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PYTHON="${PYTHON:-python3}"
 WORK="${PARITY_WORK:-$REPO/outs/parity/work}"
+MERGEKIT_FLAGS=(--no-cuda --device cpu --no-multi-gpu --no-async-write --random-seed 0 --quiet
+                --lora-merge-cache "$WORK/lora_cache")
 VENV="$REPO/.bench-venv"
 source scripts/mergekit_venv.sh
 mergekit_venv "$VENV"
@@ -28,7 +29,7 @@ names=("$@")
 ((${#names[@]})) || names=($(cd configs/parity && ls ./*.yml | sed 's|^\./||; s|\.yml$||'))
 rows="$WORK/rows.jsonl"
 : > "$rows"
-last_error() { grep -E "Error|error" "$1" | tail -n 1 | cut -c1-160 | sed 's/|/\\|/g'; }
+last_error() { grep -E "Error|error" "$1" | tail -n 1 | sed "s|$WORK/configs/||g; s/|/\\\\|/g" | cut -c1-160; }
 for name in "${names[@]}"; do
   cfg="$WORK/configs/$name.yml"
   sed "s|\${POOL}|$WORK/pool|g" "configs/parity/$name.yml" > "$cfg"

@@ -170,3 +170,21 @@ def test_a_chat_template_that_is_no_template_is_refused_before_the_merge(bert_po
     config = {"merge_method": "task_arithmetic", "base_model": str(bert_pool["base"]), "chat_template": value,
               "models": [{"model": str(bert_pool["ft1"]), "parameters": {"weight": 1.0}}]}
     assert_refused(tmp_path, capsys, config, f"chat_template {value!r}", needle)
+
+
+def test_model_plus_lora_is_the_adapter_applied_to_that_model(llama_lora, tmp_path, capsys):
+    base = str(llama_lora.base)
+    config = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32",
+              "models": [{"model": f"{base}+{llama_lora.adapter}", "parameters": {"weight": 1.0}}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    got = read_weights(out)
+    assert all(torch.allclose(got[name], value, atol=1e-6) for name, value in llama_lora.merged.items()
+               if name in got)
+
+
+def test_model_plus_something_that_is_no_adapter_is_refused(llama_lora, tmp_path, capsys):
+    base = str(llama_lora.base)
+    config = {"merge_method": "task_arithmetic", "base_model": base,
+              "models": [{"model": f"{base}+{base}", "parameters": {"weight": 1.0}}]}
+    assert_refused(tmp_path, capsys, config, "is not a LoRA adapter folder")

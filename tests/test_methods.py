@@ -72,6 +72,15 @@ def test_ties_density_below_one_element_still_keeps_the_largest():
     assert merge("ties", torch.zeros(4), [tau], density=0.1).tolist() == [0.0, -0.5, 0.0, 0.0]
 
 
+def test_weighted_ties_elects_and_divides_by_weights_as_mergekit_not_by_counts_as_peft():
+    # τ1 = [1, -1] (w 0.9), τ2 = [-1, -1] (w 0.4), no trim. mergekit and here: sign of Σ w_i τ_i = [+, -],
+    # divide by Σ w_i of the agreeing: [0.9/0.9, -1.3/1.3] = [1, -1]. peft's ties (add_weighted_adapter
+    # ties_svd) elects on Σ τ_i (0 -> +) and divides by the count of agreeing models: [0.9/1, -1.3/2].
+    out = merge("ties", torch.zeros(2), [torch.tensor([1.0, -1.0]), torch.tensor([-1.0, -1.0])], density=1.0,
+                model_params=[{"weight": 0.9}, {"weight": 0.4}])
+    assert torch.allclose(out, torch.tensor([1.0, -1.0]))
+
+
 def test_ties_density_one_agreeing_signs_is_the_mean(pool):
     base, _ = pool
     models = [base + torch.rand(16, 12) * s for s in (0.1, 0.2, 0.3)]  # all task vectors positive

@@ -164,7 +164,7 @@ class LoraCheckpoint(Checkpoint):
     fit, unless ``allow_other_base``."""
 
     def __init__(self, adapter_path: Path, base: Checkpoint, base_ref: str | None = None,
-                 allow_other_base: bool = False) -> None:
+                 allow_other_base: bool = False, owns_base: bool = False) -> None:
         from .lora import read_lora_adapter
 
         self.adapter = read_lora_adapter(adapter_path)
@@ -180,7 +180,7 @@ class LoraCheckpoint(Checkpoint):
                              f"model_type '{model_type}' stores its weights [out, in] (nn.Linear; peft ignores the "
                              f"flag there); set it to false, or use a base of {sorted(CONV1D_MODEL_TYPES)}")
         super().__init__(adapter_path, base.config)
-        self.base = base
+        self.base, self.owns_base = base, owns_base
         self.infos = dict(base.infos)
         for name in self.adapter.factors:
             info, shape = base.infos.get(name), self.adapter.delta_shape(name)  # base layout (fan_in_fan_out)
@@ -207,6 +207,10 @@ class LoraCheckpoint(Checkpoint):
         delta = self.adapter.delta_rows(name, first_row, last_row).reshape(-1)  # [rows * in]
         offset = first_row * columns
         return weights.float() + delta[start - offset:stop - offset]
+
+    def close(self) -> None:
+        if self.owns_base:  # MODEL+ADAPTER: the model was opened for this adapter
+            self.base.close()
 
 
 def _read_json(file: Path, what: str) -> dict:
@@ -246,7 +250,22 @@ def _files_from_index(folder: Path, index_name: str) -> list[Path]:
 def open_checkpoint(ref: str, revision: str | None = None, base: Checkpoint | None = None,
                     base_ref: str | None = None, allow_other_base: bool = False) -> Checkpoint:
     """Open a model by local path or hub id; a LoRA adapter folder needs its ``base`` (``base_ref``: how the
-    config names it; ``allow_other_base``: see ``LoraCheckpoint``)."""
+    config names it; ``allow_other_base``: see ``LoraCheckpoint``). ``MODEL+ADAPTER`` (mergekit's syntax, when
+    no such path exists) is the LoRA adapter applied to that model rather than to ``base``."""
+    if "+" in ref and not Path(ref).expanduser().exists():
+        model_ref, _, adapter_ref = ref.partition("+")
+        if not model_ref or not adapter_ref or "+" in adapter_ref:
+            raise MergeError(f"model '{ref}': expected MODEL+ADAPTER (one '+'), as mergekit writes a LoRA applied "
+                             "to a model")
+        adapter = resolve_model_ref(adapter_ref, revision)
+        if not (adapter / "adapter_config.json").is_file():
+            raise MergeError(f"model '{ref}': {adapter} is not a LoRA adapter folder (no adapter_config.json)")
+        inner = open_checkpoint(model_ref, revision)
+        try:
+            return LoraCheckpoint(adapter, inner, model_ref, allow_other_base, owns_base=True)
+        except BaseException:
+            inner.close()
+            raise
     path = resolve_model_ref(ref, revision)
     if path.is_file():
         if path.suffix == ".safetensors":

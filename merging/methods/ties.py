@@ -17,7 +17,9 @@ Per tensor, exactly k elements survive, as in mergekit (``sparsify.magnitude``: 
 (bf16 task vectors tie often). Which of the tied elements mergekit and peft keep follows torch's unstable sort
 and cannot be reproduced by a streamed trim; the count, and every element not tied at the threshold, agree.
 ``scope: model`` keeps every element tied at its threshold (its chunks are merged in parallel).
-With unit weights this equals ``peft.utils.merge_utils.ties``; mergekit's ``ties`` is the same formula.
+mergekit's ``ties`` is the same formula. ``peft.utils.merge_utils.ties`` (and ``add_weighted_adapter``'s
+``ties_svd``) equals it for unit weights only: with other weights peft elects signs on the unweighted τ̂_i and
+divides by the number of agreeing models, not by their weights.
 """
 from __future__ import annotations
 
