@@ -18,7 +18,7 @@ from .errors import MergeError
 from .io.checkpoint import Checkpoint
 from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .logs import progress_bar
-from .methods.base import Chunk, Method, chunk_seed
+from .methods.base import Chunk, Method, chunks
 
 
 @dataclass
@@ -75,9 +75,7 @@ def check_finite(values: torch.Tensor, problem: Callable[[], str]) -> None:
 
 
 def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
-    numel, name = plan.info.numel, plan.info.name
-    return [Chunk(name, plan.info.shape, s, min(s + chunk_size, numel), chunk_seed(seed, name, i))
-            for i, s in enumerate(range(0, numel, chunk_size))] or [Chunk(name, plan.info.shape, 0, 0, seed)]
+    return chunks(plan.info.name, plan.info.shape, chunk_size, seed, bool(plan.method and plan.method.row_aligned))
 
 
 class InMemoryWriter:

@@ -32,9 +32,16 @@ from typing import Any
 from .errors import MergeError
 
 METHOD = {"linear": "average", "task_arithmetic": "task_arithmetic", "ties": "ties",
-          "dare_ties": "dare_ties", "dare_linear": "dare_ta", "slerp": "slerp", "passthrough": "passthrough"}
+          "dare_ties": "dare_ties", "dare_linear": "dare_ta", "slerp": "slerp", "passthrough": "passthrough",
+          "model_stock": "model_stock", "breadcrumbs": "breadcrumbs", "breadcrumbs_ties": "breadcrumbs_ties",
+          "della": "della", "della_linear": "della_linear"}
 NORMALIZE_DEFAULT = {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
-                     "dare_linear": False}
+                     "dare_linear": False, "breadcrumbs": False, "breadcrumbs_ties": False, "della": True,
+                     "della_linear": False}
+WEIGHTED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
+            "della", "della_linear"}  # mergekit: weight is required (no default) for every merged model
+DENSITY_DEFAULT = {"ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}  # mergekit: 1
+RESCALED = {"dare_ties", "dare_linear", "della", "della_linear"}  # rescale: true (default) -> the L1 rescale
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
 MODEL_KEYS = {"model", "parameters"}
@@ -82,7 +89,7 @@ def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[s
             continue
         if key == "density" and method in ("dare_ties", "dare_linear"):
             out["drop_rate"] = _map(value, lambda d: _drop_rate(d, where))
-        elif key == "rescale" and method in ("dare_ties", "dare_linear"):
+        elif key == "rescale" and method in RESCALED:
             if not isinstance(value, bool):
                 raise MergeError(f"{where}: rescale {value!r} must be true or false")
             out["rescale"] = "l1" if value else "none"
@@ -163,10 +170,11 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     parameters = _translate_params(_params_mapping(raw.get("parameters") or {}, str(path)), method, str(path))
     if method in NORMALIZE_DEFAULT:
         parameters.setdefault("normalize", NORMALIZE_DEFAULT[method])
-    if method in ("ties",):
+    if method in DENSITY_DEFAULT:
         parameters.setdefault("density", 1.0)
     if method in ("dare_ties", "dare_linear"):
         parameters.setdefault("drop_rate", 0.0)
+    if method in RESCALED:
         parameters.setdefault("rescale", "l1")
     native: dict[str, Any] = {"method": METHOD[method], "parameters": parameters, "origin": "mergekit"}
     if raw.get("slices") is not None:
@@ -214,11 +222,11 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _check_weights(method: str, top: dict[str, Any], slice_params: dict[str, Any], merged: list[dict[str, Any]],
                    where: str) -> None:
-    """linear has no default weight in mergekit ("Missing required parameter weight"): every merged model
-    needs one, from its own parameters, its slice's or the top level's."""
-    if method != "linear" or "weight" in top or "weight" in slice_params:
+    """mergekit's weighted methods have no default weight ("Missing required parameter weight"): every merged
+    model needs one, from its own parameters, its slice's or the top level's."""
+    if method not in WEIGHTED or "weight" in top or "weight" in slice_params:
         return
     unweighted = [e["model"] for e in merged if "weight" not in (e.get("parameters") or {})]
     if unweighted:
-        raise MergeError(f"{where}: linear needs a weight for every model (mergekit has no default); none "
+        raise MergeError(f"{where}: {method} needs a weight for every model (mergekit has no default); none "
                          f"for {unweighted}: give each its parameters.weight, or a top-level weight")

@@ -38,12 +38,13 @@ def prune_top_k(tvs: torch.Tensor, thresholds: torch.Tensor, tied_left: torch.Te
 
 def random_keep_mask(shape: tuple[int, int], keep_prob: torch.Tensor,
                      generator: torch.Generator) -> torch.Tensor:
-    """DARE mask as 0/1 floats: element (i, j) kept when u_ij < keep_prob[i], u ~ U[0, 1) drawn row 0 first
-    (the same draws as ``torch.bernoulli(full(p))`` on a generator in the same state). [n, c]."""
+    """DARE mask as 0/1 floats: element (i, j) kept when u_ij < keep_prob[i] (or keep_prob[i, j]), u ~ U[0, 1)
+    drawn row 0 first (the same draws as ``torch.bernoulli(full(p))`` on a generator in the same state). [n, c]."""
     uniform = torch.rand(shape, generator=generator)  # [n, c]
+    keep = keep_prob.to(uniform)
     # keep − u lies in (−1, 1] and is > 0 exactly when u < keep (IEEE subtraction keeps the sign), so its
     # ceiling is the 0/1 mask
-    return torch.sub(keep_prob.to(uniform).unsqueeze(1), uniform, out=uniform).ceil_()
+    return torch.sub(keep.unsqueeze(1) if keep.dim() == 1 else keep, uniform, out=uniform).ceil_()
 
 
 def elect_sign(weighted_tvs: torch.Tensor, by: Literal["mass", "count"]) -> torch.Tensor:

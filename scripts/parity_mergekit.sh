@@ -45,6 +45,7 @@ for name in "${names[@]}"; do
       > "$WORK/$name.mergekit-stable.log" 2>&1
     stable=(--stable "$mk.stable")
   fi
+  grep -q '^# parity: random' "$cfg" && stable+=(--random)
   if ((rc_mk == 0 && rc_us == 0)); then
     "$PYTHON" scripts/parity_mergekit.py compare "$name" "$mk" "$us" "${stable[@]}" >> "$rows"
   else

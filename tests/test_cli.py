@@ -25,6 +25,11 @@ PARAMETERS = {  # a valid native config for every registered method
     "from": {"k": 2.0},
     "slerp": {"t": 0.3},
     "passthrough": {},
+    "model_stock": {},
+    "breadcrumbs": {"density": 0.5, "gamma": 0.05},
+    "breadcrumbs_ties": {"density": 0.5},
+    "della": {"density": 0.5, "epsilon": 0.1},
+    "della_linear": {"density": 0.5},
 }
 TWO_MODELS = {"slerp"}
 ONE_MODEL = {"passthrough"}
@@ -153,11 +158,11 @@ def test_config_file_that_does_not_exist(tmp_path, capsys):
 
 
 def test_mergekit_unsupported_merge_method(bert_pool, tmp_path, capsys):
-    config = {"merge_method": "model_stock", "base_model": str(bert_pool["base"]),
+    config = {"merge_method": "ram", "base_model": str(bert_pool["base"]),
               "models": [{"model": str(bert_pool["ft1"])}]}
-    assert_refused(tmp_path, capsys, config, tmp_path / "merge.yaml", "merge_method 'model_stock' is not supported",
-                   "supported: ['dare_linear', 'dare_ties', 'linear', 'passthrough', 'slerp', 'task_arithmetic', "
-                   "'ties']")
+    assert_refused(tmp_path, capsys, config, tmp_path / "merge.yaml", "merge_method 'ram' is not supported",
+                   "supported: ['breadcrumbs', 'breadcrumbs_ties', 'dare_linear', 'dare_ties', 'della', "
+                   "'della_linear', 'linear', 'model_stock', 'passthrough', 'slerp', 'task_arithmetic', 'ties']")
 
 
 def test_existing_output_needs_overwrite_which_replaces_it(bert_pool, tmp_path, capsys):

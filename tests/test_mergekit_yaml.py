@@ -22,7 +22,7 @@ def linear(pool, **extra):
 
 
 def test_dtype_is_also_the_output_dtype_unless_out_dtype_says_otherwise():
-    raw = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "m"}]}
+    raw = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "m", "parameters": {"weight": 1}}]}
     assert from_mergekit({**raw, "dtype": "float16"}, CONFIG)["out_dtype"] == "float16"
     both = from_mergekit({**raw, "dtype": "float16", "out_dtype": "bfloat16"}, CONFIG)
     assert (both["dtype"], both["out_dtype"]) == ("float16", "bfloat16")
@@ -127,7 +127,7 @@ def test_a_gradient_runs_over_each_slice_and_a_one_layer_slice_sits_at_its_end(b
 
 def test_sources_of_different_lengths_in_one_slice_are_refused(bert_pool, tmp_path, capsys):
     base, ft1 = str(bert_pool["base"]), str(bert_pool["ft1"])
-    config = {"merge_method": "task_arithmetic", "base_model": base, "slices": [
+    config = {"merge_method": "task_arithmetic", "base_model": base, "parameters": {"weight": 1.0}, "slices": [
         {"sources": [{"model": base, "layer_range": [0, 2]}, {"model": ft1, "layer_range": [0, 1]}]}]}
     assert_refused(tmp_path, capsys, config, "slices[0]", "same number of layers")
 
@@ -188,3 +188,9 @@ def test_model_plus_something_that_is_no_adapter_is_refused(llama_lora, tmp_path
     config = {"merge_method": "task_arithmetic", "base_model": base,
               "models": [{"model": f"{base}+{base}", "parameters": {"weight": 1.0}}]}
     assert_refused(tmp_path, capsys, config, "is not a LoRA adapter folder")
+
+
+def test_a_weighted_mergekit_method_without_a_weight_is_refused_as_mergekit_refuses_it(bert_pool, tmp_path, capsys):
+    config = {"merge_method": "ties", "base_model": str(bert_pool["base"]),
+              "models": [{"model": str(bert_pool["ft1"]), "parameters": {"density": 0.5}}]}
+    assert_refused(tmp_path, capsys, config, "ties needs a weight for every model", "mergekit has no default")

@@ -3,6 +3,7 @@ Methods run through ``merge_in_memory``, the same code the streaming engine runs
 import pytest
 import torch
 
+from merging.errors import MergeError
 from merging.methods.base import merge_in_memory
 from merging.registry import get_method, known_methods, methods
 
@@ -190,17 +191,19 @@ def test_from_large_k_picks_the_largest_norm_task_vector(pool):
 
 # ---- all methods ------------------------------------------------------------------------------------
 REQUIRED = {"ties": {"density": 0.3}, "dare_ta": {"drop_rate": 0.5}, "dare_ties": {"drop_rate": 0.5},
-            "slerp": {"t": 0.3}}
+            "slerp": {"t": 0.3}, "breadcrumbs": {"density": 0.5}, "breadcrumbs_ties": {"density": 0.5},
+            "della": {"density": 0.5}, "della_linear": {"density": 0.5}}
+MODELS = {"slerp": 2, "passthrough": 1}  # methods that take a fixed number of models
 
 
 @pytest.mark.parametrize("name", known_methods("per_tensor"))
 def test_chunked_equals_whole_tensor(name, pool):
     """The engine's chunking never changes a deterministic result (and a random one only by its draws)."""
     base, models = pool
-    models = models[:2] if name == "slerp" else models
+    models = models[:MODELS.get(name, len(models))]
     whole = merge(name, base, models, **REQUIRED.get(name, {}))
     chunked = merge(name, base, models, chunk_size=37, **REQUIRED.get(name, {}))
-    if name.startswith("dare"):
+    if name.startswith(("dare", "della")):  # random: other chunks, other draws
         assert whole.shape == chunked.shape and torch.isfinite(chunked).all()
     else:
         assert torch.allclose(whole, chunked, atol=1e-6)
@@ -212,3 +215,110 @@ def test_every_method_has_a_paper_and_schemas():
         assert spec.implementation.__module__.startswith("merging.methods."), spec.name
         assert (spec.data == "none") == (spec.kind != "data_driven"), spec.name
         assert spec.schemas()[0] is spec.Params and spec.Params.model_json_schema(), spec.name
+
+
+# ---- Model Stock ------------------------------------------------------------------------------------
+def model_stock_reference(base, models, rows):
+    """Eq. 4-5 on whole tensors: t = n·cos/(1 + (n−1)·cos) from the mean pairwise cosine of the task vectors
+    (over ``rows`` vectors along the last dimension), θ = t·mean θ_i + (1 − t)·θ_base."""
+    tvs = [(m - base).reshape(rows, -1).double() for m in models]
+    n = len(tvs)
+    cos = torch.stack([torch.nn.functional.cosine_similarity(tvs[i], tvs[j], dim=-1, eps=0)
+                       for i in range(n) for j in range(i + 1, n)]).mean(0)  # [rows]
+    t = (n * cos / (1 + (n - 1) * cos)).unsqueeze(-1)
+    merged = t * torch.stack(models).double().reshape(n, rows, -1).mean(0) + (1 - t) * base.double().reshape(rows, -1)
+    return merged.reshape(base.shape).float()
+
+
+@pytest.mark.parametrize("filter_wise,rows", [(False, 1), (True, 16)])
+def test_model_stock_matches_its_formula_in_chunks(pool, filter_wise, rows):
+    base, models = pool
+    out = merge("model_stock", base, models, filter_wise=filter_wise, chunk_size=5)
+    assert torch.allclose(out, model_stock_reference(base, models, rows), atol=1e-6)
+
+
+def test_model_stock_of_orthogonal_task_vectors_stays_at_the_base_and_of_equal_ones_moves_to_them():
+    base = torch.zeros(2)
+    assert merge("model_stock", base, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]).tolist() == [0, 0]
+    same = torch.tensor([0.5, -2.0])
+    assert torch.allclose(merge("model_stock", base, [same, same.clone()]), same)  # cos 1: t = 1
+
+
+# ---- Model Breadcrumbs ------------------------------------------------------------------------------
+def breadcrumbs_reference(tau, density, gamma):
+    """mergekit's magnitude_outliers on a whole tensor with a stable sort: drop the G largest and the smallest
+    magnitudes, keep K = ⌊d·N⌋ (the outlier cut shrinks to N − K when needed)."""
+    n = tau.numel()
+    kept, outliers = int(density * n), int(gamma * n)
+    bottom = max(0, n - kept - outliers)
+    order = torch.argsort(tau.abs().reshape(-1), stable=True)  # ascending
+    mask = torch.zeros(n)
+    mask[order[bottom:bottom + kept]] = 1
+    return tau * mask.reshape(tau.shape)
+
+
+@pytest.mark.parametrize("density,gamma", [(0.5, 0.1), (0.9, 0.2), (0.05, 0.01)])
+def test_breadcrumbs_keeps_the_rank_window_below_the_outliers(pool, density, gamma):
+    base, models = pool
+    out = merge("breadcrumbs", base, models, density=density, gamma=gamma, chunk_size=7,
+                model_params=[{"weight": w} for w in (1.0, 0.5, 0.25, 2.0)])
+    expected = base + sum(w * breadcrumbs_reference(m - base, density, gamma)
+                          for w, m in zip((1.0, 0.5, 0.25, 2.0), models))
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_breadcrumbs_on_tied_magnitudes_keeps_exactly_k():
+    tau = torch.tensor([2.0, -2.0, 2.0, 1.0, 1.0, -1.0, 1.0, 0.5, 3.0, 0.1])
+    out = merge("breadcrumbs", torch.zeros(10), [tau], density=0.3, gamma=0.1, chunk_size=3)
+    assert int((out != 0).sum()) == 3  # K = 3 below the one outlier (3.0): the three 2s
+    assert out.tolist() == [2.0, -2.0, 2.0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_breadcrumbs_ties_elects_signs_over_the_trimmed_vectors(pool):
+    base, models = pool
+    out = merge("breadcrumbs_ties", base, models, density=0.6, gamma=0.05, chunk_size=11)
+    trimmed = torch.stack([breadcrumbs_reference(m - base, 0.6, 0.05) for m in models])
+    sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)
+    agree = (trimmed.sign() == sign).float()
+    assert torch.allclose(out, base + (trimmed * agree).sum(0), atol=1e-6)  # normalize: false by default
+
+
+# ---- DELLA ------------------------------------------------------------------------------------------
+def test_della_keep_probability_rises_with_the_magnitude_rank_in_each_row():
+    from merging.methods.della import rank_probabilities
+
+    magnitudes = torch.tensor([[0.1, 0.5, 0.3, 2.0, 1.0, 3.0]])  # two rows of 3
+    p = rank_probabilities(magnitudes, 3, torch.tensor([0.5]), torch.tensor([0.1]))
+    # ranks (0, 2, 1) and (1, 0, 2): p = 0.4 + 0.2 · r / 2
+    assert torch.allclose(p, torch.tensor([[0.4, 0.6, 0.5, 0.5, 0.4, 0.6]], dtype=torch.float64))
+
+
+def test_della_chunks_hold_whole_rows():
+    from merging.methods.base import chunks
+
+    pieces = chunks("w", (16, 12), 30, seed=0, row_aligned=True)
+    assert [(c.start, c.stop) for c in pieces][:2] == [(0, 24), (24, 48)] and pieces[-1].stop == 192
+    assert [(c.start, c.stop) for c in chunks("b", (7,), 3, seed=0, row_aligned=True)] == [(0, 7)]
+
+
+def test_della_with_zero_epsilon_is_dare_with_the_same_draws(pool):
+    base, models = pool
+    della = merge("della_linear", base, models, density=0.7, epsilon=0.0)
+    dare = merge("dare_ta", base, models, drop_rate=0.3)
+    assert torch.allclose(della, dare, atol=1e-6)
+
+
+def test_della_inverse_rescale_is_unbiased():
+    tau = torch.linspace(-1, 1, 400).reshape(1, 400)
+    draws = torch.stack([merge("della_linear", torch.zeros(1, 400), [tau], density=0.5, epsilon=0.3, seed=s)
+                         for s in range(300)])
+    assert (draws != 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert torch.allclose(draws.mean(0), tau, atol=0.25)  # E[m/p · τ] = τ
+    kept = (draws != 0).float().mean(0).reshape(-1)
+    assert kept[:20].mean() > kept[190:210].mean()  # |τ| large at the ends: kept more often than near 0
+
+
+def test_della_refuses_a_density_window_outside_zero_one(pool):
+    base, models = pool
+    with pytest.raises(MergeError, match="density ± epsilon"):
+        merge("della", base, models, density=0.1, epsilon=0.2)

@@ -56,6 +56,17 @@ class Chunk:
         return torch.Generator().manual_seed(self.seed)
 
 
+def chunks(name: str, shape: tuple[int, ...], chunk_size: int, seed: int, row_aligned: bool = False) -> list[Chunk]:
+    """The chunks of a tensor, ``chunk_size`` elements each (the last shorter). ``row_aligned``: whole rows
+    along the last dimension (a whole 1-D tensor), as many as fit, at least one."""
+    numel = math.prod(shape)
+    if row_aligned:
+        width = shape[-1] if len(shape) >= 2 else max(numel, 1)
+        chunk_size = max(width, chunk_size // width * width)
+    return [Chunk(name, shape, s, min(s + chunk_size, numel), chunk_seed(seed, name, i))
+            for i, s in enumerate(range(0, numel, chunk_size))] or [Chunk(name, shape, 0, 0, seed)]
+
+
 def chunk_seed(run_seed: int, name: str, index: int) -> int:
     digest = hashlib.blake2b(f"{run_seed}/{name}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -76,6 +87,7 @@ class Method:
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
     uses_base: ClassVar[bool] = True  # False: the formula reads only the models (the base supplies copied tensors)
+    row_aligned: ClassVar[bool] = False  # True: every chunk holds whole rows (the last dimension), see ``chunks``
     passes: int = 0
     scope: Literal["tensor", "model"] = "tensor"
 
@@ -119,18 +131,16 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
     flat_base = base.reshape(-1)
     stacked = torch.stack([m.reshape(-1) for m in models])  # [n, numel]
     numel = flat_base.numel()
-    size = chunk_size or max(numel, 1)
-    chunks = [Chunk(name, tuple(base.shape), s, min(s + size, numel), chunk_seed(seed, name, i))
-              for i, s in enumerate(range(0, max(numel, 1), size))]
+    pieces = chunks(name, tuple(base.shape), chunk_size or max(numel, 1), seed, method.row_aligned)
     stats: dict[str, Any] = {}
     for p in range(method.passes):
         total = None
-        for c in chunks:
+        for c in pieces:
             total = method.accumulate(total, method.observe(p, c, flat_base[c.start:c.stop],
                                                             stacked[:, c.start:c.stop], stats))
         method.conclude(p, total, stats, numel)
     return torch.cat([method.combine(c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
-                      for c in chunks]).reshape(base.shape)
+                      for c in pieces]).reshape(base.shape)
 
 
 @dataclass

@@ -48,17 +48,31 @@ class DareTaskArithmetic(Method):
 
     def __init__(self, params: DareParams, model_params: list[DareModelParams]) -> None:
         super().__init__(params, model_params)
-        self.keep = 1 - self.model_values("drop_rate")  # [n]
+        self.keep = self.keep_rates()  # [n]
         self.passes = 1 if params.rescale == "l1" else 0
+
+    def keep_rates(self) -> torch.Tensor:
+        """1 − p_i per model. -> [n]."""
+        return 1 - self.model_values("drop_rate")
+
+    def keep_probability(self, chunk: Chunk, tvs: torch.Tensor) -> torch.Tensor:
+        """Each element's keep probability: 1 − p_i for every element of task vector i. -> [n] (or [n, c])."""
+        return self.keep
+
+    def mask(self, chunk: Chunk, tvs: torch.Tensor) -> torch.Tensor:
+        return random_keep_mask(tuple(tvs.shape), self.keep_probability(chunk, tvs), chunk.generator())
 
     def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any], weights: torch.Tensor) -> torch.Tensor:
         """w_i · m_i ⊙ τ_i, rescaled per ``rescale``, computed in place in ``tvs``. [n, c], [n] -> [n, c]."""
         mask = stats.pop(("mask", chunk.start), None)  # kept from the l1 pass, else drawn (same seed, same draws)
         if mask is None:
-            mask = random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs.device)
+            mask = self.mask(chunk, tvs).to(tvs.device)
         factor = weights.double()  # [n]: one multiply per row for weight and rescale together
-        if self.params.rescale == "inverse":
-            factor = factor / self.keep
+        keep = self.keep_probability(chunk, tvs)
+        if self.params.rescale == "inverse" and keep.dim() == 1:
+            factor = factor / keep
+        elif self.params.rescale == "inverse":  # per element: τ_ij / p_ij
+            tvs.div_(keep.to(tvs))
         elif self.params.rescale == "l1":
             factor = factor * stats["l1_scale"].cpu()
         return tvs.mul_(mask).mul_(factor.to(tvs).unsqueeze(1))
@@ -68,7 +82,7 @@ class DareTaskArithmetic(Method):
         """The l1 pass: Σ|τ_i| and Σ|m_i ⊙ τ_i| of this chunk. Masks of small tensors are kept (bf16, 0/1 is
         exact) for ``combine`` instead of being drawn twice."""
         tvs = task_vectors(base, models)  # [n, c]
-        mask = random_keep_mask(tuple(tvs.shape), self.keep, chunk.generator()).to(tvs)
+        mask = self.mask(chunk, tvs).to(tvs)
         if chunk.numel * len(self.model_params) <= MASK_CACHE_ELEMENTS:
             stats[("mask", chunk.start)] = mask.to(torch.bfloat16)
         magnitudes = tvs.abs_()

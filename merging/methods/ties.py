@@ -61,22 +61,30 @@ class Ties(Method):
         self.unit_weights = all(p.weight == 1.0 for p in model_params)
         self.shift = 20 if params.scope == "tensor" else 16  # finer bins when pooling a whole model
 
+    def keep_counts(self, numel: int) -> torch.Tensor:
+        """k per trimmed row (here one row per model). -> [rows] int64."""
+        return torch.tensor([keep_count(float(d), numel) for d in self.densities])
+
+    def ranked(self, tvs: torch.Tensor) -> torch.Tensor:
+        """The rows whose top-k sets are found (here the task vectors themselves). [n, c] -> [rows, c]."""
+        return tvs
+
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> Any:
-        tvs = task_vectors(base, models)  # [n, c]
+        rows = self.ranked(task_vectors(base, models))  # [rows, c]
         if pass_index == 0:
-            return bin_histogram(tvs, self.shift)
-        return bin_members(tvs, stats["bin"], self.shift)
+            return bin_histogram(rows, self.shift)
+        return bin_members(rows, stats["bin"], self.shift)
 
     def accumulate(self, total: Any, part: Any) -> Any:
         if isinstance(part, (list, BinMembers)):  # pass 2: bin members are collected, not summed
-            total = total if total is not None else BinMembers(len(self.model_params))
-            return total.add(part.rows() if isinstance(part, BinMembers) else part)
+            parts = part.rows() if isinstance(part, BinMembers) else part
+            return (total if total is not None else BinMembers(len(parts))).add(parts)
         return super().accumulate(total, part)
 
     def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
         if pass_index == 0:
-            stats["k"] = torch.tensor([keep_count(float(d), numel) for d in self.densities])  # [n]
+            stats["k"] = self.keep_counts(numel)  # [rows]
             stats["bin"], stats["k_left"] = locate_bin(total.cpu(), stats["k"].clamp(min=1))
             return
         members = total.rows()
@@ -88,11 +96,19 @@ class Ties(Method):
         stats["tied_left"] = stats["k_left"] - above  # [n]: tied elements to keep (the first ones)
         stats["exact"] = self.scope == "tensor" and bool((tied > stats["tied_left"]).any())
 
-    def trim(self, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
-        """τ̂: the k largest magnitudes of each row (per tensor: exactly k; chunks in order). [n, c] -> [n, c]."""
+    def top_k(self, rows: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """Each row's k largest magnitudes, zeros elsewhere (per tensor: exactly k; chunks in order)."""
         if stats["exact"]:  # more elements tie at the threshold than the k leave room for
-            return prune_top_k(tvs, stats["threshold"], stats["tied_left"])
-        return prune_magnitude(tvs, stats["threshold"])
+            return prune_top_k(rows, stats["threshold"], stats["tied_left"])
+        return prune_magnitude(rows, stats["threshold"])
+
+    def trim(self, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """τ̂: the k largest magnitudes of each task vector. [n, c] -> [n, c]."""
+        return self.top_k(tvs, stats)
+
+    def mix(self, weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """TIES steps 2-3: sign election and the disjoint mean. [n, c], [n] -> [c]."""
+        return disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect), self.params.normalize)
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
@@ -101,9 +117,7 @@ class Ties(Method):
             tvs = self.trim(tvs, stats)
         weights = self.model_values("weight").to(tvs)  # [n]
         weighted = tvs if self.unit_weights else tvs.mul_(weights.unsqueeze(1))  # [n, c]
-        merged = disjoint_merge(weighted, weights, elect_sign(weighted, self.params.elect),
-                                self.params.normalize)  # [c]
-        return base + self.params.scale * merged
+        return base + self.params.scale * self.mix(weighted, weights)
 
 
 def keep_count(density: float, numel: int) -> int:
