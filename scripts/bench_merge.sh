@@ -2,7 +2,8 @@
 # Benchmark our merge CLI against mergekit on a synthetic LLaMA pool and print a Markdown table.
 #
 # Usage: scripts/bench_merge.sh [--only mergekit|ours] [--keep] [METHOD ...]
-#   METHOD       task_arithmetic, ties, dare_ties (default: all three, in that order)
+#   METHOD       a config of configs/bench/ (METHOD.yaml; default: every one, task_arithmetic ties dare_ties
+#                first)
 #   --only TOOL  time only mergekit or only ours (the other's columns read "not run")
 #   --keep       keep the merged outputs (default: removed after comparing; ~0.55 GB each)
 # Environment:
@@ -19,7 +20,7 @@
 #      /usr/bin/time -v after a sync:
 #        .bench-venv/bin/mergekit-yaml CFG OUT $MERGEKIT_FLAGS
 #        $PYTHON -m merging merge CFG --out OUT --overwrite
-#      then compares the two outputs for the deterministic methods (task_arithmetic, ties);
+#      then compares the two outputs of every method but the random ones (dare_ties, della, della_linear);
 #   5. prints the table (scripts/bench_compare.py report) and appends it to outs/bench/bench_merge.csv.
 # Logs of each run: $BENCH_WORK/METHOD.TOOL.log (tool output) and .time (/usr/bin/time -v).
 set -euo pipefail
@@ -28,8 +29,10 @@ set -euo pipefail
 # tokenizer to copy; the seed only matters for dare_ties. Everything else is mergekit's default.
 MERGEKIT_FLAGS=(--no-copy-tokenizer --no-cuda --device cpu --no-multi-gpu --no-async-write
                 --random-seed 0 --quiet)
-METHODS_ALL=(task_arithmetic ties dare_ties)
-COMPARED=" task_arithmetic ties "   # deterministic methods whose outputs are compared
+BENCH_CONFIGS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../configs/bench" && pwd)"
+METHODS_ALL=(task_arithmetic ties dare_ties $(cd "$BENCH_CONFIGS" && ls ./*.yaml | sed 's|^\./||; s|\.yaml$||' \
+              | grep -vxE 'task_arithmetic|ties|dare_ties'))
+RANDOM_METHODS=" dare_ties della della_linear "   # random masks: outputs are not compared
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -42,8 +45,9 @@ while (($#)); do
               || { echo "bench_merge: --only takes mergekit or ours" >&2; exit 2; }; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    task_arithmetic|ties|dare_ties) METHODS+=("$1"); shift ;;
-    *) echo "bench_merge: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) [[ -f "$BENCH_CONFIGS/$1.yaml" ]] \
+         || { echo "bench_merge: unknown argument '$1' (no configs/bench/$1.yaml)" >&2; usage >&2; exit 2; }
+       METHODS+=("$1"); shift ;;
   esac
 done
 ((${#METHODS[@]})) || METHODS=("${METHODS_ALL[@]}")
@@ -118,7 +122,7 @@ for method in "${METHODS[@]}"; do
   else
     echo "merging.cli not importable" > "$WORK/$method.ours.skipped"
   fi
-  if [[ "$COMPARED" == *" $method "* && -f "$WORK/$method.mergekit.rc" && -f "$WORK/$method.ours.rc" ]] \
+  if [[ "$RANDOM_METHODS" != *" $method "* && -f "$WORK/$method.mergekit.rc" && -f "$WORK/$method.ours.rc" ]] \
      && [[ "$(cat "$WORK/$method.mergekit.rc")" == 0 && "$(cat "$WORK/$method.ours.rc")" == 0 ]]; then
     echo "   diff: $("$PYTHON" scripts/bench_compare.py diff "$out_mk" "$out_us" \
                       --json "$WORK/$method.diff.json")"
