@@ -10,6 +10,15 @@ meanings and defaults:
 | dare_linear    | dare_ta          | as dare_ties without sign election                                  |
 | slerp          | slerp            | ``t``; base_model is the t = 0 end                                  |
 | passthrough    | passthrough      | one source per slice; ``scale``                                     |
+| model_stock    | model_stock      | ``filter_wise``                                                     |
+| breadcrumbs(_ties) | breadcrumbs(_ties) | ``density`` (default 1), ``gamma`` (0.01), ``weight``, ``lambda``; normalize default false |
+| della(_linear) | della(_linear)   | ``density``, ``epsilon`` (0.15); ``rescale: true`` -> L1; normalize default true (della) / false |
+| nuslerp        | nuslerp          | ``weight``; nuslerp_flatten -> flatten, nuslerp_row_wise -> row_wise; base optional (use_base) |
+| multislerp     | multislerp       | ``weight``; normalize_weights -> normalize, ``eps``; base optional (use_base) |
+| karcher        | karcher          | ``max_iter``, ``tol``; a base_model not among the models is one of the means' points |
+| sce            | sce              | ``select_topk`` (default 1)                                         |
+| nearswap       | nearswap         | ``t``; one model besides the base                                   |
+| arcee_fusion   | arcee_fusion     | one model besides the base                                          |
 
 ``slices`` become native slices (merging/slices.py): each source's layer range and parameters, the slice's
 parameters, and the base's range (the base's own source; a method that reads the base refuses a slice
@@ -34,14 +43,18 @@ from .errors import MergeError
 METHOD = {"linear": "average", "task_arithmetic": "task_arithmetic", "ties": "ties",
           "dare_ties": "dare_ties", "dare_linear": "dare_ta", "slerp": "slerp", "passthrough": "passthrough",
           "model_stock": "model_stock", "breadcrumbs": "breadcrumbs", "breadcrumbs_ties": "breadcrumbs_ties",
-          "della": "della", "della_linear": "della_linear"}
+          "della": "della", "della_linear": "della_linear", "nuslerp": "nuslerp", "multislerp": "multislerp",
+          "karcher": "karcher", "sce": "sce", "nearswap": "nearswap", "arcee_fusion": "arcee_fusion"}
 NORMALIZE_DEFAULT = {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
                      "dare_linear": False, "breadcrumbs": False, "breadcrumbs_ties": False, "della": True,
                      "della_linear": False}
 WEIGHTED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear"}  # mergekit: weight is required (no default) for every merged model
+            "della", "della_linear", "nuslerp", "multislerp"}  # mergekit: weight is required (no default)
 DENSITY_DEFAULT = {"ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}  # mergekit: 1
 RESCALED = {"dare_ties", "dare_linear", "della", "della_linear"}  # rescale: true (default) -> the L1 rescale
+RENAMED = {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise", "normalize_weights": "normalize"}
+BASE_OPTIONAL = {"linear", "passthrough", "nuslerp", "multislerp", "karcher"}  # mergekit runs them without one
+WITH_BASE = {"linear", "karcher"}  # a base_model not among the models is merged as one of them
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "name"}
 MODEL_KEYS = {"model", "parameters"}
@@ -89,6 +102,8 @@ def _translate_params(params: dict[str, Any], method: str, where: str) -> dict[s
             continue
         if key == "density" and method in ("dare_ties", "dare_linear"):
             out["drop_rate"] = _map(value, lambda d: _drop_rate(d, where))
+        elif key in RENAMED and method in ("nuslerp", "multislerp"):
+            out[RENAMED[key]] = value
         elif key == "rescale" and method in RESCALED:
             if not isinstance(value, bool):
                 raise MergeError(f"{where}: rescale {value!r} must be true or false")
@@ -130,7 +145,7 @@ def _merged_entries(method: str, base: str | None, entries: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """The entries a method merges (mergekit's base_model has no task vector): linear and passthrough merge
     every entry; slerp the base then the other one; the rest every entry but the base."""
-    if method in ("linear", "passthrough"):
+    if method in ("linear", "passthrough", "karcher") or (base is None and method in BASE_OPTIONAL):
         return entries
     others = [e for e in entries if e.get("model") != base]
     if any(e.get("parameters") for e in entries if e.get("model") == base):
@@ -165,7 +180,7 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if raw.get("models") is not None and raw.get("slices") is not None:
         raise MergeError(f"{path}: give either 'models' or 'slices', not both")
     base = raw.get("base_model")
-    if base is None and method != "linear" and method != "passthrough":
+    if base is None and method not in BASE_OPTIONAL:
         raise MergeError(f"{path}: merge_method '{method}' needs base_model")
     parameters = _translate_params(_params_mapping(raw.get("parameters") or {}, str(path)), method, str(path))
     if method in NORMALIZE_DEFAULT:
@@ -176,6 +191,8 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         parameters.setdefault("drop_rate", 0.0)
     if method in RESCALED:
         parameters.setdefault("rescale", "l1")
+    if method in ("nuslerp", "multislerp"):
+        parameters["use_base"] = base is not None  # without a base_model the models themselves are interpolated
     native: dict[str, Any] = {"method": METHOD[method], "parameters": parameters, "origin": "mergekit"}
     if raw.get("slices") is not None:
         native["slices"] = []
@@ -205,8 +222,8 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
             where = f"{path}: models[{index}]"
             if not isinstance(_check_keys(entry, MODEL_KEYS, where).get("model"), str):
                 raise MergeError(f"{where} must have a 'model' path, got {entry!r}")
-        if method == "linear" and base is not None and all(e.get("model") != base for e in entries):
-            entries = [*entries, {"model": base}]  # mergekit averages a base_model not among the models
+        if method in WITH_BASE and base is not None and all(e.get("model") != base for e in entries):
+            entries = [*entries, {"model": base}]  # mergekit merges a base_model not among the models too
         merged = _merged_entries(method, base, entries, str(path))
         _check_weights(method, parameters, {}, merged, str(path))
         native["base"] = base or (entries[0]["model"] if entries else None)  # linear: config/tokenizer template

@@ -30,9 +30,15 @@ PARAMETERS = {  # a valid native config for every registered method
     "breadcrumbs_ties": {"density": 0.5},
     "della": {"density": 0.5, "epsilon": 0.1},
     "della_linear": {"density": 0.5},
+    "nuslerp": {},
+    "multislerp": {},
+    "karcher": {},
+    "sce": {"select_topk": 0.5},
+    "nearswap": {"t": 0.05},
+    "arcee_fusion": {},
 }
-TWO_MODELS = {"slerp"}
-ONE_MODEL = {"passthrough"}
+TWO_MODELS = {"slerp", "nuslerp"}
+ONE_MODEL = {"passthrough", "nearswap", "arcee_fusion"}
 ADAPTER_PARAMETERS = {"from_lora": {"rank": 4, "k": 1.0}}  # methods whose models are LoRA adapters
 
 
@@ -161,8 +167,9 @@ def test_mergekit_unsupported_merge_method(bert_pool, tmp_path, capsys):
     config = {"merge_method": "ram", "base_model": str(bert_pool["base"]),
               "models": [{"model": str(bert_pool["ft1"])}]}
     assert_refused(tmp_path, capsys, config, tmp_path / "merge.yaml", "merge_method 'ram' is not supported",
-                   "supported: ['breadcrumbs', 'breadcrumbs_ties', 'dare_linear', 'dare_ties', 'della', "
-                   "'della_linear', 'linear', 'model_stock', 'passthrough', 'slerp', 'task_arithmetic', 'ties']")
+                   "supported: ['arcee_fusion', 'breadcrumbs', 'breadcrumbs_ties', 'dare_linear', 'dare_ties', "
+                   "'della', 'della_linear', 'karcher', 'linear', 'model_stock', 'multislerp', 'nearswap', "
+                   "'nuslerp', 'passthrough', 'sce', 'slerp', 'task_arithmetic', 'ties']")
 
 
 def test_existing_output_needs_overwrite_which_replaces_it(bert_pool, tmp_path, capsys):

@@ -192,8 +192,8 @@ def test_from_large_k_picks_the_largest_norm_task_vector(pool):
 # ---- all methods ------------------------------------------------------------------------------------
 REQUIRED = {"ties": {"density": 0.3}, "dare_ta": {"drop_rate": 0.5}, "dare_ties": {"drop_rate": 0.5},
             "slerp": {"t": 0.3}, "breadcrumbs": {"density": 0.5}, "breadcrumbs_ties": {"density": 0.5},
-            "della": {"density": 0.5}, "della_linear": {"density": 0.5}}
-MODELS = {"slerp": 2, "passthrough": 1}  # methods that take a fixed number of models
+            "della": {"density": 0.5}, "della_linear": {"density": 0.5}, "nearswap": {"t": 0.05}}
+MODELS = {"slerp": 2, "nuslerp": 2, "passthrough": 1, "nearswap": 1, "arcee_fusion": 1}  # methods that take a fixed number of models
 
 
 @pytest.mark.parametrize("name", known_methods("per_tensor"))

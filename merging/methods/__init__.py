@@ -1,6 +1,7 @@
 """Merge methods; importing this package registers every one of them (merging/registry.py)."""
 from . import (  # noqa: F401
                adamerging,
+               arcee_fusion,
                average,
                breadcrumbs,
                dare,
@@ -11,9 +12,14 @@ from . import (  # noqa: F401
                from_,
                from_lora,
                greedy_soup,
+               karcher,
                model_stock,
+               multislerp,
+               nearswap,
+               nuslerp,
                passthrough,
                regmean,
+               sce,
                slerp,
                task_arithmetic,
                ties,
