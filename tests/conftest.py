@@ -292,3 +292,39 @@ def tiny_pool(suite, tmp_path):
         path.write_text(yaml.safe_dump(pool))
         return path
     return write
+
+
+def merge_method(name, base, models, *, model_params=None, seed=0, chunk_size=None, **params):
+    """Method ``name`` with ``params`` (and per-model ``model_params``) on whole tensors through
+    ``merge_in_memory``, the engine's chunked code path; ``check()`` runs first, as the engine runs it."""
+    from merging.methods.base import merge_in_memory
+    from merging.registry import get_method
+
+    cls = get_method(name).method_class
+    per_model = [cls.ModelParams(**(model_params[i] if model_params else {})) for i in range(len(models))]
+    method = cls(cls.Params(**params), per_model)
+    method.check()
+    return merge_in_memory(method, base, models, seed=seed, chunk_size=chunk_size)
+
+
+@pytest.fixture
+def tensor_pool():
+    """A [16, 12] base and four models 0.1·N(0, 1) away from it."""
+    torch.manual_seed(0)
+    base = torch.randn(16, 12)
+    return base, [base + 0.1 * torch.randn(16, 12) for _ in range(4)]
+
+
+@pytest.fixture
+def checkpoint_folders(tmp_path):
+    """A base and three models (safetensors folders a, b, c) of three tensors, two of them in numbered layers."""
+    torch.manual_seed(0)
+    base = {"layers.0.w": torch.randn(30, 20), "layers.1.w": torch.randn(50), "head.w": torch.randn(7)}
+    paths = []
+    for i, name in enumerate(["base", "a", "b", "c"]):
+        folder = tmp_path / name
+        folder.mkdir()
+        tensors = base if i == 0 else {k: v + torch.randn_like(v) * 0.1 * i for k, v in base.items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
+        paths.append(folder)
+    return tmp_path, paths

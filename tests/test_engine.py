@@ -2,7 +2,7 @@
 import pytest
 import torch
 from conftest import native
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from merging.config import layer_position, validate_config
 from merging.errors import MergeError
@@ -10,17 +10,8 @@ from merging.run import merge_tensors, run_merge
 
 
 @pytest.fixture
-def pool(tmp_path):
-    torch.manual_seed(0)
-    base = {"layers.0.w": torch.randn(30, 20), "layers.1.w": torch.randn(50), "head.w": torch.randn(7)}
-    paths = []
-    for i, name in enumerate(["base", "a", "b", "c"]):
-        folder = tmp_path / name
-        folder.mkdir()
-        tensors = base if i == 0 else {k: v + torch.randn_like(v) * 0.1 * i for k, v in base.items()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
-        paths.append(folder)
-    return tmp_path, paths
+def pool(checkpoint_folders):
+    return checkpoint_folders
 
 
 def merged(pool, method, parameters, chunk_size=1 << 20, **extra):

@@ -4,24 +4,17 @@ import math
 
 import pytest
 import torch
+from conftest import merge_method
 from pydantic import ValidationError
 
-from merging.methods import arcee_fusion, nearswap, sce  # noqa: F401  (importing registers them)
-from merging.methods.base import merge_in_memory
 from merging.registry import get_method
 
-
-def merge(name, base, models, *, chunk_size=None, **params):
-    cls = get_method(name).method_class
-    per_model = [cls.ModelParams() for _ in models]
-    return merge_in_memory(cls(cls.Params(**params), per_model), base, models, chunk_size=chunk_size)
+merge = merge_method
 
 
 @pytest.fixture
-def pool():
-    torch.manual_seed(0)
-    base = torch.randn(16, 12)
-    return base, [base + 0.1 * torch.randn(16, 12) for _ in range(4)]
+def pool(tensor_pool):
+    return tensor_pool
 
 
 def test_registered_with_a_paper_the_base_and_their_model_counts():

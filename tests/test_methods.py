@@ -2,23 +2,17 @@
 Methods run through ``merge_in_memory``, the same code the streaming engine runs chunk by chunk."""
 import pytest
 import torch
+from conftest import merge_method
 
 from merging.errors import MergeError
-from merging.methods.base import merge_in_memory
-from merging.registry import get_method, known_methods, methods
+from merging.registry import known_methods, methods
 
-
-def merge(name, base, models, *, model_params=None, seed=0, chunk_size=None, **params):
-    cls = get_method(name).method_class
-    per_model = [cls.ModelParams(**(model_params[i] if model_params else {})) for i in range(len(models))]
-    return merge_in_memory(cls(cls.Params(**params), per_model), base, models, seed=seed, chunk_size=chunk_size)
+merge = merge_method
 
 
 @pytest.fixture
-def pool():
-    torch.manual_seed(0)
-    base = torch.randn(16, 12)
-    return base, [base + 0.1 * torch.randn(16, 12) for _ in range(4)]
+def pool(tensor_pool):
+    return tensor_pool
 
 
 # ---- average ----------------------------------------------------------------------------------------

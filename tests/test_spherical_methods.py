@@ -6,20 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import merge_method
 from pydantic import ValidationError
 
 from merging.errors import MergeError
-from merging.methods import karcher, multislerp, nuslerp  # noqa: F401  (importing fills the registry)
-from merging.methods.base import merge_in_memory
 from merging.registry import get_method
 
 
-def merge(name, base, models, *, model_params=None, chunk_size=5, **params):
-    cls = get_method(name).method_class
-    per_model = [cls.ModelParams(**(model_params[i] if model_params else {})) for i in range(len(models))]
-    method = cls(cls.Params(**params), per_model)
-    method.check()
-    return merge_in_memory(method, base, models, chunk_size=chunk_size)
+def merge(name, base, models, *, chunk_size=5, **params):
+    return merge_method(name, base, models, chunk_size=chunk_size, **params)
 
 
 def weights(*values):
@@ -343,19 +338,8 @@ def test_karcher_schema():
 
 # ---- the streaming engine -----------------------------------------------------------------------------------
 @pytest.fixture
-def checkpoints(tmp_path):
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    base = {"layers.0.w": torch.randn(30, 20), "layers.1.w": torch.randn(50), "head.w": torch.randn(7)}
-    paths = []
-    for i, name in enumerate(["base", "a", "b", "c"]):
-        folder = tmp_path / name
-        folder.mkdir()
-        tensors = base if i == 0 else {k: v + torch.randn_like(v) * 0.1 * i for k, v in base.items()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
-        paths.append(folder)
-    return tmp_path, paths
+def checkpoints(checkpoint_folders):
+    return checkpoint_folders
 
 
 @pytest.mark.parametrize("method,count,parameters,model_params", [
