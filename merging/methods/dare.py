@@ -68,11 +68,12 @@ class DareTaskArithmetic(Method):
         if mask is None:
             mask = self.mask(chunk, tvs).to(tvs.device)
         factor = weights.double()  # [n]: one multiply per row for weight and rescale together
-        keep = self.keep_probability(chunk, tvs)
-        if self.params.rescale == "inverse" and keep.dim() == 1:
-            factor = factor / keep
-        elif self.params.rescale == "inverse":  # per element: τ_ij / p_ij
-            tvs.div_(keep.to(tvs))
+        if self.params.rescale == "inverse":
+            keep = self.keep_probability(chunk, tvs)
+            if keep.dim() == 1:
+                factor = factor / keep
+            else:  # per element: τ_ij / p_ij
+                tvs.div_(keep.to(tvs))
         elif self.params.rescale == "l1":
             factor = factor * stats["l1_scale"].cpu()
         return tvs.mul_(mask).mul_(factor.to(tvs).unsqueeze(1))

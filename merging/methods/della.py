@@ -52,8 +52,8 @@ def rank_probabilities(magnitudes: torch.Tensor, width: int, density: torch.Tens
     """p_ij = (d_i − ε_i) + 2ε_i · r_ij/(m − 1) over rows of ``width`` elements (1 where d_i = 1).
     magnitudes: [n, c] with c a multiple of width; density, epsilon: [n] -> [n, c]."""
     n, c = magnitudes.shape
-    rows = magnitudes.reshape(n, c // width, width)
-    ranks = torch.argsort(torch.argsort(rows, dim=-1, stable=True), dim=-1).to(torch.float64)  # ascending
+    order = torch.argsort(magnitudes.reshape(n, c // width, width), dim=-1, stable=True)  # ascending
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(width).expand_as(order)).to(torch.float64)
     position = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
     d, e = density.view(n, 1, 1), epsilon.view(n, 1, 1)
     return torch.where(d >= 1, 1.0, (d - e) + 2 * e * position).reshape(n, c)
