@@ -47,7 +47,7 @@ DTypeName = Literal["float32", "float64", "bfloat16", "float16"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_LAYER = re.compile(r"\.(\d+)\.")
+LAYER = re.compile(r"\.(\d+)\.")  # the (first) layer index in a tensor name: model.layers.3.mlp…
 
 
 def _finite(value: Any, where: str) -> None:
@@ -330,14 +330,14 @@ def layer_position(name: str, num_layers: int) -> float:
     """Depth t of tensor ``name`` in [0, 1] for gradient parameters, mergekit's rule (plan.py): layer i of L
     is i/(L−1), the one layer of a one-layer model is at 1, and every tensor outside the numbered layers
     (embeddings, final norm, output head) is at 0, the gradient's first value."""
-    match = _LAYER.search(name)
+    match = LAYER.search(name)
     if not match:
         return 0.0
     return min(int(match.group(1)) / (num_layers - 1), 1.0) if num_layers > 1 else 1.0
 
 
 def count_layers(names: list[str]) -> int:
-    indices = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    indices = [int(m.group(1)) for n in names if (m := LAYER.search(n))]
     return max(indices) + 1 if indices else 1
 
 

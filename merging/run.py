@@ -123,7 +123,7 @@ def plan_merge(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint],
         def method_for(config: MergeConfig, name: str, t: float) -> Method | None:
             return build_method(config, method_cls, name, t) if config.merges(name) else None
 
-        plans, _ = plan_slices(cfg, opened, device or torch.device("cpu"), method_cls.uses_base, method_for)
+        plans = plan_slices(cfg, opened, device or torch.device("cpu"), method_cls.uses_base, method_for)
         check_model_scope(plans)
         return plans
     check_model_count(cfg.method, method_cls, len(models))

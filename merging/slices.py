@@ -13,20 +13,17 @@ holding "embed") or from the last slice's (final norm, output head), as mergekit
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .config import DTYPES, MergeConfig, ModelEntry, Slice
+from .config import DTYPES, LAYER, MergeConfig, ModelEntry, Slice, count_layers
 from .engine import Sources, TensorPlan
 from .errors import MergeError
 from .io.checkpoint import Checkpoint
 from .io.safetensors_io import TensorInfo
 from .methods.base import Method
-
-LAYER = re.compile(r"\.(\d+)\.")
 
 
 def layer_of(name: str) -> int | None:
@@ -74,11 +71,6 @@ class SlicePart:
     config: MergeConfig       # the top-level config with this slice's models and parameters
 
 
-def count_layers_of(checkpoint: Checkpoint) -> int:
-    layers = [layer for name in checkpoint.infos if (layer := layer_of(name)) is not None]
-    return max(layers) + 1 if layers else 0
-
-
 def _part(cfg: MergeConfig, index: int, piece: Slice, out_first: int, opened: dict[str, Checkpoint],
           device: torch.device, uses_base: bool) -> SlicePart:
     """Slice ``index`` with views of its checkpoints. Without ``base_range`` the slice's first source stands
@@ -91,9 +83,10 @@ def _part(cfg: MergeConfig, index: int, piece: Slice, out_first: int, opened: di
                                                                                   stand_in.layer_range)
     for ref, (start, end), what in [*((s.model, s.layer_range, f"source '{s.model}'") for s in piece.sources),
                                     (base_ref, base_range, f"base '{base_ref}'")]:
-        if end > count_layers_of(opened[ref]):
-            raise MergeError(f"slices[{index}]: the {what} has {count_layers_of(opened[ref])} layers; its "
-                             f"layer_range [{start}, {end}] goes past them")
+        layers = count_layers(list(opened[ref].infos))
+        if end > layers:
+            raise MergeError(f"slices[{index}]: the {what} has {layers} layers; its layer_range [{start}, {end}] "
+                             "goes past them")
     base = ShiftedLayers(opened[base_ref], base_range[0], out_first)
     models = [ShiftedLayers(opened[s.model], s.layer_range[0], out_first) for s in piece.sources]
     config = cfg.model_copy(update={
@@ -103,9 +96,9 @@ def _part(cfg: MergeConfig, index: int, piece: Slice, out_first: int, opened: di
 
 
 def plan_slices(cfg: MergeConfig, opened: dict[str, Checkpoint], device: torch.device, uses_base: bool,
-                method_for: Callable[[MergeConfig, str, float], Method | None]) -> tuple[list[TensorPlan], int]:
-    """The tensor plans of a sliced merge and the output's layer count. ``method_for(config, name, t)``: the
-    method of output tensor ``name`` under a slice's config at depth t, or None when it is copied."""
+                method_for: Callable[[MergeConfig, str, float], Method | None]) -> list[TensorPlan]:
+    """The tensor plans of a sliced merge. ``method_for(config, name, t)``: the method of output tensor ``name``
+    under a slice's config at depth t, or None when it is copied."""
     parts, out_first = [], 0
     for index, piece in enumerate(cfg.slices or []):
         parts.append(_part(cfg, index, piece, out_first, opened, device, uses_base))
@@ -135,4 +128,4 @@ def plan_slices(cfg: MergeConfig, opened: dict[str, Checkpoint], device: torch.d
             for name, info in base.inner.infos.items():
                 if layer_of(name) == layer:
                     plan(part, renumbered(name, part.out_first + i), info, t)
-    return plans, out_first
+    return plans
