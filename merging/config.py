@@ -15,6 +15,7 @@
     shard_size: 5GB                    # a positive size: bytes, or 200MB, 5GB, 2GiB
     allow_adapter_base_mismatch: false # merge a LoRA adapter whose adapter_config.json names another base
     chat_template: null                # chatml, auto or a Jinja template for the output's tokenizer
+    tokenizer_source: null             # base, union or a model of the inputs' one vocabulary
     slices: null                       # mergekit's slices: the output's layers (merging/slices.py)
 
 Every number in ``parameters`` must be finite (NaN and ±Inf are refused here, before any work).
@@ -122,6 +123,7 @@ class MergeConfig(BaseModel):
     chunk_size: StrictInt = Field(1 << 15, gt=0)  # elements; [#models, chunk] float32 stays in L2 cache
     allow_adapter_base_mismatch: bool = False
     chat_template: str | None = None  # the output's: chatml, auto or a template (merging/chat_template.py)
+    tokenizer_source: str | None = None  # base, union or a model (merging/tokenizer_source.py)
     slices: list[Slice] | None = None  # the output's layers slice by slice (merging/slices.py); models: every source
     origin: Literal["native", "mergekit"] = "native"
     data: dict[str, Any] | None = None  # data-driven merges: the tasks' data (merging/data_merge.py checks it)

@@ -29,8 +29,8 @@ Gradients follow mergekit's rule (``merging.config.layer_position``: tensors out
 value). ``chat_template`` is passed on (merging/chat_template.py); ``model: MODEL+LORA`` is read by
 ``open_checkpoint``. ``int8_mask`` only changes mergekit's memory use and is accepted and ignored; ``name``
 labels a config. Unknown keys are errors at every level (top, ``models[]``, ``slices[]``, ``sources[]``,
-``tokenizer``), and what is not implemented here (other methods, other tokenizer sources, slice-level
-``base_model`` or ``residual_weight``) is refused: never a silently different model.
+``tokenizer``), and what is not implemented here (other methods, a tokenizer source whose vocabulary differs,
+slice-level ``base_model`` or ``residual_weight``) is refused: never a silently different model.
 """
 from __future__ import annotations
 
@@ -171,12 +171,13 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         raise MergeError(f"{path}: mergekit merge_method {method!r} is not supported here; "
                          f"supported: {sorted(METHOD)}")
     tokenizer = raw.get("tokenizer")
-    if tokenizer is not None and _check_keys(tokenizer, {"source"}, f"{path}: tokenizer").get("source") != "base":
-        raise MergeError(f"{path}: tokenizer {tokenizer!r}: only the base model's tokenizer is supported "
-                         "(tokenizer: {source: base})")
-    if raw.get("tokenizer_source") not in (None, "base"):
-        raise MergeError(f"{path}: tokenizer_source {raw['tokenizer_source']!r}: only the base model's tokenizer "
-                         "is supported (tokenizer_source: base)")
+    source = raw.get("tokenizer_source")
+    if tokenizer is not None:
+        if source is not None:
+            raise MergeError(f"{path}: give either tokenizer_source or tokenizer, not both")
+        source = _check_keys(tokenizer, {"source"}, f"{path}: tokenizer").get("source")
+    if source is not None and not isinstance(source, str):
+        raise MergeError(f"{path}: tokenizer source {source!r} must be base, union or a model")
     if raw.get("models") is not None and raw.get("slices") is not None:
         raise MergeError(f"{path}: give either 'models' or 'slices', not both")
     base = raw.get("base_model")
@@ -232,6 +233,8 @@ def from_mergekit(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     for key in ("dtype", "out_dtype", "chat_template"):  # validated as native keys
         if raw.get(key) is not None:
             native[key] = raw[key]
+    if source not in (None, "base"):
+        native["tokenizer_source"] = source  # checked against the inputs' vocabularies (merging/tokenizer_source.py)
     if raw.get("dtype") is not None and raw.get("out_dtype") is None:
         native["out_dtype"] = raw["dtype"]  # mergekit writes its compute dtype unless out_dtype says otherwise
     return native

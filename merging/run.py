@@ -21,12 +21,13 @@ from .config import DTYPES, MergeConfig, check_parameters, count_layers, describ
 from .engine import Engine, InMemoryWriter, Sources, TensorPlan
 from .errors import MergeError
 from .io.atomic import atomic_directory, check_target
-from .io.checkpoint import Checkpoint, open_checkpoint, same_architecture
+from .io.checkpoint import Checkpoint, open_checkpoint, resolve_model_ref, same_architecture
 from .io.safetensors_io import ShardedSafetensorsWriter, TensorInfo
 from .methods.base import Method
 from .model_card import merge_card
 from .registry import MethodSpec, get_method, known_methods
 from .slices import plan_slices
+from .tokenizer_source import check_tokenizer_source, copy_tokenizer
 
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json",
@@ -245,6 +246,7 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
         check_output_apart(out, input_paths([cfg.base, *(e.model for e in cfg.models)], [base, *models]))
         plans = plan_merge(cfg, base, models, device)
         config = output_config(base, cfg)
+        donor = tokenizer_donor(cfg, base, models)
         with atomic_directory(out, overwrite=overwrite) as folder:
             writer = ShardedSafetensorsWriter(folder, [p.info for p in plans], cfg.shard_bytes,
                                               metadata={"merge_method": cfg.method})
@@ -255,8 +257,10 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
             finally:
                 writer.close()
             copy_side_files(base, folder, config, trust_remote_code)
-            template = cfg.chat_template and resolve_chat_template(
-                cfg.chat_template, [c.path if c.path.is_dir() else c.path.parent for c in [base, *models]])
+            if donor is not None:
+                copy_tokenizer(donor, folder)
+            template = cfg.chat_template and resolve_chat_template(cfg.chat_template,
+                                                                   [folder_of(c) for c in [base, *models]])
             if template:
                 write_chat_template(folder, template)
             info = {"method": cfg.method, "paper": spec.paper, "git_sha": git_sha(),
@@ -274,6 +278,21 @@ def run_merge(cfg: MergeConfig, out: str | Path, *, overwrite: bool = False, tru
                 loader_of(base.config), config_yaml, cfg.origin == "mergekit"))
             (folder / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def folder_of(checkpoint: Checkpoint) -> Path:
+    return checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
+
+
+def tokenizer_donor(cfg: MergeConfig, base: Checkpoint, models: list[Checkpoint]) -> Path | None:
+    """The folder whose tokenizer replaces the base's (``tokenizer_source`` a model), after checking that the
+    source needs no embedding re-map; None: the base's tokenizer stays."""
+    if cfg.tokenizer_source in (None, "base"):
+        return None
+    donor = None if cfg.tokenizer_source == "union" else resolve_model_ref(cfg.tokenizer_source)
+    check_tokenizer_source(cfg.tokenizer_source, folder_of(base), [folder_of(m) for m in models], donor,
+                           base.config)
+    return donor
 
 
 def loader_of(config: dict[str, Any] | None) -> str:

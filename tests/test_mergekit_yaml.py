@@ -194,3 +194,57 @@ def test_a_weighted_mergekit_method_without_a_weight_is_refused_as_mergekit_refu
     config = {"merge_method": "ties", "base_model": str(bert_pool["base"]),
               "models": [{"model": str(bert_pool["ft1"]), "parameters": {"density": 0.5}}]}
     assert_refused(tmp_path, capsys, config, "ties needs a weight for every model", "mergekit has no default")
+
+
+def with_tokenizers(pool, copy_model, *names, vocabulary=None):
+    """Copies of ``names`` with a word-piece tokenizer of config.json's 100 tokens (the pool's fine-tunes have no
+    tokenizer, and the base's is smaller than its embedding)."""
+    words = vocabulary or ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    copies = []
+    for name in names:
+        folder = copy_model(pool[name], f"{name}_tok")
+        for file in pool["base"].iterdir():
+            if file.name == "tokenizer_config.json":
+                (folder / file.name).write_bytes(file.read_bytes())
+        (folder / "tokenizer.json").unlink(missing_ok=True)
+        (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+        copies.append(folder)
+    return copies
+
+
+def test_tokenizer_source_union_of_one_vocabulary_is_the_plain_merge(bert_pool, copy_model, tmp_path, capsys):
+    base, ft1, ft2 = with_tokenizers(bert_pool, copy_model, "base", "ft1", "ft2")
+    models = [{"model": str(ft1), "parameters": {"weight": 0.5}}, {"model": str(ft2), "parameters": {"weight": 0.5}}]
+    plain = {"merge_method": "task_arithmetic", "base_model": str(base), "models": models}
+    code, _, stderr, expected = run_cli(tmp_path, capsys, plain, out_name="plain")
+    assert code == 0, stderr
+    code, _, stderr, out = run_cli(tmp_path, capsys, {**plain, "tokenizer_source": "union"}, out_name="union")
+    assert code == 0, stderr
+    assert all(torch.equal(a, b) for a, b in zip(read_weights(expected).values(), read_weights(out).values()))
+
+
+def test_tokenizer_source_a_model_copies_its_tokenizer(bert_pool, copy_model, tmp_path, capsys):
+    base, ft1 = with_tokenizers(bert_pool, copy_model, "base", "ft1")
+    settings = json.loads((ft1 / "tokenizer_config.json").read_text())
+    (ft1 / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 77}))
+    config = {"merge_method": "task_arithmetic", "base_model": str(base), "tokenizer": {"source": str(ft1)},
+              "models": [{"model": str(ft1), "parameters": {"weight": 1.0}}]}
+    code, _, stderr, out = run_cli(tmp_path, capsys, config)
+    assert code == 0, stderr
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 77
+
+
+def test_tokenizer_source_union_of_different_vocabularies_is_refused(bert_pool, copy_model, tmp_path, capsys):
+    (base,) = with_tokenizers(bert_pool, copy_model, "base")
+    (ft1,) = with_tokenizers(bert_pool, copy_model, "ft1", vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                             + [f"v{i}" for i in range(95)])
+    config = {"merge_method": "task_arithmetic", "base_model": str(base), "tokenizer_source": "union",
+              "models": [{"model": str(ft1), "parameters": {"weight": 1.0}}]}
+    assert_refused(tmp_path, capsys, config, "tokenizer_source 'union'", "differ from the base's",
+                   "re-map the embedding rows")
+
+
+def test_tokenizer_source_with_a_vocabulary_smaller_than_the_embedding_is_refused(bert_pool, tmp_path, capsys):
+    config = {"merge_method": "linear", "tokenizer_source": "union",  # its tokenizer: fewer tokens than rows
+              "models": [{"model": str(bert_pool["base"]), "parameters": {"weight": 1.0}}]}
+    assert_refused(tmp_path, capsys, config, "vocab_size 100", "resize the embeddings")

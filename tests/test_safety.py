@@ -166,11 +166,6 @@ def test_a_slice_without_the_base_among_its_sources_is_refused_as_mergekit_refus
                    f"list base_model '{bert_pool['base']}' among its sources")
 
 
-@pytest.mark.parametrize("key, value", [("tokenizer_source", "union")])
-def test_what_is_not_implemented_is_refused(bert_pool, tmp_path, capsys, key, value):
-    assert_refused(tmp_path, capsys, mergekit(bert_pool, **{key: value}), key, "supported")
-
-
 def test_one_slice_over_every_layer_with_slice_parameters_is_read_as_mergekit_reads_it(bert_pool, tmp_path,
                                                                                      capsys):
     plain = mergekit(bert_pool, parameters={"normalize": True})
