@@ -36,11 +36,10 @@ def prune_top_k(tvs: torch.Tensor, thresholds: torch.Tensor, tied_left: torch.Te
     return tvs * keep
 
 
-def random_keep_mask(shape: tuple[int, int], keep_prob: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
-    """DARE mask as 0/1 floats: element (i, j) kept when u_ij < keep_prob[i] (or keep_prob[i, j]), u ~ U[0, 1)
-    drawn row 0 first (the same draws as ``torch.bernoulli(full(p))`` on a generator in the same state). [n, c]."""
-    uniform = torch.rand(shape, generator=generator)  # [n, c]
+def random_keep_mask(uniform: torch.Tensor, keep_prob: torch.Tensor) -> torch.Tensor:
+    """DARE mask as 0/1 floats, computed in place in ``uniform`` (u ~ U[0, 1), e.g. ``Chunk.uniform``): element
+    (i, j) kept when u_ij < keep_prob[i] (or keep_prob[i, j]); on ``torch.rand`` draws, the same mask as
+    ``torch.bernoulli(full(p))`` on a generator in the same state. [n, c]."""
     keep = keep_prob.to(uniform)
     # keep − u lies in (−1, 1] and is > 0 exactly when u < keep (IEEE subtraction keeps the sign), so its
     # ceiling is the 0/1 mask

@@ -165,9 +165,9 @@ def test_dare_from_weighs_the_dropped_task_vectors_by_their_own_norms(pool):
     from merging.tensor_ops import random_keep_mask
 
     base, models = pool
-    tvs = torch.stack([(m - base).reshape(-1) for m in models])  # [4, 192]
-    mask = random_keep_mask(tuple(tvs.shape), torch.full((4,), 0.4, dtype=torch.float64),
-                            torch.Generator().manual_seed(chunk_seed(3, "tensor", 0)))
+    tvs = torch.stack([(m - base).reshape(-1) for m in models])  # [4, 192]: one draw block
+    draws = torch.rand(tuple(tvs.shape), generator=torch.Generator().manual_seed(chunk_seed(3, "tensor", 0)))
+    mask = random_keep_mask(draws, torch.full((4,), 0.4, dtype=torch.float64))
     dropped = tvs * mask / 0.4  # τ̃_i
     weights = dropped.norm(dim=1) / dropped.norm(dim=1).sum()
     expected = base + (weights @ dropped).reshape(base.shape)
@@ -190,17 +190,27 @@ REQUIRED = {"ties": {"density": 0.3}, "dare_ta": {"drop_rate": 0.5}, "dare_ties"
 MODELS = {"slerp": 2, "nuslerp": 2, "passthrough": 1, "nearswap": 1, "arcee_fusion": 1}  # methods that take a fixed number of models
 
 
+def test_random_draws_are_fixed_per_block_whatever_the_chunking():
+    from merging.methods.base import DRAW_BLOCK, chunk_seed, chunks
+
+    shape = (3, DRAW_BLOCK + 7)  # spans 4 blocks, the last one short
+    whole = torch.cat([c.uniform(2) for c in chunks("w", shape, 3 * DRAW_BLOCK + 21, seed=5)], 1)
+    for size in (DRAW_BLOCK, 1000, 2 * DRAW_BLOCK + 1):
+        assert torch.equal(torch.cat([c.uniform(2) for c in chunks("w", shape, size, seed=5)], 1), whole)
+    block = torch.rand((2, DRAW_BLOCK), generator=torch.Generator().manual_seed(chunk_seed(5, "w", 1)))
+    assert torch.equal(whole[:, DRAW_BLOCK:2 * DRAW_BLOCK], block)  # block b: its own seeded torch.rand
+    assert not torch.equal(whole[:, :DRAW_BLOCK], block)
+    assert whole.shape == (2, 3 * (DRAW_BLOCK + 7))
+
+
 @pytest.mark.parametrize("name", known_methods("per_tensor"))
 def test_chunked_equals_whole_tensor(name, pool):
-    """The engine's chunking never changes a deterministic result (and a random one only by its draws)."""
+    """The engine's chunking never changes a result, random ones included (their draws are fixed per block)."""
     base, models = pool
     models = models[:MODELS.get(name, len(models))]
     whole = merge(name, base, models, **REQUIRED.get(name, {}))
     chunked = merge(name, base, models, chunk_size=37, **REQUIRED.get(name, {}))
-    if name.startswith(("dare", "della")):  # random: other chunks, other draws
-        assert whole.shape == chunked.shape and torch.isfinite(chunked).all()
-    else:
-        assert torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(whole, chunked, atol=1e-6)
 
 
 def test_every_method_has_a_paper_and_schemas():

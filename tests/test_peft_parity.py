@@ -3,7 +3,7 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from merging.methods.base import Chunk
+from merging.methods.base import Chunk, chunk_seed
 from merging.registry import get_method
 
 
@@ -36,7 +36,7 @@ def test_dare_ties_matches_peft(tensors, elect, peft_method):
     method = cls(cls.Params(drop_rate=0.7, elect=elect), [cls.ModelParams()] * 3)
     b, m = flat(base, models)
     ours = method.combine(Chunk("w", tuple(base.shape), 0, b.numel(), seed=1234), b, m, {})
-    torch.manual_seed(1234)  # peft draws its masks from the global generator, model by model
+    torch.manual_seed(chunk_seed(1234, "w", 0))  # our one draw block's stream; peft draws model by model from it
     theirs = merge_utils.dare_ties([x - base for x in models], torch.ones(3), 0.3, peft_method)
     assert torch.allclose(ours.reshape(base.shape), base + theirs, atol=1e-6)
 
@@ -47,6 +47,6 @@ def test_dare_linear_matches_peft(tensors):
     method = cls(cls.Params(drop_rate=0.4), [cls.ModelParams(weight=w) for w in (0.2, 0.3, 0.5)])
     b, m = flat(base, models)
     ours = method.combine(Chunk("w", tuple(base.shape), 0, b.numel(), seed=99), b, m, {})
-    torch.manual_seed(99)
+    torch.manual_seed(chunk_seed(99, "w", 0))
     theirs = merge_utils.dare_linear([x - base for x in models], torch.tensor([0.2, 0.3, 0.5]), 0.6)
     assert torch.allclose(ours.reshape(base.shape), base + theirs, atol=1e-6)

@@ -42,7 +42,7 @@ def test_disjoint_merge_divides_by_agreeing_weights():
 
 def test_random_keep_mask_equals_bernoulli_draws():
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    mask = ops.random_keep_mask((2, 1000), torch.tensor([0.3, 0.3]), g1)
+    mask = ops.random_keep_mask(torch.rand((2, 1000), generator=g1), torch.tensor([0.3, 0.3]))
     expected = torch.bernoulli(torch.full((2, 1000), 0.3), generator=g2)  # 0/1 floats
     assert mask.dtype == expected.dtype and torch.equal(mask, expected)
 

@@ -37,10 +37,14 @@ class NoParams(Params):
     """A method or model entry without parameters."""
 
 
+DRAW_BLOCK = 1 << 15  # elements per random stream: a random method's draws never depend on the chunking
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """Elements ``[start, stop)`` of the flattened tensor ``name``; ``seed`` is fixed by (run seed, name,
-    chunk index), so random methods are deterministic and every pass sees the same draws."""
+    """Elements ``[start, stop)`` of the flattened tensor ``name``. ``seed`` is the run's seed; random methods
+    draw with ``uniform``, whose streams are fixed by (seed, name, block of ``DRAW_BLOCK`` elements), so a
+    result is the same however the tensor is chunked, and every pass sees the same draws."""
 
     name: str
     shape: tuple[int, ...]
@@ -52,8 +56,19 @@ class Chunk:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
+    def uniform(self, rows: int) -> torch.Tensor:
+        """U[0, 1) draws for ``rows`` values of each element of the chunk. Block b (elements
+        [b·DRAW_BLOCK, (b+1)·DRAW_BLOCK)) draws ``torch.rand((rows, block length))``, row 0 first, from a
+        generator seeded with ``chunk_seed(seed, name, b)``; the chunk takes its columns. -> [rows, stop − start]"""
+        pieces = []
+        for block in range(self.start // DRAW_BLOCK, -(-self.stop // DRAW_BLOCK)):
+            first, last = block * DRAW_BLOCK, min((block + 1) * DRAW_BLOCK, self.numel)
+            generator = torch.Generator().manual_seed(chunk_seed(self.seed, self.name, block))
+            draws = torch.rand((rows, last - first), generator=generator)  # [rows, block length]
+            pieces.append(draws[:, max(self.start, first) - first:min(self.stop, last) - first])
+        if len(pieces) == 1:
+            return pieces[0].contiguous()
+        return torch.cat(pieces, 1) if pieces else torch.empty(rows, 0)
 
 
 def chunks(name: str, shape: tuple[int, ...], chunk_size: int, seed: int, row_aligned: bool = False) -> list[Chunk]:
@@ -63,8 +78,8 @@ def chunks(name: str, shape: tuple[int, ...], chunk_size: int, seed: int, row_al
     if row_aligned:
         width = shape[-1] if len(shape) >= 2 else max(numel, 1)
         chunk_size = max(width, chunk_size // width * width)
-    return [Chunk(name, shape, s, min(s + chunk_size, numel), chunk_seed(seed, name, i))
-            for i, s in enumerate(range(0, numel, chunk_size))] or [Chunk(name, shape, 0, 0, seed)]
+    return [Chunk(name, shape, s, min(s + chunk_size, numel), seed)
+            for s in range(0, numel, chunk_size)] or [Chunk(name, shape, 0, 0, seed)]
 
 
 def chunk_seed(run_seed: int, name: str, index: int) -> int:

@@ -6,9 +6,10 @@ Eq. 1-2), composed with task arithmetic (``dare_ta``) and with TIES sign electio
     dare_ties:  θ = θ_base + λ · disjoint_mean_γ(w_i τ̃_i)      (TIES steps 2-3, see ``ties``)
 
 ``rescale: l1`` instead matches the L1 norm before and after dropping, τ̃_i = m_i⊙τ_i · ‖τ_i‖₁/‖m_i⊙τ_i‖₁
-per tensor (what mergekit 0.1.5 does); ``none`` keeps m_i ⊙ τ_i. Masks are drawn from a generator
-seeded by (seed, tensor, chunk), model 0's elements first: reproducible, and for a single chunk the same
-draws as ``torch.bernoulli`` on a generator with that seed (hence equal to peft's ``dare_ties``).
+per tensor (what mergekit 0.1.5 does); ``none`` keeps m_i ⊙ τ_i. Masks come from ``Chunk.uniform``: streams
+seeded by (seed, tensor, block of 32768 elements), model 0's elements first, so they never depend on the
+chunking; within one block the same draws as ``torch.bernoulli`` on a generator in the same state (hence
+equal to peft's ``dare_ties``, which draws model by model from the global generator).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class DareTaskArithmetic(Method):
         return self.keep
 
     def mask(self, chunk: Chunk, tvs: torch.Tensor) -> torch.Tensor:
-        return random_keep_mask(tuple(tvs.shape), self.keep_probability(chunk, tvs), chunk.generator())
+        return random_keep_mask(chunk.uniform(len(tvs)), self.keep_probability(chunk, tvs))
 
     def dropped(self, chunk: Chunk, tvs: torch.Tensor, stats: dict[str, Any], weights: torch.Tensor) -> torch.Tensor:
         """w_i · m_i ⊙ τ_i, rescaled per ``rescale``, computed in place in ``tvs``. [n, c], [n] -> [n, c]."""

@@ -13,7 +13,7 @@ task arithmetic: ``della`` with TIES's sign election, ``della_linear`` without):
 d_i ± ε_i must lie in (0, 1). Ranks need whole rows, so chunks hold whole rows (``row_aligned``); ties in a row
 are ranked by position (stable sort). Deviations from mergekit: tensors of 3+ dimensions are ranked along their
 last dimension (mergekit: dimension 1); a one-element row gets p = d (mergekit divides 0 by 0); the draws come
-from this project's per-chunk generators (merging/methods/dare.py), so masks differ from mergekit's.
+from this project's seeded streams (``Chunk.uniform``, merging/methods/dare.py), so masks differ from mergekit's.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class FroM(Method):
         if p == 0:
             return tvs
         keep = torch.full((len(models),), 1 - p, dtype=torch.float64)
-        return tvs * random_keep_mask(tuple(tvs.shape), keep, chunk.generator()).to(tvs) / (1 - p)
+        return tvs * random_keep_mask(chunk.uniform(len(tvs)), keep).to(tvs) / (1 - p)
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
