@@ -75,7 +75,9 @@ def check_finite(values: torch.Tensor, problem: Callable[[], str]) -> None:
 
 
 def chunks_of(plan: TensorPlan, chunk_size: int, seed: int) -> list[Chunk]:
-    return chunks(plan.info.name, plan.info.shape, chunk_size, seed, bool(plan.method and plan.method.row_aligned))
+    method = plan.method
+    return chunks(plan.info.name, plan.info.shape, chunk_size, seed, bool(method and method.row_aligned),
+                  bool(method and method.whole_tensor))
 
 
 class InMemoryWriter:

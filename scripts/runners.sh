@@ -24,6 +24,13 @@ run_task_arith()  { _bench_run task_arithmetic "$@"; }
 run_ties()        { _bench_run ties "$@"; }
 run_dare_ties()   { _bench_run dare_ties "$@"; }
 run_from()        { _bench_run from "$@"; }
+# subspace merges (per weight matrix: SVD or a per-matrix objective), docs/methods.md
+run_tsv_m()       { _bench_run tsv_m "$@"; }
+run_iso_c()       { _bench_run iso_c "$@"; }
+run_iso_cts()     { _bench_run iso_cts "$@"; }
+run_cart()        { _bench_run cart "$@"; }
+run_star()        { _bench_run star "$@"; }
+run_wudi()        { _bench_run wudi "$@"; }
 # data-driven (proxy split: 100 labelled train examples per task; AdaMerging: unlabelled test inputs)
 run_frank_wolfe() { _bench_run frank_wolfe "$@"; }
 run_frank_wolfe_soft() { _bench_run frank_wolfe_soft "$@"; }
@@ -60,7 +67,7 @@ _stages() {
 run_baselines() {     # references and data-free merges: the benchmark's main comparison (the fine-tuned checkpoints
   # are scored first: every row's normalised score divides by them, so the references after read no extra model)
   _stages run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
-    run_dare_ties run_from
+    run_dare_ties run_from run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
   _stages run_greedy_soup run_regmean run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft

@@ -50,6 +50,21 @@ def test_result_does_not_depend_on_chunk_size(pool, method, params):
     assert all(torch.allclose(one[n], many[n], atol=1e-6) for n in one)
 
 
+@pytest.mark.parametrize("method", ["tsv_m", "iso_cts", "wudi"])
+def test_whole_tensor_methods_stream_each_tensor_in_one_chunk(pool, method):
+    """A matrix method needs all of a tensor: a small chunk size must not cut it (the result is the in-memory one)."""
+    from merging.methods.base import merge_in_memory
+    from merging.registry import get_method
+
+    _, (base, *models) = pool
+    out = merged(pool, method, {}, chunk_size=4)
+    b, ms = load(base), [load(m) for m in models]
+    cls = get_method(method).method_class
+    for name in b:
+        expected = merge_in_memory(cls(cls.Params(), [cls.ModelParams()] * len(ms)), b[name], [m[name] for m in ms])
+        assert torch.allclose(out[name], expected, atol=1e-6), name
+
+
 def test_gradient_and_filter_parameters_vary_by_tensor(pool):
     _, (base, *models) = pool
     out = merged(pool, "task_arithmetic",

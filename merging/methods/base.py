@@ -71,11 +71,14 @@ class Chunk:
         return torch.cat(pieces, 1) if pieces else torch.empty(rows, 0)
 
 
-def chunks(name: str, shape: tuple[int, ...], chunk_size: int, seed: int, row_aligned: bool = False) -> list[Chunk]:
+def chunks(name: str, shape: tuple[int, ...], chunk_size: int, seed: int, row_aligned: bool = False,
+           whole: bool = False) -> list[Chunk]:
     """The chunks of a tensor, ``chunk_size`` elements each (the last shorter). ``row_aligned``: whole rows
-    along the last dimension (a whole 1-D tensor), as many as fit, at least one."""
+    along the last dimension (a whole 1-D tensor), as many as fit, at least one; ``whole``: one chunk."""
     numel = math.prod(shape)
-    if row_aligned:
+    if whole:
+        chunk_size = max(numel, 1)
+    elif row_aligned:
         width = shape[-1] if len(shape) >= 2 else max(numel, 1)
         chunk_size = max(width, chunk_size // width * width)
     return [Chunk(name, shape, s, min(s + chunk_size, numel), seed)
@@ -103,6 +106,7 @@ class Method:
     max_models: ClassVar[int | None] = None
     uses_base: ClassVar[bool] = True  # False: the formula reads only the models (the base supplies copied tensors)
     row_aligned: ClassVar[bool] = False  # True: every chunk holds whole rows (the last dimension), see ``chunks``
+    whole_tensor: ClassVar[bool] = False  # True: one chunk per tensor (a matrix decomposition needs all of it)
     passes: int = 0
     scope: Literal["tensor", "model"] = "tensor"
 
@@ -146,7 +150,8 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
     flat_base = base.reshape(-1)
     stacked = torch.stack([m.reshape(-1) for m in models])  # [n, numel]
     numel = flat_base.numel()
-    pieces = chunks(name, tuple(base.shape), chunk_size or max(numel, 1), seed, method.row_aligned)
+    pieces = chunks(name, tuple(base.shape), chunk_size or max(numel, 1), seed, method.row_aligned,
+                    method.whole_tensor)
     stats: dict[str, Any] = {}
     for p in range(method.passes):
         total = None
