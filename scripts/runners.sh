@@ -35,6 +35,7 @@ run_wudi()        { _bench_run wudi "$@"; }
 run_frank_wolfe() { _bench_run frank_wolfe "$@"; }
 run_frank_wolfe_soft() { _bench_run frank_wolfe_soft "$@"; }
 run_regmean()     { _bench_run regmean "$@"; }
+run_regmean_plusplus() { _bench_run regmean_plusplus "$@"; }
 run_fisher()      { _bench_run fisher "$@"; }
 run_adamerging()  { _bench_run adamerging "$@"; }
 run_greedy_soup() { _bench_run greedy_soup "$@"; }
@@ -70,7 +71,7 @@ run_baselines() {     # references and data-free merges: the benchmark's main co
     run_dare_ties run_from run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
-  _stages run_greedy_soup run_regmean run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
+  _stages run_greedy_soup run_regmean run_regmean_plusplus run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
 }
 run_all() { run_baselines && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own

@@ -21,6 +21,7 @@ from . import (  # noqa: F401
                nuslerp,
                passthrough,
                regmean,
+               regmean_plusplus,
                sce,
                slerp,
                star,
