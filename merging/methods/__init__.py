@@ -15,6 +15,7 @@ from . import (  # noqa: F401
                greedy_soup,
                iso,
                karcher,
+               knots,
                model_stock,
                multislerp,
                nearswap,
