@@ -30,8 +30,15 @@ from ..config import LAYER
 from ..errors import MergeError
 from ..objective import Objective
 from ..registry import register_data_driven
-from ..statistics import (Tensors, batches_of, check_candidates, input_grams, paired_tasks, regression_modules,
-                          uniform_average)
+from ..statistics import (
+    Tensors,
+    batches_of,
+    check_candidates,
+    input_grams,
+    paired_tasks,
+    regression_modules,
+    uniform_average,
+)
 from .base import DataDrivenInputs, DataDrivenResult
 from .regmean import RegMeanParams, regmean_weight
 
