@@ -38,19 +38,26 @@ class Sources:
             flat = self._local.buffer = torch.empty(rows * cols, dtype=self.dtype, device=self.device)
         return flat[:rows * cols].view(rows, cols)
 
-    def chunk(self, name: str, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base [c] and models [n, c] for elements [start, stop) of ``name``, in the compute dtype.
-        Views of this thread's workspace: valid until the thread reads its next chunk."""
+    def chunk(self, name: str, start: int, stop: int, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base [c] and models [n, c] for elements [start, stop) of ``name``, in the compute dtype, checked to be
+        finite unless ``check`` is False. Views of this thread's workspace: valid until the thread reads its next
+        chunk."""
         checkpoints = [self.base, *self.models]
         values = self._buffer(len(checkpoints), stop - start)  # [n + 1, c]
         for row, ckpt in enumerate(checkpoints):
             ckpt.read_into(name, start, stop, values[row])
+        if check:
+            self.check(name, values)
+        return values[0], values[1:]
+
+    def check(self, name: str, values: torch.Tensor) -> None:
+        """MergeError naming the checkpoint if a row of ``values`` [n + 1, c] (base first) holds NaN or Inf."""
+        checkpoints = [self.base, *self.models]
         sums = values.sum(1)  # [n + 1]: NaN/Inf anywhere makes a row sum non-finite (isfinite().all() is 10x slower)
         if not bool(torch.isfinite(sums).all()):
             for row in (~torch.isfinite(sums)).nonzero().flatten().tolist():
                 if not bool(torch.isfinite(values[row]).all()):  # not merely a sum that overflowed
                     raise MergeError(f"{checkpoints[row].describe(name)} contains NaN or Inf values")
-        return values[0], values[1:]
 
 
 @dataclass
@@ -116,13 +123,14 @@ class Engine:
         self.chunk_size, self.seed, self.workers, self.progress = chunk_size, seed, workers, progress
         self.cache_bytes = cache_bytes
 
-    def reader(self, plan: TensorPlan) -> Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]]:
-        """chunk -> (base [c], models [n, c]) for one tensor, from memory when it fits, else from disk."""
+    def reader(self, plan: TensorPlan, check: bool = True) -> Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]]:
+        """chunk -> (base [c], models [n, c]) for one tensor, from memory when it fits, else from disk; inputs
+        checked to be finite unless ``check`` is False."""
         name, numel, sources = plan.info.name, plan.info.numel, plan.sources or self.sources
         if (len(sources.models) + 1) * numel * sources.dtype.itemsize <= self.cache_bytes:
-            base, models = sources.chunk(name, 0, numel)
+            base, models = sources.chunk(name, 0, numel, check)
             return lambda chunk: (base[chunk.start:chunk.stop], models[:, chunk.start:chunk.stop])
-        return lambda chunk: sources.chunk(name, chunk.start, chunk.stop)
+        return lambda chunk: sources.chunk(name, chunk.start, chunk.stop, check)
 
     def observe_tensor(self, plan: TensorPlan, pass_index: int, stats: dict[str, Any],
                        read: Callable[[Chunk], tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
@@ -146,16 +154,22 @@ class Engine:
                                              "(it is copied to the output, not merged)")
                 self.writer.write(name, chunk.start, values)
             return
-        read = self.reader(plan)
+        # a method whose output carries any NaN or Inf of its inputs lets the output check stand for theirs
+        checks_inputs = not method.output_reveals_nonfinite_inputs()
+        read = self.reader(plan, checks_inputs)
         stats = shared_stats if shared_stats is not None else {}
         if shared_stats is None:
             for p in range(method.passes):
                 method.conclude(p, self.observe_tensor(plan, p, stats, read), stats, plan.info.numel)
         for chunk in chunks:
             merged = method.combine(chunk, *read(chunk), stats).to(plan.out_dtype)
-            check_finite(merged, lambda chunk=chunk: f"method '{method.name}' gives NaN or Inf in tensor '{name}' "
-                                                     f"(elements {chunk.start}..{chunk.stop} as {plan.out_dtype}); "
-                                                     "nothing was saved")
+
+            def problem(chunk: Chunk = chunk) -> str:
+                if not checks_inputs:  # name the checkpoint when an input is the cause
+                    (plan.sources or self.sources).chunk(name, chunk.start, chunk.stop)
+                return (f"method '{method.name}' gives NaN or Inf in tensor '{name}' (elements "
+                        f"{chunk.start}..{chunk.stop} as {plan.out_dtype}); nothing was saved")
+            check_finite(merged, problem)
             self.writer.write(name, chunk.start, merged)
 
     def model_scope_stats(self, plans: list[TensorPlan], pool: ThreadPoolExecutor) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def _check(value: float | None, target: float) -> str:
     return f"≤ {target:g} {'✓' if value <= target else '✗'}"
 
 
-def report(dir_: Path, methods: list[str], csv_path: Path | None, note: str) -> None:
+def report(dir_: Path, methods: list[str], csv_path: Path | None, note: str, markdown: Path | None = None) -> None:
     header = ["method", "mergekit s", "mergekit peak RSS GB", "ours s", "target s", "ours peak RSS GB",
               "target RSS GB", "speed-up", "RSS ratio", "max abs diff (vs mergekit)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -212,10 +212,17 @@ def report(dir_: Path, methods: list[str], csv_path: Path | None, note: str) -> 
                      "max_abs_diff": f"{d['max_abs_diff']:.6g}" if d else "",
                      "max_diff_bf16_ulps": f"{d['max_ulps']:.4g}" if d else ""})
     print("\n".join(lines))
-    if csv_path is None:
-        return
     meta = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "git_sha": git_sha(),
             "machine": machine()}
+    if markdown is not None:  # the latest run as a page (docs/mergekit.md includes it), written atomically
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        tmp = markdown.with_name(f".{markdown.name}.tmp")
+        tmp.write_text(f"# bench_merge: the latest run\n\n`bash scripts/bench_merge.sh` on {meta['date']}, commit "
+                       f"{meta['git_sha']}, {meta['machine']}{f' ({note})' if note else ''}:\n\n"
+                       + "\n".join(lines) + "\n")
+        os.replace(tmp, markdown)
+    if csv_path is None:
+        return
     fields = list(meta) + list(rows[0]) + ["note"] if rows else []
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new = not csv_path.is_file() or csv_path.stat().st_size == 0
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--csv", type=Path)
     p.add_argument("--note", default="")
+    p.add_argument("--markdown", type=Path, help="also write the table, dated, to this Markdown file")
     args = parser.parse_args(argv)
 
     if args.cmd == "diff":
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{timing[0]:.2f} {timing[1]:.3f}")
     else:
-        report(args.dir, args.methods, args.csv, args.note)
+        report(args.dir, args.methods, args.csv, args.note, args.markdown)
     return 0
 
 

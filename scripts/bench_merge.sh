@@ -21,7 +21,8 @@
 #        .bench-venv/bin/mergekit-yaml CFG OUT $MERGEKIT_FLAGS
 #        $PYTHON -m merging merge CFG --out OUT --overwrite
 #      then compares the two outputs of every method but the random ones (dare_ties, della, della_linear);
-#   5. prints the table (scripts/bench_compare.py report) and appends it to outs/bench/bench_merge.csv.
+#   5. prints the table (scripts/bench_compare.py report) and appends it to outs/bench/bench_merge.csv; a run of
+#      every config also writes it, dated, to outs/bench/bench_merge.md (included by docs/mergekit.md).
 # Logs of each run: $BENCH_WORK/METHOD.TOOL.log (tool output) and .time (/usr/bin/time -v).
 set -euo pipefail
 
@@ -135,5 +136,8 @@ echo "Pool: $POOL (base + 8 fine-tuned LlamaForCausalLM, 271M params, bf16); $(n
      "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "mergekit-yaml flags: ${MERGEKIT_FLAGS[*]}"
 echo
+# a run of every config also becomes the page docs/mergekit.md includes (a partial run only adds CSV rows)
+MARKDOWN=()
+[[ "${METHODS[*]}" == "${METHODS_ALL[*]}" ]] && MARKDOWN=(--markdown "$REPO/outs/bench/bench_merge.md")
 "$PYTHON" scripts/bench_compare.py report --dir "$WORK" --methods "${METHODS[@]}" --csv "$CSV" \
-  --note "${BENCH_NOTE:-}"
+  --note "${BENCH_NOTE:-}" "${MARKDOWN[@]}"

@@ -24,7 +24,6 @@ run_task_arith()  { _bench_run task_arithmetic "$@"; }
 run_ties()        { _bench_run ties "$@"; }
 run_dare_ties()   { _bench_run dare_ties "$@"; }
 run_from()        { _bench_run from "$@"; }
-# subspace merges (per weight matrix: SVD or a per-matrix objective), docs/methods.md
 run_tsv_m()       { _bench_run tsv_m "$@"; }
 run_iso_c()       { _bench_run iso_c "$@"; }
 run_iso_cts()     { _bench_run iso_cts "$@"; }
@@ -68,12 +67,15 @@ _stages() {
 run_baselines() {     # references and data-free merges: the benchmark's main comparison (the fine-tuned checkpoints
   # are scored first: every row's normalised score divides by them, so the references after read no extra model)
   _stages run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
-    run_dare_ties run_from run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi
+    run_dare_ties run_from
+}
+run_subspace() {      # the per-matrix data-free merges (SVD or a per-matrix objective), docs/methods.md
+  _stages run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
   _stages run_greedy_soup run_regmean run_regmean_plusplus run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
 }
-run_all() { run_baselines && run_data_driven; }
+run_all() { run_baselines && run_subspace && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own
 # checkpoints; k extra checkpoints join them: other tasks' (irrelevance; k = every other task is the paper's main
 # 20-model setting) or the targets' other seeds (relevance by seeds, ours).

@@ -36,10 +36,16 @@ PARAMETERS = {  # a valid native config for every registered method
     "sce": {"select_topk": 0.5},
     "nearswap": {"t": 0.05},
     "arcee_fusion": {},
+    "tsv_m": {"lambda": 1.5},
+    "iso_c": {},
+    "iso_cts": {"common_fraction": 0.5},
+    "cart": {"rank_ratio": 0.2},
+    "star": {"eta": 60.0},
+    "wudi": {"steps": 5, "lr": 1.0e-4},
 }
 TWO_MODELS = {"slerp", "nuslerp"}
 ONE_MODEL = {"passthrough", "nearswap", "arcee_fusion"}
-ADAPTER_PARAMETERS = {"from_lora": {"rank": 4, "k": 1.0}}  # methods whose models are LoRA adapters
+ADAPTER_PARAMETERS = {"from_lora": {"rank": 4, "k": 1.0}, "knots": {"density": 0.5}}  # methods whose models are LoRA adapters
 
 
 # --- bad checkpoints ----------------------------------------------------------------------------------
@@ -83,6 +89,22 @@ def test_nan_or_inf_in_a_checkpoint(bert_pool, copy_model, tmp_path, capsys, bad
 
     edit_tensors(broken, poison)
     assert_refused(tmp_path, capsys, native(bert_pool, models=("ft1", broken)), broken / "model.safetensors",
+                   "tensor 'encoder.layer.0.attention.self.query.weight'", "NaN or Inf")
+
+
+@pytest.mark.parametrize("parameters", [{"weight": 0.3}, {"weight": 0.5, "lambda": 1.0}])
+@pytest.mark.parametrize("where", ["base", "ft3"])
+def test_nan_in_any_task_arithmetic_input_names_its_checkpoint(bert_pool, copy_model, tmp_path, capsys,
+                                                               parameters, where):
+    """With every coefficient nonzero the output check stands for the inputs' (a NaN reaches the output); with
+    the base's coefficient 1 − λΣw = 0 (the second parameters) the inputs are checked themselves."""
+    broken = copy_model(bert_pool[where])
+    edit_tensors(broken, lambda t: t["encoder.layer.0.attention.self.query.weight"].__setitem__((3, 4), math.nan))
+    config = native(bert_pool, method="task_arithmetic", models=("ft1", broken if where == "ft3" else "ft3"),
+                    parameters=parameters)
+    if where == "base":
+        config["base"] = str(broken)
+    assert_refused(tmp_path, capsys, config, broken / "model.safetensors",
                    "tensor 'encoder.layer.0.attention.self.query.weight'", "NaN or Inf")
 
 
@@ -214,7 +236,8 @@ def test_methods_command_lists_every_registered_method(capsys):
     assert runs_here == set(PARAMETERS) | set(ADAPTER_PARAMETERS), \
         "give every method the merge CLI runs a valid config in PARAMETERS / ADAPTER_PARAMETERS"
     reads_data = {name: data for name, kind, _, _, data in lines if kind == "data_driven"}
-    assert {"frank_wolfe", "frank_wolfe_soft", "regmean", "fisher", "adamerging", "greedy_soup"} == set(reads_data)
+    assert {"frank_wolfe", "frank_wolfe_soft", "regmean", "regmean_plusplus", "fisher", "adamerging",
+            "greedy_soup"} == set(reads_data)
     assert all(data != "none" for data in reads_data.values())
 
 

@@ -197,7 +197,7 @@ def test_a_split_may_come_from_a_hub_data_set(monkeypatch):
 
 
 SMALL = {"frank_wolfe": {"iterations": 2}, "frank_wolfe_soft": {"iterations": 1, "ada_steps": 2},
-         "adamerging": {"steps": 2}, "regmean": {}, "fisher": {}, "greedy_soup": {}}
+         "adamerging": {"steps": 2}, "regmean": {}, "regmean_plusplus": {}, "fisher": {}, "greedy_soup": {}}
 
 
 @pytest.mark.parametrize("method", known_methods("data_driven"))

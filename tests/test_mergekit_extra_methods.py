@@ -192,14 +192,19 @@ def test_arcee_fusion_matches_the_reference(shape, chunk_size):
 
 
 def test_arcee_fusion_ranks_the_negative_importances_rounding_leaves():
-    # nearly equal rows: rounding gives some rows a KL a little below 0, and the first quartile is one of them
-    torch.manual_seed(0)
-    base = torch.randn(16, 12)
-    model = base + 1e-4 * torch.randn(16, 12)
-    model[3] = base[3]  # an unchanged row: exact zeros
-    expected, importance = arcee_fusion_reference(base, model)
-    ordered = importance.reshape(-1).sort().values
-    assert ordered[int(0.25 * 191)] < 0 <= ordered[int(0.5 * 191)]
+    # nearly equal rows: rounding gives some rows a KL a little below 0; which rows depends on the CPU's exp and
+    # log, so the first of these constructions whose first quartile is negative (most seeds are) is the case
+    for seed in range(20):
+        torch.manual_seed(seed)
+        base = torch.randn(16, 12)
+        model = base + 1e-4 * torch.randn(16, 12)
+        model[3] = base[3]  # an unchanged row: exact zeros
+        expected, importance = arcee_fusion_reference(base, model)
+        ordered = importance.reshape(-1).sort().values
+        if ordered[int(0.25 * 191)] < 0 <= ordered[int(0.5 * 191)]:
+            break
+    else:
+        pytest.fail("no construction gave a negative first quartile on this CPU")
     assert torch.allclose(merge("arcee_fusion", base, [model], chunk_size=5), expected, atol=1e-9)
 
 

@@ -30,11 +30,20 @@ class TaskArithmetic(Method):
     Params = TaskArithmeticParams
     ModelParams = TaskArithmeticModelParams
 
-    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
-                stats: dict[str, Any]) -> torch.Tensor:
+    def coefficients(self) -> tuple[torch.Tensor, float]:
+        """θ = base + scale·Σ w_i (θ_i − base) = (1 − scale·Σ w_i)·base + Σ (scale·w_i)·θ_i: the models'
+        coefficients [n] (float64) and the base's."""
         weights = self.model_values("weight")  # [n]
         total = float(weights.sum())
         scale = self.params.scale / (total if self.params.normalize and abs(total) > 1e-8 else 1.0)
-        # base + scale·Σ w_i (θ_i − base) = (1 − scale·Σ w_i)·base + Σ (scale·w_i)·θ_i: one pass over the models
-        coefficients = (scale * weights).to(models)  # [n]
-        return torch.addmv(base, models.t(), coefficients, beta=1.0 - float(coefficients.sum()))
+        coefficients = scale * weights
+        return coefficients, 1.0 - float(coefficients.sum())
+
+    def output_reveals_nonfinite_inputs(self) -> bool:
+        coefficients, beta = self.coefficients()
+        return bool((coefficients != 0).all()) and beta != 0
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        coefficients, beta = self.coefficients()  # one pass over the models
+        return torch.addmv(base, models.t(), coefficients.to(models), beta=beta)
