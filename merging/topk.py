@@ -79,3 +79,35 @@ def kth_largest_magnitude(tvs: torch.Tensor, k: torch.Tensor, shift: int = 20) -
     bins, k_left = locate_bin(bin_histogram(tvs, shift), k.clamp(min=1))
     threshold = threshold_from_members(bin_members(tvs, bins, shift), k_left)
     return torch.where(k > 0, threshold, math.inf)
+
+
+def order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys that order like the float32 ``values``, signs included: a non-negative float keeps its bit
+    pattern, a negative one flips every bit but the sign (so larger magnitudes give smaller keys). [n, c]."""
+    bits = values.float().contiguous().view(torch.int32)
+    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+def values_of_keys(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 values of ``order_keys`` (the transform is its own inverse)."""
+    return torch.where(keys >= 0, keys, keys ^ 0x7FFFFFFF).view(torch.float32)
+
+
+def key_histogram(keys: torch.Tensor, shift: int) -> torch.Tensor:
+    """Pass 1 for signed values: per-row counts of ``keys >> shift``, offset to start at bin 0.
+    [n, c] -> [n, 2^(32 - shift)]."""
+    bins = (keys >> shift) + (1 << (31 - shift))  # [n, c]
+    return torch.stack([torch.bincount(row, minlength=1 << (32 - shift)) for row in bins])
+
+
+def key_members(keys: torch.Tensor, bins: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """Pass 2 for signed values: per row, the keys that fall in that row's bin (as ``key_histogram`` numbers
+    them). [n, c], [n] -> n tensors."""
+    offset = 1 << (31 - shift)
+    return [row[(row >> shift) + offset == wanted] for row, wanted in zip(keys, bins.tolist())]
+
+
+def kth_largest_key(members: list[torch.Tensor], k_left: torch.Tensor) -> torch.Tensor:
+    """The k_left-th largest of each row's bin members (keys). -> [n] int32."""
+    return torch.stack([torch.kthvalue(row, row.numel() - left + 1).values if row.numel()
+                        else torch.tensor(0, dtype=torch.int32) for row, left in zip(members, k_left.tolist())])

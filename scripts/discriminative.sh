@@ -1,8 +1,8 @@
 # Discriminative domain runners. Usage:
 #   source scripts/discriminative.sh
 #   run_baselines                             # references + data-free merges (the main comparison)
-#   run_subspace                              # TSV-M, ISO-C, ISO-CTS, CART, STAR, WUDI
-#   run_all                                   # run_baselines, run_subspace, then the data-driven methods
+#   run_modern                                # TSV-M, ISO-C, ISO-CTS, CART, STAR, WUDI, PCB
+#   run_all                                   # run_baselines, run_modern, then the data-driven methods
 #   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
 #   POOL=configs/discriminative/other.yaml run_task_arith
 #   POOL_SEEDS=0 run_baselines                # one fine-tuning seed instead of the pool's finetune.seeds

@@ -30,6 +30,7 @@ run_iso_cts()     { _bench_run iso_cts "$@"; }
 run_cart()        { _bench_run cart "$@"; }
 run_star()        { _bench_run star "$@"; }
 run_wudi()        { _bench_run wudi "$@"; }
+run_pcb()         { _bench_run pcb "$@"; }
 # data-driven (proxy split: 100 labelled train examples per task; AdaMerging: unlabelled test inputs)
 run_frank_wolfe() { _bench_run frank_wolfe "$@"; }
 run_frank_wolfe_soft() { _bench_run frank_wolfe_soft "$@"; }
@@ -69,13 +70,13 @@ run_baselines() {     # references and data-free merges: the benchmark's main co
   _stages run_finetune run_finetuned run_majority run_probe run_pretrained run_avg run_task_arith run_ties \
     run_dare_ties run_from
 }
-run_subspace() {      # the per-matrix data-free merges (SVD or a per-matrix objective), docs/methods.md
-  _stages run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi
+run_modern() {        # the recent data-free merges: per-matrix (SVD or a per-matrix objective) and PCB, docs/methods.md
+  _stages run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi run_pcb
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
   _stages run_greedy_soup run_regmean run_regmean_plusplus run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
 }
-run_all() { run_baselines && run_subspace && run_data_driven; }
+run_all() { run_baselines && run_modern && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own
 # checkpoints; k extra checkpoints join them: other tasks' (irrelevance; k = every other task is the paper's main
 # 20-model setting) or the targets' other seeds (relevance by seeds, ours).

@@ -4,7 +4,7 @@
 #                                             # dataset-fashion-mnist, or FASHION_MNIST_DIR=<folder>)
 #   run_finetune                              # one EfficientNet-Lite0 checkpoint per task and seed
 #   run_baselines; run_all                    # references + data-free merges; then the data-driven methods
-#   run_subspace                              # TSV-M, ISO-C, ISO-CTS, CART, STAR, WUDI (part of run_all)
+#   run_modern                                # TSV-M, ISO-C, ISO-CTS, CART, STAR, WUDI, PCB (part of run_all)
 #   run_ties --statistics reestimate          # BatchNorm statistics re-estimated on the proxy pictures
 #                                             # (default: averaged over the merged checkpoints)
 #   POOL=configs/vision/clip_vit_b32_tall8.yaml run_task_arith     # the paper's CLIP ViT-B/32 (hub access)

@@ -42,6 +42,7 @@ PARAMETERS = {  # a valid native config for every registered method
     "cart": {"rank_ratio": 0.2},
     "star": {"eta": 60.0},
     "wudi": {"steps": 5, "lr": 1.0e-4},
+    "pcb": {"ratio": 0.2},
 }
 TWO_MODELS = {"slerp", "nuslerp"}
 ONE_MODEL = {"passthrough", "nearswap", "arcee_fusion"}

@@ -21,6 +21,7 @@ from . import (  # noqa: F401
                nearswap,
                nuslerp,
                passthrough,
+               pcb,
                regmean,
                regmean_plusplus,
                sce,

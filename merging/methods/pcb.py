@@ -1,0 +1,124 @@
+"""PCB-merging, Parameter Competition Balancing (Du et al., NeurIPS 2024, arXiv 2410.02396; official code
+duguodong7/pcb-merging, pcb-merging.py ``PCB_merge`` and nlp_source_code/utils/merge_utils.py
+``task_para_att_merge``). Each task vector τ_i is a row over the whole model (``scope: model``, the official
+rule; ``tensor``: per tensor), d its length, n the number of tasks:
+
+    A_i = clip(|τ_i|, a_i, z_i)   with a_i, z_i the ⌊c·d⌋-th and (⌊(1 − c)·d⌋ − 1)-th smallest |τ_i| (outliers cut)
+    τ̃_i = sgn(τ_i) ⊙ A_i
+    intra_i = exp(n · ((A_i − a_i) / (z_i − a_i))²)                   (intra-balancing: its own magnitudes)
+    inter_i = tanh(τ_i ⊙ Σ_j τ_j)                                     (inter-balancing: agreement with all)
+    b_i = intra_i ⊙ inter_i
+    s_i = (max(b_i, q_i) − q_i) / (max b_i − q_i)   with q_i the ⌊(1 − r)·d⌋-th smallest b_i (the top r kept)
+    θ = θ_base + λ · Σ_i τ̃_i ⊙ s_i / max(Σ_i s_i, 1e-12)
+
+with c = ``clip`` (0.01 in the official NLP and ViT code; 1e-4 in pcb-merging.py) and r = ``ratio`` (pcb_ratio;
+0.1 the function default, 0.05 for ViTs). A zero range (z_i = a_i, or max b_i = q_i) gives 0 where the official
+code divides 0 by 0. (The ViT script vision_source_code/pcb.py balances with the normalised clipped values
+instead of τ; not followed here.)
+
+Streaming: four passes give the order statistics exactly (merging/topk.py): a histogram and the bin members of
+|τ_i| for a_i and z_i, then of b_i (signed, ``order_keys``) for q_i and max b_i; ``combine`` then needs only the
+chunk. A model-scope merge reads the model five times, whatever its size.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ..registry import register
+from ..tensor_ops import task_vectors
+from ..topk import (
+    BinMembers,
+    bin_histogram,
+    bin_members,
+    key_histogram,
+    key_members,
+    kth_largest_key,
+    locate_bin,
+    order_keys,
+    threshold_from_members,
+    values_of_keys,
+)
+from .base import Chunk, Method, Params
+
+
+class PcbParams(Params):
+    ratio: float = Field(0.1, gt=0, le=1)
+    clip: float = Field(0.01, ge=0, lt=0.5)
+    scale: float = Field(1.0, alias="lambda")
+    scope: Literal["model", "tensor"] = "model"
+
+
+def normalised(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(x − low) / (high − low) per row, 0 where high = low. [n, c], [n], [n] -> [n, c]."""
+    span = (high - low).unsqueeze(1)
+    return torch.where(span > 0, (values - low.unsqueeze(1)) / torch.where(span > 0, span, 1), 0)
+
+
+@register("pcb", paper="https://arxiv.org/abs/2410.02396")
+class Pcb(Method):
+    Params = PcbParams
+    min_models = 2
+    passes = 4
+
+    def __init__(self, params: PcbParams, model_params: list[Params]) -> None:
+        super().__init__(params, model_params)
+        self.scope = params.scope
+        self.shift = 20 if params.scope == "tensor" else 16  # finer bins when pooling a whole model
+
+    def clipped(self, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """A_i = |τ_i| clipped to [a_i, z_i]. [n, c] -> [n, c]."""
+        return torch.minimum(torch.maximum(tvs.abs(), stats["low"].unsqueeze(1)), stats["high"].unsqueeze(1))
+
+    def balance(self, tvs: torch.Tensor, clipped: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+        """b_i = intra_i ⊙ inter_i. [n, c] -> [n, c]."""
+        intra = torch.exp(len(tvs) * normalised(clipped, stats["low"], stats["high"]).square())
+        return intra * torch.tanh(tvs * tvs.sum(0))
+
+    def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> Any:
+        tvs = task_vectors(base, models).float()  # [n, c]
+        if pass_index == 0:
+            return bin_histogram(tvs, self.shift)
+        if pass_index == 1:
+            return [bin_members(tvs, stats[f"{end}_bin"], self.shift) for end in ("low", "high")]
+        keys = order_keys(self.balance(tvs, self.clipped(tvs, stats), stats))  # [n, c]
+        if pass_index == 2:
+            return key_histogram(keys, self.shift)
+        return [key_members(keys, stats[f"{end}_bin"], self.shift) for end in ("cut", "top")]
+
+    def accumulate(self, total: Any, part: Any) -> Any:
+        if isinstance(part, list):  # member passes: two sets of per-row members (a chunk's, or a tensor's)
+            part = [rows.rows() if isinstance(rows, BinMembers) else rows for rows in part]
+            total = total or [BinMembers(len(rows)) for rows in part]
+            return [members.add(rows) for members, rows in zip(total, part)]
+        return super().accumulate(total, part)
+
+    def conclude(self, pass_index: int, total: Any, stats: dict[str, Any], numel: int) -> None:
+        n = len(self.model_params)
+
+        def rank(ascending_index: int) -> torch.Tensor:  # the k of "k-th largest" for an ascending index
+            return torch.full((n,), numel - ascending_index, dtype=torch.int64)
+
+        if pass_index in (0, 2):
+            ends = {0: {"low": int(self.params.clip * numel), "high": int((1 - self.params.clip) * numel) - 1},
+                    2: {"cut": int((1 - self.params.ratio) * numel), "top": numel - 1}}[pass_index]
+            for end, index in ends.items():
+                stats[f"{end}_bin"], stats[f"{end}_left"] = locate_bin(total.cpu(), rank(max(index, 0)))
+        elif pass_index == 1:
+            for end, members in zip(("low", "high"), total):
+                stats[end] = threshold_from_members(members.rows(), stats[f"{end}_left"])
+        else:
+            for end, members in zip(("cut", "top"), total):
+                stats[end] = values_of_keys(kth_largest_key(members.rows(), stats[f"{end}_left"]))
+
+    def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
+                stats: dict[str, Any]) -> torch.Tensor:
+        tvs = task_vectors(base, models).float()  # [n, c]
+        clipped = self.clipped(tvs, stats)
+        balance = self.balance(tvs, clipped, stats)
+        scores = normalised(torch.maximum(balance, stats["cut"].unsqueeze(1)), stats["cut"], stats["top"])
+        merged = (tvs.sign() * clipped * scores).sum(0) / scores.sum(0).clamp(min=1e-12)  # [c]
+        return base + self.params.scale * merged.to(base)
