@@ -6,7 +6,8 @@ directions. Per matrix (merging/methods/subspace.py), r = min(rows, columns):
     θ̄ = (1/n) Σ_i θ_i,     δ_i = θ_i − θ̄,     k = max(1, ⌊ρ·r⌋)
     θ = θ̄ + λ · Σ_i LR_k(δ_i)           (LR_k: the best rank-k approximation, a sum over tasks)
 
-Other tensors: θ̄ (there Σ_i δ_i = 0). The base is not read. ρ (``rank_ratio``) and λ come from the official
+Other tensors: θ̄ (there Σ_i δ_i = 0). The base is not read. The official code cuts only the attention and MLP
+weights (its keys holding "attn" or "mlp"); here every matrix, embeddings included. ρ (``rank_ratio``) and λ come from the official
 configs for ViT-B/32 (8 tasks: ρ 0.12, λ 2.0; 20 tasks: ρ 0.32, λ 1.9); here λ is chosen on validation.
 """
 from __future__ import annotations

@@ -7,7 +7,8 @@ matrix (merging/methods/subspace.py), τ_i = U_i diag(σ_i) V_iᵀ with σ_i des
     τ_i' = U_i[:, :r_i] · diag(σ_i[:r_i] · Σ_j σ_ij / Σ_{j≤r_i} σ_ij) · V_i[:, :r_i]ᵀ     (‖τ_i'‖_* = ‖τ_i‖_*)
     θ = θ_base + λ · (1/n) Σ_i τ_i'          (λ = 1 in the paper: the plain average)
 
-A zero task matrix stays zero. Other tensors: θ_base + λ · mean_i τ_i. η = 40 is the official default
+A zero task matrix stays zero. The official code merges LoRA-adapted weights only (ΔW = B·A); on full
+fine-tunes here every matrix is truncated. Other tensors: θ_base + λ · mean_i τ_i. η = 40 is the official default
 (``eta``, a percentage).
 """
 from __future__ import annotations

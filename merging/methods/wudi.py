@@ -10,8 +10,9 @@ stands for:
 betas and eps) on the exact gradient ∇L = 2 (τ G − H), G = Σ_i w_i τ_iᵀ τ_i, H = Σ_i w_i τ_i τ_iᵀ τ_i, which
 equals autograd's on the official loss; the official runs take 300 steps at lr 1e-5 (ViT) and stop early by
 design. ``solver: closed_form`` returns the minimiser τ* = H G⁺ (the pseudo-inverse), which is not what the
-paper runs. Other tensors: θ_base + λ · mean_i τ_i (FusionBench's rule; the official ViT code leaves them at
-the base).
+paper runs. Matrices: every 2-D tensor, as FusionBench's ``wudi_merging`` (the official ViT code: the attention
+and MLP weights only). Other tensors: θ_base + λ · mean_i τ_i (FusionBench's rule; the official ViT code leaves
+them at the base).
 """
 from __future__ import annotations
 
