@@ -5,6 +5,7 @@
 #                                             # WORKERS processes (default: the core count), one thread each
 #   run_finetuned; run_pretrained             # each adapter on its own task (the 100), and the base
 #   run_task_arith; run_ties; run_dare_ties; run_from      # data-free merges of the 16 adapters (from: FroM-LoRA)
+#   run_modern                                # TSV-M, ISO-C, ISO-CTS, CART, STAR, WUDI, PCB, KnOTS
 #   run_frank_wolfe                           # FW hard, A and B merged separately (the official code)
 #   run_frank_wolfe --space product           # FW hard on ΔW = (α/r)·B·A, re-factored to rank r
 #   run_all                                   # all of the above
@@ -24,11 +25,15 @@ _bench() {
 run_from() {  # FroM-LoRA on adapters, FroM on full fine-tunes
   if grep -q "^kind: lora" "${POOL:-$_DEFAULT_POOL}"; then _bench_run from_lora "$@"; else _bench_run from "$@"; fi
 }
+run_knots()       { _bench_run knots "$@"; }  # KnOTS-TIES on the adapters (merging/methods/knots.py)
 run_baselines() {
   _stages run_finetune run_finetuned run_pretrained run_task_arith run_ties run_dare_ties run_from
 }
+run_modern() {   # the recent data-free merges (product space, re-factored) and KnOTS on the adapters
+  _stages run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi run_pcb run_knots
+}
 run_data_driven() { _stages run_frank_wolfe; }
-run_all() { run_baselines && run_data_driven && run_frank_wolfe --space product; }
+run_all() { run_baselines && run_modern && run_data_driven && run_frank_wolfe --space product; }
 run_from_table() {  # the FroM paper's full-model table
   run_finetuned && run_task_arith && run_ties && run_dare_ties && run_from && run_from --drop-rate 0.9
 }
