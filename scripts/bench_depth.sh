@@ -10,7 +10,8 @@
 #   PYTHON       interpreter (default: python3)
 # Pools (scripts/bench_pool.py): base + 4 fine-tuned LlamaForCausalLM in bf16, hidden 512, intermediate 1408,
 # vocab 8000, L layers. Rows (date, commit, cores, method, layers, params, seconds, peak RSS GB) are printed as a
-# Markdown table and appended to outs/bench/bench_depth.csv.
+# Markdown table, appended to outs/bench/bench_depth.csv, and the table, dated, is written to
+# outs/bench/bench_depth.md (docs/methods.md includes it).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -20,7 +21,7 @@ WORK="${BENCH_WORK:-$REPO/outs/bench/depth_work}"
 CSV="$REPO/outs/bench/bench_depth.csv"
 CACHE="${MERGING_CACHE:-$HOME/.cache/merging}"
 METHODS=("$@")
-((${#METHODS[@]})) || METHODS=(tsv_m iso_c iso_cts cart star wudi task_arithmetic)
+((${#METHODS[@]})) || METHODS=(tsv_m iso_c iso_cts cart star wudi pcb task_arithmetic)
 [[ -x /usr/bin/time ]] || { echo "bench_depth: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
 for method in "${METHODS[@]}"; do  # a typo fails here, before any pool is built
   "$PYTHON" -c "import sys, merging.methods; from merging.registry import get_method; get_method(sys.argv[1], 'per_tensor')" \
@@ -30,8 +31,8 @@ done
 mkdir -p "$WORK" "$(dirname "$CSV")"
 [[ -f "$CSV" ]] || echo "date,commit,cores,method,layers,params_m,seconds,peak_rss_gb" > "$CSV"
 commit="$(git rev-parse --short HEAD)"
-echo "| method | layers | params (M) | seconds | peak RSS GB |"
-echo "|---|---|---|---|---|"
+TABLE="$WORK/table.md"
+{ echo "| method | layers | params (M) | seconds | peak RSS GB |"; echo "|---|---|---|---|---|"; } | tee "$TABLE"
 for layers in $DEPTHS; do
   pool="$CACHE/depth_pool_$layers"
   "$PYTHON" scripts/bench_pool.py --out "$pool" --num-models 4 --hidden 512 --intermediate 1408 --vocab 8000 \
@@ -57,8 +58,12 @@ PY
       --overwrite > "$WORK/$method.$layers.log" 2>&1 \
       || { echo "bench_depth: $method at $layers layers failed; see $WORK/$method.$layers.log" >&2; exit 1; }
     read -r seconds rss <<< "$("$PYTHON" scripts/bench_compare.py timing "$WORK/$method.$layers.time")"
-    echo "| $method | $layers | $params | $seconds | $rss |"
+    echo "| $method | $layers | $params | $seconds | $rss |" | tee -a "$TABLE"
     echo "$(date -u +%F),$commit,$(nproc),$method,$layers,$params,$seconds,$rss" >> "$CSV"
   done
   rm -rf "$WORK/out"
 done
+{ echo "# bench_depth: the latest run"; echo
+  echo "\`bash scripts/bench_depth.sh\` on $(date -u '+%F %H:%M') UTC, commit $commit, $(nproc) cores:"; echo
+  cat "$TABLE"; } > "$REPO/outs/bench/.bench_depth.md.tmp"
+mv "$REPO/outs/bench/.bench_depth.md.tmp" "$REPO/outs/bench/bench_depth.md"
