@@ -55,3 +55,17 @@ def test_an_empty_directive_and_a_title_only_include_are_handled(tmp_path):
     page.write_text("<!-- generated:  -->\n<!-- end generated -->\n")
     with pytest.raises(MergeError, match="expected 'include FILE'"):
         refresh(page, tmp_path)
+
+
+def test_a_summary_block_lists_the_methods_asked_for_in_their_order(tmp_path):
+    for seed, (ties, tsv) in enumerate(((50.0, 55.0), (54.0, 57.0))):
+        for method, value in (("ties", ties), ("tsv_m", tsv), ("average", 40.0)):
+            append_row(tmp_path / "outs/pool/results.csv",
+                       {"method": method, "normalized": value, "seconds": 10 + seed, "pool_seed": seed, "overrides": ""})
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: summary outs/pool/results.csv methods=tsv_m,ties normalized seconds -->\n"
+                    "<!-- end generated -->\n")
+    assert refresh(page, tmp_path) == []
+    lines = [line for line in page.read_text().splitlines() if line.startswith("| ")]
+    assert lines == ["| method | n | normalized | seconds |", "| tsv_m | 2 | 56.00 ± 1.41 | 10.50 ± 0.71 |",
+                     "| ties | 2 | 52.00 ± 2.83 | 10.50 ± 0.71 |"]

@@ -11,6 +11,11 @@ A generated block sits between two comments:
     std of ``normalized`` over fine-tuning seeds (merging/benchmark/results.py ``pivot_table``) …
     <!-- end generated -->
 
+    <!-- generated: summary outs/efficientnet_lite0_20tasks/results.csv methods=ties,tsv_m normalized seconds -->
+    … one line per method (and its overrides; only those of ``methods=`` when given, in that order): n and the
+    mean ± std of each column over fine-tuning seeds, the latest row of each (``summary_rows``) …
+    <!-- end generated -->
+
 Paths are relative to the repository root. A block whose source is missing keeps its text and is reported.
 ``python -m merging.benchmark.docs [FILE …]`` (default: README.md and docs/**/*.md) rewrites the files in place.
 """
@@ -22,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-from merging.benchmark.results import pivot_table, read_rows
+from merging.benchmark.results import markdown_table, pivot_table, read_rows, summary_rows
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
@@ -46,7 +51,17 @@ def render(directive: str, root: Path, where: str) -> str | None:
         source, column, value = root / args[0], args[1], args[2]
         rows = read_rows(source)
         return pivot_table(rows, variant, column, value) if rows else None
-    raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE' or 'pivot CSV COLUMN VALUE'")
+    if kind == "summary" and args:
+        source, columns = root / args[0], args[1:]
+        methods = columns.pop(0).removeprefix("methods=").split(",") if columns and columns[0].startswith(
+            "methods=") else None
+        rows = [row for row in read_rows(source) if methods is None or row["method"] in methods]
+        if methods is not None:
+            rows.sort(key=lambda row: methods.index(row["method"]))  # stable: seeds keep their order
+        lines = summary_rows(rows, "method", "pool_seed", columns, label=variant)
+        return markdown_table(lines, ["method", "n", *columns]) if rows else None
+    raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE', 'pivot CSV COLUMN VALUE' "
+                     "or 'summary CSV [methods=A,B] COLUMN…'")
 
 
 def refresh(path: Path, root: Path) -> list[str]:
