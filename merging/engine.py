@@ -155,7 +155,7 @@ class Engine:
                 self.writer.write(name, chunk.start, values)
             return
         # a method whose output carries any NaN or Inf of its inputs lets the output check stand for theirs
-        checks_inputs = not method.output_reveals_nonfinite_inputs()
+        checks_inputs = not method.output_reveals_nonfinite_inputs((plan.sources or self.sources).dtype)
         read = self.reader(plan, checks_inputs)
         stats = shared_stats if shared_stats is not None else {}
         if shared_stats is None:

@@ -93,16 +93,20 @@ def test_nan_or_inf_in_a_checkpoint(bert_pool, copy_model, tmp_path, capsys, bad
                    "tensor 'encoder.layer.0.attention.self.query.weight'", "NaN or Inf")
 
 
-@pytest.mark.parametrize("parameters", [{"weight": 0.3}, {"weight": 0.5, "lambda": 1.0}])
+@pytest.mark.parametrize("parameters", [{"weight": 0.3}, {"weight": 0.5, "lambda": 1.0},
+                                        {"weight": 0.4999999999, "lambda": 1.0, "dtype": "float16"}])
 @pytest.mark.parametrize("where", ["base", "ft3"])
 def test_nan_in_any_task_arithmetic_input_names_its_checkpoint(bert_pool, copy_model, tmp_path, capsys,
                                                                parameters, where):
     """With every coefficient nonzero the output check stands for the inputs' (a NaN reaches the output); with
-    the base's coefficient 1 − λΣw = 0 (the second parameters) the inputs are checked themselves."""
+    the base's coefficient 1 − λΣw = 0 (the second parameters), or 2e-10 that float16 rounds to 0 (the third),
+    the inputs are checked themselves."""
+    parameters = dict(parameters)
+    extra = {"dtype": parameters.pop("dtype")} if "dtype" in parameters else {}
     broken = copy_model(bert_pool[where])
     edit_tensors(broken, lambda t: t["encoder.layer.0.attention.self.query.weight"].__setitem__((3, 4), math.nan))
     config = native(bert_pool, method="task_arithmetic", models=("ft1", broken if where == "ft3" else "ft3"),
-                    parameters=parameters)
+                    parameters=parameters, **extra)
     if where == "base":
         config["base"] = str(broken)
     assert_refused(tmp_path, capsys, config, broken / "model.safetensors",

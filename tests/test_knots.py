@@ -63,10 +63,11 @@ def test_knots_ties_follows_the_papers_steps(scope):
     expected = {}
     for group in groups:
         p = torch.cat([coords[n] for n in group], 1)  # [3, c]
-        keep = max(1, int(density * p.shape[1]))
-        cut = p.abs().sort(1, descending=True).values[:, keep - 1:keep]
+        k = int(density * p.shape[1])  # the official topk_values_mask: |p| ≥ its (c − k)-th smallest, k + 1 kept
+        cut = p.abs().sort(1).values[:, p.shape[1] - k - 1:p.shape[1] - k]
         p = p * (p.abs() >= cut)
-        sign = torch.where(p.sum(0) >= 0, 1.0, -1.0).double()
+        sign = p.sum(0).sign()
+        sign[sign == 0] = sign.sum().sign()  # the official resolve_zero_signs("majority")
         agree = p * (p * sign > 0)
         merged = scale * agree.sum(0) / (agree != 0).sum(0).clamp(min=1)
         for n, piece in zip(group, merged.split([coords[n].shape[1] for n in group])):
@@ -87,3 +88,13 @@ def test_knots_dare_is_seeded_and_zero_updates_are_refused():
         a.factors = {n: (f[0], torch.zeros_like(f[1])) for n, f in a.factors.items()}
     with pytest.raises(MergeError, match="zero"):
         knots(adapters, KnotsParams())
+
+
+@pytest.mark.parametrize("scope", ["model", "module"])
+def test_a_module_no_adapter_changed_merges_to_zero(scope):
+    adapters = [adapter(s) for s in range(2)]
+    for a in adapters:  # m1: B = 0 in every adapter (a targeted module that never trained)
+        a.factors["m1.weight"] = (a.factors["m1.weight"][0], torch.zeros_like(a.factors["m1.weight"][1]))
+    merge = knots(adapters, KnotsParams(scope=scope))
+    assert torch.equal(product(merge, "m1.weight"), torch.zeros(8, 10, dtype=torch.float64))
+    assert product(merge, "m0.weight").abs().sum() > 0

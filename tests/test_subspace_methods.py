@@ -185,3 +185,18 @@ def test_out_of_range_parameters_are_refused(matrices, name, params):
     base, models = matrices
     with pytest.raises((MergeError, ValueError)):
         merge(name, base, models, **params)
+
+
+@pytest.mark.parametrize("name", ["tsv_m", "iso_c", "iso_cts", "cart", "star", "wudi"])
+def test_half_precision_inputs_are_decomposed_in_float32(matrices, name):
+    base, models = matrices
+    params = {"steps": 3, "lr": 1e-3} if name == "wudi" else {}
+    wide = merge(name, base.float(), [m.float() for m in models], **params)
+    out = merge(name, base.bfloat16(), [m.bfloat16() for m in models], **params)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), wide, atol=0.05)  # bf16 inputs and output, float32 math in between
+
+
+def test_cart_with_rank_ratio_zero_is_the_average(matrices):
+    base, models = matrices
+    assert torch.allclose(merge("cart", base, models, rank_ratio=0.0), torch.stack(models).mean(0))

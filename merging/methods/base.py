@@ -125,10 +125,11 @@ class Method:
         """Raise MergeError if these resolved parameters cannot give a finite merge (e.g. weights that sum to
         0 where the formula divides by their sum). Called for every tensor before any work."""
 
-    def output_reveals_nonfinite_inputs(self) -> bool:
-        """True when every input value reaches every output element it belongs to through a product with a
-        nonzero factor and sums (a linear combination with nonzero coefficients): a NaN or Inf input then makes
-        the output non-finite, and the engine checks the output instead of the inputs (one pass fewer)."""
+    def output_reveals_nonfinite_inputs(self, dtype: torch.dtype) -> bool:
+        """True when, computed in ``dtype``, every input value reaches every output element it belongs to through
+        a product with a nonzero factor and sums (a linear combination whose coefficients are nonzero in
+        ``dtype``): a NaN or Inf input then makes the output non-finite, and the engine checks the output instead
+        of the inputs (one pass fewer)."""
         return False
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,

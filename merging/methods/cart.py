@@ -33,11 +33,12 @@ class Cart(MatrixMerge):
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
-        average = models.mean(0)  # [numel]
+        wide = models.to(torch.promote_types(models.dtype, torch.float32))
+        average = wide.mean(0)  # [numel]
         shape = self.matrix_shape(chunk.shape)
-        if not shape or not min(shape):
-            return average
-        deltas = (models - average).view(len(models), *shape)  # [n, rows, columns]
+        if not shape or not min(shape) or self.params.rank_ratio == 0:  # ρ = 0: no task matrix is kept (official)
+            return average.to(models.dtype)
+        deltas = (wide - average).view(len(models), *shape)  # [n, rows, columns]
         rank = max(1, int(self.params.rank_ratio * min(shape)))
         merged = sum(low_rank(delta, rank) for delta in deltas)  # [rows, columns]
-        return average + self.params.scale * merged.reshape(-1)
+        return (average + self.params.scale * merged.reshape(-1)).to(models.dtype)

@@ -9,8 +9,8 @@ lora_alpha / r, 1 in every official config):
     P = merge(P_1 … P_n),   ΔW = U P
 
 ``merge: ties`` (KnOTS-TIES): each task's P (over every module, ``scope: model``, as the official code; or per
-module) keeps its top ``density`` fraction of magnitudes, signs are elected by the sum (a zero sum takes the
-majority sign), P = λ · the mean of the agreeing entries (divided by how many tasks agree, at least 1);
+module) keeps its top ``density`` fraction of magnitudes (⌊density · c⌋ + 1, the official count), signs are
+elected by the sum (a zero sum takes the majority sign), P = λ · the mean of the agreeing entries (divided by how many tasks agree, at least 1);
 ``merge: task_arithmetic``: the trimmed P_i summed, P = λ Σ_i P̂_i (density 1: plain task arithmetic, ΔW = λ Σ_i ΔW_i). ``drop_rate`` p > 0 first applies
 DARE to each P_i (m ⊙ P_i / (1 − p), m ~ Bernoulli(1 − p), seeded per module): KnOTS-DARE-TIES. Defaults: the
 official ViT-B/16 KnOTS-TIES config (density 0.2, λ 0.6).
@@ -63,24 +63,25 @@ def shared_basis(factors: Sequence[Factors], scalings: Sequence[float],
 
 
 def trimmed(values: torch.Tensor, density: float) -> torch.Tensor:
-    """Each row's top max(1, ⌊density · columns⌋) magnitudes (and any tied with the last), the rest 0.
-    [n, c] -> [n, c]."""
-    if density >= 1:
+    """Each row's entries at or above its (c − ⌊density · c⌋)-th smallest magnitude (the official
+    ``topk_values_mask``: ⌊density · c⌋ + 1 of them, ties included), the rest 0. [n, c] -> [n, c]."""
+    columns = values.shape[1]
+    k = int(density * columns)
+    if density >= 1 or k >= columns or columns == 0:
         return values
-    k = max(1, int(density * values.shape[1]))
-    threshold = values.abs().kthvalue(values.shape[1] - k + 1, dim=1, keepdim=True).values  # [n, 1]
+    threshold = values.abs().kthvalue(columns - k, dim=1, keepdim=True).values  # [n, 1]
     return values * (values.abs() >= threshold)
 
 
 def merge_coordinates(stacked: torch.Tensor, params: KnotsParams) -> torch.Tensor:
     """P from the tasks' flattened coordinates: trimmed, then summed (task_arithmetic) or TIES's elected-sign
-    disjoint mean (a zero sum takes the majority sign of the others, as the official ``resolve_zero_signs``),
-    times λ. [n, c] -> [c]."""
+    disjoint mean (a zero sum takes the majority sign of the others, 0 if they tie, as the official
+    ``resolve_zero_signs``), times λ. [n, c] -> [c]."""
     stacked = trimmed(stacked, params.density)
     if params.merge == "task_arithmetic":
         return params.scale * stacked.sum(0)
     sign = stacked.sum(0).sign()  # [c]
-    sign[sign == 0] = 1.0 if sign.sum() >= 0 else -1.0
+    sign[sign == 0] = sign.sum().sign()
     agreeing = stacked * (stacked * sign > 0)  # [n, c]
     return params.scale * agreeing.sum(0) / (agreeing != 0).sum(0).clamp(min=1)
 
@@ -111,7 +112,7 @@ def knots(adapters: Sequence[LoraAdapter], params: KnotsParams, *, seed: int = 0
     for name in names:
         u = bases[name]
         pad = rank - u.shape[1]
-        p = merged_p[name].reshape(u.shape[1], -1)  # [k, in]
+        p = merged_p[name].reshape(u.shape[1], adapters[0].factors[name][0].shape[1])  # [k, in] (k may be 0)
         merged[name] = (torch.nn.functional.pad(p, (0, 0, 0, pad)).float(),
                         torch.nn.functional.pad(u, (0, pad)).float())  # A [rank, in], B [out, rank]
     summary = {"modules": len(names), "rank": rank, **params.model_dump(by_alias=True), "seed": seed}

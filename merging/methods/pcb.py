@@ -70,11 +70,12 @@ class Pcb(Method):
 
     def clipped(self, tvs: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
         """A_i = |τ_i| clipped to [a_i, z_i]. [n, c] -> [n, c]."""
-        return torch.minimum(torch.maximum(tvs.abs(), stats["low"].unsqueeze(1)), stats["high"].unsqueeze(1))
+        low, high = stats["low"].to(tvs).unsqueeze(1), stats["high"].to(tvs).unsqueeze(1)
+        return torch.minimum(torch.maximum(tvs.abs(), low), high)
 
     def balance(self, tvs: torch.Tensor, clipped: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
         """b_i = intra_i ⊙ inter_i. [n, c] -> [n, c]."""
-        intra = torch.exp(len(tvs) * normalised(clipped, stats["low"], stats["high"]).square())
+        intra = torch.exp(len(tvs) * normalised(clipped, stats["low"].to(tvs), stats["high"].to(tvs)).square())
         return intra * torch.tanh(tvs * tvs.sum(0))
 
     def observe(self, pass_index: int, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
@@ -119,6 +120,7 @@ class Pcb(Method):
         tvs = task_vectors(base, models).float()  # [n, c]
         clipped = self.clipped(tvs, stats)
         balance = self.balance(tvs, clipped, stats)
-        scores = normalised(torch.maximum(balance, stats["cut"].unsqueeze(1)), stats["cut"], stats["top"])
+        cut, top = stats["cut"].to(tvs), stats["top"].to(tvs)
+        scores = normalised(torch.maximum(balance, cut.unsqueeze(1)), cut, top)
         merged = (tvs.sign() * clipped * scores).sum(0) / scores.sum(0).clamp(min=1e-12)  # [c]
         return base + self.params.scale * merged.to(base)

@@ -8,7 +8,8 @@ FusionBench run these methods on ViTs (linear weights and embeddings); ``nd`` �
 dimensions, a convolution kernel [out, in, kh, kw] viewed as the [out, in·kh·kw] linear map of a receptive-field
 patch (as RegMean here), without which a CNN's subspace would cover only its few linear layers.
 
-The decompositions run in the compute dtype (float32 unless the config says otherwise, as the official code).
+The decompositions run in the compute dtype (float32 unless the config says otherwise, as the official code),
+and in float32 where that dtype is narrower (bfloat16, float16).
 """
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ class MatrixMerge(Method):
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
-        taus = models - base  # [n, numel]
+        wide = torch.promote_types(base.dtype, torch.float32)  # decompositions need float32 or wider
+        taus = models.to(wide) - base.to(wide)  # [n, numel]
         shape = self.matrix_shape(chunk.shape)
         merged = (self.merge_matrices(taus.view(len(taus), *shape)).reshape(-1) if shape and min(shape)
                   else self.merge_other(taus))  # [numel]
-        return base + self.params.scale * merged
+        return (base.to(wide) + self.params.scale * merged).to(base.dtype)

@@ -39,9 +39,9 @@ class TaskArithmetic(Method):
         coefficients = scale * weights
         return coefficients, 1.0 - float(coefficients.sum())
 
-    def output_reveals_nonfinite_inputs(self) -> bool:
-        coefficients, beta = self.coefficients()
-        return bool((coefficients != 0).all()) and beta != 0
+    def output_reveals_nonfinite_inputs(self, dtype: torch.dtype) -> bool:
+        coefficients, beta = self.coefficients()  # as addmv will see them: a beta of 0 skips the base entirely
+        return bool((coefficients.to(dtype) != 0).all()) and bool(torch.tensor(beta, dtype=dtype) != 0)
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:

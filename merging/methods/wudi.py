@@ -34,10 +34,15 @@ class WudiParams(MatrixParams):
 def interference_terms(taus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """G = Σ_i w_i τ_iᵀ τ_i [q, q] and H = Σ_i w_i τ_i τ_iᵀ τ_i [m, q], w_i = 1/‖τ_i‖_F² (0 for τ_i = 0);
     L(τ) = tr(τ G τᵀ) − 2 tr(τ Hᵀ) + const. taus: [n, m, q]."""
-    squared = taus.square().sum((1, 2))  # [n]
-    weights = torch.where(squared > 0, 1 / torch.where(squared > 0, squared, 1), 0)  # [n]
-    grams = taus.transpose(1, 2) @ taus  # [n, q, q]: τ_iᵀ τ_i
-    return (weights[:, None, None] * grams).sum(0), (weights[:, None, None] * (taus @ grams)).sum(0)
+    gram = taus.new_zeros(taus.shape[2], taus.shape[2])
+    target = taus.new_zeros(taus.shape[1:])
+    for tau in taus:  # task by task: one [q, q] product at a time
+        squared = tau.square().sum()
+        if squared > 0:
+            tau_gram = tau.T @ tau  # [q, q]
+            gram += tau_gram / squared
+            target += (tau @ tau_gram) / squared
+    return gram, target
 
 
 @register("wudi", paper="https://arxiv.org/abs/2503.08099")
