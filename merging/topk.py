@@ -107,7 +107,15 @@ def key_members(keys: torch.Tensor, bins: torch.Tensor, shift: int) -> list[torc
     return [row[(row >> shift) + offset == wanted] for row, wanted in zip(keys, bins.tolist())]
 
 
-def kth_largest_key(members: list[torch.Tensor], k_left: torch.Tensor) -> torch.Tensor:
-    """The k_left-th largest of each row's bin members (keys). -> [n] int32."""
-    return torch.stack([torch.kthvalue(row, row.numel() - left + 1).values if row.numel()
-                        else torch.tensor(0, dtype=torch.int32) for row, left in zip(members, k_left.tolist())])
+def kth_largest_with_zeros(values: list[torch.Tensor], k_left: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The k_left-th largest of each row's bin from its nonzero members' float values and the bin's count: the
+    rest of the bin is exact zeros, which are counted, not collected (a bin of zeros can hold most of a sparse
+    task vector). -> [n] float32."""
+    out = []
+    for row, left, count in zip(values, k_left.tolist(), counts.tolist()):
+        ordered = row.float().sort(descending=True).values
+        above, zeros = int((ordered > 0).sum()), count - row.numel()
+        value = ordered[left - 1] if left <= above else (
+            torch.tensor(0.0) if left <= above + zeros else ordered[left - zeros - 1])
+        out.append(value)
+    return torch.stack(out).float()

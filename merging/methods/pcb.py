@@ -17,8 +17,8 @@ code divides 0 by 0. (The ViT script vision_source_code/pcb.py balances with the
 instead of τ; not followed here.)
 
 Streaming: four passes give the order statistics exactly (merging/topk.py): a histogram and the bin members of
-|τ_i| for a_i and z_i, then of b_i (signed, ``order_keys``) for q_i and max b_i; ``combine`` then needs only the
-chunk. A model-scope merge reads the model five times, whatever its size.
+|τ_i| for a_i and z_i, then of b_i (signed, ``order_keys``) for q_i and max b_i; exact zeros are counted, not
+collected, so a sparse task vector costs no memory. ``combine`` then needs only the chunk. A model-scope merge reads the model five times, whatever its size.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ from ..topk import (
     bin_members,
     key_histogram,
     key_members,
-    kth_largest_key,
+    kth_largest_with_zeros,
     locate_bin,
     order_keys,
-    threshold_from_members,
     values_of_keys,
 )
 from .base import Chunk, Method, Params
@@ -83,12 +82,14 @@ class Pcb(Method):
         tvs = task_vectors(base, models).float()  # [n, c]
         if pass_index == 0:
             return bin_histogram(tvs, self.shift)
-        if pass_index == 1:
-            return [bin_members(tvs, stats[f"{end}_bin"], self.shift) for end in ("low", "high")]
+        if pass_index == 1:  # exact zeros are counted by the histogram, never collected
+            return [[row[row != 0] for row in bin_members(tvs, stats[f"{end}_bin"], self.shift)]
+                    for end in ("low", "high")]
         keys = order_keys(self.balance(tvs, self.clipped(tvs, stats), stats))  # [n, c]
         if pass_index == 2:
             return key_histogram(keys, self.shift)
-        return [key_members(keys, stats[f"{end}_bin"], self.shift) for end in ("cut", "top")]
+        return [[row[(row != 0) & (row != -1)] for row in key_members(keys, stats[f"{end}_bin"], self.shift)]
+                for end in ("cut", "top")]  # keys 0 and -1 are +0.0 and -0.0
 
     def accumulate(self, total: Any, part: Any) -> Any:
         if isinstance(part, list):  # member passes: two sets of per-row members (a chunk's, or a tensor's)
@@ -106,14 +107,15 @@ class Pcb(Method):
         if pass_index in (0, 2):
             ends = {0: {"low": int(self.params.clip * numel), "high": int((1 - self.params.clip) * numel) - 1},
                     2: {"cut": int((1 - self.params.ratio) * numel), "top": numel - 1}}[pass_index]
+            histogram = total.cpu()
             for end, index in ends.items():
-                stats[f"{end}_bin"], stats[f"{end}_left"] = locate_bin(total.cpu(), rank(max(index, 0)))
-        elif pass_index == 1:
-            for end, members in zip(("low", "high"), total):
-                stats[end] = threshold_from_members(members.rows(), stats[f"{end}_left"])
+                stats[f"{end}_bin"], stats[f"{end}_left"] = locate_bin(histogram, rank(max(index, 0)))
+                stats[f"{end}_count"] = histogram.gather(1, stats[f"{end}_bin"].unsqueeze(1)).squeeze(1)
         else:
-            for end, members in zip(("cut", "top"), total):
-                stats[end] = values_of_keys(kth_largest_key(members.rows(), stats[f"{end}_left"]))
+            as_values = (lambda row: row.view(torch.float32)) if pass_index == 1 else values_of_keys
+            for end, members in zip(("low", "high") if pass_index == 1 else ("cut", "top"), total):
+                stats[end] = kth_largest_with_zeros([as_values(row) for row in members.rows()],
+                                                    stats[f"{end}_left"], stats[f"{end}_count"])
 
     def combine(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor,
                 stats: dict[str, Any]) -> torch.Tensor:
