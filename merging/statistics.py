@@ -210,13 +210,15 @@ def _check_patches(name: str, module: torch.nn.Conv2d, patches: Tensor, output: 
 
 
 @torch.no_grad()
-def input_grams(objective: Objective, params: Tensors, task: str, split: str = "proxy") -> Grams:
-    """G = XᵀX of each mergeable linear / Conv2d layer's inputs while ``objective.logits(task, params, ·)`` runs
-    over ``split``'s batches (forward hooks on ``objective.model(task)``). Linear inputs [..., in] are flattened
-    to rows; convolution inputs to receptive-field patches per group (``conv_patches``). A layer called several
-    times per forward contributes every call. Data-parallel: each process runs its share of the batches; the
-    Grams, row and call counts are all-reduced."""
-    modules = regression_modules(objective.model(task), list(params))
+def input_grams(objective: Objective, params: Tensors, task: str, split: str = "proxy",
+                layers: Sequence[str] | None = None) -> Grams:
+    """G = XᵀX of each mergeable linear / Conv2d layer's inputs (of ``layers`` only, when given) while
+    ``objective.logits(task, params, ·)`` runs over ``split``'s batches (forward hooks on
+    ``objective.model(task)``). Linear inputs [..., in] are flattened to rows; convolution inputs to
+    receptive-field patches per group (``conv_patches``). A layer called several times per forward contributes
+    every call. Data-parallel: each process runs its share of the batches; the Grams, row and call counts are
+    all-reduced."""
+    modules = regression_modules(objective.model(task), list(params) if layers is None else list(layers))
     grams: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
     calls: dict[str, int] = {}

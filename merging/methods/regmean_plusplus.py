@@ -15,7 +15,9 @@ A block is a tensor's name up to its first layer index (``merging.config.LAYER``
 ``_blocks.5``); a linear or convolution layer outside the numbered blocks (a CNN's stem and head, a pooler) is
 a block of its own. Every other tensor (biases, norms, embeddings) is the uniform average, as in RegMean: in a
 numbered block it enters the merged model with that block, outside the blocks from the start. (The official code
-leaves the final norm at the pre-trained value, a side effect of merging only the blocks; here it is averaged.)
+leaves the final norm at the pre-trained value, a side effect of merging only the blocks; here it is averaged.
+It also averages a ViT's patch-embedding convolution with the embeddings; here, a convolution, it is solved as
+a block of its own.)
 Cost: one pass over each task's proxy batches per block. Defaults as RegMean here; the official CLIP config uses
 α = 0.95 on 256 training examples per task.
 """
@@ -96,7 +98,7 @@ def regmean_plusplus_merge(objective: Objective, candidates: Sequence[Tensors], 
         grams = []
         for candidate, task in zip(candidates, tasks):
             mixed = {n: merged[n] if n in done else candidate[n] for n in names}
-            collected = input_grams(objective, mixed, task)
+            collected = input_grams(objective, mixed, task, layers=block)  # this block's layers only
             grams.append({w: collected.gram[w] / collected.rows[w] if params.gram == "mean" else collected.gram[w]
                           for w in block})
         for weight in block:
