@@ -31,7 +31,7 @@ from pydantic import Field
 from ..errors import MergeError
 from ..io.lora import LoraAdapter, check_adapters
 from ..registry import register_adapter_method
-from ..tensor_ops import random_keep_mask
+from ..tensor_ops import disjoint_merge, random_keep_mask
 from .base import AdapterMerge, Chunk, Factors, Params
 
 PAPER = "https://arxiv.org/abs/2410.19735"
@@ -82,8 +82,7 @@ def merge_coordinates(stacked: torch.Tensor, params: KnotsParams) -> torch.Tenso
         return params.scale * stacked.sum(0)
     sign = stacked.sum(0).sign()  # [c]
     sign[sign == 0] = sign.sum().sign()
-    agreeing = stacked * (stacked * sign > 0)  # [n, c]
-    return params.scale * agreeing.sum(0) / (agreeing != 0).sum(0).clamp(min=1)
+    return params.scale * disjoint_merge(stacked, torch.ones(len(stacked)), sign, normalize=True)
 
 
 def knots(adapters: Sequence[LoraAdapter], params: KnotsParams, *, seed: int = 0, progress: bool = False

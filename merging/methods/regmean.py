@@ -102,14 +102,18 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
     return merged_t.transpose(1, 2).reshape(shape).to(weights[0].dtype)
 
 
+def candidate_grams(objective: Objective, candidate: Tensors, task: str, params: RegMeanParams,
+                    layers: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """G per linear / convolution weight name (of ``layers`` only, when given) while ``candidate`` runs on
+    ``task`` (÷ rows for ``gram: mean``)."""
+    grams: Grams = input_grams(objective, candidate, task, layers=layers)
+    return {w: g / grams.rows[w] if params.gram == "mean" else g for w, g in grams.gram.items()}
+
+
 def collect_grams(objective: Objective, candidates: Sequence[Tensors], tasks: Sequence[str],
                   params: RegMeanParams) -> list[dict[str, Tensor]]:
     """G_i per linear / convolution weight name, candidate i on task i (÷ rows for ``gram: mean``)."""
-    out = []
-    for candidate, task in zip(candidates, tasks):
-        grams: Grams = input_grams(objective, candidate, task)
-        out.append({w: g / grams.rows[w] if params.gram == "mean" else g for w, g in grams.gram.items()})
-    return out
+    return [candidate_grams(objective, candidate, task, params) for candidate, task in zip(candidates, tasks)]
 
 
 def regmean_merge(objective: Objective, candidates: Sequence[Tensors], params: RegMeanParams | None = None,

@@ -36,13 +36,12 @@ from ..statistics import (
     Tensors,
     batches_of,
     check_candidates,
-    input_grams,
     paired_tasks,
     regression_modules,
     uniform_average,
 )
 from .base import DataDrivenInputs, DataDrivenResult
-from .regmean import RegMeanParams, regmean_weight
+from .regmean import RegMeanParams, candidate_grams, regmean_weight
 
 PAPER = "https://arxiv.org/abs/2508.03121"
 
@@ -95,12 +94,9 @@ def regmean_plusplus_merge(objective: Objective, candidates: Sequence[Tensors], 
     merged = uniform_average(candidates, [n for n in names if n not in layers])
     done = {n for n in merged if block_of(n) is None}  # outside the blocks: merged from the start
     for block in merge_blocks(forward_order(objective, dict(candidates[0]), tasks[0], layers)):
-        grams = []
-        for candidate, task in zip(candidates, tasks):
-            mixed = {n: merged[n] if n in done else candidate[n] for n in names}
-            collected = input_grams(objective, mixed, task, layers=block)  # this block's layers only
-            grams.append({w: collected.gram[w] / collected.rows[w] if params.gram == "mean" else collected.gram[w]
-                          for w in block})
+        grams = [candidate_grams(objective, {n: merged[n] if n in done else candidate[n] for n in names}, task,
+                                 params, layers=block)  # this block's layers only
+                 for candidate, task in zip(candidates, tasks)]
         for weight in block:
             merged[weight] = regmean_weight([c[weight] for c in candidates], [g[weight] for g in grams],
                                             params.alpha, params.ridge, name=weight)
