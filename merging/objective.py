@@ -44,6 +44,8 @@ class Objective(Protocol):
     # Optional, for the methods that draw fresh labelled data (FW soft's fresh proxies, AdaMerging's labelled
     # loss): ``sample(task, n, batch_size, seed) -> list[Batch]``, n labelled TRAINING examples drawn without
     # replacement by ``seed`` (an int or a tuple of ints and strings), in batches of ``batch_size``.
+    # Optional, for the routed merges (Twin-Merging's router): ``features(task, params, batch) -> [b, d]``, the
+    # pooled body features (no head) of the task's model with ``params`` in place, without gradients.
 
 
 def sample_batches(objective: Objective, task: str, n: int, batch_size: int, seed: int | tuple[Any, ...]
@@ -57,6 +59,16 @@ def sample_batches(objective: Objective, task: str, n: int, batch_size: int, see
     if not batches:
         raise MergeError(f"task '{task}': no training examples to draw")
     return batches
+
+
+def batch_features(objective: Objective, task: str, params: Mapping[str, torch.Tensor], batch: Batch
+                   ) -> torch.Tensor:
+    """``objective.features(...)`` (see the protocol); an objective without it is a MergeError."""
+    features = getattr(objective, "features", None)
+    if features is None:
+        raise MergeError(f"{type(objective).__name__} gives no body features (no features method), which a "
+                         "router needs")
+    return features(task, params, batch)
 
 
 def seed_of(seed: int | tuple[Any, ...]) -> int:

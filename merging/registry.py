@@ -1,7 +1,7 @@
 """Every merge method, by name, in one table: what it is (its paper), what kind of merge it is, the schema of its
 parameters and the data it reads. Command lines, runners and grids look methods up here, nowhere else.
 
-Three kinds share the table:
+Four kinds share the table:
 
 - ``per_tensor``: a ``Method`` subclass (merging/methods/base.py) run tensor by tensor by the streaming engine on
   full checkpoints, and on LoRA adapters through their ΔW; registered with ``@register(name, paper)``.
@@ -9,6 +9,9 @@ Three kinds share the table:
   progress) -> AdapterMerge`` (merging/methods/base.py); the caller writes the peft folder.
 - ``data_driven``: reads data through the ``Objective`` protocol (merging/objective.py);
   ``implementation(inputs: DataDrivenInputs) -> DataDrivenResult`` (merging/methods/base.py).
+- ``routed``: reads data like the data-driven kind but yields a model whose weights depend on its input (a router
+  mixes experts per example), not one set of weights: ``implementation(inputs: DataDrivenInputs) ->
+  RoutedModel`` (merging/methods/base.py); only the benchmarks run it, example by example.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
     from .methods.base import Method
 
-Kind = Literal["per_tensor", "adapter", "data_driven"]
+Kind = Literal["per_tensor", "adapter", "data_driven", "routed"]
 M = TypeVar("M", bound="type[Method]")
 
 
@@ -112,3 +115,9 @@ def get_method(name: str, *kinds: Kind) -> MethodSpec:
         raise MergeError(f"merge method '{name}' is a {spec.kind} merge, which this command does not run; "
                          f"methods here: {wanted}")
     return spec
+
+
+def register_routed(name: str, paper: str, params: type[BaseModel], build: Callable[..., Any], data: str) -> None:
+    """Register a method that builds a routed model from data: ``build(inputs: DataDrivenInputs) -> RoutedModel``
+    (the shared body, the experts and the router); ``data`` says which splits it reads."""
+    _add(MethodSpec(name, paper, "routed", params, build, data=data))

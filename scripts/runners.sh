@@ -39,6 +39,8 @@ run_regmean_plusplus() { _bench_run regmean_plusplus "$@"; }
 run_fisher()      { _bench_run fisher "$@"; }
 run_adamerging()  { _bench_run adamerging "$@"; }
 run_greedy_soup() { _bench_run greedy_soup "$@"; }
+# routed (one body per input; fresh training examples per task train its router)
+run_twin_merging() { _bench_run twin_merging "$@"; }
 # Run the functions named, in turn, each announced on stderr as "[stage i/n] name (m min elapsed, about k min left)";
 # stop at the first that fails. The time left adds up the stages' durations in the last run that reached them,
 # recorded per domain and pool in $MERGING_CACHE/stage_times/ (absent until a run has timed every stage left).
@@ -74,7 +76,8 @@ run_modern() {        # the recent data-free merges: per-matrix (SVD or a per-ma
   _stages run_tsv_m run_iso_c run_iso_cts run_cart run_star run_wudi run_pcb
 }
 run_data_driven() {   # methods that read data (proxy examples, unlabelled test inputs, validation scores)
-  _stages run_greedy_soup run_regmean run_regmean_plusplus run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft
+  _stages run_greedy_soup run_regmean run_regmean_plusplus run_fisher run_adamerging run_frank_wolfe run_frank_wolfe_soft \
+    run_twin_merging
 }
 run_all() { run_baselines && run_modern && run_data_driven; }
 # The paper's scaling claims (merging/benchmark/scaling.py): TARGETS (default _DEFAULT_TARGETS) keep their own

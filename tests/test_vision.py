@@ -424,6 +424,27 @@ def test_the_rows_merge_seed_reaches_a_data_driven_method(toy_vision_pool, monke
     assert seeds == [7, 3]  # the row's seed, unless the parameters fix one
 
 
+def test_twin_merging_routes_every_test_input_on_its_own_and_logs_how_the_router_did(toy_vision_pool):
+    from merging.benchmark.data_driven import merge_routed
+    from merging.benchmark.evaluate import Evaluator
+
+    pool, root = toy_vision_pool
+    settings = {"router_examples": 48, "router_epochs": 40, "router_batch_size": 32, "router_lr": 1e-2}
+    row, = run_experiment(pool, "twin_merging", "toy", settings, progress=False, outs=root / "outs")
+    assert row["validation_normalized"] != "" and row["candidates"] == 2
+    log = json.loads(next((root / "outs" / "toy" / "logs").glob("twin_merging-seed0-*.json")).read_text())["log"]
+    assert log["router"]["examples"] == 2 * 48                      # fresh training examples of each task
+    for split in ("validation", "test"):                            # how the router treated each task's inputs
+        assert set(log["routing"][split]) == set(pool.tasks)
+        assert all(0 <= r["own_expert_top"] <= 1 for r in log["routing"][split].values())
+    routed = merge_routed(pool, "twin_merging", {**settings, "matrices": "nd"}, [], Evaluator(pool, "validation", 0))
+    together = Evaluator(pool, "test", 0, batch_size=64).with_routed(routed)
+    alone = Evaluator(pool, "test", 0, batch_size=1).with_routed(routed)
+    assert together[0] == alone[0]            # a batch's other inputs never change an input's body
+    for task, routing in together[1].items():
+        assert routing == pytest.approx(alone[1][task])
+
+
 def test_a_run_on_an_incomplete_pool_announces_the_checkpoints_it_fine_tunes(toy_vision_pool, capsys):
     from merging.logs import configure
 

@@ -4,6 +4,7 @@ AdaMerging), the pool's checkpoints the candidates, and the validation split the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from merging.batchnorm import average_statistics
 from merging.benchmark.metrics import normalized_score
 from merging.io.candidates import CheckpointSource
-from merging.methods.base import DataDrivenInputs
+from merging.methods.base import DataDrivenInputs, RoutedModel
 from merging.registry import get_method
 
 from .body import read_body
@@ -37,6 +38,21 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
     task's checkpoint of the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor
     patterns, e.g. unmerged biases), with its buffers, and the method's log. ``seed`` (the row's merge seed) is
     the method's ``seed`` parameter (its random draws) unless the parameters set one."""
+    objective, (merged, log) = _run(pool, method, "data_driven", params, own, validation, candidates, tasks, seed)
+    return objective.complete(merged), log
+
+
+def merge_routed(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
+                 candidates: list[Candidate] | None = None, seed: int = 0) -> RoutedModel:
+    """The routed model of ``method`` (kind ``routed``) from ``candidates`` (as ``merge_data_driven``), its shared
+    body completed with the buffers."""
+    objective, routed = _run(pool, method, "routed", params, own, validation, candidates, None, seed)
+    return dataclasses.replace(routed, shared=objective.complete(routed.shared))
+
+
+def _run(pool: PoolConfig, method: str, kind: str, params: dict[str, Any], own: list[str], validation: Evaluator,
+         candidates: list[Candidate] | None, tasks: list[str] | None, seed: int) -> tuple[TaskObjective, Any]:
+    """The objective and what ``method``'s implementation returns on the pool's ``DataDrivenInputs``."""
     objective = TaskObjective(pool, validation.seed, own, tasks=tasks)
     base = read_body(base_folder(pool), objective.mergeable())
     candidates = candidates or [(task, validation.seed) for task in pool.tasks]
@@ -44,7 +60,7 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
     if statistics:  # forward passes during the merge use the candidates' mean statistics, as the evaluation will
         objective.use_statistics(average_statistics([read_body(checkpoint_folder(pool, *c), statistics)
                                                      for c in candidates]))
-    spec = get_method(method, "data_driven")
+    spec = get_method(method, kind)
     reference = functools.cache(validation.finetuned)  # the fine-tuned checkpoints' validation scores
 
     def score(body: Mapping[str, torch.Tensor]) -> float:  # held-out = the validation split, never test
@@ -58,7 +74,6 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
     with contextlib.ExitStack() as opened:  # every source is closed, also when a later one fails to open
         sources = {_label(c): opened.enter_context(CheckpointSource(checkpoint_folder(pool, *c), list(base)))
                    for c in candidates}
-        merged, log = spec.implementation(DataDrivenInputs(
+        return objective, spec.implementation(DataDrivenInputs(
             objective, base, sources, validated, candidate_tasks=[task for task, _ in candidates],
             candidate_objective=candidate_objective, score=score))
-    return objective.complete(merged), log

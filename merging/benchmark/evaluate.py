@@ -7,11 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from merging.benchmark.metrics import score
 from merging.io.atomic import atomic_write_text
+from merging.methods.base import RoutedModel
+from merging.objective import functional_logits
 
 from .body import is_head, read_body, with_merged_body
 from .pool import PoolConfig
@@ -47,14 +50,17 @@ class Evaluator:
     def model(self, folder: Path, task: str) -> torch.nn.Module:
         return self.domain.load_model(self.pool, folder, task)
 
-    @torch.no_grad()
     def task_score(self, model: torch.nn.Module, task: str) -> float:
-        spec = self.spec(task)
         model.eval()
+        return self._score(task, lambda inputs: model(**inputs))
+
+    @torch.no_grad()
+    def _score(self, task: str, logits_of: Callable[[dict[str, torch.Tensor]], Any]) -> float:
+        """The task's metric of the predictions ``logits_of(inputs)`` makes on each batch."""
+        spec = self.spec(task)
         predictions, labels = [], []
         for batch in self.batches[task]:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs)
+            logits = logits_of({k: v for k, v in batch.items() if k != "labels"})
             logits = getattr(logits, "logits", logits)  # [b, num_labels]
             predictions.append(logits.squeeze(-1) if spec.kind == "regression" else logits.argmax(-1))
             labels.append(batch["labels"])
@@ -87,6 +93,35 @@ class Evaluator:
         """As ``with_body`` for a merged body already in memory (``body``: every name of ``body_names``)."""
         keep = [*self.pool.head, *own]
         return self.scores(lambda task: with_merged_body(self.model(self.checkpoint(task), task), body, keep))
+
+    def with_routed(self, routed: RoutedModel, own: list[str] = ()) -> tuple[dict[str, float], dict[str, Any]]:
+        """Scores of a routed model (merging/methods/base.py) with each task's own head: every input is routed on
+        its own — its features under the shared body give its weights w(x), and it runs alone (a batch of one)
+        through θ(x) — and, per task with an expert, how the router treated its inputs: the share whose largest
+        weight is the task's expert and the mean weight on it."""
+        keep = [*self.pool.head, *own]
+        scores, routing = {}, {}
+        for task in self.pool.tasks:
+            scores[task], weights = self._routed_score(task, routed, keep)
+            if task in routed.tasks:
+                expert = routed.tasks.index(task)
+                routing[task] = {"own_expert_top": (weights.argmax(-1) == expert).float().mean().item(),
+                                 "own_expert_weight": weights[:, expert].mean().item()}
+            logger.info("routed %s: %.2f %s", task, scores[task], routing.get(task, ""))
+        return scores, routing
+
+    def _routed_score(self, task: str, routed: RoutedModel, keep: list[str]) -> tuple[float, torch.Tensor]:
+        """The task's score of ``routed`` (``with_routed``) and the weights w(x) of its inputs [N, T]."""
+        model = with_merged_body(self.model(self.checkpoint(task), task), routed.shared, keep).eval()
+        weights: list[torch.Tensor] = []
+
+        def logits_of(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            w = routed.weights(self.domain.features(model, inputs))  # [b, T]
+            weights.append(w)
+            return torch.cat([functional_logits(model, routed.body(w[i]), {k: v[i:i + 1] for k, v in inputs.items()})
+                              for i in range(len(w))])
+
+        return self._score(task, logits_of), torch.cat(weights)
 
     def body_names(self, own: list[str] = ()) -> list[str]:
         """The tensors a merge replaces: every tensor of a task checkpoint outside the head and ``own``."""

@@ -4,6 +4,7 @@ of the pool, appended to ``outs/<experiment>/results.csv``; ``results.md`` is re
 spread over seeds."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -23,11 +24,12 @@ from merging.benchmark.results import append_row, pivot_table, rebuild_markdown
 from merging.config import MergeConfig, check_parameters, read_validated, validate_config
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
+from merging.methods.base import RoutedModel
 from merging.registry import get_method, known_methods
 from merging.resources import CONFIGS  # methods/<method>.yaml, <domain>/methods/<method>.yaml
 from merging.run import merge_tensors, run_stamp
 
-from .data_driven import Candidate, merge_data_driven
+from .data_driven import Candidate, merge_data_driven, merge_routed
 from .evaluate import Evaluator
 from .pool import PoolConfig
 from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints
@@ -41,8 +43,8 @@ ALIASES = {"scaling": "lambda"}  # run_ties --scaling 0.7 (the FW-Merging script
 
 
 def runnable_methods() -> list[str]:
-    """The registered methods a benchmark pool of full checkpoints runs: per-tensor and data-driven ones."""
-    return [*known_methods("per_tensor"), *known_methods("data_driven")]
+    """The registered methods a benchmark pool of full checkpoints runs: per-tensor, data-driven and routed ones."""
+    return [*known_methods("per_tensor"), *known_methods("data_driven"), *known_methods("routed")]
 
 
 class Preset(BaseModel):
@@ -282,7 +284,9 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
-
+    if get_method(method).kind == "routed":
+        return _run_routed(pool, validation, test, method, params, grid, exclude, seed, candidates, statistics,
+                           progress)
 
     def score(point: dict[str, Any]) -> tuple[float, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         merged = merged_body(pool, validation, method, point, exclude, seed, candidates, statistics, objective_tasks)
@@ -291,6 +295,29 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     best, best_val, (body, log) = best_on_validation(grid_points(params, grid), score, method,
                                                      "validation normalised", progress)
     return test.with_tensors(body, exclude), best, best_val, log
+
+
+def _run_routed(pool: PoolConfig, validation: Evaluator, test: Evaluator, method: str, params: dict[str, Any],
+                grid: dict[str, list], exclude: list[str], seed: int, candidates: list[Candidate], statistics: str,
+                progress: bool) -> tuple[dict[str, float], dict[str, Any], float, dict[str, Any]]:
+    """``run_method`` for a routed merge: each grid point's routed model (its shared body's running statistics
+    filled as ``statistics`` says) scored input by input on validation, the best one on test; its log gains how
+    the router treated each split's inputs."""
+    names = validation.statistic_names()
+    folders = [checkpoint_folder(pool, *c) for c in candidates]
+
+    def score(point: dict[str, Any]) -> tuple[float, tuple[RoutedModel, dict[str, Any]]]:
+        routed = merge_routed(pool, method, point, exclude, validation, candidates, seed)
+        if names:
+            routed = dataclasses.replace(routed, shared=pool.domain.finish(pool, routed.shared, folders, names,
+                                                                          statistics))
+        scores, routing = validation.with_routed(routed, exclude)
+        return normalized_score(scores, validation.finetuned(), pool.tasks), (routed, routing)
+
+    best, best_val, (routed, routing) = best_on_validation(grid_points(params, grid), score, method,
+                                                           "validation normalised", progress)
+    scores, test_routing = test.with_routed(routed, exclude)
+    return scores, best, best_val, {**routed.log, "routing": {"validation": routing, "test": test_routing}}
 
 
 def variant(row: dict[str, str]) -> str:

@@ -86,6 +86,15 @@ class TaskObjective:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return functional_logits(self.model(task), params, inputs)  # [b, num_labels]
 
+    @torch.no_grad()
+    def features(self, task: str, params: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The domain's pooled body features (``Domain.features``, the probe's) of the task's model with ``params``
+        in place of its own, [b, d]."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        pooled = _Features(self.pool.domain, self.model(task))
+        return torch.func.functional_call(pooled, {f"model.{n}": t for n, t in params.items()}, args=(),
+                                          kwargs=inputs, strict=False)
+
     def loss(self, task: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.pool.domain.spec(self.pool, task).loss(logits, batch["labels"])
 
@@ -97,3 +106,14 @@ class TaskObjective:
             self._batches[(task, split)] = [domain.collate(self.pool, self.processor, examples[i:i + self.batch_size])
                                             for i in range(0, len(examples), self.batch_size)]
         return self._batches[(task, split)]
+
+
+class _Features(torch.nn.Module):
+    """``domain.features(model, inputs)`` as a module's forward, so ``functional_call`` can put tensors in place."""
+
+    def __init__(self, domain: Any, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.domain, self.model = domain, model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.domain.features(self.model, inputs)

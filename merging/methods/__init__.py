@@ -30,5 +30,6 @@ from . import (  # noqa: F401
                task_arithmetic,
                ties,
                tsv,
+               twin,
                wudi,
 )

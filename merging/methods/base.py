@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import MergeError
 from ..io.candidates import as_source
@@ -170,6 +170,22 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
                       for c in pieces]).reshape(base.shape)
 
 
+def per_tensor_method(name: str, params: dict[str, Any], n_models: int, key: str) -> Method:
+    """The registered per-tensor method ``name`` with ``params`` (a data-driven method's parameter ``key``, e.g.
+    FW's ``merge_params``) for ``n_models``, to run with ``merge_in_memory``; a ValueError naming ``key`` when
+    they are invalid or ask for a whole-model scope (a tensor at a time is all ``merge_in_memory`` sees)."""
+    from ..registry import get_method
+
+    cls = get_method(name, "per_tensor").method_class
+    try:
+        method_params = cls.Params(**params)
+    except ValidationError as err:
+        raise ValueError(f"{key} for '{name}': {err}") from None
+    if getattr(method_params, "scope", "tensor") != "tensor":
+        raise ValueError(f"{key} scope: model is not supported: this merge runs '{name}' one tensor at a time")
+    return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
+
+
 @dataclass
 class DataDrivenInputs:
     """What a data-driven merge gets. ``objective``: the tasks the merge is for (the targets); ``base``: the
@@ -224,3 +240,33 @@ class AdapterMerge:
     rank: int
     alpha: float
     summary: dict[str, Any]
+
+
+@dataclass
+class RoutedModel:
+    """What a routed merge (merging/registry.py, kind ``routed``; Twin-Merging) returns: not one set of weights but
+    a body per input. The router maps an input's features (``Objective.features`` under the shared body, [b, d])
+    to logits over the experts; with w(x) = softmax(router(features)),
+
+        θ(x) = θ_shared + Σ_t w_t(x) · E_t,
+
+    E_t expert t's exclusive part. ``shared``: the body by name (mergeable tensors; the caller may complete it with
+    buffers and running statistics); ``exclusive``: name -> [T, *shape], the experts' parts stacked (names absent
+    are θ_shared for every input); ``tasks``: each expert's own task; ``log``: the method's log."""
+
+    shared: Tensors
+    exclusive: Tensors
+    experts: list[str]
+    tasks: list[str]
+    router: torch.nn.Module
+    log: dict[str, Any]
+
+    @torch.no_grad()
+    def weights(self, features: torch.Tensor) -> torch.Tensor:
+        """w(x) per input: [b, d] features -> [b, T], rows on the simplex."""
+        return torch.softmax(self.router.eval()(features.float()), dim=-1)
+
+    def body(self, weights: torch.Tensor) -> Tensors:
+        """θ(x) for one input's expert weights ``weights`` [T]."""
+        return {name: tensor + torch.tensordot(weights.to(self.exclusive[name].dtype), self.exclusive[name], dims=1)
+                if name in self.exclusive else tensor for name, tensor in self.shared.items()}

@@ -85,15 +85,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from .. import distributed
 from ..errors import MergeError
 from ..io.candidates import InMemorySource, TensorSource, as_source
 from ..objective import Objective
-from ..registry import get_method, register_data_driven
+from ..registry import register_data_driven
 from .adamerging import AdaMergingParams, adamerging
-from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory
+from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory, per_tensor_method
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method
     if fixed:
         raise ValueError(f"merge_params must not set {fixed}: Frank-Wolfe sets the scale of '{p.merge}' "
                          "(γ_k in a step, λ in the init)")
-    return _per_tensor_method(p.merge, {**p.merge_params, keys[0]: scale}, n_models, "merge_params")
+    return per_tensor_method(p.merge, {**p.merge_params, keys[0]: scale}, n_models, "merge_params")
 
 
 def initial_merge(p: FrankWolfeParams, n_models: int) -> Method:
@@ -173,20 +173,7 @@ def initial_merge(p: FrankWolfeParams, n_models: int) -> Method:
     ``init_merge_params`` as given."""
     if p.init_merge is None:
         return merge_method(p, p.scale, n_models)
-    return _per_tensor_method(p.init_merge, p.init_merge_params, n_models, "init_merge_params")
-
-
-def _per_tensor_method(name: str, params: dict[str, Any], n_models: int, key: str) -> Method:
-    """The registered per-tensor method ``name`` with ``params`` (from the FW parameter ``key``) for ``n_models``;
-    a ValueError naming ``key`` when they are invalid or ask for a whole-model scope."""
-    cls = get_method(name, "per_tensor").method_class
-    try:
-        method_params = cls.Params(**params)
-    except ValidationError as err:
-        raise ValueError(f"{key} for '{name}': {err}") from None
-    if getattr(method_params, "scope", "tensor") != "tensor":
-        raise ValueError(f"{key} scope: model is not supported: Frank-Wolfe merges per tensor")
-    return cls(method_params, [cls.ModelParams() for _ in range(n_models)])
+    return per_tensor_method(p.init_merge, p.init_merge_params, n_models, "init_merge_params")
 
 
 @dataclass
