@@ -112,7 +112,9 @@ def get_method(name: str, *kinds: Kind) -> MethodSpec:
     if spec is None:
         raise MergeError(f"unknown merge method '{name}'; known methods: {wanted}")
     if kinds and spec.kind not in kinds:
-        raise MergeError(f"merge method '{name}' is a {spec.kind} merge, which this command does not run; "
+        why = (" (its model is a body per input, with no single checkpoint to write: run it on a benchmark pool, "
+               "python -m discriminative|vision run --method " + name + ")") if spec.kind == "routed" else ""
+        raise MergeError(f"merge method '{name}' is a {spec.kind} merge, which this command does not run{why}; "
                          f"methods here: {wanted}")
     return spec
 

@@ -251,6 +251,11 @@ def test_a_data_driven_method_without_data_is_refused_with_what_it_needs(bert_po
                    "'data:' section (docs/data-driven.md)", "run --method regmean")
 
 
+def test_a_routed_method_is_refused_with_where_it_runs(bert_pool, tmp_path, capsys):
+    assert_refused(tmp_path, capsys, native(bert_pool, method="twin_merging", parameters={}),
+                   "'twin_merging' is a routed merge", "a body per input", "run --method twin_merging")
+
+
 def test_workers_must_be_positive(bert_pool, tmp_path, capsys):
     config = write_yaml(tmp_path / "merge.yaml", native(bert_pool))
     with pytest.raises(SystemExit) as exit_:
