@@ -76,3 +76,33 @@ def test_regmean_plusplus_without_layers_is_refused():
     only_biases = [{"layers.0.bias": c["layers.0.bias"]} for c in objective.candidates]
     with pytest.raises(MergeError, match="no nn.Linear"):
         regmean_plusplus_merge(objective, only_biases)
+
+
+class NormedBlocks(TwoBlocks):
+    """TwoBlocks with a LayerNorm between the blocks in a numbered block of its own (``norms.0``, no layer)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.norms = torch.nn.ModuleList([torch.nn.LayerNorm(d)])
+
+    def forward(self, x):
+        return self.head(self.layers[1](self.norms[0](torch.tanh(self.layers[0](x)))))
+
+
+def test_a_numbered_block_without_a_layer_enters_the_later_blocks_grams_merged():
+    objective, alpha = TwoBlockObjective(), 0.8
+    g = torch.Generator().manual_seed(1)
+    objective.models = {t: NormedBlocks(5).eval() for t in objective.tasks}
+    for candidate in objective.candidates:
+        candidate["norms.0.weight"] = 1 + 0.5 * torch.randn(5, generator=g)
+        candidate["norms.0.bias"] = 0.5 * torch.randn(5, generator=g)
+    cands = objective.candidates
+    xs = [objective.inputs[t].double() for t in objective.tasks]
+    w0 = closed_form([c["layers.0.weight"].double() for c in cands], [x.T @ x / len(x) for x in xs], alpha)
+    b0, gamma, beta = (torch.stack([c[n].double() for c in cands]).mean(0)
+                       for n in ("layers.0.bias", "norms.0.weight", "norms.0.bias"))
+    hidden = [torch.nn.functional.layer_norm(torch.tanh(x @ w0.T + b0), (5,), gamma, beta) for x in xs]
+    w1 = closed_form([c["layers.1.weight"].double() for c in cands], [h.T @ h / len(h) for h in hidden], alpha)
+    merged = regmean_plusplus_merge(objective, cands, RegMeanParams(alpha=alpha))
+    torch.testing.assert_close(merged["layers.1.weight"].double(), w1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(merged["norms.0.weight"].double(), gamma)

@@ -15,7 +15,7 @@ from tests.toy_objective import ToyObjective
 
 def best_rank_r(matrix: torch.Tensor, r: int) -> torch.Tensor:
     """Eckart–Young without an SVD: project the rows onto the top-r eigenvectors of MᵀM."""
-    values, vectors = torch.linalg.eigh(matrix.T.double() @ matrix.double())  # ascending
+    _, vectors = torch.linalg.eigh(matrix.T.double() @ matrix.double())  # ascending
     top = vectors[:, -r:]
     return (matrix.double() @ top @ top.T).float()
 
@@ -92,7 +92,7 @@ def test_twin_merging_routes_each_input_to_its_tasks_expert_and_recovers_its_che
 def test_twin_merging_compresses_the_exclusive_parts_and_refuses_two_experts_of_one_task():
     objective = SeparableToy()
     routed = twin_merging(inputs(objective, rank_ratio=0.25))   # r = 1 of 4
-    for name, parts in routed.exclusive.items():
+    for parts in routed.exclusive.values():
         if parts.dim() == 3:
             assert all(torch.linalg.matrix_rank(part) == 1 for part in parts)
     twice = inputs(objective)

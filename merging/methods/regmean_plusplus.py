@@ -14,7 +14,8 @@ candidate i alone.
 A block is a tensor's name up to its first layer index (``merging.config.LAYER``: ``encoder.layer.3``,
 ``_blocks.5``); a linear or convolution layer outside the numbered blocks (a CNN's stem and head, a pooler) is
 a block of its own. Every other tensor (biases, norms, embeddings) is the uniform average, as in RegMean: in a
-numbered block it enters the merged model with that block, outside the blocks from the start. (The official code
+numbered block with a layer it enters the merged model with that block; outside the blocks, or in a numbered
+block without any layer (nothing to solve there), from the start. (The official code
 leaves the final norm at the pre-trained value, a side effect of merging only the blocks; here it is averaged.
 It also averages a ViT's patch-embedding convolution with the embeddings; here, a convolution, it is solved as
 a block of its own.)
@@ -92,7 +93,8 @@ def regmean_plusplus_merge(objective: Objective, candidates: Sequence[Tensors], 
         raise MergeError("no nn.Linear or nn.Conv2d module of the task models has its weight among the mergeable "
                          f"tensors ({names[:5]}{'…' if len(names) > 5 else ''}); RegMean++ would be a plain average")
     merged = uniform_average(candidates, [n for n in names if n not in layers])
-    done = {n for n in merged if block_of(n) is None}  # outside the blocks: merged from the start
+    with_layers = {block_of(n) for n in layers}  # a tensor outside them (no block, or a block without a layer)
+    done = {n for n in merged if block_of(n) is None or block_of(n) not in with_layers}  # is merged from the start
     for block in merge_blocks(forward_order(objective, dict(candidates[0]), tasks[0], layers)):
         grams = [candidate_grams(objective, {n: merged[n] if n in done else candidate[n] for n in names}, task,
                                  params, layers=block)  # this block's layers only

@@ -22,6 +22,7 @@ rebuilds the weights per example too); nothing is averaged over a batch, whose e
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -35,6 +36,8 @@ from .base import DataDrivenInputs, Params, RoutedModel, Tensors, merge_in_memor
 from .subspace import low_rank
 
 PAPER = "https://arxiv.org/abs/2406.15479"
+
+logger = logging.getLogger(__name__)
 
 
 class TwinMergingParams(Params):
@@ -137,11 +140,15 @@ def twin_merging(inputs: DataDrivenInputs) -> RoutedModel:
         parts = [exclusive_part(m - shared[name], p.rank_ratio, p.matrices) for m in models]
         exclusive[name] = torch.stack([part for part, _ in parts])  # [T, *shape]
         stored += sum(n for _, n in parts)
+    dense = sum(t.numel() for t in base.values()) * len(experts)
+    logger.info("Twin-Merging: shared body and %d exclusive parts (%.1f %% of their full differences stored)",
+                len(experts), 100 * stored / dense)
     features, labels = router_data(objective, tasks, shared, p)
+    logger.info("Twin-Merging: router on %d examples' features [%d]", len(labels), features.shape[1])
     router, losses = train_router(features, labels, len(experts), p)
     with torch.no_grad():
         accuracy = (router(features).argmax(-1) == labels).float().mean().item()
-    dense = sum(t.numel() for t in base.values()) * len(experts)
+    logger.info("Twin-Merging: router trained, loss %.4f, training accuracy %.3f", losses[-1], accuracy)
     log = {"router": {"examples": len(labels), "features": features.shape[1], "train_loss": losses,
                       "train_accuracy": accuracy},
            "exclusive_stored_fraction": stored / dense}
