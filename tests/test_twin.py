@@ -44,6 +44,11 @@ def test_a_routed_body_is_the_shared_body_plus_the_weighted_exclusive_parts():
     assert torch.equal(body["w"], torch.tensor([1.25, 5.0]))
     assert torch.equal(body["buffer"], shared["buffer"])
     assert torch.allclose(routed.weights(torch.tensor([[0.0, 0.0]])), torch.tensor([[0.5, 0.5]]))
+    rows = torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]])
+    for budget in (1, 16, 1 << 20):                 # built one at a time, two at a time, all together
+        bodies = list(routed.bodies(rows, budget_bytes=budget))
+        assert len(bodies) == 3 and torch.equal(bodies[0]["w"], body["w"])
+        assert torch.equal(bodies[1]["w"], torch.tensor([2.0, 2.0])) and torch.equal(bodies[2]["w"], torch.tensor([1.5, 4.0]))
 
 
 class SeparableToy(ToyObjective):

@@ -118,8 +118,8 @@ class Evaluator:
         def logits_of(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             w = routed.weights(self.domain.features(model, inputs))  # [b, T]
             weights.append(w)
-            return torch.cat([functional_logits(model, routed.body(w[i]), {k: v[i:i + 1] for k, v in inputs.items()})
-                              for i in range(len(w))])
+            return torch.cat([functional_logits(model, body, {k: v[i:i + 1] for k, v in inputs.items()})
+                              for i, body in enumerate(routed.bodies(w))])
 
         return self._score(task, logits_of), torch.cat(weights)
 

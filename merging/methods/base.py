@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -268,5 +268,17 @@ class RoutedModel:
 
     def body(self, weights: torch.Tensor) -> Tensors:
         """θ(x) for one input's expert weights ``weights`` [T]."""
-        return {name: tensor + torch.tensordot(weights.to(self.exclusive[name].dtype), self.exclusive[name], dims=1)
-                if name in self.exclusive else tensor for name, tensor in self.shared.items()}
+        return next(self.bodies(weights.unsqueeze(0)))
+
+    def bodies(self, weights: torch.Tensor, budget_bytes: int = 1 << 28) -> Iterator[Tensors]:
+        """θ(x) of each row of ``weights`` [b, T], in order. Rows are built together, as many as fit in
+        ``budget_bytes`` (at least one), so the stacked exclusive parts are read once per group, not per input."""
+        per_row = sum(t.numel() * t.element_size() for t in self.exclusive.values())
+        group = max(1, budget_bytes // max(per_row, 1))
+        for start in range(0, len(weights), group):
+            rows = weights[start:start + group]
+            mixed = {name: (rows.to(parts.dtype) @ parts.reshape(len(parts), -1)).reshape(len(rows), *parts.shape[1:])
+                     for name, parts in self.exclusive.items()}  # name -> [rows, *shape]
+            for i in range(len(rows)):
+                yield {name: tensor + mixed[name][i] if name in mixed else tensor
+                       for name, tensor in self.shared.items()}
