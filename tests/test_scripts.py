@@ -66,3 +66,24 @@ def test_the_stage_lines_give_the_time_left_from_the_last_run_of_every_stage_lef
     assert "[stage 10/10] run_from (0 min elapsed, about 1 min left)" in again.stderr
     other = run("POOL=configs/discriminative/minilm_trial.yaml run_baselines", cache=tmp_path)
     assert "min left" not in other.stderr  # timed per pool
+
+
+def test_fw_soft_logs_counts_the_oracles_picks_and_the_inner_loops_reach(tmp_path):
+    import json
+
+    logs = tmp_path / "exp" / "logs"
+    logs.mkdir(parents=True)
+    row = {"pool_seed": 0, "extra": 16, "overrides": '{"preset": "irrelevance"}', "normalized": "51.7",
+           "seconds": 215.7, "peak_rss_gb": 1.51, "date": "2026-12-04 17:36"}
+    step = {"iteration": 0, "objective": 7.3, "inner_loss": "entropy", "entropy_before": 8.2, "entropy_after": 5.45,
+            "selections": {"mnist": "mnist-seed0", "digits": "mnist_parity-seed0", "cifar10": "digits-seed0"},
+            "lambdas": {"a": [0.2, 0.4], "b": [0.3, 0.18]}}
+    (logs / "frank_wolfe_soft-seed0-2026-12-04T17:36.json").write_text(json.dumps({"row": row, "log": {
+        "history": [step]}}))
+    (logs / "frank_wolfe_soft-seed0-2026-12-01T10:00.json").write_text(json.dumps({"row": {**row, "date": "2026-12-01"},
+                                                                                  "log": {"history": [step]}}))
+    out = subprocess.run(["python3", "scripts/fw_soft_logs.py", str(tmp_path / "exp"), "--since", "2026-12-04"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.count("normalised") == 1          # the older row is left out
+    assert "normalised 51.70, 215.7 s, 1.51 GB" in out
+    assert "f 7.30, entropy 8.20 → 5.45, own 1/3, a target's 2/3, λ 0.18–0.40" in out
