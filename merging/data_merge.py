@@ -36,6 +36,8 @@ KINDS = {"sequence_classification": "discriminative.merge_data",  # data.kind ->
 def check_data_request(cfg: MergeConfig, where: str = "config") -> str:
     """The module of ``cfg``'s data kind, after the checks every kind shares: a data-driven method, a known
     kind, and every model entry naming a task, one model per task of ``data.tasks``."""
+    if cfg.method in known_methods("routed"):
+        get_method(cfg.method, "data_driven")  # refused, saying where a routed method runs
     if cfg.method not in known_methods("data_driven"):
         raise MergeError(f"'data:' is for the data-driven methods ({', '.join(known_methods('data_driven'))}); "
                          f"'{cfg.method}' reads no data: remove the data section")

@@ -54,7 +54,7 @@ def sample_batches(objective: Objective, task: str, n: int, batch_size: int, see
     sample = getattr(objective, "sample", None)
     if sample is None:
         raise MergeError(f"{type(objective).__name__} cannot draw training examples (no sample method), which "
-                         "fresh proxies and the cross_entropy inner loss need")
+                         "this merge needs (FW soft's fresh proxies and cross_entropy inner loss, a router's examples)")
     batches = list(sample(task, n, batch_size, seed))
     if not batches:
         raise MergeError(f"task '{task}': no training examples to draw")

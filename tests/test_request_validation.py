@@ -136,6 +136,15 @@ def test_a_bad_statistics_value_is_refused(text_pool, vision_pool, capsys, main,
     assert statistics in error and named in error
 
 
+def test_a_routed_merge_is_refused_where_it_would_route_among_one_tasks_checkpoints(text_pool, vision_pool, capsys):
+    error = refusal(capsys, discriminative_main, ["scale", "--pool", text_pool(), "--claim", "relevance", "--method",
+                                                  "twin_merging", "--targets", "has_good", "--extra", "1"])
+    assert "--claim relevance" in error and "irrelevance and relevance_tasks" in error
+    error = refusal(capsys, vision_main, ["run", "--pool", vision_pool, "--method", "twin_merging",
+                                          "--statistics", "reestimate"])
+    assert "--statistics reestimate" in error and "average running statistics" in error
+
+
 @pytest.mark.parametrize("where", ["base", "checkpoint"])
 def test_a_missing_local_folder_is_named(text_pool, tmp_path, capsys, where):
     missing = str(tmp_path / "nowhere" / "model")

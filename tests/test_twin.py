@@ -44,11 +44,13 @@ def test_a_routed_body_is_the_shared_body_plus_the_weighted_exclusive_parts():
     assert torch.equal(body["w"], torch.tensor([1.25, 5.0]))
     assert torch.equal(body["buffer"], shared["buffer"])
     assert torch.allclose(routed.weights(torch.tensor([[0.0, 0.0]])), torch.tensor([[0.5, 0.5]]))
-    rows = torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]])
-    for budget in (1, 16, 1 << 20):                 # built one at a time, two at a time, all together
+    rows = torch.softmax(torch.randn(5, 2, generator=torch.Generator().manual_seed(0)), -1)
+    expected = [shared["w"] + row[0] * exclusive["w"][0] + row[1] * exclusive["w"][1] for row in rows]
+    for budget in (1, 16, 32, 1 << 20):          # a body is 8 bytes: one, two, four at a time, all together
         bodies = list(routed.bodies(rows, budget_bytes=budget))
-        assert len(bodies) == 3 and torch.equal(bodies[0]["w"], body["w"])
-        assert torch.equal(bodies[1]["w"], torch.tensor([2.0, 2.0])) and torch.equal(bodies[2]["w"], torch.tensor([1.5, 4.0]))
+        assert len(bodies) == 5
+        for got, want in zip(bodies, expected):
+            assert torch.allclose(got["w"], want, atol=1e-6) and got["buffer"] is shared["buffer"]
 
 
 class SeparableToy(ToyObjective):
@@ -83,15 +85,16 @@ def test_twin_merging_routes_each_input_to_its_tasks_expert_and_recovers_its_che
     for name in base:   # shared = task arithmetic with λ 0.29
         expected = base[name] + 0.29 * sum(optimum[t][name] - base[name] for t in objective.tasks)
         assert torch.allclose(routed.shared[name], expected, atol=1e-6)
+    g = torch.Generator().manual_seed(7)
     for index, task in enumerate(objective.tasks):
         one_hot = torch.eye(3)[index]
         for name, tensor in routed.body(one_hot).items():   # full rank: the expert's part is θ_t − θ_shared
             assert torch.allclose(tensor, optimum[task][name], atol=1e-5)
-        x = next(objective.batches(task, "proxy"))
-        weights = routed.weights(objective.features(task, routed.shared, x))
+        unseen = {"x": torch.randn(32, 4, generator=g) + 6.0 * torch.eye(4)[index]}   # new inputs of the task
+        weights = routed.weights(objective.features(task, routed.shared, unseen))
         assert (weights.argmax(-1) == index).all()
     assert routed.log["router"]["train_accuracy"] == 1.0
-    assert routed.log["exclusive_stored_fraction"] == pytest.approx((2 * 4 * 4 + 4) / (4 * 4 + 4))
+    assert routed.log["exclusive_stored_fraction"] == 1.0   # factors of a full-rank 4 × 4 would be larger: kept whole
 
 
 def test_twin_merging_compresses_the_exclusive_parts_and_refuses_two_experts_of_one_task():
@@ -100,7 +103,15 @@ def test_twin_merging_compresses_the_exclusive_parts_and_refuses_two_experts_of_
     for parts in routed.exclusive.values():
         if parts.dim() == 3:
             assert all(torch.linalg.matrix_rank(part) == 1 for part in parts)
+    assert routed.log["exclusive_stored_fraction"] == pytest.approx((1 * (4 + 4) + 4) / (4 * 4 + 4))
     twice = inputs(objective)
     twice.candidate_tasks = ["t0", "t0", "t2"]
     with pytest.raises(MergeError, match=r"task\(s\) \['t0'\] have several candidates"):
         twin_merging(twice)
+
+
+def test_twin_merging_parameters_are_checked_before_any_merge():
+    with pytest.raises(ValueError, match="shared_params for 'task_arithmetic'"):
+        TwinMergingParams(shared_params={"lamda": 0.3})
+    with pytest.raises(ValueError, match="router_batch_size"):
+        TwinMergingParams(router_batch_size=1)

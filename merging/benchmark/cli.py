@@ -16,6 +16,7 @@ from merging.errors import MergeError, report
 from merging.io.atomic import interrupt_on_sigterm
 from merging.logs import configure as configure_logging
 from merging.logs import quiet_model_loads
+from merging.registry import known_methods
 
 from .pool import PoolConfig
 from .request import check_local
@@ -76,6 +77,10 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
         target_pool(pool, args.targets)
     if args.command == "scale":
         from .scaling import extra_candidates, extra_count
+
+        if args.claim == "relevance" and args.method in known_methods("routed"):
+            raise MergeError(f"--claim relevance adds the targets' other seeds, but '{args.method}' routes an input "
+                             "to its task's one checkpoint; its scaling claims are irrelevance and relevance_tasks")
 
         args.extra = extra_count(pool, args.targets, args.claim, args.extra)
         extra_candidates(pool, args.targets, args.claim, args.extra, pool.finetune.seeds[0])

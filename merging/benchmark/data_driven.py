@@ -43,10 +43,11 @@ def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own
 
 
 def merge_routed(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
-                 candidates: list[Candidate] | None = None, seed: int = 0) -> RoutedModel:
+                 candidates: list[Candidate] | None = None, tasks: list[str] | None = None, seed: int = 0
+                 ) -> RoutedModel:
     """The routed model of ``method`` (kind ``routed``) from ``candidates`` (as ``merge_data_driven``), its shared
-    body completed with the buffers."""
-    objective, routed = _run(pool, method, "routed", params, own, validation, candidates, None, seed)
+    body completed with the buffers (and the candidates' average running statistics, if any)."""
+    objective, routed = _run(pool, method, "routed", params, own, validation, candidates, tasks, seed)
     return dataclasses.replace(routed, shared=objective.complete(routed.shared))
 
 

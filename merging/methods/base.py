@@ -271,9 +271,10 @@ class RoutedModel:
         return next(self.bodies(weights.unsqueeze(0)))
 
     def bodies(self, weights: torch.Tensor, budget_bytes: int = 1 << 28) -> Iterator[Tensors]:
-        """θ(x) of each row of ``weights`` [b, T], in order. Rows are built together, as many as fit in
-        ``budget_bytes`` (at least one), so the stacked exclusive parts are read once per group, not per input."""
-        per_row = sum(t.numel() * t.element_size() for t in self.exclusive.values())
+        """θ(x) of each row of ``weights`` [b, T], in order. Rows are built together, as many bodies as fit in
+        ``budget_bytes`` (at least one), so the stacked exclusive parts are read once per group, not per input; a
+        row's body does not depend on the others (up to float rounding of the product)."""
+        per_row = sum(parts[0].numel() * parts.element_size() for parts in self.exclusive.values())  # one body
         group = max(1, budget_bytes // max(per_row, 1))
         for start in range(0, len(weights), group):
             rows = weights[start:start + group]

@@ -6,10 +6,11 @@ is a body per input, not one set of weights (merging/methods/base.py ``RoutedMod
 1. Shared knowledge: one data-free merge of the candidates (``shared``, default task arithmetic with λ = 0.29 as
    the official GLUE run), θ_shared.
 2. Exclusive knowledge of candidate t: E_t = SVD_r(θ_t − θ_shared) per weight matrix, the best rank-r
-   approximation with r = ⌊rank_ratio · min(m, q)⌋ (official: mask_rate 0.9, so 10 % of the rank; r = 0 leaves
-   nothing), the full difference elsewhere (vectors: norms, biases).
+   approximation with r = ⌊rank_ratio · min(m, q)⌋ (official: mask_rate 0.9, so 10 % of the rank; r = 0 drops the
+   matrix's part), the full difference elsewhere (vectors: norms, biases).
 3. Router: an MLP on the pooled body features of the *shared* model (``Objective.features``; text: the mean of the
-   last hidden states, as the official router) — Linear d→h, BatchNorm, LeakyReLU, Dropout, Linear h→h,
+   last hidden states, as the official router; tensors left out of the merge, such as biases kept per task with
+   ``--merge-biases false``, are the task model's own there, as at evaluation) — Linear d→h, BatchNorm, LeakyReLU, Dropout, Linear h→h,
    BatchNorm, LeakyReLU, Dropout, Linear h→T, h = 2d — trained with cross-entropy to name the candidate whose
    task an input comes from (AdamW, lr 5e-4, batch 1024, 50 epochs, as the official ``train_router``).
 4. Inference, input by input: w(x) = softmax(router(features of x)), θ(x) = θ_shared + Σ_t w_t(x) E_t.
@@ -19,6 +20,8 @@ of each GLUE train split) and keeps its last epoch (the official Trainer keeps t
 the evaluation set, which is the test data). The official code never merges biases (each task's own); here the
 pool's settings decide, as for every method. Every input is routed on its own (the official GLUE evaluation
 rebuilds the weights per example too); nothing is averaged over a batch, whose examples share a task here.
+Running statistics (BatchNorm) are not routed: every input uses the candidates' average, under which the router
+is trained too.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import MergeError
 from ..objective import Objective, batch_features, sample_batches
@@ -48,22 +51,28 @@ class TwinMergingParams(Params):
     router_examples: int = Field(1000, ge=1)  # fresh training examples per task
     router_epochs: int = Field(50, ge=1)
     router_lr: float = Field(5e-4, gt=0)
-    router_batch_size: int = Field(1024, ge=1)
+    router_batch_size: int = Field(1024, ge=2)  # BatchNorm needs two rows
     router_dropout: float = Field(0.5, ge=0, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _shared_merge(self) -> TwinMergingParams:
+        per_tensor_method(self.shared, self.shared_params, 1, "shared_params")  # a ValueError names the key
+        return self
 
 
 def exclusive_part(difference: torch.Tensor, rank_ratio: float, matrices: str = "2d") -> tuple[torch.Tensor, int]:
     """E = SVD_r(θ_t − θ_shared) on a weight matrix (r = ⌊rank_ratio · min(m, q)⌋; with ``matrices: nd`` a
     kernel [out, in, kh, kw] is the matrix [out, in·kh·kw]), the difference itself elsewhere; and the numbers
-    stored for it (r·(m + q), or numel)."""
+    stored for it (r·(m + q) for the factors, at most m·q; numel elsewhere)."""
     shape = difference.shape
     if difference.dim() == 2 or (difference.dim() > 2 and matrices == "nd"):
         m, q = shape[0], math.prod(shape[1:])
         rank = int(rank_ratio * min(m, q))
         if rank == 0:
             return torch.zeros_like(difference), 0
-        return low_rank(difference.reshape(m, q).float(), rank).reshape(shape).to(difference.dtype), rank * (m + q)
+        stored = min(rank * (m + q), m * q)  # factors, or the matrix itself where they would be larger
+        return low_rank(difference.reshape(m, q).float(), rank).reshape(shape).to(difference.dtype), stored
     return difference.clone(), difference.numel()
 
 
@@ -86,7 +95,9 @@ def train_router(features: torch.Tensor, labels: torch.Tensor, experts: int, p: 
                  ) -> tuple[Router, list[float]]:
     """A router fit by cross-entropy on (features [N, d], expert labels [N]); seeded by ``p.seed``. Returns it in
     eval mode and the training loss of each epoch."""
-    with torch.random.fork_rng():
+    if len(labels) < 2:
+        raise MergeError(f"twin_merging: {len(labels)} router example(s); the router's BatchNorm needs at least 2")
+    with torch.random.fork_rng(), torch.enable_grad():
         torch.manual_seed(p.seed)
         router = Router(features.shape[1], experts, p.router_dropout)
         optimizer = torch.optim.AdamW(router.parameters(), lr=p.router_lr)
@@ -96,7 +107,7 @@ def train_router(features: torch.Tensor, labels: torch.Tensor, experts: int, p: 
             order, total = torch.randperm(len(labels)), 0.0
             for start in range(0, len(labels), p.router_batch_size):
                 rows = order[start:start + p.router_batch_size]
-                if len(rows) < 2:  # BatchNorm needs two rows
+                if len(rows) < 2:  # a last single row: BatchNorm needs two
                     continue
                 loss = torch.nn.functional.cross_entropy(router(features[rows]), labels[rows])
                 optimizer.zero_grad()
