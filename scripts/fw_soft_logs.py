@@ -15,6 +15,18 @@ import json
 from pathlib import Path
 
 
+def picks(record: dict) -> tuple[int, int, int]:
+    """(selections of a task's own checkpoint, of a target's checkpoint, all selections) over the iterations."""
+    history = record["log"]["history"]
+    targets = list(history[0]["selections"])
+    own = target = total = 0
+    for step in history:
+        for task, label in step["selections"].items():
+            source = label.rsplit("-seed", 1)[0]
+            own, target, total = own + (source == task), target + (source in targets), total + 1
+    return own, target, total
+
+
 def summarise(record: dict) -> list[str]:
     row, history = record["row"], record["log"]["history"]
     targets = [name for name in history[0]["selections"]]
@@ -41,10 +53,15 @@ def main() -> None:
     parser.add_argument("experiment", type=Path, help="outs/<pool>_<protocol>")
     parser.add_argument("--since", default="", help="only rows of this date or later (YYYY-MM-DD)")
     args = parser.parse_args()
+    totals: dict[tuple[str, str], list[int]] = {}
     for path in sorted((args.experiment / "logs").glob("frank_wolfe_soft-*.json")):
         record = json.loads(path.read_text())
         if record["row"]["date"] >= args.since:
             print(f"{path.name}: " + "\n".join(summarise(record)))
+            key = (record["row"].get("overrides", ""), str(record["row"].get("extra", "")))
+            totals[key] = [a + b for a, b in zip(totals.get(key, [0, 0, 0, 0]), (1, *picks(record)))]
+    for (overrides, extra), (rows, own, target, total) in sorted(totals.items()):
+        print(f"total {overrides} extra {extra}: {rows} rows, own checkpoint {own}/{total}, a target's {target}/{total}")
 
 
 if __name__ == "__main__":

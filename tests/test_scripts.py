@@ -87,3 +87,4 @@ def test_fw_soft_logs_counts_the_oracles_picks_and_the_inner_loops_reach(tmp_pat
     assert out.count("normalised") == 1          # the older row is left out
     assert "normalised 51.70, 215.7 s, 1.51 GB" in out
     assert "f 7.30, entropy 8.20 → 5.45, own 1/3, a target's 2/3, λ 0.18–0.40" in out
+    assert 'total {"preset": "irrelevance"} extra 16: 1 rows, own checkpoint 1/3, a target\'s 2/3' in out
