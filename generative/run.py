@@ -164,6 +164,10 @@ def check_method(pool: GenerativePool, method: str, overrides: dict[str, Any]) -
         if method in adapter_methods():
             raise MergeError(f"method '{method}' merges LoRA pools (kind: lora) only; methods for full "
                              f"fine-tunes: {', '.join(known)}")
+        if method in known_methods("routed"):
+            raise MergeError(f"method '{method}' is a routed merge (a body per input); lm-eval scores one model per "
+                             f"task here, so it runs on the discriminative and vision pools only; methods here: "
+                             f"{', '.join(known)}")
         raise MergeError(f"unknown method '{method}'; known: {', '.join([*REFERENCES, *known])}")
     check_method_config(DOMAIN, method, overrides,
                         parameter_schemas(method) if lora else get_method(method).schemas(), per_tensor=not lora)

@@ -292,6 +292,11 @@ def test_generative_run_names_an_unknown_method_not_a_missing_checkpoint(generat
     assert "unknown method 'tie'" in error and "ties" in error and "no trained checkpoint" not in error
 
 
+def test_generative_run_says_why_a_routed_merge_does_not_run_there(generative_pool, capsys):
+    error = refusal(capsys, generative_cli.main, ["run", "--method", "twin_merging", "--pool", generative_pool()])
+    assert "routed merge" in error and "discriminative and vision pools only" in error
+
+
 def test_a_good_generative_request_passes_the_checks(generative_pool):
     with pytest.raises(AssertionError, match="expensive work"):  # training the missing adapters: the request was good
         generative_cli.main(["run", "--method", "frank_wolfe", "--pool", generative_pool(), "--space", "product",
