@@ -139,10 +139,7 @@ def twin_merging(inputs: DataDrivenInputs) -> RoutedModel:
     if repeated:
         raise MergeError(f"twin_merging routes an input to its task's expert: task(s) {repeated} have several "
                          "candidates; give one checkpoint per task")
-    try:
-        method = per_tensor_method(p.shared, p.shared_params, len(experts), "shared_params")
-    except ValueError as err:
-        raise MergeError(str(err)) from None
+    method = per_tensor_method(p.shared, p.shared_params, len(experts), "shared_params")  # checked by the params
     base = inputs.base_tensors()
     shared, exclusive, stored = {}, {}, 0
     for name, b in base.items():
