@@ -104,6 +104,9 @@ def test_twin_merging_compresses_the_exclusive_parts_and_refuses_two_experts_of_
         if parts.dim() == 3:
             assert all(torch.linalg.matrix_rank(part) == 1 for part in parts)
     assert routed.log["exclusive_stored_fraction"] == pytest.approx((1 * (4 + 4) + 4) / (4 * 4 + 4))
+    cut = twin_merging(inputs(objective, rank_ratio=0.1))      # r = 0: the weight keeps no exclusive part at all
+    assert set(cut.exclusive) == {"body.bias"} and torch.equal(cut.body(torch.eye(3)[0])["body.weight"],
+                                                               cut.shared["body.weight"])
     twice = inputs(objective)
     twice.candidate_tasks = ["t0", "t0", "t2"]
     with pytest.raises(MergeError, match=r"task\(s\) \['t0'\] have several candidates"):

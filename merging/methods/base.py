@@ -270,7 +270,7 @@ class RoutedModel:
         """θ(x) for one input's expert weights ``weights`` [T]."""
         return next(self.bodies(weights.unsqueeze(0)))
 
-    def bodies(self, weights: torch.Tensor, budget_bytes: int = 1 << 28) -> Iterator[Tensors]:
+    def bodies(self, weights: torch.Tensor, budget_bytes: int = 1 << 30) -> Iterator[Tensors]:
         """θ(x) of each row of ``weights`` [b, T], in order. Rows are built together, as many bodies as fit in
         ``budget_bytes`` (at least one), so the stacked exclusive parts are read once per group, not per input; a
         row's body does not depend on the others (up to float rounding of the product)."""

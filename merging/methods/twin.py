@@ -146,7 +146,8 @@ def twin_merging(inputs: DataDrivenInputs) -> RoutedModel:
         models = [source.read(name).float() for source in inputs.candidates.values()]
         shared[name] = merge_in_memory(method, b.float(), models, name=name, seed=p.seed)
         parts = [exclusive_part(m - shared[name], p.rank_ratio, p.matrices) for m in models]
-        exclusive[name] = torch.stack([part for part, _ in parts])  # [T, *shape]
+        if any(part.any() for part, _ in parts):  # a tensor no expert changes stays θ_shared for every input
+            exclusive[name] = torch.stack([part for part, _ in parts])  # [T, *shape]
         stored += sum(n for _, n in parts)
     dense = sum(t.numel() for t in base.values()) * len(experts)
     logger.info("Twin-Merging: shared body and %d exclusive parts (%.1f %% of their full differences stored)",
