@@ -39,7 +39,7 @@ def test_exclusive_part_keeps_the_best_rank_r_of_a_matrix_and_the_whole_differen
 def test_a_routed_body_is_the_shared_body_plus_the_weighted_exclusive_parts():
     shared = {"w": torch.tensor([1.0, 2.0]), "buffer": torch.tensor([7.0])}
     exclusive = {"w": torch.tensor([[1.0, 0.0], [0.0, 4.0]])}                # [T = 2, 2]
-    routed = RoutedModel(shared, exclusive, ["a", "b"], ["ta", "tb"], torch.nn.Identity(), {})
+    routed = RoutedModel(shared, exclusive, ["ta", "tb"], torch.nn.Identity(), {})
     body = routed.body(torch.tensor([0.25, 0.75]))
     assert torch.equal(body["w"], torch.tensor([1.25, 5.0]))
     assert torch.equal(body["buffer"], shared["buffer"])

@@ -4,7 +4,6 @@ of the pool, appended to ``outs/<experiment>/results.csv``; ``results.md`` is re
 spread over seeds."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -206,8 +205,9 @@ def check_method_config(domain: str, method: str, overrides: dict[str, Any], sch
 
 def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> None:
     """Refuse, before any work, an unknown method (the known ones are listed), parameters given to a
-    reference, a --statistics mode the pool's models lack (or a routed merge cannot use), a --merge-biases that is not true or false, and any
-    parameter (command line, method YAML, each point of its grid) that the method's schema rejects."""
+    reference, a --statistics mode the pool's models lack (or a routed merge cannot use), a --merge-biases that
+    is not true or false, and any parameter (command line, method YAML, each point of its grid) that the method's
+    schema rejects."""
     known = [*REFERENCES, *runnable_methods()]
     if method not in known:
         raise MergeError(f"unknown method '{method}'; known: {', '.join(known)}")
@@ -287,9 +287,9 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
     validation = Evaluator(pool, "validation", test.seed)
     candidates = candidates or [(task, test.seed) for task in pool.tasks]
-    if get_method(method).kind == "routed":
-        return _run_routed(pool, validation, test, method, params, grid, exclude, seed, candidates, statistics,
-                           progress, objective_tasks)
+    if get_method(method).kind == "routed":  # its shared body already holds the candidates' average statistics
+        return _run_routed(pool, validation, test, method, params, grid, exclude, seed, candidates, progress,
+                           objective_tasks)
 
     def score(point: dict[str, Any]) -> tuple[float, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         merged = merged_body(pool, validation, method, point, exclude, seed, candidates, statistics, objective_tasks)
@@ -301,20 +301,14 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
 
 
 def _run_routed(pool: PoolConfig, validation: Evaluator, test: Evaluator, method: str, params: dict[str, Any],
-                grid: dict[str, list], exclude: list[str], seed: int, candidates: list[Candidate], statistics: str,
-                progress: bool, objective_tasks: list[str] | None
-                ) -> tuple[dict[str, float], dict[str, Any], float, dict[str, Any]]:
+                grid: dict[str, list], exclude: list[str], seed: int, candidates: list[Candidate], progress: bool,
+                objective_tasks: list[str] | None) -> tuple[dict[str, float], dict[str, Any], float, dict[str, Any]]:
     """``run_method`` for a routed merge: each grid point's routed model (its shared body's running statistics
     the candidates' average, which its router was trained under) scored input by input on validation, the best
     one on test; its log gains how the router treated each split's inputs."""
-    names = validation.statistic_names()
-    folders = [checkpoint_folder(pool, *c) for c in candidates]
 
     def score(point: dict[str, Any]) -> tuple[float, tuple[RoutedModel, dict[str, Any]]]:
         routed = merge_routed(pool, method, point, exclude, validation, candidates, objective_tasks, seed)
-        if names:
-            routed = dataclasses.replace(routed, shared=pool.domain.finish(pool, routed.shared, folders, names,
-                                                                          statistics))
         scores, routing = validation.with_routed(routed, exclude)
         return normalized_score(scores, validation.finetuned(), pool.tasks), (routed, routing)
 

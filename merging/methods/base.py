@@ -256,7 +256,6 @@ class RoutedModel:
 
     shared: Tensors
     exclusive: Tensors
-    experts: list[str]
     tasks: list[str]
     router: torch.nn.Module
     log: dict[str, Any]

@@ -134,12 +134,12 @@ def twin_merging(inputs: DataDrivenInputs) -> RoutedModel:
     """The shared body, the experts' compressed exclusive parts and the router (module docstring)."""
     p: TwinMergingParams = inputs.params
     objective, tasks = inputs.paired()
-    experts = list(inputs.candidates)
+    experts = len(inputs.candidates)
     repeated = sorted({t for t in tasks if tasks.count(t) > 1})
     if repeated:
         raise MergeError(f"twin_merging routes an input to its task's expert: task(s) {repeated} have several "
                          "candidates; give one checkpoint per task")
-    method = per_tensor_method(p.shared, p.shared_params, len(experts), "shared_params")  # checked by the params
+    method = per_tensor_method(p.shared, p.shared_params, experts, "shared_params")  # checked by the params
     base = inputs.base_tensors()
     shared, exclusive, stored = {}, {}, 0
     for name, b in base.items():
@@ -149,19 +149,19 @@ def twin_merging(inputs: DataDrivenInputs) -> RoutedModel:
         if any(part.any() for part, _ in parts):  # a tensor no expert changes stays θ_shared for every input
             exclusive[name] = torch.stack([part for part, _ in parts])  # [T, *shape]
         stored += sum(n for _, n in parts)
-    dense = sum(t.numel() for t in base.values()) * len(experts)
+    dense = sum(t.numel() for t in base.values()) * experts
     logger.info("Twin-Merging: shared body and %d exclusive parts (%.1f %% of their full differences stored)",
-                len(experts), 100 * stored / dense)
+                experts, 100 * stored / dense)
     features, labels = router_data(objective, tasks, shared, p)
     logger.info("Twin-Merging: router on %d examples' features [%d]", len(labels), features.shape[1])
-    router, losses = train_router(features, labels, len(experts), p)
+    router, losses = train_router(features, labels, experts, p)
     with torch.no_grad():
         accuracy = (router(features).argmax(-1) == labels).float().mean().item()
     logger.info("Twin-Merging: router trained, loss %.4f, training accuracy %.3f", losses[-1], accuracy)
     log = {"router": {"examples": len(labels), "features": features.shape[1], "train_loss": losses,
                       "train_accuracy": accuracy},
            "exclusive_stored_fraction": stored / dense}
-    return RoutedModel(shared, exclusive, experts, tasks, router, log)
+    return RoutedModel(shared, exclusive, tasks, router, log)
 
 
 register_routed("twin_merging", PAPER, TwinMergingParams, twin_merging,
