@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from toy_objective import ToyObjective
@@ -16,6 +17,7 @@ from toy_objective import ToyObjective
 from merging.errors import MergeError
 from merging.io.candidates import CheckpointSource
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+from merging.resources import CONFIGS
 
 NAMES = ["body.weight", "body.bias"]
 
@@ -270,6 +272,23 @@ def test_layerwise_step_sizes_find_each_layers_own_step(gamma_max):
     assert per_layer.final_objective < per_layer.history[0]["objective"]
 
 
+def test_layerwise_step_sizes_start_from_golden_sections_step_so_they_are_never_worse():
+    """f = ‖θ − p‖² from 0 towards the one candidate p: the best step is γ = 1, which golden section evaluates
+    (γ_max is a point). The per-layer Adam steps start from that common step, so however short their reach (10
+    steps at lr 1e-3 from the schedule's 0.029 would stop near 0.04) they end where golden section ends."""
+    m = {"a": torch.tensor([2.0, -1.0]), "b": torch.tensor([0.5, 3.0])}
+    pool = {"p": {n: t.clone() for n, t in m.items()}}
+    zeros = {n: torch.zeros(2) for n in m}
+    params = {"oracle": "linear", "init": "given", "init_as_vertex": False, "iterations": 1, "layerwise_lr": 1e-3}
+    golden = frank_wolfe_merge(QuadraticObjective(m), zeros, pool, {**params, "line_search": "golden"},
+                               init_tensors=zeros)
+    per_layer = frank_wolfe_merge(QuadraticObjective(m), zeros, pool, {**params, "line_search": "layerwise"},
+                                  init_tensors=zeros)
+    assert golden.history[0]["gamma"] == pytest.approx(1.0) and golden.final_objective == pytest.approx(0.0)
+    assert per_layer.history[0]["gamma_range"] == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert per_layer.final_objective <= golden.final_objective + 1e-6
+
+
 def zero_vertex_case():
     """Layer a: every task vector has ⟨c, τ⟩ > 0 but every full weight ⟨c, θ_i⟩ < 0 (base_a is far
     negative); layer b: q is the only descent vertex; layer c: nothing descends, in either space."""
@@ -510,3 +529,25 @@ def test_bad_pools_are_clear_errors():
         frank_wolfe_merge(obj, obj.base, opt, {"init": "given"})
     with pytest.raises(MergeError, match="init_tensors"):
         frank_wolfe_merge(obj, obj.base, opt, init_tensors=obj.base)
+
+
+ISSUE_19_PRESETS = ["textbook", "scaled_vertices", "pairwise", "layerwise", "ties_start"]
+
+
+@pytest.mark.parametrize("preset", ISSUE_19_PRESETS)
+def test_the_shipped_fw_variants_never_raise_the_objective_and_pairwise_stays_in_the_hull(preset):
+    """Each issue-19 preset of configs/methods/frank_wolfe.yaml as shipped (the largest value of each searched
+    key) on the overshoot toy with an irrelevant checkpoint in the pool: f never rises over 6 iterations and
+    ends below f(θ_0); pairwise's recorded weights rebuild θ_K from the scaled vertices θ_base + c·τ_i."""
+    spec = yaml.safe_load((CONFIGS / "methods" / "frank_wolfe.yaml").read_text())["presets"][preset]
+    params = {**spec["parameters"], **{key: grid[-1] for key, grid in spec.get("search", {}).items()},
+              "iterations": 6}
+    obj = StrongToy(["t1"])
+    pool = overshoot_pool(obj, "t1")
+    result = frank_wolfe_merge(obj, obj.base, pool, params)
+    assert never_rises(result) and result.final_objective < result.history[0]["objective"]
+    if preset == "pairwise":
+        c = params["vertex_scale"]
+        vertices = {label: {n: obj.base[n] + c * (model[n] - obj.base[n]) for n in NAMES}
+                    for label, model in pool.items()}
+        assert_in_hull(result, {**vertices, "initial": obj.base, "zero": obj.base})

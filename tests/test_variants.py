@@ -78,5 +78,5 @@ def test_a_variant_without_rows_is_not_run(tmp_path):
 def test_the_shipped_variants_fix_issue_19s_acceptance():
     spec = load_variants()
     assert spec.criteria.model_dump() == {"margin": 2.0, "max_drop": 2.0, "max_rss_ratio": 1.2}
-    assert spec.irrelevance == [0, 16] and {"ties", "task_arithmetic"} <= set(spec.data_free)
+    assert spec.irrelevance == [0, 16] and {"ties", "task_arithmetic", "iso_c", "tsv_m"} <= set(spec.data_free)
     assert {"official", "textbook", "scaled_vertices", "pairwise", "layerwise"} <= {v.name for v in spec.variants}

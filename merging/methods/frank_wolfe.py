@@ -32,8 +32,9 @@ Iteration k = 0 … K−1 (``iterations`` = K):
           or argmin_{γ ∈ [0, γ_max]} f(θ_k + γ D_k) by a grid or golden section (``line_search``; γ = 0 is
           a candidate, so f never rises; halving from the smallest point when none improves and ⟨g, D_k⟩ < 0),
           or one γ_l ∈ [0, γ_max] per layer (``line_search: layerwise``, the AdaMerging idea inside FW):
-          ``layerwise_steps`` Adam steps (lr ``layerwise_lr``) on f(θ_k + Σ_l γ_l D_k,l) from the schedule's γ,
-          ∂f/∂γ_l = ⟨∇_l f, D_k,l⟩, keeping the best point evaluated (γ = 0 included, so f never rises)
+          ``layerwise_steps`` Adam steps (lr ``layerwise_lr``) on f(θ_k + Σ_l γ_l D_k,l) from the golden
+          section's common γ, ∂f/∂γ_l = ⟨∇_l f, D_k,l⟩, keeping the best point evaluated (γ = 0 and the common
+          γ included, so f never rises and no step is worse than golden section's)
     θ_{k+1} = MF(θ_k, [s_k]; scale γ_k) = θ_k + γ_k D_k,    D_k = MF(θ_k, [s_k]; scale 1) − θ_k
 
 Pairwise steps (``steps: pairwise``; Lacoste-Julien & Jaggi, "On the Global Linear Convergence of Frank-Wolfe
@@ -516,13 +517,13 @@ def _step_sizes(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeP
     """γ_l per layer (pairwise: at most ``limits``) by the schedule, a line search or layer-wise steps, and the γ
     recorded (layerwise: their mean)."""
     names = list(theta)
-    if p.line_search == "layerwise":
-        gammas = _layerwise_steps(objective, theta, d, p, value, _per_layer(scheduled, names, limits), limits)
-        return gammas, sum(gammas.values()) / len(gammas)
     if p.line_search == "none":
         return _per_layer(scheduled, names, limits), scheduled
     search = p if limits is None else p.model_copy(update={"gamma_max": min(p.gamma_max, max(limits.values()))})
-    gamma = _line_search(objective, theta, d, search, value, slope, limits)
+    gamma = _line_search(objective, theta, d, search, value, slope, limits)  # golden section for layerwise
+    if p.line_search == "layerwise":  # refined per layer from the common step, which stays a candidate
+        gammas = _layerwise_steps(objective, theta, d, p, value, _per_layer(gamma, names, limits), limits)
+        return gammas, sum(gammas.values()) / len(gammas)
     return _per_layer(gamma, names, limits), gamma
 
 
