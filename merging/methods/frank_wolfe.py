@@ -483,7 +483,8 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                             gap_max)
             break
         away = _away_vertices(weights, ips, names) if weights is not None else None
-        limits = {n: weights[n][away[n]] for n in names} if away is not None else None  # α_{a_l,l} bounds γ_l
+        limits = None if away is None else {  # α_{a_l,l} bounds γ_l; 0 where D_l = 0 (the search's range: moving layers)
+            n: 0.0 if choice[n] in ("keep", away[n]) else weights[n][away[n]] for n in names}
         d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k, away)
         del grad
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
@@ -519,6 +520,8 @@ def _step_sizes(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeP
     names = list(theta)
     if p.line_search == "none":
         return _per_layer(scheduled, names, limits), scheduled
+    if limits is not None and max(limits.values()) == 0:  # no layer moves
+        return dict.fromkeys(names, 0.0), 0.0
     search = p if limits is None else p.model_copy(update={"gamma_max": min(p.gamma_max, max(limits.values()))})
     gamma = _line_search(objective, theta, d, search, value, slope, limits)  # golden section for layerwise
     if p.line_search == "layerwise":  # refined per layer from the common step, which stays a candidate
