@@ -15,8 +15,10 @@ from safetensors.torch import save_file
 from toy_objective import ToyObjective
 
 from merging.errors import MergeError
-from merging.io.candidates import CheckpointSource
+from merging.io.candidates import CheckpointSource, InMemorySource
+from merging.methods.base import DataDrivenInputs
 from merging.methods.frank_wolfe import FrankWolfeParams, frank_wolfe_merge
+from merging.registry import get_method
 from merging.resources import CONFIGS
 
 NAMES = ["body.weight", "body.bias"]
@@ -551,3 +553,17 @@ def test_the_shipped_fw_variants_never_raise_the_objective_and_pairwise_stays_in
         vertices = {label: {n: obj.base[n] + c * (model[n] - obj.base[n]) for n in NAMES}
                     for label, model in pool.items()}
         assert_in_hull(result, {**vertices, "initial": obj.base, "zero": obj.base})
+
+
+def test_the_registered_methods_log_keeps_objective_gap_and_counts_and_pairwise_weights():
+    """What a benchmark row's log holds for FW hard: per iteration f, the gaps, γ and the choice counts (not the
+    per-layer choices), the final objective, and for pairwise steps each layer's final weights on its vertices."""
+    obj = StrongToy(["t1"])
+    pool = {label: InMemorySource(model, label) for label, model in overshoot_pool(obj, "t1").items()}
+    params = FrankWolfeParams(oracle="linear", init="base", iterations=3, steps="pairwise", line_search="golden")
+    _, log = get_method("frank_wolfe").implementation(DataDrivenInputs(obj, obj.base, pool, params, progress=False))
+    first = log["history"][0]
+    assert {"objective", "gap", "gap_max", "gamma", "counts"} <= set(first) and "choices" not in first
+    assert log["final_objective"] <= first["objective"]
+    assert set(log["weights"]) == set(NAMES) and all(sum(w.values()) == pytest.approx(1.0)
+                                                     for w in log["weights"].values())

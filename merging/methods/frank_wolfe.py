@@ -559,7 +559,8 @@ def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
     result = frank_wolfe_merge(inputs.objective, inputs.base, inputs.candidates, inputs.params,
                                progress=inputs.progress)
     init = {"init": result.init_log} if result.init_log else {}  # init: adamerging's trace
-    return result.theta, {**frank_wolfe_log(result.history, result.final_objective), **init}
+    weights = {"weights": result.weights} if result.weights is not None else {}  # pairwise: α per layer at the end
+    return result.theta, {**frank_wolfe_log(result.history, result.final_objective), **init, **weights}
 
 
 register_data_driven("frank_wolfe", PAPER, FrankWolfeParams, _merge, lora=True,
