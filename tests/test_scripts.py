@@ -68,7 +68,7 @@ def test_the_stage_lines_give_the_time_left_from_the_last_run_of_every_stage_lef
     assert "min left" not in other.stderr  # timed per pool
 
 
-def test_fw_soft_logs_counts_the_oracles_picks_and_the_inner_loops_reach(tmp_path):
+def test_fw_logs_counts_fw_softs_picks_and_the_inner_loops_reach(tmp_path):
     import json
 
     logs = tmp_path / "exp" / "logs"
@@ -82,9 +82,30 @@ def test_fw_soft_logs_counts_the_oracles_picks_and_the_inner_loops_reach(tmp_pat
         "history": [step]}}))
     (logs / "frank_wolfe_soft-seed0-2026-12-01T10:00.json").write_text(json.dumps({"row": {**row, "date": "2026-12-01"},
                                                                                   "log": {"history": [step]}}))
-    out = subprocess.run(["python3", "scripts/fw_soft_logs.py", str(tmp_path / "exp"), "--since", "2026-12-04"],
+    out = subprocess.run(["python3", "scripts/fw_logs.py", str(tmp_path / "exp"), "--since", "2026-12-04"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.count("normalised") == 1          # the older row is left out
     assert "normalised 51.70, 215.7 s, 1.51 GB" in out
     assert "f 7.30, entropy 8.20 → 5.45, own 1/3, a target's 2/3, λ 0.18–0.40" in out
     assert 'total {"preset": "irrelevance"} extra 16: 1 rows, own checkpoint 1/3, a target\'s 2/3' in out
+
+
+def test_fw_logs_splits_fw_hards_layer_choices_into_targets_others_and_the_special_vertices(tmp_path):
+    import json
+
+    logs = tmp_path / "exp" / "logs"
+    logs.mkdir(parents=True)
+    row = {"pool_seed": 1, "extra": 16, "overrides": '{"preset": "pairwise"}', "normalized": "60.5", "seconds": 90,
+           "peak_rss_gb": 1.5, "date": "2026-12-04 23:00", "targets": "mnist digits"}
+    steps = [{"iteration": 0, "objective": 9.0, "gap_max": 3.5, "gamma": 0.4, "gamma_range": [0.1, 0.6],
+              "counts": {"mnist-seed1": 3, "digits-seed0": 1, "cifar10-seed1": 2, "zero": 4}},
+             {"iteration": 1, "objective": 7.25, "gap_max": 0.5, "gamma": 0.2, "counts": {"initial": 9, "keep": 1}}]
+    (logs / "frank_wolfe-seed1-2026-12-04T23:00.json").write_text(json.dumps(
+        {"row": row, "log": {"history": steps, "final_objective": 7.0}}))
+    (logs / "frank_wolfe_soft-seed1-2026-12-04T23:00.json").write_text("not read: another method")
+    out = subprocess.run(["python3", "scripts/fw_logs.py", str(tmp_path / "exp"), "--method", "frank_wolfe"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "iteration 0: f 9, gap 3.5, γ 0.1–0.6; layers: a target's 4, another task's 2, zero 4" in out
+    assert "iteration 1: f 7.25, gap 0.5, γ 0.2; layers: initial 9, keep 1" in out
+    assert ('total {"preset": "pairwise"} extra 16: 1 rows, layer choices: a target\'s 4, another task\'s 2, '
+            "zero 4, initial 9, keep 1") in out
