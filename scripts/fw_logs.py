@@ -18,6 +18,11 @@ import json
 from pathlib import Path
 
 
+def task_of(label: str) -> str:
+    """The task of a checkpoint label "<task>-seed<s>"."""
+    return label.rsplit("-seed", 1)[0]
+
+
 def picks(record: dict) -> tuple[int, int, int]:
     """(selections of a task's own checkpoint, of a target's checkpoint, all selections) over the iterations."""
     history = record["log"]["history"]
@@ -25,7 +30,7 @@ def picks(record: dict) -> tuple[int, int, int]:
     own = target = total = 0
     for step in history:
         for task, label in step["selections"].items():
-            source = label.rsplit("-seed", 1)[0]
+            source = task_of(label)
             own, target, total = own + (source == task), target + (source in targets), total + 1
     return own, target, total
 
@@ -41,8 +46,8 @@ def summarise(record: dict) -> list[str]:
     lines = [header(row)]
     for step in history:
         picks = step["selections"]
-        own = sum(label.rsplit("-seed", 1)[0] == task for task, label in picks.items())
-        target = sum(label.rsplit("-seed", 1)[0] in targets for label in picks.values())
+        own = sum(task_of(label) == task for task, label in picks.items())
+        target = sum(task_of(label) in targets for label in picks.values())
         lambdas = [value for values in step.get("lambdas", {}).values() for value in values]
         loss = step.get("inner_loss", "")
         before = step.get(f"{loss}_before", step.get("entropy_before"))
@@ -64,7 +69,7 @@ def hard_groups(counts: dict[str, int], targets: set[str] | None) -> dict[str, i
         if label in ("zero", "initial", "keep"):
             grouped[label] += count
         else:
-            own = targets is None or label.rsplit("-seed", 1)[0] in targets
+            own = targets is None or task_of(label) in targets
             grouped["a target's" if own else "another task's"] += count
     return grouped
 
