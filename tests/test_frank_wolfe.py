@@ -503,6 +503,9 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"vertices": "task_vector", "vertex_scale": 0}, "vertex_scale"),
     ({"stop_gap": -1}, "stop_gap"),
     ({"steps": "pairwise"}, "steps: pairwise .* needs merge: task_arithmetic, oracle: linear"),
+    ({"selection": "per_task"}, "selection: per_task .* needs a line search"),
+    ({"selection": "per_task", "line_search": "golden", "steps": "pairwise", "oracle": "linear"},
+     "selection: per_task .* plain steps"),
     ({"line_search": "layerwise", "layerwise_steps": 0}, "layerwise_steps"),
     ({"init_merge": "ties", "init_merge_params": {"density": 0.2}}, "read by init: merge only"),
     ({"init": "merge", "init_merge_params": {"density": 0.2}}, "init_merge_params needs init_merge"),
@@ -533,7 +536,7 @@ def test_bad_pools_are_clear_errors():
         frank_wolfe_merge(obj, obj.base, opt, init_tensors=obj.base)
 
 
-ISSUE_19_PRESETS = ["textbook", "scaled_vertices", "pairwise", "layerwise", "ties_start"]
+ISSUE_19_PRESETS = ["textbook", "scaled_vertices", "pairwise", "layerwise", "ties_start", "per_task"]
 
 
 @pytest.mark.parametrize("preset", ISSUE_19_PRESETS)
@@ -553,6 +556,47 @@ def test_the_shipped_fw_variants_never_raise_the_objective_and_pairwise_stays_in
         vertices = {label: {n: obj.base[n] + c * (model[n] - obj.base[n]) for n in NAMES}
                     for label, model in pool.items()}
         assert_in_hull(result, {**vertices, "initial": obj.base, "zero": obj.base})
+
+
+def linear_lmo(grad: dict[str, torch.Tensor], tvs: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
+    """Per layer, argmin over the task vectors of ⟨g_l, τ_jl⟩, or "zero" (the base, score 0) when none is < 0."""
+    out = {}
+    for n in NAMES:
+        best = min(tvs, key=lambda j: dot(grad[n], tvs[j][n]))
+        out[n] = best if dot(grad[n], tvs[best][n]) < 0 else "zero"
+    return out
+
+
+def test_per_task_selection_steps_towards_the_mean_of_each_tasks_own_lmo_vertex():
+    """selection: per_task on two targets with a "blend" checkpoint θ_base + 0.7(τ_1 + τ_2) in the pool: from the
+    base, each task's linear LMO on its own gradient (computed by hand) differs from the joint LMO on ∇f (which
+    takes the blend), and θ_1 = θ_0 + γ((s_t1 + s_t2)/2 − θ_0) with the recorded γ. Over 8 iterations f never
+    rises; where the tasks' mean direction stalls, the joint step takes over and lowers f further."""
+    obj = StrongToy(["t1", "t2"])
+    tvs = {t: {n: obj.optimum[t][n] - obj.base[n] for n in NAMES} for t in obj.optimum}
+    tvs["blend"] = {n: 0.7 * (tvs["t1"][n] + tvs["t2"][n]) for n in NAMES}
+    pool = {label: {n: obj.base[n] + tv[n] for n in NAMES} for label, tv in tvs.items()}
+    grads = {}
+    for task in ["t1", "t2"]:
+        one = StrongToy(["t1", "t2"])
+        one.tasks = [task]
+        grads[task] = hand_objective_and_grad(one, obj.base)[1]
+    own = {t: linear_lmo(g, tvs) for t, g in grads.items()}
+    joint = linear_lmo({n: grads["t1"][n] + grads["t2"][n] for n in NAMES}, tvs)
+    assert set(joint.values()) == {"blend"} and all("blend" not in c.values() for c in own.values())
+    params = {"init": "base", "vertices": "task_vector", "oracle": "linear", "line_search": "golden",
+              "selection": "per_task", "zero_vertex": True}
+    first = frank_wolfe_merge(obj, obj.base, pool, {**params, "iterations": 1})
+    h = first.history[0]
+    assert h["choices"] == own and not h["fallback"] and h["gamma"] > 0
+    vertex = {**pool, "zero": obj.base}
+    mean = {n: (vertex[own["t1"][n]][n] + vertex[own["t2"][n]][n]) / 2 for n in NAMES}
+    for n in NAMES:
+        torch.testing.assert_close(first.theta[n], obj.base[n] + h["gamma"] * (mean[n] - obj.base[n]))
+    longer = frank_wolfe_merge(obj, obj.base, pool, {**params, "iterations": 8})
+    assert never_rises(longer)
+    stalled = next(i for i, step in enumerate(longer.history) if step["fallback"])
+    assert longer.final_objective < longer.history[stalled]["objective"] - 1e-3
 
 
 def test_the_registered_methods_log_keeps_objective_gap_and_counts_and_pairwise_weights():

@@ -26,6 +26,14 @@ Iteration k = 0 … K−1 (``iterations`` = K):
          i*   = argmin_i Σ_l score_il for the whole model (``model``; the official sums layer cosines)
          the zero vertex (score 0) is taken instead unless min score < 0 (official rule); a layer whose
          gradient is exactly 0 is kept as it is ("keep")
+    ``selection: per_task`` (FW soft's idea, one vertex per task, with this LMO): per task t the LMO above
+         on ∇f_t alone gives s_t,l, and the step goes towards their mean: D_l = (1/m) Σ_t (s_t,l − θ_l) (MF
+         per task, then averaged); a target's own checkpoint wins its task's oracle where a checkpoint good
+         for the sum of the tasks (another task's) would win the joint one. Feasible (the mean of vertices is
+         in conv(V)); not a descent direction by construction (the tasks' compromise can stall short of the
+         minimiser), so it needs a line search, and where the search finds no γ > 0 that lowers f the
+         iteration takes ∇f's own LMO step instead ("fallback" in the record): f never rises and the textbook
+         steps take over once the per-task ones stall. The gaps below stay those of ∇f's LMO.
     stop before the step when the duality gap max_v ⟨g, θ_k − v⟩ ≤ ``stop_gap`` (off by default): for a
          convex f it bounds f(θ_k) − min_{conv(V)} f, the textbook stopping rule
     γ_k = λ · 2/(k+2) · η                                     (``lambda``, ``eta``; official λ=0.29, η=0.1)
@@ -81,7 +89,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,7 +99,7 @@ from pydantic import Field, model_validator
 from .. import distributed
 from ..errors import MergeError
 from ..io.candidates import InMemorySource, TensorSource, as_source
-from ..objective import Objective
+from ..objective import Batch, Objective, sample_batches
 from ..registry import register_data_driven
 from .adamerging import AdaMergingParams, adamerging
 from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory, per_tensor_method
@@ -114,6 +122,7 @@ class FrankWolfeParams(Params):
     vertices: Literal["full", "task_vector"] = "full"
     vertex_scale: float = Field(1.0, gt=0)  # c: task_vector vertices θ_base + c·τ_i
     oracle: Literal["cosine", "linear"] = "cosine"
+    selection: Literal["joint", "per_task"] = "joint"  # one LMO on ∇f, or one per task on ∇f_t, averaged
     zero_vertex: bool = True
     init: Literal["ta", "merge", "base", "given", "adamerging"] = "ta"
     init_adamerging: dict[str, Any] = Field(default_factory=dict)  # AdaMergingParams of init: adamerging
@@ -144,6 +153,10 @@ class FrankWolfeParams(Params):
         if self.steps == "pairwise" and pairwise != ("task_arithmetic", "linear", "layer", True):
             raise ValueError("steps: pairwise moves weight between the vertices of each layer's hull: it needs "
                              "merge: task_arithmetic, oracle: linear, granularity: layer and init_as_vertex: true")
+        if self.selection == "per_task" and (self.steps == "pairwise" or self.line_search == "none"):
+            raise ValueError("selection: per_task averages one vertex per task, which is not a descent direction "
+                             "by construction: it needs a line search (line_search: grid, golden or layerwise) "
+                             "and plain steps (steps: frank_wolfe)")
         if self.vertex_scale != 1 and self.vertices != "task_vector":
             raise ValueError("vertex_scale scales task vectors: it needs vertices: task_vector")
         if self.init_adamerging and self.init != "adamerging":
@@ -221,6 +234,24 @@ def proxy_objective(objective: Objective, theta: Mapping[str, torch.Tensor], *, 
     if not math.isfinite(value):
         raise MergeError(f"the proxy objective is {value}; check the candidates and the proxy data")
     return value, total
+
+
+class OneTask:
+    """``objective`` restricted to one task, so ``proxy_objective`` gives f_t and ∇f_t; with ``draw`` (a seed)
+    its proxy batches are ``examples`` fresh training examples drawn with that seed."""
+
+    def __init__(self, objective: Objective, task: str, draw: tuple[Any, ...] | None = None,
+                 examples: int = 100, batch_size: int = 32) -> None:
+        self._objective, self.tasks = objective, [task]
+        self._draw, self._examples, self._batch_size = draw, examples, batch_size
+
+    def batches(self, task: str, split: str) -> Iterable[Batch]:
+        if split == "proxy" and self._draw is not None:
+            return sample_batches(self._objective, task, self._examples, self._batch_size, self._draw)
+        return self._objective.batches(task, split)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -472,9 +503,12 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
     weights = {n: {"initial": 1.0} for n in names} if p.steps == "pairwise" else None  # α_l: active vertices
     history: list[dict[str, Any]] = []
     for k in range(p.iterations):
-        value, grad = proxy_objective(objective, theta, grad=True)
+        if p.selection == "per_task":
+            value, grad, task_choices = _per_task_choices(p, objective, names, theta, base_src, vertices)
+        else:
+            (value, grad), task_choices = proxy_objective(objective, theta, grad=True), None
         grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grad.values()))
-        choice, gap, gap_max, ips = _oracle(p, names, theta, grad, base_src, vertices)
+        choice, gap, gap_max, ips = _oracle(p, names, theta, grad, base_src, vertices)  # ∇f's LMO: gaps, stop rule
         if p.stop_gap is not None and gap_max <= p.stop_gap:  # θ_k is certified: no step
             history.append({"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max,
                             "grad_norm": grad_norm, "stopped": f"duality gap {gap_max:.4g} <= stop_gap"})
@@ -485,16 +519,29 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
         away = _away_vertices(weights, ips, names) if weights is not None else None
         limits = None if away is None else {  # α_{a_l,l} bounds γ_l; 0 where D_l = 0 (the search's range: moving layers)
             n: 0.0 if choice[n] in ("keep", away[n]) else weights[n][away[n]] for n in names}
-        d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k, away)
-        del grad
+        if task_choices is None:
+            d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k, away)
+        else:
+            d, slope = _averaged_directions(p, names, theta, task_choices, base_src, vertices, grad, k)
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
         gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits)
+        fallback = task_choices is not None and gamma == 0.0
+        if fallback:  # the tasks' mean direction does not lower f here: ∇f's own LMO step (textbook FW) instead
+            task_choices = None
+            d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
+            gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits)
+        del grad
         theta = _moved(theta, d, gammas)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a); layerwise: γ_l)
         del d
-        counts = dict(Counter(choice.values()))
+        taken = [choice] if task_choices is None else list(task_choices.values())  # the vertices stepped to
+        counts = dict(Counter(label for c in taken for label in c.values()))
         step = {"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
-                "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
-                "counts": counts}
+                "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm,
+                "choices": choice if task_choices is None else task_choices, "counts": counts}
+        if task_choices is not None:
+            step["task_counts"] = {t: dict(Counter(c.values())) for t, c in task_choices.items()}
+        if p.selection == "per_task":
+            step["fallback"] = fallback
         if p.line_search == "layerwise":
             step["gamma_range"] = [min(gammas.values()), max(gammas.values())]
         if weights is not None:
@@ -505,6 +552,44 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
     final = proxy_objective(objective, theta, grad=False)[0]
     return FrankWolfeResult(theta=theta, history=history, final_objective=final, params=p, init_log=init_log,
                             weights=weights)
+
+
+def _per_task_choices(p: FrankWolfeParams, objective: Objective, names: list[str], theta: Tensors,
+                      base: TensorSource, vertices: dict[str, TensorSource]
+                      ) -> tuple[float, Tensors, dict[str, dict[str, str]]]:
+    """``selection: per_task``: f(θ) = Σ_t f_t(θ), ∇f = Σ_t ∇f_t, and per task t the LMO's vertex per layer on
+    its own gradient ∇f_t (one pool pass per task; one task gradient resident beside the sum)."""
+    value, total, choices = 0.0, None, {}
+    for task in objective.tasks:
+        task_value, task_grad = proxy_objective(OneTask(objective, task), theta, grad=True)
+        choices[task] = _oracle(p, names, theta, task_grad, base, vertices)[0]
+        value += task_value
+        if total is None:
+            total = task_grad
+        else:
+            for n in names:
+                total[n].add_(task_grad[n])
+        del task_grad
+    return value, total, choices
+
+
+def _averaged_directions(p: FrankWolfeParams, names: list[str], theta: Tensors,
+                         task_choices: dict[str, dict[str, str]], base: TensorSource,
+                         vertices: dict[str, TensorSource], grad: Tensors, k: int) -> tuple[Tensors, float]:
+    """``selection: per_task``: D = (1/m) Σ_t D_t, D_t = MF(θ, [s_t]) − θ towards task t's vertices, and the
+    slope ⟨∇f, D⟩. θ + γD = (1 − γ)θ + γ·(1/m) Σ_t s_t (task_arithmetic) stays in conv(V) for γ ∈ [0, 1]."""
+    total, slope = None, 0.0
+    for choice in task_choices.values():
+        d, task_slope = _directions(p, names, theta, choice, base, vertices, grad, k)
+        slope += task_slope
+        if total is None:
+            total = d
+        else:
+            for n in names:
+                total[n].add_(d[n])
+        del d
+    m = len(task_choices)
+    return {n: t / m for n, t in total.items()}, slope / m
 
 
 def _away_vertices(weights: dict[str, dict[str, float]], ips: dict[str, torch.Tensor], names: list[str]

@@ -75,7 +75,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,11 +85,19 @@ from pydantic import Field
 from .. import distributed
 from ..errors import MergeError
 from ..io.candidates import TensorSource, as_source
-from ..objective import Batch, Objective, sample_batches, seed_of
+from ..objective import Objective, seed_of
 from ..registry import register_data_driven
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
 from .base import DataDrivenInputs, DataDrivenResult, Params
-from .frank_wolfe import PAPER, _check_pool, cosine_scores, frank_wolfe_log, proxy_objective, stream_inner_products
+from .frank_wolfe import (
+    PAPER,
+    OneTask,
+    _check_pool,
+    cosine_scores,
+    frank_wolfe_log,
+    proxy_objective,
+    stream_inner_products,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,24 +125,6 @@ class FrankWolfeSoftResult:
     history: list[dict[str, Any]]  # per iteration k: objective, selections, entropy before/after …
     final_objective: float         # f(θ_K) = Σ_t f_t(θ_K)
     params: FrankWolfeSoftParams
-
-
-class _OneTask:
-    """``objective`` restricted to one task, so ``proxy_objective`` gives f_t and ∇f_t; with ``draw`` (a seed)
-    its proxy batches are ``proxy_examples`` fresh training examples drawn with that seed."""
-
-    def __init__(self, objective: Objective, task: str, draw: tuple[Any, ...] | None = None,
-                 examples: int = 100, batch_size: int = 32) -> None:
-        self._objective, self.tasks = objective, [task]
-        self._draw, self._examples, self._batch_size = draw, examples, batch_size
-
-    def batches(self, task: str, split: str) -> Iterable[Batch]:
-        if split == "proxy" and self._draw is not None:
-            return sample_batches(self._objective, task, self._examples, self._batch_size, self._draw)
-        return self._objective.batches(task, split)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._objective, name)
 
 
 @contextlib.contextmanager
@@ -210,7 +200,7 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         for index, task in enumerate(tasks):
             draw = (p.seed, "proxy", k, task) if p.proxy == "fresh" else None
             with _gradient_mode(objective, task, p.gradient_mode, (p.seed, "dropout", k, task)):
-                values[task], grad = proxy_objective(_OneTask(objective, task, draw, p.proxy_examples), theta,
+                values[task], grad = proxy_objective(OneTask(objective, task, draw, p.proxy_examples), theta,
                                                      grad=index < m)
             if grad is not None:
                 grads.append(grad)
