@@ -88,8 +88,9 @@ def summarise_hard(record: dict) -> tuple[list[str], dict[str, int]]:
         low, high = step.get("gamma_range", (step["gamma"], step["gamma"]))
         gamma = f"γ {low:.3g}–{high:.3g}" if high > low else f"γ {step['gamma']:.3g}"
         picks = ", ".join(f"{kind} {n}" for kind, n in grouped.items() if n)
+        how = {True: " (the joint LMO's step)", False: " (per task)"}.get(step.get("fallback"), "")
         lines.append(f"  iteration {step['iteration']}: f {step['objective']:.4g}, gap {step['gap_max']:.3g}, "
-                     f"{gamma}; layers: {picks}")
+                     f"{gamma}; layers{how}: {picks}")
     lines.append(f"  final f {record['log']['final_objective']:.4g}")
     return lines, total
 

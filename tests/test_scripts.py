@@ -99,7 +99,9 @@ def test_fw_logs_splits_fw_hards_layer_choices_into_targets_others_and_the_speci
            "peak_rss_gb": 1.5, "date": "2026-12-04 23:00", "targets": "mnist digits"}
     steps = [{"iteration": 0, "objective": 9.0, "gap_max": 3.5, "gamma": 0.4, "gamma_range": [0.1, 0.6],
               "counts": {"mnist-seed1": 3, "digits-seed0": 1, "cifar10-seed1": 2, "zero": 4}},
-             {"iteration": 1, "objective": 7.25, "gap_max": 0.5, "gamma": 0.2, "counts": {"initial": 9, "keep": 1}}]
+             {"iteration": 1, "objective": 7.25, "gap_max": 0.5, "gamma": 0.2, "counts": {"initial": 9, "keep": 1}},
+             {"iteration": 2, "objective": 7.1, "gap_max": 0.4, "gamma": 0.1, "counts": {"mnist-seed1": 2},
+              "fallback": True}]  # selection: per_task, where the joint LMO's step was taken
     (logs / "frank_wolfe-seed1-2026-12-04T23:00.json").write_text(json.dumps(
         {"row": row, "log": {"history": steps, "final_objective": 7.0}}))
     (logs / "frank_wolfe_soft-seed1-2026-12-04T23:00.json").write_text("not read: another method")
@@ -107,5 +109,6 @@ def test_fw_logs_splits_fw_hards_layer_choices_into_targets_others_and_the_speci
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "iteration 0: f 9, gap 3.5, γ 0.1–0.6; layers: a target's 4, another task's 2, zero 4" in out
     assert "iteration 1: f 7.25, gap 0.5, γ 0.2; layers: initial 9, keep 1" in out
-    assert ('total {"preset": "pairwise"} extra 16: 1 rows, layer choices: a target\'s 4, another task\'s 2, '
+    assert "iteration 2: f 7.1, gap 0.4, γ 0.1; layers (the joint LMO's step): a target's 2" in out
+    assert ('total {"preset": "pairwise"} extra 16: 1 rows, layer choices: a target\'s 6, another task\'s 2, '
             "zero 4, initial 9, keep 1") in out
