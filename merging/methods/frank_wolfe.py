@@ -554,6 +554,15 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
                             weights=weights)
 
 
+def _add_into(total: Tensors | None, part: Tensors) -> Tensors:
+    """total + part by name, in place in ``total`` (``part`` itself when there is no total yet)."""
+    if total is None:
+        return part
+    for name, tensor in part.items():
+        total[name].add_(tensor)
+    return total
+
+
 def _per_task_choices(p: FrankWolfeParams, objective: Objective, names: list[str], theta: Tensors,
                       base: TensorSource, vertices: dict[str, TensorSource]
                       ) -> tuple[float, Tensors, dict[str, dict[str, str]]]:
@@ -563,12 +572,7 @@ def _per_task_choices(p: FrankWolfeParams, objective: Objective, names: list[str
     for task in objective.tasks:
         task_value, task_grad = proxy_objective(OneTask(objective, task), theta, grad=True)
         choices[task] = _oracle(p, names, theta, task_grad, base, vertices)[0]
-        value += task_value
-        if total is None:
-            total = task_grad
-        else:
-            for n in names:
-                total[n].add_(task_grad[n])
+        value, total = value + task_value, _add_into(total, task_grad)
         del task_grad
     return value, total, choices
 
@@ -581,12 +585,7 @@ def _averaged_directions(p: FrankWolfeParams, names: list[str], theta: Tensors,
     total, slope = None, 0.0
     for choice in task_choices.values():
         d, task_slope = _directions(p, names, theta, choice, base, vertices, grad, k)
-        slope += task_slope
-        if total is None:
-            total = d
-        else:
-            for n in names:
-                total[n].add_(d[n])
+        slope, total = slope + task_slope, _add_into(total, d)
         del d
     m = len(task_choices)
     return {n: t / m for n, t in total.items()}, slope / m
