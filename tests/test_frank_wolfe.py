@@ -274,6 +274,22 @@ def test_layerwise_step_sizes_find_each_layers_own_step(gamma_max):
     assert per_layer.final_objective < per_layer.history[0]["objective"]
 
 
+@pytest.mark.parametrize("gamma_max", [1.0, 0.5])
+def test_secant_layerwise_steps_are_exact_per_layer_on_a_separable_quadratic(gamma_max):
+    """The direction of the test above (best step 0.25 in layer a, 0.75 in layer b): along each layer the slope
+    ⟨∇_l f(θ + γD), D_l⟩ of a separable quadratic is linear in γ, so the secant through γ = 0 and golden
+    section's common step (0.5) hits each layer's own step exactly, clipped to γ_max, from one more gradient."""
+    m = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([3.0, 0.0])}
+    pool = {"p": {"a": torch.tensor([4.0, 0.0]), "b": torch.tensor([4.0, 0.0])}}
+    zeros = {n: torch.zeros(2) for n in m}
+    params = {"oracle": "linear", "zero_vertex": False, "init": "given", "init_as_vertex": False, "iterations": 1,
+              "gamma_max": gamma_max, "line_search": "layerwise_secant", "line_search_points": 30}
+    result = frank_wolfe_merge(QuadraticObjective(m), zeros, pool, params, init_tensors=zeros)
+    assert result.history[0]["gamma_range"] == pytest.approx([0.25, min(0.75, gamma_max)], abs=1e-6)
+    expected = 0.0 if gamma_max == 1 else (4 * 0.5 - 3) ** 2
+    assert result.final_objective == pytest.approx(expected, abs=1e-6)
+
+
 def test_layerwise_step_sizes_start_from_golden_sections_step_so_they_are_never_worse():
     """f = ‖θ − p‖² from 0 towards the one candidate p: the best step is γ = 1, which golden section evaluates
     (γ_max is a point). The per-layer Adam steps start from that common step, so however short their reach (10
@@ -536,7 +552,8 @@ def test_bad_pools_are_clear_errors():
         frank_wolfe_merge(obj, obj.base, opt, init_tensors=obj.base)
 
 
-ISSUE_19_PRESETS = ["textbook", "scaled_vertices", "pairwise", "layerwise", "ties_start", "per_task"]
+ISSUE_19_PRESETS = ["textbook", "scaled_vertices", "pairwise", "layerwise", "ties_start", "per_task",
+                    "layerwise_secant"]
 
 
 @pytest.mark.parametrize("preset", ISSUE_19_PRESETS)

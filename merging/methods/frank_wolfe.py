@@ -42,7 +42,11 @@ Iteration k = 0 … K−1 (``iterations`` = K):
           or one γ_l ∈ [0, γ_max] per layer (``line_search: layerwise``, the AdaMerging idea inside FW):
           ``layerwise_steps`` Adam steps (lr ``layerwise_lr``) on f(θ_k + Σ_l γ_l D_k,l) from the golden
           section's common γ, ∂f/∂γ_l = ⟨∇_l f, D_k,l⟩, keeping the best point evaluated (γ = 0 and the common
-          γ included, so f never rises and no step is worse than golden section's)
+          γ included, so f never rises and no step is worse than golden section's),
+          or ``layerwise_secant``: one γ_l per layer from ONE more gradient, at golden section's common γ*: along
+          each layer φ_l'(γ) is taken linear through a_l = ⟨∇_l f(θ_k), D_l⟩ and b_l = ⟨∇_l f(θ_k + γ*D), D_l⟩
+          (a separable quadratic model of f), γ_l = −a_l γ*/(b_l − a_l) in [0, γ_max] where b_l > a_l and γ*
+          elsewhere; taken only if f there is below f at γ* (exact per layer on a separable quadratic)
     θ_{k+1} = MF(θ_k, [s_k]; scale γ_k) = θ_k + γ_k D_k,    D_k = MF(θ_k, [s_k]; scale 1) − θ_k
 
 Pairwise steps (``steps: pairwise``; Lacoste-Julien & Jaggi, "On the Global Linear Convergence of Frank-Wolfe
@@ -131,7 +135,7 @@ class FrankWolfeParams(Params):
     init_merge_params: dict[str, Any] = Field(default_factory=dict)  # its parameters as given, scale included
     merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
     merge_params: dict[str, Any] = Field(default_factory=dict)
-    line_search: Literal["none", "grid", "golden", "layerwise"] = "none"
+    line_search: Literal["none", "grid", "golden", "layerwise", "layerwise_secant"] = "none"
     line_search_points: int = Field(8, ge=2)
     layerwise_steps: int = Field(10, ge=1)
     layerwise_lr: float = Field(0.05, gt=0)
@@ -155,7 +159,7 @@ class FrankWolfeParams(Params):
                              "merge: task_arithmetic, oracle: linear, granularity: layer and init_as_vertex: true")
         if self.selection == "per_task" and (self.steps == "pairwise" or self.line_search == "none"):
             raise ValueError("selection: per_task averages one vertex per task, which is not a descent direction "
-                             "by construction: it needs a line search (line_search: grid, golden or layerwise) "
+                             "by construction: it needs a line search (line_search: grid, golden, layerwise …) "
                              "and plain steps (steps: frank_wolfe)")
         if self.vertex_scale != 1 and self.vertices != "task_vector":
             raise ValueError("vertex_scale scales task vectors: it needs vertices: task_vector")
@@ -437,6 +441,24 @@ def _layerwise_steps(objective: Objective, theta: Tensors, d: Tensors, p: FrankW
     return best
 
 
+def _secant_steps(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, start: dict[str, float],
+                  limits: dict[str, float] | None, grad: Tensors) -> dict[str, float]:
+    """One step size per layer from one gradient at the common step γ*_l = ``start`` (golden section's): the
+    zero of the secant of φ_l'(γ) = ⟨∇_l f(θ + γD), D_l⟩ through γ = 0 (``grad``) and γ*_l, in [0, min(γ_max,
+    limits_l)], where the slope rises (b_l > a_l: convex along D_l); γ*_l elsewhere. Kept only where f there is
+    below f at the common step, which line search already put at or below f(θ)."""
+    if max(start.values()) == 0:  # golden section found no descent: nothing to refine
+        return start
+    f_common, at_common = proxy_objective(objective, _moved(theta, d, start), grad=True)
+    gammas = {}
+    for name, common in start.items():
+        upper = p.gamma_max if limits is None else min(p.gamma_max, limits[name])
+        a, b = _dot(grad[name], d[name]), _dot(at_common[name], d[name])  # φ_l'(0), φ_l'(γ*_l)
+        gammas[name] = min(max(-a * common / (b - a), 0.0), upper) if common > 0 and b > a else common
+    del at_common
+    return gammas if proxy_objective(objective, _moved(theta, d, gammas), grad=False)[0] < f_common else start
+
+
 def _check_pool(names: list[str], base: TensorSource, pool: dict[str, TensorSource]) -> None:
     if not pool:
         raise MergeError("Frank-Wolfe merging needs at least one candidate")
@@ -524,12 +546,12 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
         else:
             d, slope = _averaged_directions(p, names, theta, task_choices, base_src, vertices, grad, k)
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
-        gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits)
+        gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits, grad)
         fallback = task_choices is not None and gamma == 0.0
         if fallback:  # the tasks' mean direction does not lower f here: ∇f's own LMO step (textbook FW) instead
             task_choices = None
             d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
-            gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits)
+            gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits, grad)
         del grad
         theta = _moved(theta, d, gammas)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a); layerwise: γ_l)
         del d
@@ -542,7 +564,7 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
             step["task_counts"] = {t: dict(Counter(c.values())) for t, c in task_choices.items()}
         if p.selection == "per_task":
             step["fallback"] = fallback
-        if p.line_search == "layerwise":
+        if p.line_search in ("layerwise", "layerwise_secant"):
             step["gamma_range"] = [min(gammas.values()), max(gammas.values())]
         if weights is not None:
             step.update(_shift_weights(weights, choice, away, gammas))
@@ -598,9 +620,9 @@ def _away_vertices(weights: dict[str, dict[str, float]], ips: dict[str, torch.Te
 
 
 def _step_sizes(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeParams, value: float, slope: float,
-                scheduled: float, limits: dict[str, float] | None) -> tuple[dict[str, float], float]:
+                scheduled: float, limits: dict[str, float] | None, grad: Tensors) -> tuple[dict[str, float], float]:
     """γ_l per layer (pairwise: at most ``limits``) by the schedule, a line search or layer-wise steps, and the γ
-    recorded (layerwise: their mean)."""
+    recorded (layerwise: their mean). ``grad`` = ∇f(θ) (for layerwise_secant's slopes at γ = 0)."""
     names = list(theta)
     if p.line_search == "none":
         return _per_layer(scheduled, names, limits), scheduled
@@ -610,6 +632,9 @@ def _step_sizes(objective: Objective, theta: Tensors, d: Tensors, p: FrankWolfeP
     gamma = _line_search(objective, theta, d, search, value, slope, limits)  # golden section for layerwise
     if p.line_search == "layerwise":  # refined per layer from the common step, which stays a candidate
         gammas = _layerwise_steps(objective, theta, d, p, value, _per_layer(gamma, names, limits), limits)
+        return gammas, sum(gammas.values()) / len(gammas)
+    if p.line_search == "layerwise_secant":
+        gammas = _secant_steps(objective, theta, d, p, _per_layer(gamma, names, limits), limits, grad)
         return gammas, sum(gammas.values()) / len(gammas)
     return _per_layer(gamma, names, limits), gamma
 
