@@ -605,7 +605,7 @@ def test_per_task_selection_steps_towards_the_mean_of_each_tasks_own_lmo_vertex(
               "selection": "per_task", "zero_vertex": True}
     first = frank_wolfe_merge(obj, obj.base, pool, {**params, "iterations": 1})
     h = first.history[0]
-    assert h["choices"] == own and not h["fallback"] and h["gamma"] > 0
+    assert h["task_choices"] == own and h["choices"] == joint and not h["fallback"] and h["gamma"] > 0
     vertex = {**pool, "zero": obj.base}
     mean = {n: (vertex[own["t1"][n]][n] + vertex[own["t2"][n]][n]) / 2 for n in NAMES}
     for n in NAMES:
@@ -614,6 +614,18 @@ def test_per_task_selection_steps_towards_the_mean_of_each_tasks_own_lmo_vertex(
     assert never_rises(longer)
     stalled = next(i for i, step in enumerate(longer.history) if step["fallback"])
     assert longer.final_objective < longer.history[stalled]["objective"] - 1e-3
+    # the stalled iteration: the tasks' mean direction finds no γ > 0, so θ moves towards ∇f's own LMO vertices
+    before = frank_wolfe_merge(obj, obj.base, pool, {**params, "iterations": stalled}).theta
+    after = frank_wolfe_merge(obj, obj.base, pool, {**params, "iterations": stalled + 1})
+    step = after.history[stalled]
+    targets = {n: vertex[step["choices"][n]][n] for n in NAMES}
+    for n in NAMES:
+        torch.testing.assert_close(after.theta[n], before[n] + step["gamma"] * (targets[n] - before[n]))
+    averaged = {n: sum(vertex[c[n]][n] for c in step["task_choices"].values()) / 2 for n in NAMES}
+    f_before = hand_objective_and_grad(obj, before)[0]
+    assert step["gamma"] > 0 and all(
+        hand_objective_and_grad(obj, {n: before[n] + g * (averaged[n] - before[n]) for n in NAMES})[0] >= f_before
+        for g in (0.01, 0.1, 0.5, 1.0))  # the tasks' mean direction did not descend here
 
 
 def test_the_registered_methods_log_keeps_objective_gap_and_counts_and_pairwise_weights():

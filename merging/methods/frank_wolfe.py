@@ -29,8 +29,8 @@ Iteration k = 0 … K−1 (``iterations`` = K):
     ``selection: per_task`` (FW soft's idea, one vertex per task, with this LMO): per task t the LMO above
          on ∇f_t alone gives s_t,l, and the step goes towards their mean: D_l = (1/m) Σ_t (s_t,l − θ_l) (MF
          per task, then averaged); a target's own checkpoint wins its task's oracle where a checkpoint good
-         for the sum of the tasks (another task's) would win the joint one. Feasible (the mean of vertices is
-         in conv(V)); not a descent direction by construction (the tasks' compromise can stall short of the
+         for the sum of the tasks (another task's) would win the joint one. Feasible with merge
+         task_arithmetic and γ_max ≤ 1 (the mean of vertices is in conv(V)); not a descent direction by construction (the tasks' compromise can stall short of the
          minimiser), so it needs a line search, and where the search finds no γ > 0 that lowers f the
          iteration takes ∇f's own LMO step instead ("fallback" in the record): f never rises and the textbook
          steps take over once the per-task ones stall. The gaps below stay those of ∇f's LMO.
@@ -75,7 +75,9 @@ Memory does not grow with the pool: resident are θ_k, ∇f, D_k (built while �
 θ_0 when it is a vertex, θ_k + γD_k during a line search, one base tensor and ONE candidate tensor; the
 oracle streams u_il layer by layer and keeps only [vertices, layers] tables of inner products and norms;
 the step re-reads each chosen tensor. Only ``init: merge`` holds the n candidates of one layer at once, and
-``init: adamerging`` every candidate's task vectors (for the init only; AdaMerging's memory).
+``init: adamerging`` every candidate's task vectors (for the init only; AdaMerging's memory). ``selection:
+per_task`` adds one task's gradient (up to three gradient-sized buffers while it is summed) and one task's
+direction beside D_k; ``layerwise_secant`` a second gradient, at the common step: none grows with the pool.
 
 Data-parallel under ``accelerate launch`` (merging/distributed.py): f and ∇f are sums over the proxy batches,
 sharded across processes and all-reduced; every later step uses reduced values only, so every process holds
@@ -549,21 +551,20 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
         gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits, grad)
         fallback = task_choices is not None and gamma == 0.0
         if fallback:  # the tasks' mean direction does not lower f here: ∇f's own LMO step (textbook FW) instead
-            task_choices = None
+            del d
             d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
             gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits, grad)
         del grad
         theta = _moved(theta, d, gammas)  # θ_{k+1} = θ_k + γ_k D_k (pairwise: min(γ_k, α_a); layerwise: γ_l)
         del d
-        taken = [choice] if task_choices is None else list(task_choices.values())  # the vertices stepped to
-        counts = dict(Counter(label for c in taken for label in c.values()))
+        taken = [choice] if task_choices is None or fallback else list(task_choices.values())  # stepped towards
+        counts = dict(Counter(label for c in taken for label in c.values()))  # per task: m choices per layer
         step = {"iteration": k, "objective": value, "gap": gap, "gap_max": gap_max, "gamma": gamma,
-                "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm,
-                "choices": choice if task_choices is None else task_choices, "counts": counts}
-        if task_choices is not None:
-            step["task_counts"] = {t: dict(Counter(c.values())) for t, c in task_choices.items()}
-        if p.selection == "per_task":
-            step["fallback"] = fallback
+                "gamma_schedule": scheduled, "slope": slope, "grad_norm": grad_norm, "choices": choice,
+                "counts": counts}
+        if task_choices is not None:  # the tasks' own picks, also where they stalled and the joint step was taken
+            step.update(task_choices=task_choices, fallback=fallback,
+                        task_counts={t: dict(Counter(c.values())) for t, c in task_choices.items()})
         if p.line_search in ("layerwise", "layerwise_secant"):
             step["gamma_range"] = [min(gammas.values()), max(gammas.values())]
         if weights is not None:
@@ -610,7 +611,7 @@ def _averaged_directions(p: FrankWolfeParams, names: list[str], theta: Tensors,
         slope, total = slope + task_slope, _add_into(total, d)
         del d
     m = len(task_choices)
-    return {n: t / m for n, t in total.items()}, slope / m
+    return {n: t.div_(m) for n, t in total.items()}, slope / m
 
 
 def _away_vertices(weights: dict[str, dict[str, float]], ips: dict[str, torch.Tensor], names: list[str]
@@ -660,7 +661,7 @@ def _shift_weights(weights: dict[str, dict[str, float]], choice: dict[str, str],
 def frank_wolfe_log(history: list[dict[str, Any]], final_objective: float) -> dict[str, Any]:
     """A Frank-Wolfe variant's log for a result row: its history less the per-layer choices and scores, and its
     final objective."""
-    steps = [{k: v for k, v in step.items() if k not in ("choices", "scores")} for step in history]
+    steps = [{k: v for k, v in step.items() if k not in ("choices", "task_choices", "scores")} for step in history]
     return {"history": steps, "final_objective": final_objective}
 
 
