@@ -30,8 +30,9 @@ Iteration k = 0 … K−1 (``iterations`` = K):
          on ∇f_t alone gives s_t,l, and the step goes towards their mean: D_l = (1/m) Σ_t (s_t,l − θ_l) (MF
          per task, then averaged); a target's own checkpoint wins its task's oracle where a checkpoint good
          for the sum of the tasks (another task's) would win the joint one. Feasible with merge
-         task_arithmetic and γ_max ≤ 1 (the mean of vertices is in conv(V)); not a descent direction by construction (the tasks' compromise can stall short of the
-         minimiser), so it needs a line search, and where the search finds no γ > 0 that lowers f the
+         task_arithmetic and γ_max ≤ 1 (the mean of vertices is in conv(V)); not a descent direction by
+         construction (the tasks' compromise can stall short of the minimiser), so it needs a line search,
+         and where the search finds no γ > 0 that lowers f the
          iteration takes ∇f's own LMO step instead ("fallback" in the record): f never rises and the textbook
          steps take over once the per-task ones stall. The gaps below stay those of ∇f's LMO.
     stop before the step when the duality gap max_v ⟨g, θ_k − v⟩ ≤ ``stop_gap`` (off by default): for a
