@@ -550,7 +550,8 @@ def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, to
             d, slope = _averaged_directions(p, names, theta, task_choices, base_src, vertices, grad, k)
         scheduled = p.scale * 2.0 / (k + 2) * p.step_size
         gammas, gamma = _step_sizes(objective, theta, d, p, value, slope, scheduled, limits, grad)
-        fallback = task_choices is not None and gamma == 0.0
+        fallback = (task_choices is not None and gamma == 0.0  # a joint step that differs from the stalled one
+                    and any(c != choice for c in task_choices.values()))
         if fallback:  # the tasks' mean direction does not lower f here: ∇f's own LMO step (textbook FW) instead
             del d
             d, slope = _directions(p, names, theta, choice, base_src, vertices, grad, k)
