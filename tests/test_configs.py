@@ -102,6 +102,7 @@ LOADERS = [  # (pattern, loader): the first match reads the file
     ("configs/generative/tasks.yaml", lambda path: generative_data.entries()),
     ("configs/methods/*", method_file(TextPool(name="t", base="b", tasks=["a"]))),
     ("configs/vision/methods/*", method_file(VisionPool(name="v", base="b", tasks=["a"]))),
+    ("configs/discriminative/methods/*", method_file(TextPool(name="t", base="b", tasks=["a"]))),
     ("configs/generative/methods/*", generative_method_file),
     ("configs/discriminative/*", load_text_pool),
     ("configs/vision/*", vision_pool),

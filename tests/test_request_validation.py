@@ -381,7 +381,7 @@ def test_run_help_lists_every_method_with_its_parameters_grid_and_presets(capsys
     text = " ".join(capsys.readouterr().out.split())  # the epilog is wrapped: compare with whitespace collapsed
     for method in [*known_methods("per_tensor"), *known_methods("data_driven")]:
         assert f" {method} (" in text, method
-    assert "--lambda {0.2, 0.3, 0.4, 0.5, 0.7}" in text  # configs/methods/task_arithmetic.yaml
+    assert "--lambda {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0}" in text  # configs/discriminative/methods/task_arithmetic.yaml
     assert "--t REQUIRED" in text and "--preset irrelevance | relevance | main" in text
     assert "--statistics average|reestimate" in text and "--scaling is --lambda" in text
 
