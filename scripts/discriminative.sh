@@ -19,7 +19,7 @@
 #   METHODS=frank_wolfe_soft run_main --preset main     # the paper's main setting: every checkpoint, 4 targets
 #   run_claims                              # the paper's claims judged on these rows (outs/<pool>_claims.md)
 _DOMAIN=discriminative
-_DEFAULT_POOL=configs/discriminative/minilm_8tasks.yaml
-_DEFAULT_TARGETS="sarcasm_headlines bbc_topic hyperbaton epistemic_reasoning"
+_DEFAULT_POOL=configs/discriminative/minilm_8tasks_v2.yaml
+_DEFAULT_TARGETS="sarcasm_headlines bbc_topic tomi guess_the_singer"
 # shellcheck source=scripts/runners.sh
 source "$(dirname "${BASH_SOURCE[0]}")/runners.sh"

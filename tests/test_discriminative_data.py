@@ -2,6 +2,7 @@
 in tmp_path: no downloads, no real packages, well under a few seconds."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -71,6 +72,24 @@ def fake_evals_sdist(path: Path) -> Path:
     return path
 
 
+def fake_evals_chat_sdist(path: Path) -> Path:
+    """Two chat-style evals: a two-answer question (one instruction message) and an induction task whose
+    context sits in system messages after three option messages, with prefixed answers."""
+    def chat(*messages: tuple[str, str], ideal) -> bytes:
+        return json.dumps({"input": [{"role": r, "content": c} for r, c in messages], "ideal": ideal}).encode()
+    qa = [chat(("system", "Answer A or B."), ("user", "Carts on a hill: the first is\n\n A: Dina's\n B: Job's"),
+               ideal="A"),
+          chat(("system", "Answer A or B."), ("user", "More resistors: resistance\n\n A: falls\n B: rises"),
+               ideal=["B", "B: rises"])]
+    induction = [chat(("system", "Deduce the light."), ("system", "on."), ("system", "off."), ("system", "?"),
+                      ("system", "A red cube is visible. The light is on."),
+                      ("user", "A red cube is visible. The state of the light is "), ideal="ANSWER: on")]
+    root = "evals-3.0.1.post1/evals/registry/data"
+    path.write_bytes(_tar_bytes({f"{root}/qa/samples.jsonl": b"\n".join(qa),
+                                 f"{root}/induction/text.jsonl": b"\n".join(induction)}))
+    return path
+
+
 def hyperbaton_json(n: int) -> dict:
     examples = []
     for i in range(n):
@@ -128,6 +147,28 @@ def test_vader_readers_nested_tarball_crlf_and_cut(tmp_path):
 def test_sarcasm_reader(tmp_path):
     rows = sources.evals_sarcasm(fake_evals_sdist(tmp_path / "e.tar.gz"))
     assert rows == [("area man wins nothing", 1), ("senate passes budget", 0), ("area man wins nothing", 1)]
+
+
+def test_evals_chat_reader_pairs_labels_skip_and_join(tmp_path):
+    sdist = fake_evals_chat_sdist(tmp_path / "e.tar.gz")
+    qa = data.TaskSpec("qa", "classification", 2, "accuracy", ("A", "B"))
+    rows = sources.read_evals_chat(sdist, qa, "qa/samples.jsonl", r"(?P<text>.*?)\s+(?P<pair>A: .*)")
+    assert rows == [("Carts on a hill: the first is", 0, "A: Dina's B: Job's"),  # whitespace runs cleaned
+                    ("More resistors: resistance", 1, "A: falls B: rises")]  # accepted spellings: the first
+    light = data.TaskSpec("light", "classification", 3, "accuracy", ("on", "off", "undetermined"))
+    pattern = r"(?P<pair>.*)\n(?P<text>[^\n]*The state of the light is)"
+    labels = {"ANSWER: on": "on", "ANSWER: off": "off"}
+    rows = sources.read_evals_chat(sdist, light, "induction/text.jsonl", pattern, skip=4, labels=labels)
+    assert rows == [("A red cube is visible. The state of the light is", 0, "A red cube is visible. The light is on.")]
+    rows = sources.read_evals_chat(sdist, light, "induction/text.jsonl", pattern, skip=4, labels=labels, join=True)
+    assert rows == [("A red cube is visible. The state of the light is A red cube is visible. The light is on.", 0,
+                     None)]
+    with pytest.raises(MergeError, match="does not match"):  # skip 3 keeps the '?' option message
+        sources.read_evals_chat(sdist, light, "induction/text.jsonl", r"A red(?P<text>.*)", skip=3, labels=labels)
+    with pytest.raises(MergeError, match=r"label 'ANSWER: on' not in label_names"):
+        sources.read_evals_chat(sdist, light, "induction/text.jsonl", pattern, skip=4)
+    with pytest.raises(MergeError, match="registry/data/nope.jsonl"):
+        sources.read_evals_chat(sdist, qa, "nope.jsonl", "(?P<text>.*)")
 
 
 def test_bigbench_stream_and_choice_reader(tmp_path):
@@ -271,6 +312,16 @@ def test_prepare_and_load_split_end_to_end(fake_cache):
     stamp = (fake_cache / "discriminative" / "imdb" / "meta.json").stat().st_mtime_ns
     data.prepare(progress=False)  # idempotent: nothing rebuilt
     assert (fake_cache / "discriminative" / "imdb" / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_a_withdrawn_archive_fails_prepare_before_any_task_is_built(fake_cache, monkeypatch):
+    bigbench = sources.PACKAGES["bigbench"]
+    monkeypatch.setitem(sources.PACKAGES, "bigbench", dataclasses.replace(bigbench, withdrawn="gone"))
+    (fake_cache / "downloads" / bigbench.filename).unlink()
+    with pytest.raises(MergeError, match=r"bigbench==0 \(read by hyperbaton\) is no longer served"):
+        data.prepare(["imdb", "hyperbaton"], progress=False)
+    assert not (fake_cache / "discriminative" / "imdb").exists()  # nothing built before the check
+    data.prepare(["imdb"], progress=False)  # tasks of served packages still build
 
 
 def test_recipe_change_rebuilds_and_bad_archive_is_refused(fake_cache, monkeypatch):

