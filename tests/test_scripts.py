@@ -112,3 +112,9 @@ def test_fw_logs_splits_fw_hards_layer_choices_into_targets_others_and_the_speci
     assert "iteration 2: f 7.1, gap 0.4, γ 0.1; layers (the joint LMO's step): a target's 2" in out
     assert ('total {"preset": "pairwise"} extra 16: 1 rows, layer choices: a target\'s 6, another task\'s 2, '
             "zero 4, initial 9, keep 1") in out
+
+
+def test_task_learnability_states_its_bar():
+    out = subprocess.run(["python3", "scripts/task_learnability.py", "--help"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert "Is each task of a pool worth merging?" in out.stdout

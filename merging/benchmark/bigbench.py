@@ -15,8 +15,7 @@ from ..io.pypi import Package
 
 BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", 358_249_635,
                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True,
-                   withdrawn="gone by 2026-12-05: PyPI lists bigbench 0.0.1 only; the text pool "
-                             "configs/discriminative/minilm_8tasks_v2.yaml needs none of it")
+                   withdrawn="gone by 2026-12-05: PyPI lists bigbench 0.0.1 only")
 
 
 def bigbench_tasks(sdist: Path, tasks: Iterable[str]) -> dict[str, dict]:

