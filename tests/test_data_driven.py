@@ -315,10 +315,11 @@ def test_regression_fisher_is_the_squared_loss_gradient():
     torch.testing.assert_close(fisher["body.bias"], (2 * residual[:, None] * h).square().mean(0))
     grad_w = 2 * residual[:, None, None] * h[None, :, None] * x[:, None, :]  # [n, d, d]
     torch.testing.assert_close(fisher["body.weight"], grad_w.square().mean(0))
-    # each fine-tuned body fits its own task exactly: F_i = 0 everywhere, so the merge falls back to the average
+    # each fine-tuned body fits its own task exactly: F_i = 0 up to float rounding everywhere, so the merge is the
+    # average up to the weights that rounding leaves (2e-4 on one element on some CPUs)
     candidates = [objective.optimum[t] for t in objective.tasks]
     for name, tensor in fisher_merge(objective, candidates).items():
-        torch.testing.assert_close(tensor, average(candidates)[name])
+        torch.testing.assert_close(tensor, average(candidates)[name], atol=1e-3, rtol=1e-3)
 
 
 def test_fisher_merge_favours_the_candidate_that_is_certain():
