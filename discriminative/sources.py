@@ -124,16 +124,11 @@ def vader(sdist: Path, corpus: str) -> list[tuple[str, float]]:
 
 def evals_sarcasm(sdist: Path) -> list[tuple[str, int]]:
     """(headline, 1 = sarcastic / 0 = not) from the evals sarcasm samples (last chat message, ``ideal``)."""
-    with tarfile.open(sdist, "r:gz") as tar:
-        name = _member(tar, "evals/registry/data/sarcasm/samples.jsonl", sdist)
-        raw = tar.extractfile(name).read().decode("utf-8")  # type: ignore[union-attr]
     out = []
-    for i, line in enumerate(raw.splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if str(row["ideal"]) not in ("0", "1"):
-                raise MergeError(f"{sdist}:{name} line {i}: ideal {row['ideal']!r}, expected '0' or '1'")
-            out.append((clean(row["input"][-1]["content"]), int(row["ideal"])))
+    for i, (messages, ideal) in enumerate(evals_samples(sdist, "sarcasm/samples.jsonl"), 1):
+        if str(ideal) not in ("0", "1"):
+            raise MergeError(f"{sdist}: evals sarcasm sample {i}: ideal {ideal!r}, expected '0' or '1'")
+        out.append((clean(messages[-1]["content"]), int(ideal)))
     return out
 
 

