@@ -11,7 +11,7 @@
 #   run_irrelevance; run_relevance; run_memory                     # the scaling claims, 4 target tasks
 # Rows land in outs/<pool name>/results.csv and results.md, scaling points in outs/<pool>_<claim>/.
 _DOMAIN=vision
-_DEFAULT_POOL=configs/vision/efficientnet_lite0_20tasks.yaml
-_DEFAULT_TARGETS="mnist fashion_mnist cifar10 digits"
+_DEFAULT_POOL=configs/vision/efficientnet_lite0_20tasks_v2.yaml
+_DEFAULT_TARGETS="mnist fashion_mnist emoji digits"
 # shellcheck source=scripts/runners.sh
 source "$(dirname "${BASH_SOURCE[0]}")/runners.sh"

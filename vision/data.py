@@ -3,7 +3,8 @@ seeded splits: ``cache_dir()/vision/<task>/{splits.pt, meta.json}``.
 
 Splits of a task, from its source (vision/sources.py):
   1. the source's pictures on each side of its own train/test split (a source without one is split once,
-     seeded, 70% train side / 30% test side), keeping only the labels the task's ``relabel`` lists;
+     seeded, 70% train side / 30% test side; the emoji sources split by emoji, every design and skin tone of an
+     emoji on one side), keeping only the labels the task's ``relabel`` lists;
   2. the task's own seeded shuffle of each side (seed = "0/<task>", so tasks on one source see different
      pictures): test = the first min(500, n) of the test side; validation = the first min(200, n/5) of the
      train side, train = the next min(2000, rest); proxy = the first 100 of train;

