@@ -27,9 +27,9 @@ from vision.pool import load_pool
 
 
 # ------------------------------------------------------------------------------------------------- the recipe
-def test_task_list_has_the_twenty_six_tasks_with_one_name_per_label():
+def test_task_list_has_the_twenty_seven_tasks_with_one_name_per_label():
     names = data.task_names()
-    assert len(names) == len(set(names)) == 26  # 20 of v1 (6 on CIFAR-10) + the 6 emoji tasks of v2
+    assert len(names) == len(set(names)) == 27  # 20 of v1 (6 on CIFAR-10) + 7 emoji tasks (v2 uses 6)
     assert data.task_spec("fashion_groups").num_labels == 4
     assert data.task_spec("emoji").num_labels == len(sources.EMOJI_CATEGORIES) == 9
     assert data.task_spec("emoji_skin_tone").label_names == ("light", "medium_light", "medium", "medium_dark", "dark")
