@@ -1,6 +1,7 @@
-"""The offline generative suite: 16 BIG-bench subtasks (``configs/generative/tasks.yaml``) prepared once into
-``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl`` + ``meta.json``, and handed to lm-eval
-as local tasks (``local_tasks``).
+"""The offline generative suite (``configs/generative/tasks.yaml``): BIG-bench subtasks (``bigbench:``, from the
+sdist PyPI no longer serves) and arithmetic questions generated in BIG-bench's form (``arithmetic:``,
+generative/arithmetic.py), prepared once into ``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl``
++ ``meta.json``, and handed to lm-eval as local tasks (``local_tasks``).
 
 Examples: ``{"input", "target"}`` for exact match (the first target); ``{"input", "choices", "label"}`` for
 multiple choice, the choices being the example's ``target_scores`` (label = the highest-scoring one; ties are
@@ -26,6 +27,7 @@ from merging.io.atomic import atomic_directory
 from merging.io.pypi import cache_dir, fetch
 from merging.resources import CONFIGS
 
+from .arithmetic import arithmetic_task
 from .lm_eval_tasks import LocalTask
 
 TASKS_YAML = CONFIGS / "generative" / "tasks.yaml"
@@ -34,16 +36,23 @@ CAPS = {"test": 200, "validation": 100, "train": 1000, "proxy": 100}
 SPLITS = ("train", "validation", "test", "proxy")
 DEFAULT_PROMPT = "Q: {{input}}\nA:"
 RECIPE_VERSION = 1
+GENERATED = sum(CAPS[s] for s in ("train", "validation", "test"))  # questions generated per arithmetic task
 Split = Literal["train", "validation", "test", "proxy"]
 
 
 def entries() -> dict[str, dict[str, Any]]:
     """tasks.yaml, checked: {name: entry}."""
     out = {}
-    required = {"name", "bigbench", "kind"}
-    for where, entry in task_entries(TASKS_YAML, required, required | {"prompt"}):
+    required = {"name", "kind"}
+    for where, entry in task_entries(TASKS_YAML, required, required | {"bigbench", "arithmetic", "prompt"}):
         if entry["kind"] not in ("exact_match", "multiple_choice"):
             raise MergeError(f"{where}: kind '{entry['kind']}', expected exact_match or multiple_choice")
+        if ("bigbench" in entry) == ("arithmetic" in entry):
+            raise MergeError(f"{where}: expected one source, 'bigbench: <task path>' or 'arithmetic: {{operation, "
+                             f"digits}}'")
+        if "arithmetic" in entry and (not isinstance(entry["arithmetic"], dict)
+                                      or set(entry["arithmetic"]) != {"operation", "digits"}):
+            raise MergeError(f"{where}: arithmetic {entry['arithmetic']!r}, expected {{operation, digits}}")
         out[entry["name"]] = entry
     return out
 
@@ -104,7 +113,8 @@ def task_dir(name: str) -> Path:
 
 
 def _recipe(entry: dict[str, Any]) -> str:
-    blob = {"version": RECIPE_VERSION, "seed": SEED, "caps": CAPS, "entry": entry, "sha256": BIGBENCH.sha256}
+    source = {"sha256": BIGBENCH.sha256} if "bigbench" in entry else {"generated": GENERATED}
+    blob = {"version": RECIPE_VERSION, "seed": SEED, "caps": CAPS, "entry": entry, **source}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,7 +124,8 @@ def _is_prepared(name: str, entry: dict[str, Any]) -> bool:
 
 
 def prepare(names: list[str] | None = None, progress: bool = True) -> None:
-    """Build the splits of ``names`` (default: every task) that are not prepared yet: one pass over the sdist."""
+    """Build the splits of ``names`` (default: every task) that are not prepared yet: one pass over the sdist
+    for the BIG-bench ones (only when one is to be built)."""
     all_entries = entries()
     names = list(all_entries) if names is None else names
     unknown = [n for n in names if n not in all_entries]
@@ -123,11 +134,16 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
     todo = [n for n in names if not _is_prepared(n, all_entries[n])]
     if not todo:
         return
-    sdist = fetch(BIGBENCH, cache_dir() / "downloads", progress, needed_by=f" (read by {', '.join(todo)})")
-    parsed = bigbench_tasks(sdist, {all_entries[n]["bigbench"] for n in todo})
+    from_bigbench = [n for n in todo if "bigbench" in all_entries[n]]
+    parsed = {}
+    if from_bigbench:
+        sdist = fetch(BIGBENCH, cache_dir() / "downloads", progress, needed_by=f" (read by {', '.join(from_bigbench)})")
+        parsed = bigbench_tasks(sdist, {all_entries[n]["bigbench"] for n in from_bigbench})
     for name in todo:
         entry = all_entries[name]
-        examples = unique_inputs(examples_of(entry, parsed[entry["bigbench"]]))
+        task = (parsed[entry["bigbench"]] if "bigbench" in entry else
+                arithmetic_task(**entry["arithmetic"], examples=GENERATED, seed=f"{SEED}/{name}"))
+        examples = unique_inputs(examples_of(entry, task))
         splits = make_splits(examples)
         with atomic_directory(task_dir(name), overwrite=True) as tmp:
             for split, rows in splits.items():

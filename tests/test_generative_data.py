@@ -64,3 +64,58 @@ def test_one_command_evaluates_a_model_folder_on_the_suite(tiny_pool, suite, tmp
           "--limit", "3", "--outs", str(tmp_path / "outs")])
     rows = (tmp_path / "outs" / "tiny_lora" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[2].startswith("yesno,") and str(adapter) in rows[2]
+
+
+# ----------------------------------------------------------------------------------- generated arithmetic
+@pytest.mark.parametrize("operation", ["plus", "minus", "times", "divided by"])
+def test_generated_arithmetic_is_right_distinct_seeded_and_in_bigbench_form(operation):
+    from generative.arithmetic import arithmetic_task, result_range
+
+    task = arithmetic_task(operation, 3, 300, seed="0/t")
+    assert task == arithmetic_task(operation, 3, 300, seed="0/t") != arithmetic_task(operation, 3, 300, seed="1/t")
+    examples = task["examples"]
+    assert len(examples) == len({e["input"] for e in examples}) == 300
+    low, high = result_range(operation, 3)
+    for e in examples:
+        a, b = (int(x) for x in e["input"].removeprefix("What is ").removesuffix("?").split(f" {operation} "))
+        assert 0 <= a < 1000 and 0 <= b < 1000
+        truth = {"plus": a + b, "minus": a - b, "times": a * b, "divided by": a // b}[operation]
+        if operation == "divided by":
+            assert a % b == 0 and 1 < b < a  # exact, and never a copy of an operand
+        assert e["target"] == str(truth)
+        scores = e["target_scores"]
+        assert sorted(scores.values()) == [0] * 6 + [1] and scores[str(truth)] == 1
+        wrong = [int(c) for c in scores if c not in ("banana", "house", str(truth))]
+        assert len(wrong) == 4 and all(low <= x <= high for x in wrong) and {"banana", "house"} <= set(scores)
+
+
+def test_arithmetic_tasks_build_without_the_bigbench_sdist(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tasks.yaml").write_text("tasks:\n  - {name: a2, arithmetic: {operation: plus, digits: 2}, "
+                                         "kind: exact_match}\n  - {name: bb, bigbench: x/y, kind: exact_match}\n")
+    monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
+    monkeypatch.setattr(data, "fetch", lambda *a, **k: pytest.fail("no archive is needed for generated tasks"))
+    splits = {s: data.load_split("a2", s) for s in data.SPLITS}
+    assert {s: len(r) for s, r in splits.items()} == {"train": 1000, "validation": 100, "test": 200, "proxy": 100}
+    assert all(int(r["target"]) == sum(map(int, r["input"][8:-1].split(" plus "))) for r in splits["test"])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{name: a, kind: exact_match}", "expected one source"),
+    ("{name: a, bigbench: x/y, arithmetic: {operation: plus, digits: 2}, kind: exact_match}", "expected one source"),
+    ("{name: a, arithmetic: {operation: plus}, kind: exact_match}", r"expected \{operation, digits\}"),
+])
+def test_a_task_names_one_source(tmp_path, monkeypatch, entry, message):
+    (tmp_path / "tasks.yaml").write_text(f"tasks:\n  - {entry}\n")
+    monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
+    with pytest.raises(MergeError, match=message):
+        data.entries()
+
+
+def test_an_unknown_operation_or_digit_count_is_an_error():
+    from generative.arithmetic import arithmetic_task
+
+    with pytest.raises(MergeError, match="operation 'modulo' unknown; known: plus, minus, times, divided by"):
+        arithmetic_task("modulo", 2, 10, seed="0")
+    with pytest.raises(MergeError, match="digits 9: expected 2 to 6"):
+        arithmetic_task("plus", 9, 10, seed="0")
