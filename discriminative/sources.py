@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from merging.benchmark.bigbench import BIGBENCH
+from merging.benchmark.evals import EVALS, evals_samples
 from merging.errors import MergeError
 from merging.io.archives import checked_member
 from merging.io.pypi import Package
@@ -40,8 +41,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", sdist=False),
     Package("vaderSentiment", "3.3.2", "vaderSentiment-3.3.2.tar.gz", 2_466_783,
             "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", sdist=True),
-    Package("evals", "3.0.1.post1", "evals-3.0.1.post1.tar.gz", 44_186_145,
-            "0ffd9bed75c273a4a9f0b10ccf11a5e1e1c63c89926f12958375551429a4dc21", sdist=True),
+    EVALS,
     BIGBENCH,
 ]}
 
@@ -129,21 +129,6 @@ def evals_sarcasm(sdist: Path) -> list[tuple[str, int]]:
         if str(ideal) not in ("0", "1"):
             raise MergeError(f"{sdist}: evals sarcasm sample {i}: ideal {ideal!r}, expected '0' or '1'")
         out.append((clean(messages[-1]["content"]), int(ideal)))
-    return out
-
-
-def evals_samples(sdist: Path, file: str) -> list[tuple[list[dict[str, str]], Any]]:
-    """(chat messages, ``ideal``) of every row of ``evals/registry/data/<file>`` in the evals sdist."""
-    with tarfile.open(sdist, "r:gz") as tar:
-        name = _member(tar, f"evals/registry/data/{file}", sdist)
-        raw = tar.extractfile(name).read().decode("utf-8")  # type: ignore[union-attr]
-    out = []
-    for i, line in enumerate(raw.splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not isinstance(row.get("input"), list) or "ideal" not in row:
-                raise MergeError(f"{sdist}:{name} line {i}: expected a chat 'input' list and an 'ideal'")
-            out.append((row["input"], row["ideal"]))
     return out
 
 

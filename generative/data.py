@@ -1,6 +1,6 @@
 """The offline generative suite (``configs/generative/tasks.yaml``): BIG-bench subtasks (``bigbench:``, from the
-sdist PyPI no longer serves) and arithmetic questions generated in BIG-bench's form (``arithmetic:``,
-generative/arithmetic.py), prepared once into ``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl``
+sdist PyPI no longer serves), arithmetic questions generated in BIG-bench's form (``arithmetic:``,
+generative/arithmetic.py) and evals of OpenAI's registry (``evals:``, merging/benchmark/evals.py), prepared once into ``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl``
 + ``meta.json``, and handed to lm-eval as local tasks (``local_tasks``).
 
 Examples: ``{"input", "target"}`` for exact match (the first target); ``{"input", "choices", "label"}`` for
@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from merging.benchmark.bigbench import BIGBENCH, bigbench_tasks
+from merging.benchmark.evals import EVALS, evals_samples
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
 from merging.io.atomic import atomic_directory
@@ -37,6 +39,9 @@ SPLITS = ("train", "validation", "test", "proxy")
 DEFAULT_PROMPT = "Q: {{input}}\nA:"
 RECIPE_VERSION = 1
 GENERATED = sum(CAPS[s] for s in ("train", "validation", "test"))  # questions generated per arithmetic task
+SOURCES = {"bigbench": "bigbench: <task path>", "arithmetic": "arithmetic: {operation, digits}",
+           "evals": "evals: {file, skip, pattern, labels}"}
+EVALS_KEYS = {"file", "skip", "pattern", "labels"}
 Split = Literal["train", "validation", "test", "proxy"]
 
 
@@ -44,15 +49,19 @@ def entries() -> dict[str, dict[str, Any]]:
     """tasks.yaml, checked: {name: entry}."""
     out = {}
     required = {"name", "kind"}
-    for where, entry in task_entries(TASKS_YAML, required, required | {"bigbench", "arithmetic", "prompt"}):
+    for where, entry in task_entries(TASKS_YAML, required, required | set(SOURCES) | {"prompt"}):
         if entry["kind"] not in ("exact_match", "multiple_choice"):
             raise MergeError(f"{where}: kind '{entry['kind']}', expected exact_match or multiple_choice")
-        if ("bigbench" in entry) == ("arithmetic" in entry):
-            raise MergeError(f"{where}: expected one source, 'bigbench: <task path>' or 'arithmetic: {{operation, "
-                             f"digits}}'")
-        if "arithmetic" in entry and (not isinstance(entry["arithmetic"], dict)
-                                      or set(entry["arithmetic"]) != {"operation", "digits"}):
+        given = [k for k in SOURCES if k in entry]
+        if len(given) != 1:
+            raise MergeError(f"{where}: expected one source, one of {'; '.join(SOURCES.values())}")
+        (source,) = given
+        keys = entry[source] if isinstance(entry[source], dict) else None
+        if source == "arithmetic" and (keys is None or set(keys) != {"operation", "digits"}):
             raise MergeError(f"{where}: arithmetic {entry['arithmetic']!r}, expected {{operation, digits}}")
+        if source == "evals" and (keys is None or "file" not in keys or set(keys) - EVALS_KEYS):
+            raise MergeError(f"{where}: evals {entry['evals']!r}, expected file and optionally "
+                             f"{', '.join(sorted(EVALS_KEYS - {'file'}))}")
         out[entry["name"]] = entry
     return out
 
@@ -78,6 +87,26 @@ def examples_of(entry: dict[str, Any], task: dict[str, Any]) -> list[dict[str, A
         elif "target" in e:
             out.append({"input": e["input"], "choices": labels, "label": labels.index(_first(e["target"]))})
     return out
+
+
+def evals_task(sdist: Path, file: str, skip: int = 1, pattern: str | None = None,
+                labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An eval of the evals registry as a BIG-bench-style task of ``{"input", "target"}`` examples: the input is
+    the messages after the first ``skip`` (the eval's instructions) joined by newlines, or the group ``input`` of
+    ``pattern`` matched against them whole (re.fullmatch, DOTALL); the target is ``ideal`` (its first accepted
+    spelling), renamed by ``labels`` if given."""
+    regex = re.compile(pattern, re.DOTALL) if pattern else None
+    examples = []
+    for messages, ideal in evals_samples(sdist, file):
+        text = "\n".join(m["content"].strip() for m in messages[skip:])
+        if regex:
+            match = regex.fullmatch(text)
+            if not match:
+                raise MergeError(f"evals {file}: input {text[:120]!r} does not match {pattern!r}")
+            text = match["input"].strip()
+        target = _first(ideal)
+        examples.append({"input": text, "target": (labels or {}).get(target, target)})
+    return {"examples": examples}
 
 
 def unique_inputs(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,7 +142,8 @@ def task_dir(name: str) -> Path:
 
 
 def _recipe(entry: dict[str, Any]) -> str:
-    source = {"sha256": BIGBENCH.sha256} if "bigbench" in entry else {"generated": GENERATED}
+    source = ({"sha256": BIGBENCH.sha256} if "bigbench" in entry else {"sha256": EVALS.sha256} if "evals" in entry
+              else {"generated": GENERATED})
     blob = {"version": RECIPE_VERSION, "seed": SEED, "caps": CAPS, "entry": entry, **source}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -134,15 +164,19 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
     todo = [n for n in names if not _is_prepared(n, all_entries[n])]
     if not todo:
         return
-    from_bigbench = [n for n in todo if "bigbench" in all_entries[n]]
-    parsed = {}
-    if from_bigbench:
-        sdist = fetch(BIGBENCH, cache_dir() / "downloads", progress, needed_by=f" (read by {', '.join(from_bigbench)})")
-        parsed = bigbench_tasks(sdist, {all_entries[n]["bigbench"] for n in from_bigbench})
+    archives = {source: fetch(pkg, cache_dir() / "downloads", progress, needed_by=f" (read by {', '.join(users)})")
+                for source, pkg in (("bigbench", BIGBENCH), ("evals", EVALS))
+                if (users := [n for n in todo if source in all_entries[n]])}
+    wanted = {all_entries[n]["bigbench"] for n in todo if "bigbench" in all_entries[n]}
+    parsed = bigbench_tasks(archives["bigbench"], wanted) if wanted else {}
     for name in todo:
         entry = all_entries[name]
-        task = (parsed[entry["bigbench"]] if "bigbench" in entry else
-                arithmetic_task(**entry["arithmetic"], examples=GENERATED, seed=f"{SEED}/{name}"))
+        if "bigbench" in entry:
+            task = parsed[entry["bigbench"]]
+        elif "evals" in entry:
+            task = evals_task(archives["evals"], **entry["evals"])
+        else:
+            task = arithmetic_task(**entry["arithmetic"], examples=GENERATED, seed=f"{SEED}/{name}")
         examples = unique_inputs(examples_of(entry, task))
         splits = make_splits(examples)
         with atomic_directory(task_dir(name), overwrite=True) as tmp:
