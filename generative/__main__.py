@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="score the first N test (or --split) examples of each task")
     parser = argparse.ArgumentParser(prog="python -m generative", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("prepare", help="build the task splits from the BIG-bench sdist", parents=[common])
+    commands.add_parser("prepare", help="build the task splits (generated, or read from their archive)", parents=[common])
     tune = commands.add_parser("finetune", help="train the pool's checkpoints that are not in the cache yet",
                                parents=[common])
     tune.add_argument("--seeds", type=int, nargs="*", default=[0])

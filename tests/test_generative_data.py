@@ -119,3 +119,54 @@ def test_an_unknown_operation_or_digit_count_is_an_error():
         arithmetic_task("modulo", 2, 10, seed="0")
     with pytest.raises(MergeError, match="digits 9: expected 2 to 6"):
         arithmetic_task("plus", 9, 10, seed="0")
+
+
+# ----------------------------------------------------------------------------------------- evals registry
+def fake_evals(path, rows_by_file):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for file, rows in rows_by_file.items():
+            blob = "".join(json.dumps(r) + "\n" for r in rows).encode()
+            info = tarfile.TarInfo(f"evals-3.0.1.post1/evals/registry/data/{file}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_an_eval_becomes_inputs_after_its_instructions_and_its_ideal_as_target(tmp_path):
+    def row(expression, ideal):
+        return {"input": [{"role": "system", "content": "You judge logic."},
+                          {"role": "user", "content": f"Decide. The expression is: {expression} which evaluates to:"}],
+                "ideal": ideal}
+    sdist = fake_evals(tmp_path / "evals.tar.gz", {"logic/x.jsonl": [row("not true", "false"), row("true", ["1", "true"])]})
+    joined = data.evals_task(sdist, "logic/x.jsonl")
+    assert joined["examples"][0] == {"input": "Decide. The expression is: not true which evaluates to:", "target": "false"}
+    assert data.evals_task(sdist, "logic/x.jsonl", skip=0)["examples"][1]["input"].startswith("You judge logic.\n")
+    cut = data.evals_task(sdist, "logic/x.jsonl", pattern=r".*is: (?P<input>.*?) which evaluates to:",
+                          labels={"1": "yes"})
+    assert cut["examples"] == [{"input": "not true", "target": "false"}, {"input": "true", "target": "yes"}]
+    with pytest.raises(MergeError, match=r"evals logic/x\.jsonl: input 'Decide.* does not match 'nope'"):
+        data.evals_task(sdist, "logic/x.jsonl", pattern="nope")
+    mc = data.examples_of({"kind": "multiple_choice"}, cut)  # choices: the task's label set, as BIG-bench's
+    assert [(e["choices"], e["label"]) for e in mc] == [(["false", "yes"], 0), (["false", "yes"], 1)]
+
+
+def test_evals_tasks_read_the_pinned_evals_sdist(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "cache"))
+    rows = [{"input": [{"role": "user", "content": f"Is {i} even?"}], "ideal": "yes" if i % 2 == 0 else "no"}
+            for i in range(40)]
+    sdist = fake_evals(tmp_path / "evals.tar.gz", {"even/samples.jsonl": rows})
+    fetched = []
+    monkeypatch.setattr(data, "fetch", lambda pkg, *a, **k: fetched.append(pkg.name) or sdist)
+    (tmp_path / "tasks.yaml").write_text("tasks:\n  - {name: even, evals: {file: even/samples.jsonl, skip: 0}, "
+                                         "kind: multiple_choice}\n")
+    monkeypatch.setattr(data, "TASKS_YAML", tmp_path / "tasks.yaml")
+    test = data.load_split("even", "test")
+    assert fetched == ["evals"] and len(test) == (40 - 8) // 2
+    assert all(r["choices"] == ["no", "yes"] and r["label"] == (int(r["input"].split()[1]) % 2 == 0) for r in test)
+    (tmp_path / "tasks.yaml").write_text("tasks:\n  - {name: even, evals: {file: x, skip: 0, regex: y}, "
+                                         "kind: multiple_choice}\n")
+    with pytest.raises(MergeError, match="expected file and optionally labels, pattern, skip"):
+        data.entries()
