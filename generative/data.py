@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from merging.benchmark.bigbench import BIGBENCH, bigbench_tasks
-from merging.benchmark.evals import EVALS, evals_samples
+from merging.benchmark.evals import EVALS, evals_inputs
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
 from merging.io.atomic import atomic_directory
 from merging.io.pypi import cache_dir, fetch
 from merging.resources import CONFIGS
 
-from .arithmetic import arithmetic_task
+from .arithmetic import VERSION as ARITHMETIC_VERSION
+from .arithmetic import arithmetic_task, check_arithmetic
 from .lm_eval_tasks import LocalTask
 
 TASKS_YAML = CONFIGS / "generative" / "tasks.yaml"
@@ -62,6 +63,16 @@ def entries() -> dict[str, dict[str, Any]]:
         if source == "evals" and (keys is None or "file" not in keys or set(keys) - EVALS_KEYS):
             raise MergeError(f"{where}: evals {entry['evals']!r}, expected file and optionally "
                              f"{', '.join(sorted(EVALS_KEYS - {'file'}))}")
+        if source == "evals" and "pattern" in keys:
+            try:
+                groups = re.compile(keys["pattern"], re.DOTALL).groupindex
+            except re.error as error:
+                raise MergeError(f"{where}: evals pattern {keys['pattern']!r} is not a regular expression ({error})"
+                                 ) from None
+            if "input" not in groups:
+                raise MergeError(f"{where}: evals pattern {keys['pattern']!r} has no group (?P<input>…)")
+        if source == "arithmetic":
+            check_arithmetic(keys["operation"], keys["digits"], where)
         out[entry["name"]] = entry
     return out
 
@@ -90,23 +101,12 @@ def examples_of(entry: dict[str, Any], task: dict[str, Any]) -> list[dict[str, A
 
 
 def evals_task(sdist: Path, file: str, skip: int = 1, pattern: str | None = None,
-                labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """An eval of the evals registry as a BIG-bench-style task of ``{"input", "target"}`` examples: the input is
-    the messages after the first ``skip`` (the eval's instructions) joined by newlines, or the group ``input`` of
-    ``pattern`` matched against them whole (re.fullmatch, DOTALL); the target is ``ideal`` (its first accepted
-    spelling), renamed by ``labels`` if given."""
-    regex = re.compile(pattern, re.DOTALL) if pattern else None
-    examples = []
-    for messages, ideal in evals_samples(sdist, file):
-        text = "\n".join(m["content"].strip() for m in messages[skip:])
-        if regex:
-            match = regex.fullmatch(text)
-            if not match:
-                raise MergeError(f"evals {file}: input {text[:120]!r} does not match {pattern!r}")
-            text = match["input"].strip()
-        target = _first(ideal)
-        examples.append({"input": text, "target": (labels or {}).get(target, target)})
-    return {"examples": examples}
+                labels: dict[str, str] | None = None, task: str = "") -> dict[str, Any]:
+    """An eval of the evals registry as a BIG-bench-style task of ``{"input", "target"}`` examples
+    (merging/benchmark/evals.py ``evals_inputs``): the input is the messages after the first ``skip`` (the
+    eval's instructions), or the group ``input`` of ``pattern``; the target is ``ideal``, renamed by ``labels``."""
+    return {"examples": [{"input": groups["input"].strip(), "target": (labels or {}).get(ideal, ideal)}
+                         for groups, ideal in evals_inputs(sdist, file, skip, pattern, task)]}
 
 
 def unique_inputs(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -143,7 +143,7 @@ def task_dir(name: str) -> Path:
 
 def _recipe(entry: dict[str, Any]) -> str:
     source = ({"sha256": BIGBENCH.sha256} if "bigbench" in entry else {"sha256": EVALS.sha256} if "evals" in entry
-              else {"generated": GENERATED})
+              else {"generated": GENERATED, "generator": ARITHMETIC_VERSION})
     blob = {"version": RECIPE_VERSION, "seed": SEED, "caps": CAPS, "entry": entry, **source}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -174,7 +174,7 @@ def prepare(names: list[str] | None = None, progress: bool = True) -> None:
         if "bigbench" in entry:
             task = parsed[entry["bigbench"]]
         elif "evals" in entry:
-            task = evals_task(archives["evals"], **entry["evals"])
+            task = evals_task(archives["evals"], **entry["evals"], task=f"generative task '{name}'")
         else:
             task = arithmetic_task(**entry["arithmetic"], examples=GENERATED, seed=f"{SEED}/{name}")
         examples = unique_inputs(examples_of(entry, task))

@@ -6,7 +6,10 @@ the validation split (never test), for one fine-tuning seed.
 
 The pool's checkpoints of that seed must exist (``python -m <domain> finetune --pool POOL --seeds S``). A task
 earns its place when fine-tuning beats the majority rate by >= 10 points and the probe (the bar the text and
-image pools' tasks were chosen by); for generative pools, the majority and the base model by >= 10 points each.
+image pools' tasks were chosen by); for generative pools, the majority and the base model by >= 10 points each
+(the majority is of the answers: for multiple choice whose choices are shuffled per example, as the arithmetic
+ones, the most frequent answer position, about chance, so the base model is the bar there). Generative
+references are cached in outs/<pool>/ as the runs' are.
 Fine-tuned − probe (base) is what fine-tuning adds, the knowledge a merge has to keep. Prints a Markdown table
 (accuracy in %, or the task's metric).
 """

@@ -115,9 +115,9 @@ def test_a_task_names_one_source(tmp_path, monkeypatch, entry, message):
 def test_an_unknown_operation_or_digit_count_is_an_error():
     from generative.arithmetic import arithmetic_task
 
-    with pytest.raises(MergeError, match="operation 'modulo' unknown; known: plus, minus, times, divided by"):
+    with pytest.raises(MergeError, match="arithmetic: operation .modulo. unknown; known: plus, minus, times, divided by"):
         arithmetic_task("modulo", 2, 10, seed="0")
-    with pytest.raises(MergeError, match="digits 9: expected 2 to 6"):
+    with pytest.raises(MergeError, match="digits 9, expected an integer from 2 to 6"):
         arithmetic_task("plus", 9, 10, seed="0")
 
 
@@ -147,8 +147,9 @@ def test_an_eval_becomes_inputs_after_its_instructions_and_its_ideal_as_target(t
     cut = data.evals_task(sdist, "logic/x.jsonl", pattern=r".*is: (?P<input>.*?) which evaluates to:",
                           labels={"1": "yes"})
     assert cut["examples"] == [{"input": "not true", "target": "false"}, {"input": "true", "target": "yes"}]
-    with pytest.raises(MergeError, match=r"evals logic/x\.jsonl: input 'Decide.* does not match 'nope'"):
-        data.evals_task(sdist, "logic/x.jsonl", pattern="nope")
+    with pytest.raises(MergeError, match=r"task 't': .*evals\.tar\.gz logic/x\.jsonl row 1: input 'Decide.* does not "
+                                         r"match 'nope'"):
+        data.evals_task(sdist, "logic/x.jsonl", pattern="nope", task="task 't'")
     mc = data.examples_of({"kind": "multiple_choice"}, cut)  # choices: the task's label set, as BIG-bench's
     assert [(e["choices"], e["label"]) for e in mc] == [(["false", "yes"], 0), (["false", "yes"], 1)]
 

@@ -69,8 +69,20 @@ def test_an_npm_package_is_its_registry_tarball_fetched_once_and_verified(tmp_pa
     assert urls == ["https://registry.npmjs.org/@scope/pics/-/pics-2.0.1.tgz"]  # a scoped tarball drops the scope
     assert [p.name for p in (tmp_path / "dl").iterdir()] == [pkg.filename]
     path.unlink()
-    with pytest.raises(MergeError, match=r"pics-2\.0\.1\.tgz: sha256 .*, expected "):
+    with pytest.raises(MergeError, match=r"pics-2\.0\.1\.tgz from https://registry\.npmjs\.org/@scope/pics/-/pics-2"
+                                         r"\.0\.1\.tgz: sha256 .*, expected .*; nothing was kept at "):
         pypi.fetch(pkg, tmp_path / "dl", progress=False)  # a substituted tarball is refused
+    assert not path.exists() and [p.name for p in (tmp_path / "dl").iterdir()] == []
+
+
+def test_an_npm_download_stops_at_the_pinned_size_and_a_bad_registry_name_is_refused(tmp_path, monkeypatch):
+    pkg = pypi.Package("pics", "1", "pics-1.tgz", 4, "0" * 64, False, registry="npm")
+    monkeypatch.setattr(pypi.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"x" * (3 << 20)))
+    with pytest.raises(MergeError, match=r"pics/-/pics-1\.tgz sent more than the pinned 4 bytes; nothing was kept"):
+        pypi.fetch(pkg, tmp_path / "dl", progress=False)
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == []
+    with pytest.raises(MergeError, match="package pics: registry 'NPM', expected one of pypi, npm"):
+        pypi.Package("pics", "1", "pics-1.tgz", 4, "0" * 64, False, registry="NPM")
 
 
 def test_an_unreachable_npm_registry_names_the_url_and_where_a_copy_goes(tmp_path, monkeypatch):

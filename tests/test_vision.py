@@ -168,16 +168,29 @@ def test_emoji_reader_keeps_categories_single_skin_tones_and_composites_on_white
     assert pictures[2].pixels[0, 0].tolist() == [10, 20, 30] and {p.vendor for p in pictures} == {"google"}
 
 
-def test_emoji_sides_put_every_design_and_tone_of_an_emoji_on_one_side():
-    pictures = [sources.Emoji(torch.full((64, 64, 3), i, dtype=torch.uint8), vendor, f"E{i}", "Objects", tone)
+def test_emoji_sides_put_every_design_and_tone_of_an_emoji_and_its_identical_twins_on_one_side():
+    # E0 … E39, pictures of grey level i; E39 draws the very pixels of E0 (as Norway's flag and Svalbard's do)
+    pictures = [sources.Emoji(torch.full((64, 64, 3), i % 39, dtype=torch.uint8), vendor, f"E{i}", "Objects", tone)
                 for i in range(40) for vendor in ("google", "twitter") for tone in ("", "1F3FB", "1F3FF")]
+    groups = sources.emoji_groups(pictures)
+    assert groups["E39"] == groups["E0"] == "E0" and len(set(groups.values())) == 39
     sides = sources.emoji_sides(pictures, lambda p: sources.SKIN_TONES.index(p.tone) if p.tone else None)
-    shown = {side: torch.bincount(images[:, 0, 0, 0], minlength=40) for side, (images, _) in sides.items()}
-    assert set(shown["train"].tolist()) == set(shown["test"].tolist()) == {0, 4}  # 2 designs x 2 tones, or none
-    assert int((shown["test"] > 0).sum()) == 12 and int((shown["train"] > 0).sum()) == 28  # 30 % of the emoji
-    assert set(sides["test"][1].tolist()) == {0, 4}  # toned pictures only, labelled by tone
+    shown = {side: torch.bincount(images[:, 0, 0, 0], minlength=39) for side, (images, _) in sides.items()}
+    assert set(shown["train"].tolist()) <= {0, 4, 8} and set(shown["test"].tolist()) <= {0, 4, 8}
+    assert (shown["train"] * shown["test"]).sum() == 0       # no picture on both sides: twins go together
+    assert int((shown["test"] > 0).sum()) == round(0.3 * 39)  # 30 % of the groups
+    assert set(sides["test"][1].tolist()) == {0, 4}          # toned pictures only, labelled by tone
     again = sources.emoji_sides(pictures, lambda p: 0)
     assert torch.equal(again["test"][0][:, 0, 0, 0].unique(), sides["test"][0][:, 0, 0, 0].unique())  # seeded
+
+
+def test_emoji_tasks_name_the_categories_in_the_sources_order_and_their_recipe_follows_the_source(monkeypatch):
+    for task in ("emoji", "emoji_grayscale", "emoji_rot90", "emoji_upside_down"):
+        names = data.task_spec(task).label_names
+        assert [n.replace("_", " ") for n in names] == [c.lower().replace(" & ", " ") for c in sources.EMOJI_CATEGORIES]
+    before, mnist = data._recipe("emoji_vendor"), data._recipe("mnist")
+    monkeypatch.setitem(sources.SOURCE_RECIPES, "emoji_vendor", {**sources.EMOJI_RECIPE, "test_side": 0.2})
+    assert data._recipe("emoji_vendor") != before and data._recipe("mnist") == mnist
 
 
 # ---------------------------------------------------------------------------------------- BatchNorm statistics

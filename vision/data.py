@@ -34,7 +34,7 @@ from merging.io.atomic import atomic_directory
 from merging.io.pypi import cache_dir
 from merging.resources import CONFIGS
 
-from .sources import SOURCES, Arrays
+from .sources import SOURCE_RECIPES, SOURCES, Arrays
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +173,9 @@ def _task_dir(name: str) -> Path:
 
 def _recipe(name: str) -> str:
     entry = _entries()[name]
+    source = SOURCE_RECIPES.get(entry["source"])
     blob = {"version": RECIPE_VERSION, "seed": SEED, "caps": CAPS, "size": SIZE, "test_side": TEST_SIDE,
-            "entry": {**entry, "spec": asdict(entry["spec"])}}
+            "entry": {**entry, "spec": asdict(entry["spec"])}, **({"source": source} if source else {})}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

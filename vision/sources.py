@@ -21,6 +21,7 @@ import base64
 import codecs
 import functools
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -55,6 +56,8 @@ EMOJI_CATEGORIES = ("Smileys & Emotion", "People & Body", "Animals & Nature", "F
                     "Activities", "Objects", "Symbols", "Flags")  # Unicode's groups, less "Component" (swatches)
 SKIN_TONES = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")  # Fitzpatrick types 1-2 (light) ... 6 (dark)
 EMOJI_TEST_SIDE = 0.3
+EMOJI_RECIPE = {"version": 2, "packages": {vendor: pkg.sha256 for vendor, pkg in EMOJI_PACKAGES.items()},
+                "categories": EMOJI_CATEGORIES, "tones": SKIN_TONES, "test_side": EMOJI_TEST_SIDE}
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own _reconstruct, whichever module this numpy keeps it in
 
 
@@ -172,40 +175,63 @@ def _on_white(png: bytes, where: str) -> torch.Tensor:
 
 def emoji_pictures(tarballs: dict[str, Path]) -> list[Emoji]:
     """Every emoji of ``EMOJI_CATEGORIES`` that a design's tarball draws at 64x64, with its single-tone skin
-    variants (two-person variants carry two tones: left out); a tarball's members are read by name, never
-    extracted."""
+    variants (two-person variants carry two tones: left out). One streaming pass over each tarball keeps its
+    64x64 PNGs and emoji.json by name (regular files only, nothing extracted)."""
     pictures = []
     for vendor, tarball in tarballs.items():
-        with tarfile.open(tarball, "r:gz") as tar:
-            files = {m.name: m for m in tar.getmembers() if m.isfile()}
-            if "package/emoji.json" not in files:
-                raise MergeError(f"{tarball}: no package/emoji.json (expected an emoji-datasource tarball)")
-            table = json.load(tar.extractfile(files["package/emoji.json"]))
-            for entry in table:
-                if entry["category"] not in EMOJI_CATEGORIES:
-                    continue
-                variants = {"": entry} | {tone: variant for tone, variant in (entry.get("skin_variations") or {}).items()
-                                          if tone in SKIN_TONES}
-                for tone, variant in variants.items():
-                    member = files.get(f"package/img/{vendor}/64/{variant['image']}")
-                    if variant.get(f"has_img_{vendor}") and member is not None:
-                        pixels = _on_white(tar.extractfile(member).read(), f"{tarball}: {member.name}")
-                        pictures.append(Emoji(pixels, vendor, entry["unified"], entry["category"], tone))
+        folder = f"package/img/{vendor}/64/"
+        files: dict[str, bytes] = {}
+        with tarfile.open(tarball, "r|gz") as tar:
+            for member in tar:
+                if member.isfile() and (member.name.startswith(folder) or member.name == "package/emoji.json"):
+                    files[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        if "package/emoji.json" not in files:
+            raise MergeError(f"{tarball}: no package/emoji.json (expected an emoji-datasource tarball)")
+        for entry in json.loads(files["package/emoji.json"]):
+            if entry["category"] not in EMOJI_CATEGORIES:
+                continue
+            variants = {"": entry} | {tone: variant for tone, variant in (entry.get("skin_variations") or {}).items()
+                                      if tone in SKIN_TONES}
+            for tone, variant in variants.items():
+                png = files.get(folder + variant["image"])
+                if variant.get(f"has_img_{vendor}") and png is not None:
+                    pixels = _on_white(png, f"{tarball}: {folder}{variant['image']}")
+                    pictures.append(Emoji(pixels, vendor, entry["unified"], entry["category"], tone))
     return pictures
 
 
+def emoji_groups(pictures: list[Emoji]) -> dict[str, str]:
+    """emoji -> its group: emoji whose pictures are identical in some design (the flags of Norway, Bouvet
+    Island and Svalbard, of France and St. Martin, …) are one group, so the sides never share a picture."""
+    parent = {p.base: p.base for p in pictures}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    first: dict[bytes, str] = {}
+    for p in pictures:
+        key = hashlib.sha256(p.vendor.encode() + p.pixels.numpy().tobytes()).digest()
+        a, b = root(first.setdefault(key, p.base)), root(p.base)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {base: root(base) for base in parent}
+
+
 def emoji_sides(pictures: list[Emoji], label: Callable[[Emoji], int | None]) -> dict[str, Arrays]:
-    """Train and test sides of the pictures ``label`` keeps (None: left out), split by emoji: a seeded
-    EMOJI_TEST_SIDE share of the emoji go to the test side with every design and skin tone of theirs, so no
-    emoji shown at test time was seen in training by any emoji task."""
-    emoji = sorted({p.base for p in pictures})
-    random.Random("0/emoji-sides").shuffle(emoji)
-    test = set(emoji[:round(EMOJI_TEST_SIDE * len(emoji))])
+    """Train and test sides of the pictures ``label`` keeps (None: left out), split by emoji group
+    (``emoji_groups``): a seeded EMOJI_TEST_SIDE share of the groups go to the test side with every design and
+    skin tone of their emoji, so no picture shown at test time was seen in training by any emoji task."""
+    group = emoji_groups(pictures)
+    groups = sorted(set(group.values()))
+    random.Random("0/emoji-sides").shuffle(groups)
+    test = set(groups[:round(EMOJI_TEST_SIDE * len(groups))])
     sides: dict[str, tuple[list[torch.Tensor], list[int]]] = {"train": ([], []), "test": ([], [])}
     for picture in pictures:
         y = label(picture)
         if y is not None:
-            images, labels = sides["test" if picture.base in test else "train"]
+            images, labels = sides["test" if group[picture.base] in test else "train"]
             images.append(picture.pixels)
             labels.append(y)
     return {side: (torch.stack(images), torch.tensor(labels)) for side, (images, labels) in sides.items()}
@@ -243,6 +269,10 @@ def _cifar10() -> dict[str, Arrays]:
     return cifar10_bigbench(bigbench_tasks(sdist, [name])[name])
 
 
+# What a source's pictures and sides depend on beyond its name, hashed into each of its tasks' recipe
+# (vision/data.py): a change rebuilds those tasks. Bump ``version`` when the procedure changes.
+SOURCE_RECIPES: dict[str, dict[str, Any]] = {"emoji": EMOJI_RECIPE, "emoji_vendor": EMOJI_RECIPE,
+                                             "emoji_skin_tone": EMOJI_RECIPE}
 SOURCES: dict[str, Callable[[], dict[str, Arrays]]] = {
     "mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "digits": digits,
     "emoji": _emoji_category, "emoji_vendor": _emoji_vendor, "emoji_skin_tone": _emoji_skin_tone}

@@ -3,7 +3,8 @@
 A member picked by pattern (or written to disk) must be a regular file with a relative name that stays
 inside the archive root: no absolute name, no '..' part, no symbolic or hard link, device, fifo or
 socket. ``checked_member`` refuses anything else with a MergeError naming the archive and the member;
-``safe_member_path`` also says where under a folder the member may be written.
+``only_member`` finds the one member whose name ends in a path and checks it; ``safe_member_path`` also says
+where under a folder the member may be written.
 """
 from __future__ import annotations
 
@@ -58,3 +59,14 @@ def safe_member_path(archive: str | Path, member: Member, root: Path, strip: str
     if not relative.parts:
         raise MergeError(f"{archive}: member '{name}' names no file under '{strip}'; expected '{strip}<file>'")
     return root / relative
+
+
+def only_member(archive: zipfile.ZipFile | tarfile.TarFile, suffix: str, path: Path | str) -> str:
+    """The name of the one member of ``archive`` (read from ``path``) named ``suffix`` or ending in
+    ``/suffix``, checked by ``checked_member``; a MergeError when there is none or more than one."""
+    is_zip = isinstance(archive, zipfile.ZipFile)
+    found = [n for n in (archive.namelist() if is_zip else archive.getnames())
+             if n == suffix or n.endswith("/" + suffix)]
+    if len(found) != 1:
+        raise MergeError(f"{path}: expected one member ending in '{suffix}', found {len(found)}")
+    return checked_member(path, archive.getinfo(found[0]) if is_zip else archive.getmember(found[0]))

