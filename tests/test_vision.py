@@ -506,11 +506,21 @@ def test_the_rows_merge_seed_reaches_a_data_driven_method(toy_vision_pool, monke
     assert seeds == [7, 3]  # the row's seed, unless the parameters fix one
 
 
-def test_twin_merging_routes_every_test_input_on_its_own_and_logs_how_the_router_did(toy_vision_pool):
+def bluer_reddish(task: str, split: str) -> data.PictureSet:
+    """The toy tasks with inputs a router can tell apart: every reddish picture 120 levels bluer."""
+    pictures = toy_split(task, split)
+    if task == "reddish":
+        shifted = pictures.images.int() + torch.tensor([0, 0, 120])
+        pictures = data.PictureSet(shifted.clamp(0, 255).to(torch.uint8), pictures.labels)
+    return pictures
+
+
+def test_twin_merging_routes_every_test_input_on_its_own_and_logs_how_the_router_did(toy_vision_pool, monkeypatch):
     from merging.benchmark.data_driven import merge_routed
     from merging.benchmark.evaluate import Evaluator
 
     pool, root = toy_vision_pool
+    monkeypatch.setattr(data, "load_split", bluer_reddish)
     settings = {"router_examples": 48, "router_epochs": 40, "router_batch_size": 32, "router_lr": 1e-2}
     row, = run_experiment(pool, "twin_merging", "toy", settings, progress=False, outs=root / "outs")
     assert row["validation_normalized"] != "" and row["candidates"] == 2
@@ -518,11 +528,11 @@ def test_twin_merging_routes_every_test_input_on_its_own_and_logs_how_the_router
     assert log["router"]["examples"] == 2 * 48                      # fresh training examples of each task
     for split in ("validation", "test"):                            # how the router treated each task's inputs
         assert set(log["routing"][split]) == set(pool.tasks)
-    # the inputs lean to their own expert (so the weights, and the bodies, vary from input to input): on average
-    # over the tasks, and clearly for at least one; which task the 40-epoch toy router separates best changes with
-    # the CPU's float rounding (2026-12-05: 0.24 and 0.99 on an AMD EPYC where both were above 0.5 before)
+    # every task's inputs lean to its own expert (so the weights, and the bodies, vary from input to input). The
+    # tasks here differ in their inputs (reddish pictures are bluer): on the toy's own pictures half of each task's
+    # are drawn alike, the router cannot tell those apart, and which task it favoured changed with the CPU's rounding
     own = [r["own_expert_weight"] for r in log["routing"]["test"].values()]
-    assert sum(own) / len(own) > 0.5 and max(own) > 0.9, log["routing"]["test"]
+    assert min(own) > 0.5, log["routing"]["test"]
     routed = merge_routed(pool, "twin_merging", {**settings, "matrices": "nd"}, [], Evaluator(pool, "validation", 0))
     together = Evaluator(pool, "test", 0, batch_size=64).with_routed(routed)
     alone = Evaluator(pool, "test", 0, batch_size=1).with_routed(routed)
