@@ -1,7 +1,8 @@
 """The offline generative suite (``configs/generative/tasks.yaml``): BIG-bench subtasks (``bigbench:``, from the
 sdist PyPI no longer serves), arithmetic questions generated in BIG-bench's form (``arithmetic:``,
-generative/arithmetic.py) and evals of OpenAI's registry (``evals:``, merging/benchmark/evals.py), prepared once into ``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl``
-+ ``meta.json``, and handed to lm-eval as local tasks (``local_tasks``).
+generative/arithmetic.py) and evals of OpenAI's registry (``evals:``, merging/benchmark/evals.py), prepared
+once into ``cache_dir()/generative/<task>/{train,validation,test,proxy}.jsonl`` + ``meta.json``, and handed to
+lm-eval as local tasks (``local_tasks``).
 
 Examples: ``{"input", "target"}`` for exact match (the first target); ``{"input", "choices", "label"}`` for
 multiple choice, the choices being the example's ``target_scores`` (label = the highest-scoring one; ties are
