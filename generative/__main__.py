@@ -78,7 +78,7 @@ def validate_request(args: argparse.Namespace, pool: GenerativePool, overrides: 
 
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--pool", type=Path, default=CONFIGS / "smollm2_16_lora.yaml", help="the pool YAML")
+    common.add_argument("--pool", type=Path, default=CONFIGS / "smollm2_12_lora_v2.yaml", help="the pool YAML")
     common.add_argument("--tasks", nargs="*", help="a subset of the pool's tasks (default: all)")
     common.add_argument("--outs", type=Path, default=Path("outs"))
     common.add_argument("--limit", type=positive_int,

@@ -75,7 +75,7 @@ def load_pool(path: str | Path) -> GenerativePool:
     trained (tasks) or given (checkpoints) checkpoints."""
     path = Path(path)
     if not path.is_file():
-        raise MergeError(f"generative pool '{path}' does not exist; e.g. {CONFIGS / 'smollm2_16_lora.yaml'}")
+        raise MergeError(f"generative pool '{path}' does not exist; e.g. {CONFIGS / 'smollm2_12_lora_v2.yaml'}")
     pool = read_validated(path, GenerativePool, "generative pool", {"path": path})
     suite = entries()
     unknown = [task for task in pool.tasks if task not in suite]

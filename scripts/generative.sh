@@ -16,7 +16,7 @@
 # fine-tuning seeds, one row each); merges in ~/.cache/merging/generative/merged/.
 # LIMIT=N scores the first N test examples per task (default: all, at most 200).
 _DOMAIN=generative
-_DEFAULT_POOL=configs/generative/smollm2_16_lora.yaml
+_DEFAULT_POOL=configs/generative/smollm2_12_lora_v2.yaml
 source "$(dirname "${BASH_SOURCE[0]}")/runners.sh"
 _bench() {
   local command=$1; shift

@@ -161,6 +161,10 @@ def test_the_paper_configs_name_the_official_checkpoints():
     offline = load_pool(CONFIGS / "smollm2_16_lora.yaml")
     assert len(offline.tasks) == 16 and offline.training_config().r == 8 and offline.training_config().alpha == 16
     assert set(offline.tasks) == {name for name, entry in data.entries().items() if "bigbench" in entry}
+    default = load_pool(CONFIGS / "smollm2_12_lora_v2.yaml")  # the default pool builds without the withdrawn sdist
+    assert "_DEFAULT_POOL=configs/generative/smollm2_12_lora_v2.yaml" in (CONFIGS.parent.parent / "scripts" /
+                                                                           "generative.sh").read_text()
+    assert len(default.tasks) == 12 and not any("bigbench" in data.entries()[t] for t in default.tasks)
     candidates = load_pool(CONFIGS / "smollm2_candidates.yaml")  # v2's candidates: none reads the withdrawn sdist
     assert set(candidates.tasks) <= set(data.entries()) and not any("bigbench" in data.entries()[t]
                                                                     for t in candidates.tasks)

@@ -33,13 +33,13 @@ def test_fine_tuning_workers_default_to_the_cores_not_to_omp_num_threads(script)
 
 @pytest.mark.parametrize("call,expected", [
     ("run_frank_wolfe --space product",
-     "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method frank_wolfe --space product"),
-    ("run_from", "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method from_lora"),
+     "-m generative run --pool configs/generative/smollm2_12_lora_v2.yaml --method frank_wolfe --space product"),
+    ("run_from", "-m generative run --pool configs/generative/smollm2_12_lora_v2.yaml --method from_lora"),
     ("POOL=configs/generative/smollm2_3_full.yaml LIMIT=5 POOL_SEEDS='0 1' run_from",
      "-m generative run --pool configs/generative/smollm2_3_full.yaml --limit 5 --method from --pool-seeds 0 1"),
-    ("run_pretrained", "-m generative run --pool configs/generative/smollm2_16_lora.yaml --method pretrained"),
+    ("run_pretrained", "-m generative run --pool configs/generative/smollm2_12_lora_v2.yaml --method pretrained"),
     ("WORKERS=2 POOL_SEEDS='0 1' run_finetune",
-     "-m generative finetune --pool configs/generative/smollm2_16_lora.yaml --workers 2 --seeds 0 1"),
+     "-m generative finetune --pool configs/generative/smollm2_12_lora_v2.yaml --workers 2 --seeds 0 1"),
 ])
 def test_the_generative_runners_are_the_shared_ones_on_its_cli(call, expected):
     assert run(call, "scripts/generative.sh").stdout.strip() == expected
