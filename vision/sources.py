@@ -202,7 +202,7 @@ def emoji_pictures(tarballs: dict[str, Path]) -> list[Emoji]:
 
 
 def emoji_groups(pictures: list[Emoji]) -> dict[str, str]:
-    """emoji -> its group (the group's first emoji in code point order): emoji whose pictures are identical in
+    """emoji -> its group (named by its smallest code sequence, as text): emoji whose pictures are identical in
     some design (the flags of Norway, Bouvet Island and Svalbard, of France and St. Martin, …) are one group, so
     the sides never share a picture."""
     keys = [(p.base, hashlib.sha256(p.vendor.encode() + p.pixels.numpy().tobytes()).digest()) for p in pictures]
