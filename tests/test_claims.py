@@ -72,6 +72,15 @@ def test_flat_fails_when_either_half_of_the_criterion_fails(tmp_path, fw_end, ta
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "no"
 
 
+def test_a_drop_just_past_the_bound_fails_and_reads_past_it(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 89.33, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 87.32, preset="irrelevance")  # loses 2.01
+    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 90.0)
+    _row(tmp_path, "irrelevance", "task_arithmetic", 16, 51.0)
+    _, verdict, why = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:3]
+    assert verdict == "no" and "FW soft loses 2.01 (criterion ≤ 2)" in why
+
+
 def test_each_inner_loss_is_judged_on_its_own_rows_and_a_missing_point_is_not_run(tmp_path):
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance", inner_loss="entropy")
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.5, preset="irrelevance", inner_loss="entropy")

@@ -226,8 +226,9 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
             f"{mean_std(reference[0], seeds)} → {mean_std(reference[-1], seeds)} ({-ref_drop:+.1f}); "
             f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
-    return ours, verdict, (f"FW soft loses {drop:.1f} (criterion ≤ {c.max_drop:g}) while {c.reference} loses "
-                           f"{ref_drop:.1f} (criterion ≥ {c.min_reference_drop:g})")
+    # two decimals: the row's precision, so a drop judged against the bound never reads as the bound itself
+    return ours, verdict, (f"FW soft loses {drop:.2f} (criterion ≤ {c.max_drop:g}) while {c.reference} loses "
+                           f"{ref_drop:.2f} (criterion ≥ {c.min_reference_drop:g})")
 
 
 def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
