@@ -56,8 +56,8 @@ def test_a_variant_meeting_all_four_criteria_is_judged_yes_and_each_failure_is_n
     _complete_rows(tmp_path, 85.0, (80.0, 70.0), (70.0, 69.0), (2.0, 3.0), preset="scaled_vertices")
     table = _table(tmp_path)
     above, flat, relevance, memory, verdicts, all_four = table["plain"][:6]
-    assert above == "87.0 ± 0.7 (+2.5 over ties; n = 2)" and flat == "80.5 ± 0.7 → 79.0 ± 0.7 (-1.5)"
-    assert relevance == "70.5 ± 0.7 → 75.5 ± 0.7 (+5.0)" and memory == "2.00 → 2.30 GB (×1.15)"
+    assert above == "87.0 ± 0.7 (+2.50 over ties; n = 2)" and flat == "80.5 ± 0.7 → 79.0 ± 0.7 (-1.50)"
+    assert relevance == "70.5 ± 0.7 → 75.5 ± 0.7 (+5.00)" and memory == "2.00 → 2.30 GB (×1.15)"
     assert verdicts == "yes / yes / yes / yes" and all_four == "yes"
     assert table["scaled"][4:6] == ["no / no / no / no", "no"]  # +1.0 over ties, −10, −1, ×1.5
     assert "`run_frank_wolfe --preset scaled_vertices`" in table["scaled"][6]
@@ -73,6 +73,12 @@ def test_a_variant_without_rows_is_not_run(tmp_path):
     assert table["plain"][4] == "yes / yes / yes / yes"  # compared on the one seed both have
     assert table["scaled"][:4] == ["—", "—", "—", "—"]
     assert table["scaled"][4:6] == ["not run / not run / not run / not run", "not run"]
+
+
+def test_a_drop_just_past_the_bound_is_not_flat_and_reads_past_it(tmp_path):
+    _complete_rows(tmp_path, 90.0, (89.33, 87.32), (70.0, 71.0), (2.0, 2.0))  # loses 2.01
+    flat, _, _, verdicts = _table(tmp_path)["plain"][1:5]
+    assert flat.endswith("(-2.01)") and verdicts.split(" / ")[1] == "no"
 
 
 def test_the_shipped_variants_fix_issue_19s_acceptance():
