@@ -130,6 +130,12 @@ def mean_over(scores: Scores, seeds: list[str]) -> float:
     return statistics.fmean(scores[s] for s in seeds)
 
 
+def judged(difference: float) -> str:
+    """A difference judged against a criterion's bound, signed, at the rows' precision (two decimals), so a value
+    just past the bound never prints as the bound itself (a drop of 2.007 reads 2.01, not 2.0)."""
+    return f"{difference:+.2f}"
+
+
 def mean_std(scores: Scores, seeds: list[str]) -> str:
     values = [scores[s] for s in seeds]
     mean = statistics.fmean(values)
@@ -226,9 +232,8 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
             f"{mean_std(reference[0], seeds)} → {mean_std(reference[-1], seeds)} ({-ref_drop:+.1f}); "
             f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
-    # two decimals: the row's precision, so a drop judged against the bound never reads as the bound itself
-    return ours, verdict, (f"FW soft loses {drop:.2f} (criterion ≤ {c.max_drop:g}) while {c.reference} loses "
-                           f"{ref_drop:.2f} (criterion ≥ {c.min_reference_drop:g})")
+    return ours, verdict, (f"FW soft loses {judged(drop)[1:]} (criterion ≤ {c.max_drop:g}) while {c.reference} "
+                           f"loses {judged(ref_drop)[1:]} (criterion ≥ {c.min_reference_drop:g})")
 
 
 def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:

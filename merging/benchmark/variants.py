@@ -28,7 +28,19 @@ from merging.benchmark.results import markdown_table, read_rows
 from merging.config import read_validated
 from merging.io.atomic import atomic_write_text
 
-from .claims import RUNNERS, Row, Scores, as_flags, common_seeds, mean_over, mean_std, overrides_of, series, setup
+from .claims import (
+    RUNNERS,
+    Row,
+    Scores,
+    as_flags,
+    common_seeds,
+    judged,
+    mean_over,
+    mean_std,
+    overrides_of,
+    series,
+    setup,
+)
 from .experiment import CONFIGS
 from .pool import PoolConfig
 from .scaling import extra_count
@@ -101,7 +113,7 @@ def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[st
     best = max(free, key=lambda m: mean_over(free[m], seeds))
     margin = mean_over(mine, seeds) - mean_over(free[best], seeds)
     verdict = "yes" if margin >= spec.criteria.margin else "no"
-    return f"{mean_std(mine, seeds)} ({margin:+.2f} over {best}; n = {len(seeds)})", verdict
+    return f"{mean_std(mine, seeds)} ({judged(margin)} over {best}; n = {len(seeds)})", verdict
 
 
 def _change(first: Scores, last: Scores) -> tuple[list[str], float]:
@@ -115,8 +127,7 @@ def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str
     above, above_verdict = _above(rows, spec, keep)
     first, last = rows.pair("irrelevance", keep)
     seeds, change = _change(first, last)
-    # the judged differences to two decimals (the rows' precision): a value past a bound never reads as on it
-    flat = f"{mean_std(first, seeds)} → {mean_std(last, seeds)} ({change:+.2f})" if seeds else "—"
+    flat = f"{mean_std(first, seeds)} → {mean_std(last, seeds)} ({judged(change)})" if seeds else "—"
     flat_verdict = ("yes" if -change <= spec.criteria.max_drop else "no") if seeds else "not run"
     rss_first, rss_last = rows.pair("irrelevance", keep, "peak_rss_gb")
     rss_seeds = common_seeds(rss_first, rss_last)
@@ -125,7 +136,7 @@ def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str
               if rss_seeds else "—")
     rel_first, rel_last = rows.pair("relevance_tasks", keep)
     rel_seeds, rise = _change(rel_first, rel_last)
-    relevance = f"{mean_std(rel_first, rel_seeds)} → {mean_std(rel_last, rel_seeds)} ({rise:+.2f})" if rel_seeds \
+    relevance = f"{mean_std(rel_first, rel_seeds)} → {mean_std(rel_last, rel_seeds)} ({judged(rise)})" if rel_seeds \
         else "—"
     verdicts = [above_verdict, flat_verdict, ("yes" if rise >= 0 else "no") if rel_seeds else "not run",
                 ("yes" if ratio <= spec.criteria.max_rss_ratio else "no") if rss_seeds else "not run"]
