@@ -81,6 +81,15 @@ def test_a_drop_just_past_the_bound_fails_and_reads_past_it(tmp_path):
     assert verdict == "no" and "FW soft loses 2.01 (criterion ≤ 2)" in why
 
 
+def test_a_margin_just_above_zero_reads_above_it(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 80.04, preset="main")
+    _row(tmp_path, "irrelevance", "adamerging", 4, 70.0)
+    _row(tmp_path, "irrelevance", "ties", 4, 80.0)
+    claim = _claim("beats", min_ratio=1.05, reference="adamerging", data_free=["ties"])
+    _, verdict, why = _cells(tmp_path, claim)["cross_entropy"][:3]
+    assert verdict == "yes" and "FW soft − ties = +0.04 (criterion > 0)" in why
+
+
 def test_each_inner_loss_is_judged_on_its_own_rows_and_a_missing_point_is_not_run(tmp_path):
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance", inner_loss="entropy")
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.5, preset="irrelevance", inner_loss="entropy")

@@ -269,7 +269,7 @@ def _beats(context: _Context, fw: list[Scores], note: str) -> Verdict:
             f"{mean_std(free[best_free][0], seeds)}; n = {len(seeds)}{note}")
     verdict = "yes" if ratio >= c.min_ratio and margin > 0 else "no"
     return ours, verdict, (f"FW soft / {c.reference} = {ratio:.3f} (criterion ≥ {c.min_ratio:g}); "
-                           f"FW soft − {best_free} = {margin:+.1f} (criterion > 0)")
+                           f"FW soft − {best_free} = {judged(margin)} (criterion > 0)")
 
 
 def compared(context: _Context) -> tuple[str, list[str]]:
