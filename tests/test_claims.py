@@ -90,6 +90,13 @@ def test_a_margin_just_above_zero_reads_above_it(tmp_path):
     assert verdict == "yes" and "FW soft − ties = +0.04 (criterion > 0)" in why
 
 
+def test_a_rise_just_under_the_bound_fails_and_reads_under_it(tmp_path):
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 0, 50.0, preset="relevance")
+    _row(tmp_path, "relevance_tasks", "frank_wolfe_soft", 4, 54.98, preset="relevance")  # +9.96 %
+    _, verdict, why = _cells(tmp_path, _claim("rise", min_relative=0.1))["cross_entropy"][:3]
+    assert verdict == "no" and "relative change +9.96%" in why
+
+
 def test_each_inner_loss_is_judged_on_its_own_rows_and_a_missing_point_is_not_run(tmp_path):
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance", inner_loss="entropy")
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 79.5, preset="irrelevance", inner_loss="entropy")

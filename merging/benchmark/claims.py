@@ -246,7 +246,7 @@ def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
         return "", "no", f"FW soft's first mean is {first:.1f}: no relative change to judge"
     relative = last / first - 1
     ours = f"FW soft {mean_std(fw[0], seeds)} → {mean_std(fw[-1], seeds)} ({relative:+.1%}); n = {len(seeds)}{note}"
-    return ours, "yes" if relative >= c.min_relative else "no", (f"relative change {relative:+.1%} "
+    return ours, "yes" if relative >= c.min_relative else "no", (f"relative change {relative:+.2%} "
                                                                   f"(criterion ≥ {c.min_relative:+.0%})")
 
 
