@@ -81,6 +81,15 @@ def test_a_drop_just_past_the_bound_fails_and_reads_past_it(tmp_path):
     assert verdict == "no" and "FW soft loses 2.01 (criterion ≤ 2)" in why
 
 
+def test_a_rise_under_irrelevant_checkpoints_reads_as_a_negative_loss(tmp_path):
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 81.5, preset="irrelevance")
+    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 80.0)
+    _row(tmp_path, "irrelevance", "task_arithmetic", 16, 60.0)
+    _, verdict, why = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:3]
+    assert verdict == "yes" and "FW soft loses -1.50 (criterion ≤ 2)" in why
+
+
 def test_a_margin_just_above_zero_reads_above_it(tmp_path):
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 4, 80.04, preset="main")
     _row(tmp_path, "irrelevance", "adamerging", 4, 70.0)

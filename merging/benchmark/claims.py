@@ -130,10 +130,11 @@ def mean_over(scores: Scores, seeds: list[str]) -> float:
     return statistics.fmean(scores[s] for s in seeds)
 
 
-def judged(difference: float) -> str:
-    """A difference judged against a criterion's bound, signed, at the rows' precision (two decimals), so a value
-    just past the bound never prints as the bound itself (a drop of 2.007 reads 2.01, not 2.0)."""
-    return f"{difference:+.2f}"
+def judged(difference: float, signed: bool = True) -> str:
+    """A difference judged against a criterion's bound, at the rows' precision (two decimals), so a value just
+    past the bound never prints as the bound itself (a drop of 2.007 reads 2.01, not 2.0). ``signed`` adds "+"
+    to a positive value; a negative one keeps its "-" either way."""
+    return f"{difference:+.2f}" if signed else f"{difference:.2f}"
 
 
 def mean_std(scores: Scores, seeds: list[str]) -> str:
@@ -232,8 +233,8 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
             f"{mean_std(reference[0], seeds)} → {mean_std(reference[-1], seeds)} ({-ref_drop:+.1f}); "
             f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
-    return ours, verdict, (f"FW soft loses {judged(drop)[1:]} (criterion ≤ {c.max_drop:g}) while {c.reference} "
-                           f"loses {judged(ref_drop)[1:]} (criterion ≥ {c.min_reference_drop:g})")
+    return ours, verdict, (f"FW soft loses {judged(drop, signed=False)} (criterion ≤ {c.max_drop:g}) while {c.reference} "
+                           f"loses {judged(ref_drop, signed=False)} (criterion ≥ {c.min_reference_drop:g})")
 
 
 def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
