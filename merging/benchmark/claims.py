@@ -233,8 +233,9 @@ def _flat(context: _Context, fw: list[Scores], note: str) -> Verdict:
             f"{mean_std(reference[0], seeds)} → {mean_std(reference[-1], seeds)} ({-ref_drop:+.1f}); "
             f"n = {len(seeds)}{note}")
     verdict = "yes" if drop <= c.max_drop and ref_drop >= c.min_reference_drop else "no"
-    return ours, verdict, (f"FW soft loses {judged(drop, signed=False)} (criterion ≤ {c.max_drop:g}) while {c.reference} "
-                           f"loses {judged(ref_drop, signed=False)} (criterion ≥ {c.min_reference_drop:g})")
+    return ours, verdict, (f"FW soft loses {judged(drop, signed=False)} (criterion ≤ {c.max_drop:g}) while "
+                           f"{c.reference} loses {judged(ref_drop, signed=False)} "
+                           f"(criterion ≥ {c.min_reference_drop:g})")
 
 
 def _rise(context: _Context, fw: list[Scores], note: str) -> Verdict:
