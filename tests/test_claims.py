@@ -72,22 +72,17 @@ def test_flat_fails_when_either_half_of_the_criterion_fails(tmp_path, fw_end, ta
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "no"
 
 
-def test_a_drop_just_past_the_bound_fails_and_reads_past_it(tmp_path):
+@pytest.mark.parametrize("fw_end, expected, reads", [
+    (87.32, "no", "FW soft loses 2.01 (criterion ≤ 2)"),  # just past the bound: fails and reads past it
+    (90.83, "yes", "FW soft loses -1.50 (criterion ≤ 2)"),  # a rise keeps its sign
+])
+def test_the_flat_verdict_reads_the_drop_signed_to_two_decimals(tmp_path, fw_end, expected, reads):
     _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 89.33, preset="irrelevance")
-    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 87.32, preset="irrelevance")  # loses 2.01
+    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, fw_end, preset="irrelevance")
     _row(tmp_path, "irrelevance", "task_arithmetic", 0, 90.0)
     _row(tmp_path, "irrelevance", "task_arithmetic", 16, 51.0)
     _, verdict, why = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:3]
-    assert verdict == "no" and "FW soft loses 2.01 (criterion ≤ 2)" in why
-
-
-def test_a_rise_under_irrelevant_checkpoints_reads_as_a_negative_loss(tmp_path):
-    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, preset="irrelevance")
-    _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, 81.5, preset="irrelevance")
-    _row(tmp_path, "irrelevance", "task_arithmetic", 0, 80.0)
-    _row(tmp_path, "irrelevance", "task_arithmetic", 16, 60.0)
-    _, verdict, why = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:3]
-    assert verdict == "yes" and "FW soft loses -1.50 (criterion ≤ 2)" in why
+    assert verdict == expected and reads in why
 
 
 def test_a_margin_just_above_zero_reads_above_it(tmp_path):
