@@ -394,6 +394,43 @@ def test_adamerging_skips_regression_tasks():
         AdaMergingParams(init=1.5)
 
 
+class RecordingToy(ClassifierToy):
+    """ClassifierToy that keeps the inputs of every logits call, per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, list[torch.Tensor]] = {t: [] for t in self.tasks}
+
+    def logits(self, task, params, batch):
+        self.seen[task].append(batch["x"])
+        return super().logits(task, params, batch)
+
+
+def rows_of(batch_x: torch.Tensor, x: torch.Tensor) -> list[int]:
+    """Indices in ``x`` of the rows of ``batch_x``."""
+    return [int((x == row).all(-1).nonzero()[0]) for row in batch_x]
+
+
+def test_shuffled_entropy_batches_visit_every_test_row_once_a_pass_in_a_new_order():
+    # 24 test rows, pieces of ≤ 5: 5 steps a pass (5, 5, 5, 5, 4 rows); 10 steps + the final measurement
+    objective = RecordingToy()
+    candidates = [objective.optimum[t] for t in objective.tasks]
+    params = AdaMergingParams(steps=10, entropy_batches="shuffled", batch_size=5, seed=3)
+    adamerging(objective, objective.base, candidates, params)
+    x = objective.data["c0"][0]
+    steps = [rows_of(b, x) for b in objective.seen["c0"]]
+    assert len(steps) == 11 and max(map(len, steps)) == 5
+    first, second = steps[:5], steps[5:10]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(24))
+    assert first != second  # a new order every pass
+    again = RecordingToy()
+    adamerging(again, again.base, candidates, params)
+    assert [rows_of(b, x) for b in again.seen["c0"]] == steps  # the seed fixes the order
+    cycled = RecordingToy()
+    adamerging(cycled, cycled.base, candidates, AdaMergingParams(steps=2))
+    assert all(rows_of(b, x) == list(range(24)) for b in cycled.seen["c0"])  # default: the objective's batch
+
+
 # ---- greedy soup --------------------------------------------------------------------------------------
 def test_greedy_soup_hand_example():
     # score = −θ²: d(−0.25) first, then a (tie with b, given order first), b, c

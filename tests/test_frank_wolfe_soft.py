@@ -288,6 +288,29 @@ def test_fresh_proxies_change_the_oracles_batches_between_iterations():
     assert fixed.drawn == []  # the default keeps the proxy split
 
 
+class UnlabelledRecordingToy(ClassToy):
+    """ClassToy that keeps every unlabelled batch its task models see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlabelled: list[torch.Tensor] = []
+
+    def logits(self, task: str, params: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
+        if "labels" not in batch:
+            self.unlabelled.append(batch["x"])
+        return super().logits(task, params, batch)
+
+
+def test_shuffled_entropy_batches_reach_the_inner_adamerging_in_pieces_of_ada_batch_size():
+    obj = UnlabelledRecordingToy()
+    frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {"iterations": 2, "ada_steps": 4, "ada_batch_size": 6,
+                                                        "ada_entropy_batches": "shuffled"})
+    assert len(obj.unlabelled) == 2 * 5 * len(obj.tasks) and {len(x) for x in obj.unlabelled} == {6}
+    default = UnlabelledRecordingToy()
+    frank_wolfe_soft_merge(default, default.base, default.optimum, {"iterations": 2, "ada_steps": 4})
+    assert {len(x) for x in default.unlabelled} == {24}  # the objective's batch, whole
+
+
 class DropoutToy(ClassToy):
     """ClassToy whose task models drop half of the body's outputs in train mode."""
 

@@ -8,9 +8,12 @@ of the merged model on each task's unlabelled test inputs.
     min_λ  Σ_t (1/|B_t|) Σ_{x∈B_t} H(softmax(f_t(x; θ(λ)))),       H(p) = −Σ_c p_c log p_c
 
 f_t is ``objective.logits(task t)`` (so ∂H/∂λ flows through the task's real model), B_t one ``"unlabelled"``
-batch of task t per step (the task's batches are cycled); the entropy is averaged over every leading dimension
-of the logits (examples, and positions for token-level outputs) and summed over tasks. Optimiser as the
-paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after every step, 500 steps.
+batch of task t per step (the task's batches are cycled in order; ``entropy_batches: shuffled`` cuts them into
+pieces of at most ``batch_size`` rows and draws the pieces in a fresh seeded order every pass, the paper codes'
+shuffled test loader of batch 16, rows keeping their neighbours within a piece); the entropy is averaged over
+every leading dimension of the logits (examples, and positions for token-level outputs) and summed over tasks.
+Optimiser as the paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after every step, 500
+steps.
 
 Regression tasks (one output, logits [..., 1]) have no predictive distribution to sharpen: they are skipped
 (listed in ``AdaMergingHistory.skipped``); if every task is a regression task it is an error.
@@ -37,9 +40,9 @@ from torch import Tensor
 
 from .. import distributed
 from ..errors import MergeError
-from ..objective import Batch, Objective, sample_batches
+from ..objective import Batch, Objective, sample_batches, seed_of
 from ..registry import register_data_driven
-from ..statistics import Tensors, batches_of, check_candidates, local_rows
+from ..statistics import Tensors, batch_rows, batches_of, check_candidates, local_rows, slice_batch
 from .base import DataDrivenInputs, DataDrivenResult, Params
 
 PAPER = "https://arxiv.org/abs/2310.02575"
@@ -52,8 +55,10 @@ class AdaMergingParams(Params):
     steps: int = Field(500, ge=0)
     clamp: bool = True  # λ clamped to [0, 1] after every step (FW-Merging soft's inner loop does not clamp)
     loss: Literal["entropy", "cross_entropy"] = "entropy"  # unlabelled test entropy, or labelled train loss
-    batch_size: int = Field(16, gt=0)  # training examples per task and step (loss: cross_entropy)
-    seed: int = 0  # draws of the training batches (loss: cross_entropy)
+    batch_size: int = Field(16, gt=0)  # examples per task and step (cross_entropy; entropy_batches: shuffled)
+    entropy_batches: Literal["cycled", "shuffled"] = "cycled"  # loss entropy: the objective's batches in order,
+    # or pieces of ≤ batch_size rows in a fresh seeded order every pass (the official shuffled test loader)
+    seed: int = 0  # draws of the training batches (loss: cross_entropy) and the pieces' order (shuffled)
 
 
 @dataclass
@@ -115,6 +120,33 @@ class _Cycle:
             return next(self.iterator)
 
 
+class _Shuffled:
+    """Endless batches of one task's split as a shuffled loader gives them: the objective's batches cut into
+    pieces of at most ``size`` rows, every pass over them in a new order drawn from ``seed`` and the task."""
+
+    def __init__(self, objective: Objective, task: str, split: str, size: int, seed: int) -> None:
+        self.pieces: list[Batch] = []
+        for batch in batches_of(objective, task, split):
+            rows = batch_rows(batch)
+            self.pieces += [slice_batch(batch, start, min(start + size, rows), rows) for start in range(0, rows, size)]
+        self.generator = torch.Generator().manual_seed(seed_of((seed, task, split)))
+        self.order: list[int] = []
+
+    def next(self) -> Batch:
+        if not self.order:
+            self.order = torch.randperm(len(self.pieces), generator=self.generator).tolist()
+        return self.pieces[self.order.pop()]
+
+
+def _stream(objective: Objective, task: str, params: AdaMergingParams) -> _Draws | _Cycle | _Shuffled:
+    """Where task ``task``'s batch of every step comes from (``loss`` and ``entropy_batches``)."""
+    if params.loss == "cross_entropy":
+        return _Draws(objective, task, params.batch_size, params.seed)
+    if params.entropy_batches == "shuffled":
+        return _Shuffled(objective, task, "unlabelled", params.batch_size, params.seed)
+    return _Cycle(objective, task, "unlabelled")
+
+
 def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors],
                params: AdaMergingParams | None = None) -> tuple[dict[str, Tensor], AdaMergingHistory]:
     """Learn the coefficients (formula above) on every task of ``objective``; returns the merged tensors
@@ -130,8 +162,7 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
     history = AdaMergingHistory(names=names, lambdas=lambdas)
     supervised = params.loss == "cross_entropy"
     history.loss = params.loss
-    streams = {task: _Draws(objective, task, params.batch_size, params.seed) if supervised
-               else _Cycle(objective, task, "unlabelled") for task in objective.tasks}
+    streams = {task: _stream(objective, task, params) for task in objective.tasks}
 
     for step in range(params.steps + 1):
         optimiser.zero_grad()

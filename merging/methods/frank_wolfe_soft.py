@@ -60,11 +60,13 @@ merge.py (hard variant only).
 
 λ is left unclamped, as in the official code (adamerging.py with ``clamp: false``). Deviations: (1) by default
 g_t is the gradient of the task's mean loss over its whole proxy split in eval mode (official: cross-entropy
-summed over ``dataset_size`` = 100 random single training examples, scaled by 1/(dataset_size·n_models), in
-train mode; the cosine is scale-free; ``proxy: fresh`` and ``gradient_mode: train`` give the official sample
-and mode); (2) the entropy batches are the objective's
-unlabelled batches, cycled (official: shuffled test loader, batch 16) and H uses log-softmax (official adds
-eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
+summed over ``dataset_size`` = 100 random single training examples, scaled by 1/(dataset_size·n_models), in train
+mode; the cosine is scale-free; ``proxy: fresh`` and ``gradient_mode: train`` give the official sample and mode);
+(2) the entropy batches are the objective's unlabelled batches, cycled in order (official: shuffled test loader,
+batch 16; the benchmarks' test splits are shuffled when built, discriminative/data.py and vision/data.py, so the
+cycle sees every class within a few batches; ``ada_entropy_batches: shuffled`` gives batches of
+``ada_batch_size`` rows in a fresh order every pass, adamerging.py's pieces) and H uses log-softmax (official
+adds eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
 and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
 iteration for all tasks (official: one pass per task, checkpoints in memory) and a zero norm gives cosine 0
 (official: NaN); (5) candidate names "initial", "zero", "keep" are refused (pool check shared with the hard
@@ -112,7 +114,8 @@ class FrankWolfeSoftParams(Params):
     ada_coeff: float = Field(1e-8, ge=0.0, le=1.0)  # λ^(0) at every later iteration (official ada_coeff)
     ada_lr: float = Field(1e-3, gt=0.0)  # Adam learning rate (official: hard-coded 1e-3)
     inner_loss: Literal["entropy", "cross_entropy"] = "entropy"  # AdaMerging's objective (see below)
-    ada_batch_size: int = Field(16, gt=0)  # labelled training examples per task and step (cross_entropy)
+    ada_batch_size: int = Field(16, gt=0)  # examples per task and step (cross_entropy; shuffled entropy batches)
+    ada_entropy_batches: Literal["cycled", "shuffled"] = "cycled"  # adamerging.py's entropy_batches
     proxy: Literal["fixed", "fresh"] = "fixed"  # the oracle's data: the proxy split, or fresh train draws
     proxy_examples: int = Field(100, gt=0)  # examples per task and iteration (proxy: fresh)
     gradient_mode: Literal["eval", "train"] = "eval"  # task models' mode while g_t is computed (dropout …)
@@ -174,7 +177,8 @@ def _adamerging_around(objective: Objective, theta: Tensors, selected: list[Tens
     """θ(λ) = θ_k + Σ_t λ_t,l (θ_{s_t} − θ_k) learned by adamerging.py with θ_k as its "base" (its task
     vectors are then relative to θ_k, as the official LayerWiseMergedModel(pretrained_model=θ_k))."""
     params = AdaMergingParams(granularity="layer", init=init, lr=p.ada_lr, steps=p.ada_steps, clamp=False,
-                              loss=p.inner_loss, batch_size=p.ada_batch_size, seed=seed)
+                              loss=p.inner_loss, batch_size=p.ada_batch_size,
+                              entropy_batches=p.ada_entropy_batches, seed=seed)
     return adamerging(objective, theta, selected, params)
 
 
