@@ -65,7 +65,8 @@ mode; the cosine is scale-free; ``proxy: fresh`` and ``gradient_mode: train`` gi
 (2) the entropy batches are the objective's unlabelled batches, cycled in order (official: shuffled test loader,
 batch 16; the benchmarks' test splits are shuffled when built, discriminative/data.py and vision/data.py, so the
 cycle sees every class within a few batches; ``ada_entropy_batches: shuffled`` gives batches of
-``ada_batch_size`` rows in a fresh order every pass, adamerging.py's pieces) and H uses log-softmax (official
+``ada_batch_size`` rows in a fresh order every pass, adamerging.py's pieces; on the vision pool v2 it moves the
+irrelevance drop by 0.9 points, docs/results/vision.md) and H uses log-softmax (official
 adds eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
 and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
 iteration for all tasks (official: one pass per task, checkpoints in memory) and a zero norm gives cosine 0
