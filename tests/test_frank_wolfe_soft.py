@@ -165,6 +165,27 @@ def test_selections_are_distinct_and_follow_the_per_task_cosine_oracle(granulari
     assert h["objective"] == pytest.approx(float(total), rel=1e-5)
 
 
+def test_the_linear_oracle_picks_the_steepest_checkpoint_where_the_cosine_picks_the_best_aligned():
+    # per layer, "near" = θ_base − ĝ and "far" = θ_base − 2ĝ + 50·v (v ⊥ g, unit): ⟨g, far⟩ is lower (it goes
+    # twice as far down the gradient), but its large norm makes its cosine with g close to 0
+    obj = ClassToy(n_tasks=1, seed=3)
+    g = hand_grads(obj, obj.base)["t0"]
+    pool: dict[str, dict[str, torch.Tensor]] = {"near": {}, "far": {}}
+    for n in NAMES:
+        unit = g[n] / g[n].norm()
+        v = torch.randn(g[n].shape, generator=torch.Generator().manual_seed(0))
+        v = v - (v * unit).sum() * unit
+        pool["near"][n] = obj.base[n] - unit
+        pool["far"][n] = obj.base[n] - 2 * unit + 50 * v / v.norm()
+    picked = {}
+    for oracle in ("cosine", "linear"):
+        h = frank_wolfe_soft_merge(obj, obj.base, pool, {"iterations": 1, "ada_steps": 0, "oracle": oracle}
+                                   ).history[0]
+        picked[oracle] = h["selections"]["t0"]
+    assert picked == {"cosine": "near", "linear": "far"}
+    assert h["scores"]["t0"] == pytest.approx(sum(float((g[n] * pool["far"][n]).sum()) for n in NAMES), rel=1e-5)
+
+
 def test_first_phase_starts_at_0_3_later_ones_at_ada_coeff_around_the_current_iterate():
     obj = ClassToy(seed=2)
     pool = {**obj.optimum, "extra": {n: v + 0.5 for n, v in obj.optimum["t0"].items()}}

@@ -11,6 +11,9 @@ into the current iterate. Domain-agnostic: any ``Objective`` (merging/objective.
          g_t = ∇_θ f_t(θ_k),   f_t(θ) = (1/N_t) Σ_{x ∈ proxy_t} ℓ_t(θ; x)
   2. cosine oracle on the checkpoints' FULL weights (not task vectors), per layer:
          c_tjl = ⟨g_t,l, θ_j,l⟩ / (‖g_t,l‖·‖θ_j,l‖)        (0 where a norm is 0)
+     or, with ``oracle: linear``, the textbook LMO (Jaggi 2013):  c_tjl = ⟨g_t,l, θ_j,l⟩, which ranks the
+     checkpoints as ⟨g_t,l, θ_j,l − θ_k,l⟩ and ⟨g_t,l, τ_j,l⟩ do (the θ_k and θ_base terms do not depend on j);
+     the cosine divides by ‖θ_j,l‖ ≈ ‖θ_base,l‖, whose small differences across j can outweigh ⟨g_t,l, τ_j,l⟩
      ``granularity: model`` (official default "task"):  score_tj = Σ_l c_tjl,  one checkpoint s_t per task
      ``granularity: layer``:                            score_tjl = c_tjl,    s_t,l chosen per layer
   3. distinct selections, greedily in task order:
@@ -110,6 +113,7 @@ Tensors = dict[str, torch.Tensor]
 class FrankWolfeSoftParams(Params):
     iterations: int = Field(10, ge=1)  # official max_iters
     granularity: Literal["model", "layer"] = "model"  # official "task" = one checkpoint for the whole model
+    oracle: Literal["cosine", "linear"] = "cosine"  # official cosine on full weights, or ⟨g_t, θ_j⟩
     ada_steps: int = Field(500, ge=0)  # official ada_iters: Adam steps per AdaMerging phase
     ada_init: float = Field(0.3, ge=0.0, le=1.0)  # λ^(0) at the first iteration (official: hard-coded 0.3)
     ada_coeff: float = Field(1e-8, ge=0.0, le=1.0)  # λ^(0) at every later iteration (official ada_coeff)
@@ -162,7 +166,7 @@ def greedy_distinct(score: torch.Tensor) -> list[int]:
 def _select(p: FrankWolfeSoftParams, names: list[str], labels: list[str], cos: torch.Tensor
             ) -> tuple[list[Any], list[float]]:
     """Per selecting task: a candidate label (``model``) or {tensor name: label} (``layer``), and its score
-    Σ_l c_tjl. cos: [m, J, L]."""
+    Σ_l c_tjl. cos: [m, J, L], the oracle's per-layer scores c_tjl (cosine or linear)."""
     if p.granularity == "model":
         score = cos.sum(-1)  # [m, J]
         picks = greedy_distinct(score)
@@ -214,7 +218,8 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         g_norm = torch.tensor([[float(g[n].double().norm()) for n in names] for g in grads],
                               dtype=torch.float64)  # [m, L]
         del grads
-        picks, scores = _select(p, names, labels, cosine_scores(ip, norm, g_norm))  # cos [m, J, L]
+        per_layer = cosine_scores(ip, norm, g_norm) if p.oracle == "cosine" else ip  # [m, J, L]
+        picks, scores = _select(p, names, labels, per_layer)
         selected = [{n: pool[pick if isinstance(pick, str) else pick[n]].read(n).to(torch.float32)
                      for n in names} for pick in picks]  # m × {name: [*shape]}: the only resident candidates
         init = p.ada_init if k == 0 else p.ada_coeff
