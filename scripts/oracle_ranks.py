@@ -24,24 +24,17 @@ from merging.batchnorm import average_statistics
 from merging.benchmark.body import read_body
 from merging.benchmark.objective import TaskObjective
 from merging.benchmark.store import base_folder, checkpoint_folder
-from merging.io.candidates import CheckpointSource
+from merging.io.candidates import CheckpointSource, as_source
 from merging.methods.frank_wolfe import OneTask, cosine_scores, proxy_objective, stream_inner_products
-
-
-class _Tensors:
-    """Tensors held in memory, read like a checkpoint source."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-
-    def read(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
 
 
 def oracle_scores(domain: str, pool_path: str, targets: list[str], seed: int
                   ) -> tuple[list[str], dict[str, torch.Tensor]]:
     """(checkpoint labels, {oracle: scores [targets, checkpoints]}) at θ_base."""
     pool = importlib.import_module(f"{domain}.pool").load_pool(pool_path)
+    unknown = [task for task in targets if task not in pool.tasks]
+    if unknown:
+        raise SystemExit(f"--targets: {unknown} are not tasks of {pool_path}; its tasks: {' '.join(pool.tasks)}")
     objective = TaskObjective(pool, seed, [], tasks=targets)
     names = objective.mergeable()
     base = {n: t.to(torch.float32) for n, t in read_body(base_folder(pool), names).items()}
@@ -55,7 +48,7 @@ def oracle_scores(domain: str, pool_path: str, targets: list[str], seed: int
         sources = {f"{task}-seed{s}": opened.enter_context(CheckpointSource(checkpoint_folder(pool, task, s), names))
                    for task, s in candidates}
         ip_full, norm_full, _ = stream_inner_products(names, grads, sources)  # [T, J, L], [J, L]
-        ip_tv, norm_tv, _ = stream_inner_products(names, grads, sources, base=_Tensors(base))
+        ip_tv, norm_tv, _ = stream_inner_products(names, grads, sources, base=as_source(base, "base"))
     g_norm = torch.tensor([[float(g[n].double().norm()) for n in names] for g in grads], dtype=torch.float64)
     return list(sources), {"cosine full (FW soft's official)": cosine_scores(ip_full, norm_full, g_norm).sum(-1),
                            "cosine task vectors": cosine_scores(ip_tv, norm_tv, g_norm).sum(-1),
