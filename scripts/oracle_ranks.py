@@ -20,7 +20,7 @@ import importlib
 
 import torch
 
-from merging.batchnorm import average_statistics
+from merging.batchnorm import average_statistics, is_statistic
 from merging.benchmark.body import read_body
 from merging.benchmark.objective import TaskObjective
 from merging.benchmark.store import base_folder, checkpoint_folder
@@ -39,7 +39,7 @@ def oracle_scores(domain: str, pool_path: str, targets: list[str], seed: int
     names = objective.mergeable()
     base = {n: t.to(torch.float32) for n, t in read_body(base_folder(pool), names).items()}
     candidates = [(task, seed) for task in pool.tasks]
-    statistics = [n for n in objective.model(targets[0]).state_dict() if "running_" in n]
+    statistics = [n for n in objective.model(targets[0]).state_dict() if is_statistic(n)]
     if statistics:
         objective.use_statistics(average_statistics([read_body(checkpoint_folder(pool, *c), statistics)
                                                      for c in candidates]))
