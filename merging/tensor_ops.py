@@ -84,3 +84,20 @@ def frobenius_weights(norms: torch.Tensor, k: float) -> torch.Tensor:
         return torch.full_like(norms, 1.0 / norms.numel())
     logits = torch.where(norms > 0, k * norms.log(), torch.full_like(norms, -math.inf))
     return torch.softmax(logits, dim=0)
+
+
+def project_capped_simplex(weights: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of every column of ``weights`` onto {w : w ≥ 0, Σ_i w_i ≤ 1}.  [n, L] -> [n, L].
+
+    max(w, 0) when its sum is ≤ 1, else the projection onto the probability simplex {w ≥ 0, Σ w = 1}
+    (Held, Wolfe & Crowder 1974; Duchi et al., ICML 2008, Fig. 1): sort u = w descending, ρ = the largest j
+    with u_j − (Σ_{i≤j} u_i − 1)/j > 0, θ = (Σ_{i≤ρ} u_i − 1)/ρ, w ← max(w − θ, 0). (The two cases are the
+    KKT conditions of the capped set: the sum constraint is active only when max(w, 0) violates it.)"""
+    clipped = weights.clamp(min=0.0)  # [n, L]
+    u = weights.sort(dim=0, descending=True).values  # [n, L]
+    steps = torch.arange(1, weights.shape[0] + 1, dtype=weights.dtype, device=weights.device)[:, None]  # [n, 1]
+    excess = u.cumsum(0) - 1.0  # [n, L]
+    rho = ((u - excess / steps) > 0).sum(0, keepdim=True).clamp(min=1)  # [1, L]
+    shift = excess.gather(0, rho - 1) / rho.to(weights.dtype)  # [1, L]
+    on_simplex = (weights - shift).clamp(min=0.0)
+    return torch.where(clipped.sum(0, keepdim=True) <= 1.0, clipped, on_simplex)

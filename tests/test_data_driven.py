@@ -382,6 +382,26 @@ def test_adamerging_clamps_after_every_step():
     assert bool(((history.lambdas == 0) | (history.lambdas == 1)).any())  # the clamp was active
 
 
+@pytest.mark.parametrize("granularity", ["task", "layer"])
+def test_the_simplex_option_keeps_every_tensors_coefficients_in_the_candidates_hull(granularity):
+    objective = ClassifierToy()
+    candidates = [objective.optimum[t] for t in objective.tasks]
+    params = dict(granularity=granularity, init=0.6, steps=6, lr=0.5, clamp=False)
+    _, free = adamerging(objective, objective.base, candidates, AdaMergingParams(**params))
+    merged, history = adamerging(objective, objective.base, candidates, AdaMergingParams(**params, simplex=True))
+    columns = history.lambdas if granularity == "layer" else history.lambdas[:, None]  # [n, L]
+    assert bool((columns >= 0).all()) and bool((columns.sum(0) <= 1 + 1e-6).all())
+    free_columns = free.lambdas if granularity == "layer" else free.lambdas[:, None]
+    assert bool((free_columns < 0).any() | (free_columns.sum(0) > 1).any())  # unconstrained, the run leaves it
+    # λ^(0) = 0.6 per candidate sums to 1.2: projected before the first step (H measured at a feasible λ)
+    start, first = adamerging(objective, objective.base, candidates, AdaMergingParams(**{**params, "steps": 0},
+                                                                                     simplex=True))
+    n = len(candidates)
+    torch.testing.assert_close(first.lambdas, torch.full_like(first.lambdas, 1 / n))
+    for name in merged:
+        torch.testing.assert_close(start[name], sum(c[name] for c in candidates) / n)
+
+
 def test_adamerging_skips_regression_tasks():
     objective = ClassifierToy(outputs=(3, 1))
     candidates = [objective.optimum[t] for t in objective.tasks]

@@ -4,6 +4,7 @@ around the current iterate with λ^(0) = 0.3 then the small ``ada_coeff``, entro
 phase, memory bounded by the number of target tasks whatever the pool size, and clear errors."""
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Mapping
 
@@ -355,3 +356,62 @@ def test_train_mode_gradients_use_dropout_and_leave_the_models_in_eval_mode():
         runs.setdefault(mode, []).append(result.history[0]["grad_norms"])
     assert runs["train"][0] == runs["train"][1]  # seeded dropout: the same gradients twice
     assert runs["train"][0] != runs["eval"][0]
+
+
+# --- beyond the paper: a Frank-Wolfe method whose iterates stay in the hull and whose objective never rises ----
+
+def hull_weights(result, pool: dict[str, dict[str, torch.Tensor]]) -> list[dict[str, dict[str, float]]]:
+    """Replay of the history: per iterate θ_k and layer l, the weights α of θ_k,l = α_base θ_base,l + Σ_j α_j θ_j,l
+    (θ_{k+1} = θ_k + β Σ_t λ_t,l (θ_{s_t} − θ_k), β = ``step_scale`` or 1)."""
+    alpha = {n: {"base": 1.0, **{label: 0.0 for label in pool}} for n in NAMES}
+    out = [alpha]
+    for h in result.history:
+        beta, picks = h.get("step_scale", 1.0), list(h["selections"].values())
+        step = {n: [beta * lam for lam in h["lambdas"][n]] for n in NAMES}
+        alpha = {n: {v: (1 - sum(step[n])) * w + sum(s for s, c in zip(step[n], picks) if c == v)
+                     for v, w in alpha[n].items()} for n in NAMES}
+        out.append(alpha)
+    return out
+
+
+FEASIBLE = {"iterations": 3, "ada_steps": 30, "ada_lr": 0.2, "ada_init": 0.0, "ada_coeff": 0.0,
+            "inner_loss": "cross_entropy", "ada_batch_size": 8, "oracle": "linear"}
+
+
+def test_simplex_and_monotone_keep_the_iterates_in_the_hull_and_never_raise_the_objective():
+    obj = ClassToy(seed=4)
+    pool = {**obj.optimum, "far": {n: v + 3 * torch.randn_like(v) for n, v in obj.base.items()}}
+    free = frank_wolfe_soft_merge(obj, obj.base, pool, FEASIBLE)
+    free_alpha = hull_weights(free, pool)
+    assert any(w < -1e-3 for a in free_alpha for n in NAMES for w in a[n].values())  # unconstrained, it leaves
+    result = frank_wolfe_soft_merge(obj, obj.base, pool, {**FEASIBLE, "ada_simplex": True, "monotone": True})
+    weights = hull_weights(result, pool)
+    for alpha in weights:  # every iterate a convex combination of θ_base and the pool, layer by layer
+        for n in NAMES:
+            assert min(alpha[n].values()) >= -1e-6 and sum(alpha[n].values()) == pytest.approx(1.0, abs=1e-6)
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], sum(w * (obj.base[n] if v == "base" else pool[v][n])
+                                                        for v, w in weights[-1][n].items()), atol=1e-5, rtol=0)
+    trace = [result.history[0]["proxy_before"]] + [h["proxy_after"] for h in result.history]
+    assert all(b <= a for a, b in zip(trace, trace[1:]))  # f on the fixed proxy never rises
+    assert all(h["proxy_before"] == pytest.approx(a) for h, a in zip(result.history, trace))
+    assert result.final_objective == pytest.approx(trace[-1], rel=1e-6) and trace[-1] < trace[0]
+    assert trace[0] == pytest.approx(proxy_objective(obj, obj.base, grad=False)[0])
+
+
+@pytest.mark.parametrize(("backtracks", "beta"), [(0, 0.0), (2, 0.0), (3, 0.125)])
+def test_monotone_halves_a_step_that_raises_the_objective_and_stays_put_when_none_helps(backtracks, beta):
+    obj = ClassToy(seed=4)
+    f = lambda theta: proxy_objective(obj, theta, grad=False)[0]
+    _, g = proxy_objective(obj, obj.base, grad=True)
+    norm = math.sqrt(sum(float(v.square().sum()) for v in g.values()))
+    far = {n: obj.base[n] - 10 * g[n] / norm for n in NAMES}  # a descent direction, overshot
+    along = lambda b: {n: obj.base[n] + b * (far[n] - obj.base[n]) for n in NAMES}
+    assert [f(along(0.5 ** i)) <= f(obj.base) for i in range(4)] == [False, False, False, True]  # the toy's shape
+    params = {"iterations": 1, "ada_steps": 0, "ada_init": 1.0, "monotone": True, "backtracks": backtracks}
+    result = frank_wolfe_soft_merge(obj, obj.base, {"far": far}, params)  # λ fixed at 1: θ(λ) = far
+    h = result.history[0]
+    assert h["step_scale"] == beta and h["proxy_before"] == pytest.approx(f(obj.base))
+    assert h["proxy_after"] == pytest.approx(f(along(beta))) and h["proxy_after"] <= h["proxy_before"]
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], along(beta)[n])

@@ -62,3 +62,31 @@ def test_frobenius_weights():
     assert ops.frobenius_weights(norms, 1).tolist() == pytest.approx([0.25, 0.75])
     assert ops.frobenius_weights(norms, 2).tolist() == pytest.approx([0.1, 0.9])
     assert ops.frobenius_weights(norms, 1e4).tolist() == pytest.approx([0.0, 1.0])
+
+
+def _capped_simplex_by_bisection(w: torch.Tensor) -> torch.Tensor:
+    """The projection of one column onto {w ≥ 0, Σ w ≤ 1} as max(w − s, 0), s ≥ 0 the smallest shift whose
+    result sums to ≤ 1 (found by bisection, float64): an independent route to the same point."""
+    w = w.double()
+    if w.clamp(min=0).sum() <= 1:
+        return w.clamp(min=0)
+    low, high = 0.0, float(w.max())
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if (w - mid).clamp(min=0).sum() > 1 else (low, mid)
+    return (w - high).clamp(min=0)
+
+
+def test_capped_simplex_projection_is_the_nearest_feasible_point():
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat([3 * torch.randn(5, 40, generator=g), torch.full((5, 1), 0.1), torch.full((5, 1), -1.0)], 1)
+    p = ops.project_capped_simplex(w)  # [5, 42]
+    for col in range(w.shape[1]):
+        torch.testing.assert_close(p[:, col].double(), _capped_simplex_by_bisection(w[:, col]), atol=1e-6, rtol=0)
+    assert (p >= 0).all() and (p.sum(0) <= 1 + 1e-6).all()
+    torch.testing.assert_close(p[:, 40], w[:, 40])  # feasible already (Σ = 0.5): unchanged
+    assert (p[:, 41] == 0).all()  # all negative: the origin
+    # optimality (variational inequality): ⟨w − p, z − p⟩ ≤ 0 for every feasible z
+    z = torch.rand(5, 42, generator=g)
+    z = z / (z.sum(0, keepdim=True) * (1 + torch.rand(1, 42, generator=g)))
+    assert (((w - p) * (z - p)).sum(0) <= 1e-5).all()

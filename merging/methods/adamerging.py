@@ -13,7 +13,9 @@ pieces of at most ``batch_size`` rows and draws the pieces in a fresh seeded ord
 shuffled test loader of batch 16, rows keeping their neighbours within a piece); the entropy is averaged over
 every leading dimension of the logits (examples, and positions for token-level outputs) and summed over tasks.
 Optimiser as the paper's code: λ initialised to 0.3, Adam (lr 1e-3), λ clamped to [0, 1] after every step, 500
-steps.
+steps. ``simplex: true`` projects λ instead, from its initial value on and after every step, onto
+{λ ≥ 0, Σ_i λ_i ≤ 1} (per tensor for layer-wise λ; ``tensor_ops.project_capped_simplex``): θ(λ) then stays, tensor
+by tensor, in the convex hull of the base and the candidates (FW-Merging soft's feasible inner step).
 
 Regression tasks (one output, logits [..., 1]) have no predictive distribution to sharpen: they are skipped
 (listed in ``AdaMergingHistory.skipped``); if every task is a regression task it is an error.
@@ -43,6 +45,7 @@ from ..errors import MergeError
 from ..objective import Batch, Objective, sample_batches, seed_of
 from ..registry import register_data_driven
 from ..statistics import Tensors, batch_rows, batches_of, check_candidates, local_rows, slice_batch
+from ..tensor_ops import project_capped_simplex
 from .base import DataDrivenInputs, DataDrivenResult, Params
 
 PAPER = "https://arxiv.org/abs/2310.02575"
@@ -54,6 +57,7 @@ class AdaMergingParams(Params):
     lr: float = Field(1e-3, gt=0.0)
     steps: int = Field(500, ge=0)
     clamp: bool = True  # λ clamped to [0, 1] after every step (FW-Merging soft's inner loop does not clamp)
+    simplex: bool = False  # λ projected onto {λ ≥ 0, Σ_i λ_i ≤ 1} per tensor instead (the candidates' hull)
     loss: Literal["entropy", "cross_entropy"] = "entropy"  # unlabelled test entropy, or labelled train loss
     batch_size: int = Field(16, gt=0)  # examples per task and step (cross_entropy; entropy_batches: shuffled)
     entropy_batches: Literal["cycled", "shuffled"] = "cycled"  # loss entropy: the objective's batches in order,
@@ -147,6 +151,16 @@ def _stream(objective: Objective, task: str, params: AdaMergingParams) -> _Draws
     return _Cycle(objective, task, "unlabelled")
 
 
+def _constrain(lambdas: Tensor, params: AdaMergingParams) -> None:
+    """In place: λ onto the capped simplex per tensor (``simplex``), else clamped to [0, 1] (``clamp``)."""
+    with torch.no_grad():
+        if params.simplex:
+            columns = lambdas if lambdas.dim() == 2 else lambdas[:, None]  # [n, L] or [n, 1]
+            lambdas.copy_(project_capped_simplex(columns).reshape(lambdas.shape))
+        elif params.clamp:
+            lambdas.clamp_(0.0, 1.0)
+
+
 def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors],
                params: AdaMergingParams | None = None) -> tuple[dict[str, Tensor], AdaMergingHistory]:
     """Learn the coefficients (formula above) on every task of ``objective``; returns the merged tensors
@@ -158,6 +172,7 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
     shape = (len(candidates),) if params.granularity == "task" else (len(candidates), len(names))
     device = base[names[0]].device
     lambdas = torch.full(shape, params.init, dtype=torch.float32, device=device, requires_grad=True)
+    _constrain(lambdas, params)
     optimiser = torch.optim.Adam([lambdas], lr=params.lr)
     history = AdaMergingHistory(names=names, lambdas=lambdas)
     supervised = params.loss == "cross_entropy"
@@ -203,9 +218,7 @@ def adamerging(objective: Objective, base: Tensors, candidates: Sequence[Tensors
         if not training:
             break
         optimiser.step()
-        if params.clamp:
-            with torch.no_grad():
-                lambdas.clamp_(0.0, 1.0)
+        _constrain(lambdas, params)
 
     with torch.no_grad():
         merged = merge_with(base, task_vectors, lambdas, names)

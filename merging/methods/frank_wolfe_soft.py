@@ -28,6 +28,16 @@ into the current iterate. Domain-agnostic: any ``Objective`` (merging/objective.
      There is no step-size schedule: the step is whatever AdaMerging learns (the 2/(k+2) schedule of the
      official code belongs to its non-AdaMerging ``merge_fn``, not offered here).
 
+Options beyond the paper (a Frank-Wolfe method with feasible, descending iterates; the defaults are the official):
+  ``ada_simplex: true``   λ_·,l projected onto {λ ≥ 0, Σ_t λ_t,l ≤ 1} from λ^(0) on and after every Adam step,
+                          so θ_{k+1},l = (1 − Σ_t λ_t,l) θ_k,l + Σ_t λ_t,l θ_{s_t},l is a convex combination and
+                          every iterate lies, layer by layer, in conv({θ_base} ∪ pool) (official: unclamped; on the
+                          vision pool v2 λ reaches −0.9 … 1.0 and a layer's Σ_t λ_t,l −3.6 … 3.3);
+  ``monotone: true``      θ_{k+1} = θ_k + β (θ(λ) − θ_k) with β the first of 1, ½, …, 2^−``backtracks`` for which
+                          f(θ_{k+1}) ≤ f(θ_k), f the fixed proxy split's loss in eval mode; β = 0 if none: f never
+                          rises (recorded: proxy_before, proxy_after, step_scale). β ∈ [0, 1] keeps a point of the
+                          hull in the hull.
+
 Options for the settings of the paper's figures (the authors' research branch, hmarkc/fusion_bench master;
 ``configs/methods/frank_wolfe_soft.yaml`` names them as presets with their source files); the defaults keep the
 behaviour above:
@@ -124,6 +134,9 @@ class FrankWolfeSoftParams(Params):
     proxy: Literal["fixed", "fresh"] = "fixed"  # the oracle's data: the proxy split, or fresh train draws
     proxy_examples: int = Field(100, gt=0)  # examples per task and iteration (proxy: fresh)
     gradient_mode: Literal["eval", "train"] = "eval"  # task models' mode while g_t is computed (dropout …)
+    ada_simplex: bool = False  # inner λ kept in {λ ≥ 0, Σ_t λ_t,l ≤ 1}: iterates stay in the pool's hull
+    monotone: bool = False  # backtrack θ_{k+1} towards θ_k until the proxy objective does not rise
+    backtracks: int = Field(4, ge=0)  # halvings of the step tried (monotone) before staying at θ_k
     seed: int = 0  # fresh draws and train-mode dropout
 
 
@@ -182,9 +195,22 @@ def _adamerging_around(objective: Objective, theta: Tensors, selected: list[Tens
     """θ(λ) = θ_k + Σ_t λ_t,l (θ_{s_t} − θ_k) learned by adamerging.py with θ_k as its "base" (its task
     vectors are then relative to θ_k, as the official LayerWiseMergedModel(pretrained_model=θ_k))."""
     params = AdaMergingParams(granularity="layer", init=init, lr=p.ada_lr, steps=p.ada_steps, clamp=False,
-                              loss=p.inner_loss, batch_size=p.ada_batch_size,
+                              simplex=p.ada_simplex, loss=p.inner_loss, batch_size=p.ada_batch_size,
                               entropy_batches=p.ada_entropy_batches, seed=seed)
     return adamerging(objective, theta, selected, params)
+
+
+def backtrack(objective: Objective, theta: Tensors, proposal: Tensors, reference: float, halvings: int
+              ) -> tuple[Tensors, float, float]:
+    """θ_k + β (θ(λ) − θ_k) for the first β in 1, ½, …, 2^−halvings with f(·) ≤ ``reference`` = f(θ_k) on the
+    fixed proxy split, else θ_k itself (β = 0). Returns the point, β and its f."""
+    for index in range(halvings + 1):
+        beta = 0.5 ** index
+        point = {n: theta[n] + beta * (proposal[n] - theta[n]) for n in theta}
+        value = proxy_objective(objective, point, grad=False)[0]
+        if value <= reference:
+            return point, beta, value
+    return theta, 0.0, reference
 
 
 def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],
@@ -225,8 +251,13 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         init = p.ada_init if k == 0 else p.ada_coeff
         merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
+        step: dict[str, Any] = {}
+        if p.monotone:  # f on the fixed proxy in eval mode, whatever ``proxy`` and ``gradient_mode`` say
+            reference = proxy_objective(objective, theta, grad=False)[0]
+            merged, beta, after = backtrack(objective, theta, {n: merged[n] for n in names}, reference, p.backtracks)
+            step = {"proxy_before": reference, "proxy_after": after, "step_scale": beta}
         theta = {n: merged[n] for n in names}  # θ_{k+1}
-        history.append({
+        history.append({**step,
             "iteration": k, "objective": sum(values.values()), "task_objectives": values,
             "grad_norms": dict(zip(tasks, grad_norms)),
             "selections": {t: (picks[i] if i < m else None) for i, t in enumerate(tasks)},
