@@ -378,25 +378,35 @@ FEASIBLE = {"iterations": 3, "ada_steps": 30, "ada_lr": 0.2, "ada_init": 0.0, "a
             "inner_loss": "cross_entropy", "ada_batch_size": 8, "oracle": "linear"}
 
 
-def test_simplex_and_monotone_keep_the_iterates_in_the_hull_and_never_raise_the_objective():
+@pytest.mark.parametrize(("vertex_scale", "c"), [(1.0, 1.0), ("tasks", 3.0), (2.5, 2.5)])
+def test_simplex_and_monotone_keep_the_iterates_in_the_hull_and_never_raise_the_objective(vertex_scale, c):
     obj = ClassToy(seed=4)
     pool = {**obj.optimum, "far": {n: v + 3 * torch.randn_like(v) for n, v in obj.base.items()}}
-    free = frank_wolfe_soft_merge(obj, obj.base, pool, FEASIBLE)
-    free_alpha = hull_weights(free, pool)
-    assert any(w < -1e-3 for a in free_alpha for n in NAMES for w in a[n].values())  # unconstrained, it leaves
-    result = frank_wolfe_soft_merge(obj, obj.base, pool, {**FEASIBLE, "ada_simplex": True, "monotone": True})
+    vertices = {j: {n: obj.base[n] + c * (pool[j][n] - obj.base[n]) for n in NAMES} for j in pool}  # θ_base + c·τ_j
+    params = {**FEASIBLE, "vertex_scale": vertex_scale}
+    free = frank_wolfe_soft_merge(obj, obj.base, pool, params)
+    assert any(w < -1e-3 for a in hull_weights(free, pool) for n in NAMES for w in a[n].values())  # it leaves
+    result = frank_wolfe_soft_merge(obj, obj.base, pool, {**params, "ada_simplex": True, "monotone": True})
     weights = hull_weights(result, pool)
-    for alpha in weights:  # every iterate a convex combination of θ_base and the pool, layer by layer
+    for alpha in weights:  # every iterate a convex combination of θ_base and the vertices, layer by layer
         for n in NAMES:
             assert min(alpha[n].values()) >= -1e-6 and sum(alpha[n].values()) == pytest.approx(1.0, abs=1e-6)
     for n in NAMES:
-        torch.testing.assert_close(result.theta[n], sum(w * (obj.base[n] if v == "base" else pool[v][n])
+        torch.testing.assert_close(result.theta[n], sum(w * (obj.base[n] if v == "base" else vertices[v][n])
                                                         for v, w in weights[-1][n].items()), atol=1e-5, rtol=0)
     trace = [result.history[0]["proxy_before"]] + [h["proxy_after"] for h in result.history]
     assert all(b <= a for a, b in zip(trace, trace[1:]))  # f on the fixed proxy never rises
     assert all(h["proxy_before"] == pytest.approx(a) for h, a in zip(result.history, trace))
     assert result.final_objective == pytest.approx(trace[-1], rel=1e-6) and trace[-1] < trace[0]
     assert trace[0] == pytest.approx(proxy_objective(obj, obj.base, grad=False)[0])
+
+
+def test_scaled_vertices_need_the_linear_oracle_and_a_positive_scale():
+    with pytest.raises(ValidationError, match="needs oracle: linear"):
+        FrankWolfeSoftParams(vertex_scale=2.0)
+    with pytest.raises(ValidationError, match="vertex_scale must be > 0"):
+        FrankWolfeSoftParams(vertex_scale=-1.0, oracle="linear")
+    assert FrankWolfeSoftParams(vertex_scale=4, oracle="linear").vertex_scale == 4.0
 
 
 @pytest.mark.parametrize(("backtracks", "beta"), [(0, 0.0), (2, 0.0), (3, 0.125)])

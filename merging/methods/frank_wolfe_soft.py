@@ -37,6 +37,11 @@ Options beyond the paper (a Frank-Wolfe method with feasible, descending iterate
                           f(θ_{k+1}) ≤ f(θ_k), f the fixed proxy split's loss in eval mode; β = 0 if none: f never
                           rises (recorded: proxy_before, proxy_after, step_scale). β ∈ [0, 1] keeps a point of the
                           hull in the hull.
+  ``vertex_scale: c``     the picks enter the inner step as the vertices θ_base + c·τ_j (Jaggi's scaled atoms; the
+                          FW hard ``scaled_vertices`` idea), so the hull conv({θ_base} ∪ {θ_base + c·τ_j}) holds
+                          task arithmetic with Σ_t λ_t ≤ c; ``tasks`` sets c = m, the number of selecting tasks,
+                          so that at k = 0 it holds every merge θ_base + Σ_t a_t τ_{s_t} with a ∈ [0, 1]^m, the
+                          range of clamped AdaMerging. Needs ``oracle: linear`` (which ranks θ_base + c·τ_j as θ_j).
 
 Options for the settings of the paper's figures (the authors' research branch, hmarkc/fusion_bench master;
 ``configs/methods/frank_wolfe_soft.yaml`` names them as presets with their source files); the defaults keep the
@@ -96,7 +101,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import distributed
 from ..errors import MergeError
@@ -137,6 +142,16 @@ class FrankWolfeSoftParams(Params):
     ada_simplex: bool = False  # inner λ kept in {λ ≥ 0, Σ_t λ_t,l ≤ 1}: iterates stay in the pool's hull
     monotone: bool = False  # backtrack θ_{k+1} towards θ_k until the proxy objective does not rise
     backtracks: int = Field(4, ge=0)  # halvings of the step tried (monotone) before staying at θ_k
+    vertex_scale: float | Literal["tasks"] = 1.0  # c: the inner step mixes vertices θ_base + c·τ_j ("tasks": c = m)
+
+    @model_validator(mode="after")
+    def _check_vertices(self) -> FrankWolfeSoftParams:
+        if isinstance(self.vertex_scale, float) and self.vertex_scale <= 0:
+            raise ValueError(f"vertex_scale must be > 0 or 'tasks', got {self.vertex_scale}")
+        if self.vertex_scale != 1.0 and self.oracle != "linear":
+            raise ValueError("vertex_scale other than 1 needs oracle: linear (which ranks θ_base + c·τ_j as it "
+                             "ranks θ_j; the cosine of a scaled vertex is not what the official oracle computes)")
+        return self
     seed: int = 0  # fresh draws and train-mode dropout
 
 
@@ -229,6 +244,13 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         raise MergeError("the objective has no target tasks")
     m = min(len(tasks), len(labels))  # tasks that select (the official loop stops once every checkpoint is taken)
     theta = {n: base_src.read(n).to(torch.float32) for n in names}  # θ_0 = θ_base
+    scale = float(m if p.vertex_scale == "tasks" else p.vertex_scale)
+
+    def vertex(source: TensorSource, name: str) -> torch.Tensor:
+        """θ_base + c·(θ_j − θ_base) for one tensor (θ_j itself when c = 1)."""
+        tensor = source.read(name).to(torch.float32)
+        return tensor if scale == 1.0 else base_src.read(name).to(torch.float32).lerp(tensor, scale)
+
     history: list[dict[str, Any]] = []
     for k in range(p.iterations):
         values, grads = {}, []
@@ -246,8 +268,8 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         del grads
         per_layer = cosine_scores(ip, norm, g_norm) if p.oracle == "cosine" else ip  # [m, J, L]
         picks, scores = _select(p, names, labels, per_layer)
-        selected = [{n: pool[pick if isinstance(pick, str) else pick[n]].read(n).to(torch.float32)
-                     for n in names} for pick in picks]  # m × {name: [*shape]}: the only resident candidates
+        selected = [{n: vertex(pool[pick if isinstance(pick, str) else pick[n]], n) for n in names}
+                    for pick in picks]  # m × {name: [*shape]}: the only resident candidates
         init = p.ada_init if k == 0 else p.ada_coeff
         merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
