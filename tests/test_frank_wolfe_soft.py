@@ -358,6 +358,33 @@ def test_train_mode_gradients_use_dropout_and_leave_the_models_in_eval_mode():
     assert runs["train"][0] != runs["eval"][0]
 
 
+class BatchNormToy(ClassToy):
+    """ClassToy whose task models normalise the body's outputs by BatchNorm (running statistics: buffers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for model in self._models.values():
+            model.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+            model.body[0].load_state_dict({"weight": self.base["body.weight"], "bias": self.base["body.bias"]})
+            model.eval()
+        self.base = {f"body.0.{n.split('.')[1]}": v for n, v in self.base.items()}
+        self.optimum = {t: {f"body.0.{n.split('.')[1]}": v for n, v in o.items()} for t, o in self.optimum.items()}
+
+
+def test_train_mode_gradients_leave_the_running_statistics_the_evaluation_uses():
+    runs = {}
+    for mode in ("eval", "train"):
+        obj = BatchNormToy()
+        before = {t: {n: b.clone() for n, b in obj.model(t).named_buffers()} for t in obj.tasks}
+        result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum, {"iterations": 2, "ada_steps": 3,
+                                                                     "gradient_mode": mode})
+        for t in obj.tasks:  # train-mode BatchNorm updates its buffers in place: they are put back
+            for n, b in obj.model(t).named_buffers():
+                assert torch.equal(b, before[t][n]), (mode, t, n)
+        runs[mode] = result.history[0]["grad_norms"]
+    assert runs["train"] != runs["eval"]  # the gradients did see batch statistics
+
+
 # --- beyond the paper: a Frank-Wolfe method whose iterates stay in the hull and whose objective never rises ----
 
 def hull_weights(result, pool: dict[str, dict[str, torch.Tensor]]) -> list[dict[str, dict[str, float]]]:

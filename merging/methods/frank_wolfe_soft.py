@@ -165,12 +165,15 @@ class FrankWolfeSoftResult:
 
 @contextlib.contextmanager
 def _gradient_mode(objective: Objective, task: str, mode: str, seed: tuple[Any, ...]) -> Iterator[None]:
-    """The task model in train mode (dropout active, seeded; BatchNorm uses batch statistics) for ``train``,
-    back in eval mode afterwards; nothing changes for ``eval``."""
+    """The task model in train mode (dropout active, seeded; BatchNorm normalises by batch statistics) for
+    ``train``, back in eval mode afterwards with its buffers as they were: train-mode BatchNorm also updates its
+    running statistics in place, and the objective's later forward passes (the inner AdaMerging, the proxy
+    loss) must keep the statistics the evaluation uses. Nothing changes for ``eval``."""
     if mode == "eval":
         yield
         return
     model = objective.model(task)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of(seed))
         model.train()
@@ -178,6 +181,9 @@ def _gradient_mode(objective: Objective, task: str, mode: str, seed: tuple[Any, 
             yield
         finally:
             model.eval()
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(buffers[name])
 
 
 def greedy_distinct(score: torch.Tensor) -> list[int]:
