@@ -52,7 +52,9 @@ behaviour above:
                                  iteration (``objective.sample``, seeded by ``seed``, k and the task) instead of
                                  the fixed proxy split;
   ``gradient_mode: train``       step 1 runs the task models in train mode (seeded dropout), as the official
-                                 oracle does; they are back in eval mode afterwards.
+                                 oracle does (BatchNorm normalising by batch statistics); they are back in
+                                 eval mode afterwards with the running statistics they had (train-mode BatchNorm
+                                 updates them in place; before 2026-12-06 that drift reached the inner loop).
 
 Recorded per iteration: f(θ_k) = Σ_t f_t(θ_k) and its terms, ‖g_t‖, the selections and their scores, λ^(0),
 the AdaMerging trace (``entropy``, the labelled loss when ``inner_loss`` is cross_entropy, named in
@@ -143,6 +145,7 @@ class FrankWolfeSoftParams(Params):
     monotone: bool = False  # backtrack θ_{k+1} towards θ_k until the proxy objective does not rise
     backtracks: int = Field(4, ge=0)  # halvings of the step tried (monotone) before staying at θ_k
     vertex_scale: float | Literal["tasks"] = 1.0  # c: the inner step mixes vertices θ_base + c·τ_j ("tasks": c = m)
+    seed: int = 0  # fresh draws and train-mode dropout
 
     @model_validator(mode="after")
     def _check_vertices(self) -> FrankWolfeSoftParams:
@@ -152,7 +155,6 @@ class FrankWolfeSoftParams(Params):
             raise ValueError("vertex_scale other than 1 needs oracle: linear (which ranks θ_base + c·τ_j as it "
                              "ranks θ_j; the cosine of a scaled vertex is not what the official oracle computes)")
         return self
-    seed: int = 0  # fresh draws and train-mode dropout
 
 
 @dataclass
@@ -258,6 +260,7 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         return tensor if scale == 1.0 else base_src.read(name).to(torch.float32).lerp(tensor, scale)
 
     history: list[dict[str, Any]] = []
+    step: dict[str, Any] = {}  # the last backtracking step (monotone): f(θ_k) is its proxy_after
     for k in range(p.iterations):
         values, grads = {}, []
         for index, task in enumerate(tasks):
@@ -279,9 +282,8 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         init = p.ada_init if k == 0 else p.ada_coeff
         merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
-        step: dict[str, Any] = {}
         if p.monotone:  # f on the fixed proxy in eval mode, whatever ``proxy`` and ``gradient_mode`` say
-            reference = proxy_objective(objective, theta, grad=False)[0]
+            reference = step["proxy_after"] if step else proxy_objective(objective, theta, grad=False)[0]
             merged, beta, after = backtrack(objective, theta, {n: merged[n] for n in names}, reference, p.backtracks)
             step = {"proxy_before": reference, "proxy_after": after, "step_scale": beta}
         theta = {n: merged[n] for n in names}  # θ_{k+1}
