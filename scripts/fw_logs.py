@@ -6,7 +6,8 @@ FW soft's and FW hard's runs (what the oracle picked, the step or the inner loop
 Per row (fine-tuning seed, extra checkpoints, overrides, normalised score, seconds, peak RSS) and per iteration:
 - FW soft (``frank_wolfe_soft``, the default): the objective f (the summed labelled proxy loss at θ_k), the inner
   loss before → after (entropy of test batches, or labelled cross-entropy), how many tasks the oracle gave their
-  own checkpoint, how many a target's checkpoint, and the range of the layer-wise λ the inner loop ended with;
+  own checkpoint, how many a target's checkpoint, the range of the layer-wise λ the inner loop ended with, and
+  with ``monotone`` the fixed proxy loss before → after the step and the step's scale β;
 - FW hard (``frank_wolfe``): f, the duality gap max_v ⟨g, θ_k − v⟩, the step γ (layerwise: its range), and the
   layer choices split into a target task's checkpoint, another task's, the zero vertex, the start ("initial")
   and "keep". Targets: the row's ``targets`` (scaling protocols), else every task (all-task rows).
@@ -54,8 +55,10 @@ def summarise(record: dict) -> list[str]:
         after = step.get(f"{loss}_after", step.get("entropy_after"))
         span = f"λ {min(lambdas):.2f}–{max(lambdas):.2f}" if lambdas else "λ —"
         inner = f"{loss} {before:.2f} → {after:.2f}" if before is not None and after is not None else loss
+        backtrack = (f", proxy {step['proxy_before']:.2f} → {step['proxy_after']:.2f} (β {step['step_scale']:g})"
+                     if "step_scale" in step else "")
         lines.append(f"  iteration {step['iteration']}: f {step['objective']:.2f}, {inner}, own {own}/{len(picks)}, "
-                     f"a target's {target}/{len(picks)}, {span}")
+                     f"a target's {target}/{len(picks)}, {span}{backtrack}")
     return lines
 
 

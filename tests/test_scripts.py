@@ -88,6 +88,13 @@ def test_fw_logs_counts_fw_softs_picks_and_the_inner_loops_reach(tmp_path):
     assert "normalised 51.70, 215.7 s, 1.51 GB" in out
     assert "f 7.30, entropy 8.20 → 5.45, own 1/3, a target's 2/3, λ 0.18–0.40" in out
     assert 'total {"preset": "irrelevance"} extra 16: 1 rows, own checkpoint 1/3, a target\'s 2/3' in out
+    assert "proxy" not in out  # no backtracking recorded: nothing said about it
+    monotone = {**step, "proxy_before": 3.6, "proxy_after": 3.48, "step_scale": 0.5}
+    (logs / "frank_wolfe_soft-seed0-2026-12-04T17:36.json").write_text(json.dumps({"row": row, "log": {
+        "history": [monotone]}}))
+    out = subprocess.run(["python3", "scripts/fw_logs.py", str(tmp_path / "exp"), "--since", "2026-12-04"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "λ 0.18–0.40, proxy 3.60 → 3.48 (β 0.5)" in out
 
 
 def test_fw_logs_splits_fw_hards_layer_choices_into_targets_others_and_the_special_vertices(tmp_path):
