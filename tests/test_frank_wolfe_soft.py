@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 import torch
@@ -333,17 +333,28 @@ def test_shuffled_entropy_batches_reach_the_inner_adamerging_in_pieces_of_ada_ba
     assert {len(x) for x in default.unlabelled} == {24}  # the objective's batch, whole
 
 
-class DropoutToy(ClassToy):
-    """ClassToy whose task models drop half of the body's outputs in train mode."""
+class LayerAfterBodyToy(ClassToy):
+    """ClassToy whose task models pass the body's outputs through one more layer (``layer()``: dropout, BatchNorm
+    …); the body's tensors are named body.0.*."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer: Callable[[], torch.nn.Module]) -> None:
         super().__init__()
         for model in self._models.values():
-            model.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+            model.body = torch.nn.Sequential(torch.nn.Linear(4, 4), layer())
             model.body[0].load_state_dict({"weight": self.base["body.weight"], "bias": self.base["body.bias"]})
             model.eval()
         self.base = {f"body.0.{n.split('.')[1]}": v for n, v in self.base.items()}
         self.optimum = {t: {f"body.0.{n.split('.')[1]}": v for n, v in o.items()} for t, o in self.optimum.items()}
+
+
+def DropoutToy() -> LayerAfterBodyToy:
+    """Task models that drop half of the body's outputs in train mode."""
+    return LayerAfterBodyToy(lambda: torch.nn.Dropout(0.5))
+
+
+def BatchNormToy() -> LayerAfterBodyToy:
+    """Task models that normalise the body's outputs by BatchNorm (running statistics: buffers)."""
+    return LayerAfterBodyToy(lambda: torch.nn.BatchNorm1d(4))
 
 
 def test_train_mode_gradients_use_dropout_and_leave_the_models_in_eval_mode():
@@ -356,19 +367,6 @@ def test_train_mode_gradients_use_dropout_and_leave_the_models_in_eval_mode():
         runs.setdefault(mode, []).append(result.history[0]["grad_norms"])
     assert runs["train"][0] == runs["train"][1]  # seeded dropout: the same gradients twice
     assert runs["train"][0] != runs["eval"][0]
-
-
-class BatchNormToy(ClassToy):
-    """ClassToy whose task models normalise the body's outputs by BatchNorm (running statistics: buffers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        for model in self._models.values():
-            model.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-            model.body[0].load_state_dict({"weight": self.base["body.weight"], "bias": self.base["body.bias"]})
-            model.eval()
-        self.base = {f"body.0.{n.split('.')[1]}": v for n, v in self.base.items()}
-        self.optimum = {t: {f"body.0.{n.split('.')[1]}": v for n, v in o.items()} for t, o in self.optimum.items()}
 
 
 def test_train_mode_gradients_leave_the_running_statistics_the_evaluation_uses():
