@@ -279,7 +279,10 @@ def test_bad_pools_and_objectives_are_clear_errors():
 def test_the_cross_entropy_inner_loss_lowers_the_labelled_loss():
     obj = ClassToy()
     candidates = [obj.optimum[t] for t in obj.tasks]
-    labelled = lambda theta: proxy_objective(obj, theta, grad=False)[0]
+
+    def labelled(theta):
+        return proxy_objective(obj, theta, grad=False)[0]
+
     start, _ = adamerging(obj, obj.base, candidates, AdaMergingParams(granularity="layer", steps=0))
     merged, history = adamerging(obj, obj.base, candidates, AdaMergingParams(
         granularity="layer", steps=60, lr=0.05, loss="cross_entropy", batch_size=8))
@@ -437,11 +440,16 @@ def test_scaled_vertices_need_the_linear_oracle_and_a_positive_scale():
 @pytest.mark.parametrize(("backtracks", "beta"), [(0, 0.0), (2, 0.0), (3, 0.125)])
 def test_monotone_halves_a_step_that_raises_the_objective_and_stays_put_when_none_helps(backtracks, beta):
     obj = ClassToy(seed=4)
-    f = lambda theta: proxy_objective(obj, theta, grad=False)[0]
     _, g = proxy_objective(obj, obj.base, grad=True)
     norm = math.sqrt(sum(float(v.square().sum()) for v in g.values()))
     far = {n: obj.base[n] - 10 * g[n] / norm for n in NAMES}  # a descent direction, overshot
-    along = lambda b: {n: obj.base[n] + b * (far[n] - obj.base[n]) for n in NAMES}
+
+    def f(theta):
+        return proxy_objective(obj, theta, grad=False)[0]
+
+    def along(beta):
+        return {n: obj.base[n] + beta * (far[n] - obj.base[n]) for n in NAMES}
+
     assert [f(along(0.5 ** i)) <= f(obj.base) for i in range(4)] == [False, False, False, True]  # the toy's shape
     params = {"iterations": 1, "ada_steps": 0, "ada_init": 1.0, "monotone": True, "backtracks": backtracks}
     result = frank_wolfe_soft_merge(obj, obj.base, {"far": far}, params)  # λ fixed at 1: θ(λ) = far

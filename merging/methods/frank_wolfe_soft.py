@@ -207,9 +207,10 @@ def _select(p: FrankWolfeSoftParams, names: list[str], labels: list[str], cos: t
         score = cos.sum(-1)  # [m, J]
         picks = greedy_distinct(score)
         return [labels[j] for j in picks], [float(score[t, j]) for t, j in enumerate(picks)]
-    per_layer = [greedy_distinct(cos[:, :, l]) for l in range(len(names))]  # L × [m]
-    choices = [{n: labels[per_layer[l][t]] for l, n in enumerate(names)} for t in range(cos.shape[0])]
-    scores = [sum(float(cos[t, per_layer[l][t], l]) for l in range(len(names))) for t in range(cos.shape[0])]
+    per_layer = [greedy_distinct(cos[:, :, layer]) for layer in range(len(names))]  # L × [m]
+    choices = [{n: labels[per_layer[layer][t]] for layer, n in enumerate(names)} for t in range(cos.shape[0])]
+    scores = [sum(float(cos[t, per_layer[layer][t], layer]) for layer in range(len(names)))
+              for t in range(cos.shape[0])]
     return choices, scores
 
 
