@@ -86,3 +86,13 @@ def test_the_shipped_variants_fix_issue_19s_acceptance():
     assert spec.criteria.model_dump() == {"margin": 2.0, "max_drop": 2.0, "max_rss_ratio": 1.2}
     assert spec.irrelevance == [0, 16] and {"ties", "task_arithmetic", "iso_c", "tsv_m"} <= set(spec.data_free)
     assert {"official", "textbook", "scaled_vertices", "pairwise", "layerwise"} <= {v.name for v in spec.variants}
+
+
+def test_a_variants_flags_print_as_the_runner_reads_them():
+    from merging.benchmark.claims import as_flags
+    from merging.benchmark.cli import parse_overrides
+
+    flags = {"preset": "irrelevance", "ada_init": 0.0, "monotone": True, "vertex_scale": "tasks"}
+    assert as_flags(flags) == "--preset irrelevance --ada-init 0.0 --monotone true --vertex-scale tasks"
+    assert parse_overrides(as_flags(flags).split()) == flags  # the printed command gives back the same overrides
+    assert as_flags(json.dumps(flags)) == as_flags(flags)

@@ -105,9 +105,10 @@ def overrides_of(row: Row) -> dict[str, object]:
 
 
 def as_flags(overrides: str | dict[str, object]) -> str:
-    """Overrides (a row's JSON, or the mapping) as the runner's command-line flags."""
+    """Overrides (a row's JSON, or the mapping) as the runner's command-line flags (booleans as YAML writes them:
+    ``--monotone true``)."""
     found = json.loads(overrides) if isinstance(overrides, str) and overrides else overrides or {}
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in found.items())
+    return " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in found.items())
 
 
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:
