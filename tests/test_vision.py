@@ -438,6 +438,37 @@ def test_data_driven_merges_run_their_forward_passes_with_the_candidates_mean_st
     assert not torch.allclose(seen[name], stored[1])
 
 
+def test_targets_statistics_are_the_scored_tasks_own_whatever_else_the_merge_reads(toy_vision_pool, monkeypatch):
+    from merging.benchmark import data_driven
+    from merging.benchmark.evaluate import Evaluator
+    from merging.benchmark.experiment import merged_body
+    from merging.benchmark.store import checkpoint_folder, finetune
+
+    pool, _ = toy_vision_pool
+    for task in pool.tasks:
+        finetune(pool, task, 0, progress=False)
+    target, other = pool.tasks
+    scored = pool.model_copy(update={"tasks": [target]})  # a scaling run: one target + another task's checkpoint
+    candidates = [(target, 0), (other, 0)]
+    validation = Evaluator(scored, "validation", 0)
+    name = next(k for k in validation.statistic_names() if k.endswith("running_mean"))
+    own, extra = (read_body_one(checkpoint_folder(pool, t, 0), name) for t in (target, other))
+    merged = {mode: merged_body(scored, validation, "task_arithmetic", {"lambda": 0.5}, [], 0, candidates, mode)[0]
+              for mode in ("average", "targets")}
+    assert torch.allclose(merged["average"][name], (own + extra) / 2)
+    assert torch.equal(merged["targets"][name], own)  # the other task's checkpoint reaches the weights only
+    assert all(torch.equal(merged["average"][k], merged["targets"][k]) for k in merged["average"] if not is_statistic(k))
+    seen = {}
+
+    def spy(inputs):
+        seen[name] = inputs.objective.model(target).state_dict()[name].clone()
+        return inputs.base, {}
+    monkeypatch.setitem(registry.METHODS, "frank_wolfe", dataclasses.replace(registry.get_method("frank_wolfe"),
+                                                                             implementation=spy))
+    body, _ = merged_body(scored, validation, "frank_wolfe", {}, [], 0, candidates, "targets")
+    assert torch.equal(seen[name], own) and torch.equal(body[name], own)  # during the merge and after it
+
+
 def read_body_one(folder, name):
     from merging.benchmark.body import read_body
 

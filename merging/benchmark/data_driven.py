@@ -32,13 +32,15 @@ def _label(candidate: Candidate) -> str:
 
 
 def merge_data_driven(pool: PoolConfig, method: str, params: dict[str, Any], own: list[str], validation: Evaluator,
-                      candidates: list[Candidate] | None = None, tasks: list[str] | None = None, seed: int = 0
-                      ) -> tuple[Tensors, dict[str, Any]]:
+                      candidates: list[Candidate] | None = None, tasks: list[str] | None = None, seed: int = 0,
+                      statistics_from: list[Candidate] | None = None) -> tuple[Tensors, dict[str, Any]]:
     """The merged body of ``method`` for ``tasks`` (default: the pool's) from ``candidates`` (default: each
     task's checkpoint of the fine-tuning seed ``validation`` evaluates; ``own``: extra per-task tensor
     patterns, e.g. unmerged biases), with its buffers, and the method's log. ``seed`` (the row's merge seed) is
-    the method's ``seed`` parameter (its random draws) unless the parameters set one."""
-    objective, (merged, log) = _run(pool, method, "data_driven", params, own, validation, candidates, tasks, seed)
+    the method's ``seed`` parameter (its random draws) unless the parameters set one. The forward passes use the
+    mean running statistics of ``statistics_from`` (default: the candidates)."""
+    objective, (merged, log) = _run(pool, method, "data_driven", params, own, validation, candidates, tasks, seed,
+                                    statistics_from)
     return objective.complete(merged), log
 
 
@@ -52,7 +54,8 @@ def merge_routed(pool: PoolConfig, method: str, params: dict[str, Any], own: lis
 
 
 def _run(pool: PoolConfig, method: str, kind: str, params: dict[str, Any], own: list[str], validation: Evaluator,
-         candidates: list[Candidate] | None, tasks: list[str] | None, seed: int) -> tuple[TaskObjective, Any]:
+         candidates: list[Candidate] | None, tasks: list[str] | None, seed: int,
+         statistics_from: list[Candidate] | None = None) -> tuple[TaskObjective, Any]:
     """The objective and what ``method``'s implementation returns on the pool's ``DataDrivenInputs``."""
     objective = TaskObjective(pool, validation.seed, own, tasks=tasks)
     base = read_body(base_folder(pool), objective.mergeable())
@@ -60,7 +63,7 @@ def _run(pool: PoolConfig, method: str, kind: str, params: dict[str, Any], own: 
     statistics = validation.statistic_names()
     if statistics:  # forward passes during the merge use the candidates' mean statistics, as the evaluation will
         objective.use_statistics(average_statistics([read_body(checkpoint_folder(pool, *c), statistics)
-                                                     for c in candidates]))
+                                                     for c in statistics_from or candidates]))
     spec = get_method(method, kind)
     reference = functools.cache(validation.finetuned)  # the fine-tuned checkpoints' validation scores
 

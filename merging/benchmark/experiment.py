@@ -34,6 +34,7 @@ from .pool import PoolConfig
 from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints
 
 logger = logging.getLogger(__name__)
+STATISTICS = (*MODES, "targets")  # --statistics: merging/batchnorm.py's modes, or the scored tasks' mean
 
 REFERENCES = ("majority", "probe", "pretrained", "finetuned")
 SEED_FREE = ("majority", "probe")  # use no fine-tuned checkpoint: one row, whatever the pool's seeds
@@ -146,8 +147,8 @@ def parameters_help(domain: str, references: tuple[str, ...] = REFERENCES, names
         if raw.get("presets"):
             lines.append("      --preset " + " | ".join(raw["presets"]))
     lines += ["", *textwrap.wrap(note or (
-        "every method: --statistics average|reestimate (BatchNorm pools: the candidates' mean running statistics, "
-        "or re-estimated on training images); --merge-biases false (each task keeps its own biases, as the official "
+        "every method: --statistics average|reestimate|targets (BatchNorm pools: the candidates' mean running "
+        "statistics, re-estimated on training images, or the scored tasks' own checkpoints' mean); --merge-biases false (each task keeps its own biases, as the official "
         "FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)"), 114)]
     return "\n".join(lines)
 
@@ -221,8 +222,8 @@ def check_method(pool: PoolConfig, method: str, overrides: dict[str, Any]) -> No
     if statistics != "average" and not pool.domain.statistics:
         raise MergeError(f"--statistics {statistics}: the {pool.domain.name} domain's models have no running "
                          f"statistics")
-    if statistics not in MODES:
-        raise MergeError(f"--statistics {statistics!r}: expected one of {', '.join(MODES)}")
+    if statistics not in STATISTICS:
+        raise MergeError(f"--statistics {statistics!r}: expected one of {', '.join(STATISTICS)}")
     if not isinstance(overrides.get("merge_biases", True), bool):
         raise MergeError(f"--merge-biases {overrides['merge_biases']!r}: expected true or false")
     spec = get_method(method)
@@ -242,15 +243,25 @@ def merge_config(pool: PoolConfig, candidates: list[Candidate], method: str, par
                             "seed": seed})
 
 
+def statistics_sources(pool: PoolConfig, candidates: list[Candidate], statistics: str, seed: int) -> list[Candidate]:
+    """The checkpoints whose mean running statistics a merge runs with (data-driven) and is filled with: its
+    candidates, or for ``targets`` the scored tasks' own at the row's seed (in a scaling protocol the targets, so
+    that extra checkpoints reach the merge through its weights only, as in a network without BatchNorm)."""
+    return [(task, seed) for task in pool.tasks] if statistics == "targets" else list(candidates)
+
+
 def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: dict[str, Any], exclude: list[str],
                 seed: int, candidates: list[Candidate], statistics: str = "average",
                 objective_tasks: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The merged body of ``method`` with ``params`` from ``candidates`` and the method's log: data-free
     methods run through the merge engine into memory (``merging.run.merge_tensors``), data-driven ones on the data of
     ``objective_tasks`` (default: the pool's tasks; merging/benchmark/data_driven.py); the domain then fills
-    its running statistics as ``statistics`` says (``Domain.finish``)."""
+    its running statistics as ``statistics`` says (``Domain.finish``; ``targets``: the mean of
+    ``statistics_sources``)."""
+    sources = statistics_sources(pool, candidates, statistics, validation.seed)
     if get_method(method).kind == "data_driven":
-        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks, seed)
+        body, log = merge_data_driven(pool, method, params, exclude, validation, candidates, objective_tasks, seed,
+                                      statistics_from=sources)
     else:
         merged = merge_tensors(merge_config(pool, candidates, method, params, exclude, seed))
         names = validation.body_names(exclude)
@@ -260,7 +271,8 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
         body, log = {name: merged[name] for name in names}, {}
     names = validation.statistic_names()
     if names:
-        body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in candidates], names, statistics)
+        mode = "average" if statistics == "targets" else statistics
+        body = pool.domain.finish(pool, body, [checkpoint_folder(pool, *c) for c in sources], names, mode)
     return body, log
 
 
