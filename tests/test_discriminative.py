@@ -210,9 +210,9 @@ def test_relevance_by_tasks_scores_every_task_and_merges_on_the_candidates_tasks
     monkeypatch.chdir(root)
     seen, real = [], experiment.merge_data_driven
 
-    def recording(*args):
+    def recording(*args, **kwargs):
         seen.append(tuple(args[6]))  # the merge's tasks
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr("merging.benchmark.experiment.merge_data_driven", recording)
     for extra in (0, 1):
