@@ -439,7 +439,6 @@ def test_data_driven_merges_run_their_forward_passes_with_the_candidates_mean_st
 
 
 def test_targets_statistics_are_the_scored_tasks_own_whatever_else_the_merge_reads(toy_vision_pool, monkeypatch):
-    from merging.benchmark import data_driven
     from merging.benchmark.evaluate import Evaluator
     from merging.benchmark.experiment import merged_body
     from merging.benchmark.store import checkpoint_folder, finetune
@@ -457,7 +456,8 @@ def test_targets_statistics_are_the_scored_tasks_own_whatever_else_the_merge_rea
               for mode in ("average", "targets")}
     assert torch.allclose(merged["average"][name], (own + extra) / 2)
     assert torch.equal(merged["targets"][name], own)  # the other task's checkpoint reaches the weights only
-    assert all(torch.equal(merged["average"][k], merged["targets"][k]) for k in merged["average"] if not is_statistic(k))
+    weights = [k for k in merged["average"] if not is_statistic(k)]
+    assert all(torch.equal(merged["average"][k], merged["targets"][k]) for k in weights)
     seen = {}
 
     def spy(inputs):

@@ -148,8 +148,8 @@ def parameters_help(domain: str, references: tuple[str, ...] = REFERENCES, names
             lines.append("      --preset " + " | ".join(raw["presets"]))
     lines += ["", *textwrap.wrap(note or (
         "every method: --statistics average|reestimate|targets (BatchNorm pools: the candidates' mean running "
-        "statistics, re-estimated on training images, or the scored tasks' own checkpoints' mean); --merge-biases false (each task keeps its own biases, as the official "
-        "FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)"), 114)]
+        "statistics, re-estimated on training images, or the scored tasks' own checkpoints' mean); --merge-biases "
+        "false (each task keeps its own biases, as the official FW-Merging code); --scaling is --lambda (the FW-Merging scripts' word)"), 114)]
     return "\n".join(lines)
 
 
