@@ -86,6 +86,11 @@ def frobenius_weights(norms: torch.Tensor, k: float) -> torch.Tensor:
     return torch.softmax(logits, dim=0)
 
 
+def scaled_vertex(base: torch.Tensor, model: torch.Tensor, c: float) -> torch.Tensor:
+    """θ_base + c·(θ − θ_base): a checkpoint's task vector scaled by c (Jaggi's scaled atoms), θ itself at c = 1."""
+    return model if c == 1 else base + c * (model - base)
+
+
 def project_capped_simplex(weights: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of every column of ``weights`` onto {w : w ≥ 0, Σ_i w_i ≤ 1}.  [n, L] -> [n, L].
 

@@ -108,6 +108,7 @@ from ..errors import MergeError
 from ..io.candidates import InMemorySource, TensorSource, as_source
 from ..objective import Batch, Objective, sample_batches
 from ..registry import register_data_driven
+from ..tensor_ops import scaled_vertex
 from .adamerging import AdaMergingParams, adamerging
 from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory, per_tensor_method
 
@@ -346,8 +347,7 @@ def _vertex(p: FrankWolfeParams, label: str, name: str, base: TensorSource, vert
         return base.read(name).to(torch.float32) if p.vertices == "task_vector" else torch.zeros_like(like)
     v = vertices[label].read(name).to(torch.float32)  # [*shape]
     if p.vertices == "task_vector" and p.vertex_scale != 1 and label != "initial":
-        b = base.read(name).to(torch.float32)
-        v = b + p.vertex_scale * (v - b)  # θ_base + c·τ
+        v = scaled_vertex(base.read(name).to(torch.float32), v, p.vertex_scale)  # θ_base + c·τ
     return v
 
 

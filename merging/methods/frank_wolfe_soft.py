@@ -110,6 +110,7 @@ from ..errors import MergeError
 from ..io.candidates import TensorSource, as_source
 from ..objective import Objective, seed_of
 from ..registry import register_data_driven
+from ..tensor_ops import scaled_vertex
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
 from .base import DataDrivenInputs, DataDrivenResult, Params
 from .frank_wolfe import (
@@ -224,6 +225,20 @@ def _adamerging_around(objective: Objective, theta: Tensors, selected: list[Tens
     return adamerging(objective, theta, selected, params)
 
 
+def _vertices(names: list[str], picks: list[Any], pool: Mapping[str, TensorSource], base: TensorSource,
+              scale: float) -> list[Tensors]:
+    """The picks as the inner step's vertices θ_base + c·(θ_j − θ_base) (θ_j at c = 1), tensor by tensor: each
+    pick's tensor read once, θ_base's once per tensor (only when c ≠ 1). A pick is a label (``model``
+    granularity) or {tensor name: label} (``layer``)."""
+    selected: list[Tensors] = [{} for _ in picks]
+    for name in names:
+        b = base.read(name).to(torch.float32) if scale != 1 else None
+        for vertex, pick in zip(selected, picks):
+            tensor = pool[pick if isinstance(pick, str) else pick[name]].read(name).to(torch.float32)
+            vertex[name] = tensor if b is None else scaled_vertex(b, tensor, scale)
+    return selected
+
+
 def backtrack(objective: Objective, theta: Tensors, proposal: Tensors, reference: float, halvings: int
               ) -> tuple[Tensors, float, float]:
     """θ_k + β (θ(λ) − θ_k) for the first β in 1, ½, …, 2^−halvings with f(·) ≤ ``reference`` = f(θ_k) on the
@@ -254,12 +269,6 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
     m = min(len(tasks), len(labels))  # tasks that select (the official loop stops once every checkpoint is taken)
     theta = {n: base_src.read(n).to(torch.float32) for n in names}  # θ_0 = θ_base
     scale = float(m if p.vertex_scale == "tasks" else p.vertex_scale)
-
-    def vertex(source: TensorSource, name: str) -> torch.Tensor:
-        """θ_base + c·(θ_j − θ_base) for one tensor (θ_j itself when c = 1)."""
-        tensor = source.read(name).to(torch.float32)
-        return tensor if scale == 1.0 else base_src.read(name).to(torch.float32).lerp(tensor, scale)
-
     history: list[dict[str, Any]] = []
     step: dict[str, Any] = {}  # the last backtracking step (monotone): f(θ_k) is its proxy_after
     for k in range(p.iterations):
@@ -278,14 +287,13 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         del grads
         per_layer = cosine_scores(ip, norm, g_norm) if p.oracle == "cosine" else ip  # [m, J, L]
         picks, scores = _select(p, names, labels, per_layer)
-        selected = [{n: vertex(pool[pick if isinstance(pick, str) else pick[n]], n) for n in names}
-                    for pick in picks]  # m × {name: [*shape]}: the only resident candidates
+        selected = _vertices(names, picks, pool, base_src, scale)  # m × {name: [*shape]}: the only resident ones
         init = p.ada_init if k == 0 else p.ada_coeff
         merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
         if p.monotone:  # f on the fixed proxy in eval mode, whatever ``proxy`` and ``gradient_mode`` say
             reference = step["proxy_after"] if step else proxy_objective(objective, theta, grad=False)[0]
-            merged, beta, after = backtrack(objective, theta, {n: merged[n] for n in names}, reference, p.backtracks)
+            merged, beta, after = backtrack(objective, theta, merged, reference, p.backtracks)
             step = {"proxy_before": reference, "proxy_after": after, "step_scale": beta}
         theta = {n: merged[n] for n in names}  # θ_{k+1}
         history.append({**step,
