@@ -232,3 +232,31 @@ def test_a_plotted_curve_averages_the_seeds_complete_at_the_claims_points(tmp_pa
     _row(tmp_path, "irrelevance", "ties", 16, 70.0, 1)
     context = _Context(_claim("flat", **FLAT), POOL, TARGETS, tmp_path)
     assert _curve(context, [0, 16], keep) == {0: 85.0, 16: 65.0}
+
+
+def test_a_protocol_flag_selects_the_rows_run_with_it_and_joins_every_command(tmp_path):
+    for seed in (0, 1):  # the candidates' mean statistics: FW soft drops 5; with the targets' own it stays flat
+        for statistics, fw_end in (("", 75.0), ("targets", 79.5)):
+            flags = {"statistics": statistics} if statistics else {}
+            _row(tmp_path, "irrelevance", "frank_wolfe_soft", 0, 80.0, seed, preset="irrelevance", **flags)
+            _row(tmp_path, "irrelevance", "frank_wolfe_soft", 16, fw_end, seed, preset="irrelevance", **flags)
+            _row(tmp_path, "irrelevance", "task_arithmetic", 0, 75.0, seed, **flags)
+            _row(tmp_path, "irrelevance", "task_arithmetic", 16, 60.0, seed, **flags)
+    plain = _claim("flat", **FLAT)
+    assert _verdicts(tmp_path, plain)["cross_entropy"][1] == "no"
+    protocol = plain.model_copy(update={"protocol_flags": {"discriminative": {"statistics": "targets"},
+                                                           "vision": {"statistics": "average"}}})
+    ours, verdict, _, _, _, commands = _cells(tmp_path, protocol)["cross_entropy"][:6]
+    assert verdict == "yes" and "80.0 ± 0.0 → 79.5 ± 0.0" in ours and "every row with --statistics targets" in ours
+    assert "deviates" not in ours  # the protocol's flag is no deviation from the preset
+    assert 'run_irrelevance --preset irrelevance --statistics targets' in commands
+    assert 'METHODS="task_arithmetic" run_irrelevance --statistics targets' in commands
+
+
+def test_a_deviation_prints_its_flags_as_the_runner_reads_them(tmp_path):
+    for extra in (0, 16):
+        _row(tmp_path, "irrelevance", "frank_wolfe_soft", extra, 80.0, preset="irrelevance", monotone=True)
+        _row(tmp_path, "irrelevance", "task_arithmetic", extra, 75.0)
+    ours, _, _, _, _, commands = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:6]
+    assert "deviates from the preset: --monotone true;" in ours
+    assert "run_irrelevance --preset irrelevance --monotone true`" in commands

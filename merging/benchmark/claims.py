@@ -12,6 +12,8 @@ Each claim names a scaling protocol (merging/benchmark/scaling.py), FW soft's pr
 FW soft's rows are those of ``method frank_wolfe_soft`` whose overrides carry the claim's preset, judged once
 per inner loss (cross_entropy, the preset's; entropy). Other overrides are deviations from the paper's
 setting (a run cut to fit 2 cores): rows without any are preferred, a deviation is printed beside the numbers.
+A claim's ``protocol_flags`` for the pool's domain belong to the protocol (``--statistics targets`` on the
+BatchNorm vision pool): only rows run with them are judged, they are no deviation, and every command carries them.
 Means are over the fine-tuning seeds every compared series has (latest row per seed); the table prints the
 command that makes each missing or present row. Beside the verdict, the claim's ``compared`` methods (default:
 the paper's) are shown as their best variant (``--preset vision_fork`` for FW hard, say) at the first and last
@@ -25,7 +27,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +76,10 @@ class Claim(_Strict):
     settings: str
     criterion: Criterion
     compared: list[str] = []  # other methods shown beside FW soft (default: the paper's, less FW soft)
+    protocol_flags: dict[str, dict[str, Any]] = {}  # domain -> flags every judged row of its pools carries
+
+    def flags_for(self, domain: str) -> dict[str, Any]:
+        return self.protocol_flags.get(domain, {})
 
     def shown(self) -> list[str]:
         return self.compared or [m for m in self.paper.scores if m != FW_SOFT]
@@ -109,6 +115,21 @@ def as_flags(overrides: str | dict[str, object]) -> str:
     ``--monotone true``)."""
     found = json.loads(overrides) if isinstance(overrides, str) and overrides else overrides or {}
     return " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in found.items())
+
+
+def under_protocol(rows: list[Row], flags: dict[str, Any]) -> list[Row]:
+    """The rows run with every one of ``flags`` (settings of the protocol, not of a method: ``--statistics
+    targets`` on a BatchNorm pool, say), those flags taken out of their overrides so that a method's variants
+    compare as without them; ``rows`` as they are when ``flags`` is empty."""
+    if not flags:
+        return rows
+    kept = []
+    for row in rows:
+        found = overrides_of(row)
+        if all(found.get(key) == value for key, value in flags.items()):
+            rest = {key: value for key, value in found.items() if key not in flags}
+            kept.append({**row, "overrides": json.dumps(rest) if rest else ""})
+    return kept
 
 
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:
@@ -161,11 +182,14 @@ class _Context:
         self.points = [extra_count(pool, targets, claim.protocol, str(k)) for k in claim.extra]
         self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
         wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
-        self.rows = [r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)]
+        self.flags = claim.flags_for(pool.domain.name)
+        self.rows = under_protocol([r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)],
+                                   self.flags)
         self.preset = preset_parameters(pool.domain.name, FW_SOFT, claim.preset)
 
     def command(self, methods: list[str], flags: str = "") -> str:
-        """The runner call that makes the rows at the claim's points (after ``setup``)."""
+        """The runner call that makes the rows at the claim's points (after ``setup``), with the protocol's flags."""
+        flags = " ".join(f for f in (flags, as_flags(self.flags)) if f)
         return (f"SIZES=\"{' '.join(map(str, self.points))}\" METHODS=\"{' '.join(methods)}\" "
                 f"{RUNNERS[self.claim.protocol]}{' ' + flags if flags else ''}")
 
@@ -176,8 +200,8 @@ class _Context:
         if (row["method"] != FW_SOFT or over.get("preset") != self.claim.preset
                 or over.get("inner_loss", self.preset.get("inner_loss")) != loss):
             return None
-        return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(over.items())
-                        if k not in ("preset", "inner_loss") and self.preset.get(k, object()) != v)
+        return as_flags({k: v for k, v in sorted(over.items())
+                         if k not in ("preset", "inner_loss") and self.preset.get(k, object()) != v})
 
     def is_fw_soft(self, row: Row, loss: str, flags: str) -> bool:
         return self.deviation(row, loss) == flags
@@ -308,6 +332,8 @@ def judge(context: _Context, loss: str) -> Judgement:
     others, others_commands = compared(context)
     commands += [command for command in others_commands if command not in commands]
     note = f" (deviates from the preset: {flags}; the paper's setting is the command without them)" if flags else ""
+    if context.flags:
+        note += f"; every row with {as_flags(context.flags)} (the protocol on this pool)"
     ours, verdict, why = {"flat": _flat, "rise": _rise, "beats": _beats}[c.kind](context, fw, note)
     keep = functools.partial(context.is_fw_soft, loss=loss, flags=flags)
     cost = "; ".join(f"{k}: {statistics.fmean(seconds.values()):.0f} s, {statistics.fmean(rss.values()):.2f} GB"
