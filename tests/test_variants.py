@@ -96,3 +96,19 @@ def test_a_variants_flags_print_as_the_runner_reads_them():
     assert as_flags(flags) == "--preset irrelevance --ada-init 0.0 --monotone true --vertex-scale tasks"
     assert parse_overrides(as_flags(flags).split()) == flags  # the printed command gives back the same overrides
     assert as_flags(json.dumps(flags)) == as_flags(flags)
+
+
+def test_irrelevance_flags_select_the_irrelevance_rows_run_with_them(tmp_path):
+    for seed in (0, 1):
+        _row(tmp_path, "toy", "ties", 80.0, seed)
+    _complete_rows(tmp_path, 86.5, (80.0, 75.0), (70.0, 75.0), (2.0, 2.0))  # the candidates' statistics: drops 5
+    for seed in (0, 1):  # the same variant's irrelevance points with the targets' statistics: flat
+        for extra, score in ((0, 80.0), (16, 79.5)):
+            _row(tmp_path, "toy_irrelevance", "frank_wolfe", score, seed, extra, statistics="targets")
+    assert _table(tmp_path)["plain"][1] == "80.5 ± 0.7 → 75.5 ± 0.7 (-5.00)"
+    spec = SPEC.model_copy(update={"irrelevance_flags": {"discriminative": {"statistics": "targets"}}})
+    text = write_variants(POOL, "toy.yaml", TARGETS, tmp_path, spec)
+    plain = next(line.split(" | ") for line in text.splitlines() if line.startswith("| **plain**"))
+    assert plain[2] == "80.0 ± 0.0 → 79.5 ± 0.0 (-0.50)" and plain[6] == "yes"  # all four, relevance rows as before
+    assert 'SIZES="0 16" METHODS=frank_wolfe run_irrelevance --statistics targets`' in plain[7]
+    assert "(every irrelevance row with --statistics targets)" in text

@@ -15,6 +15,9 @@ The criteria (means over the fine-tuning seeds both compared series have; latest
   flat     irrelevance: loses ≤ ``max_drop`` from the first point to the last
   rises    relevance: the last point's mean ≥ the first's
   memory   irrelevance: peak RSS at the last point ≤ ``max_rss_ratio`` × at the first
+
+``irrelevance_flags`` for the pool's domain belong to the irrelevance protocol (``--statistics targets`` on the
+BatchNorm vision pool, as in the claims): only irrelevance rows run with them are judged, as if without them.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from .claims import (
     overrides_of,
     series,
     setup,
+    under_protocol,
 )
 from .experiment import CONFIGS
 from .pool import PoolConfig
@@ -73,6 +77,7 @@ class VariantsFile(_Strict):
     irrelevance: list[Point] = Field(min_length=2, max_length=2)
     relevance: list[Point] = Field(min_length=2, max_length=2)
     data_free: list[str] = Field(min_length=1)
+    irrelevance_flags: dict[str, dict[str, Any]] = {}  # domain -> flags every irrelevance row of its pools carries
     variants: list[Variant] = Field(min_length=1)
 
 
@@ -90,9 +95,10 @@ class _Rows:
     def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path) -> None:
         wanted = " ".join(targets)
         self.all = read_rows(outs / pool.name / "results.csv")
-        self.scaled = {protocol: [r for r in read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
-                                  if r.get("targets", "") in ("", wanted)]
-                       for protocol in ("irrelevance", "relevance_tasks")}
+        self.flags = {"irrelevance": spec.irrelevance_flags.get(pool.domain.name, {}), "relevance_tasks": {}}
+        self.scaled = {protocol: under_protocol([r for r in read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
+                                                 if r.get("targets", "") in ("", wanted)], flags)
+                       for protocol, flags in self.flags.items()}
         self.points = {protocol: [extra_count(pool, targets, protocol, str(k)) for k in points]
                        for protocol, points in (("irrelevance", spec.irrelevance),
                                                 ("relevance_tasks", spec.relevance))}
@@ -143,7 +149,8 @@ def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str
     flags = as_flags(variant.flags)
     sizes = {p: " ".join(map(str, rows.points[p])) for p in rows.points}
     commands = [f"run_{variant.method} {flags}".strip(),
-                *(f'SIZES="{sizes[p]}" METHODS={variant.method} {RUNNERS[p]} {flags}'.strip() for p in sizes)]
+                *(" ".join(f for f in (f'SIZES="{sizes[p]}" METHODS={variant.method} {RUNNERS[p]}', flags,
+                                       as_flags(rows.flags[p])) if f) for p in sizes)]
     return {"variant": f"**{variant.name}**: {' '.join(variant.hypothesis.split())}",
             "all tasks (vs best data-free)": above, "irrelevance first → last": flat,
             "relevance first → last": relevance, "peak RSS first → last": memory,
@@ -160,10 +167,11 @@ def write_variants(pool: PoolConfig, pool_path: str, targets: list[str], outs: P
     spec = spec or load_variants()
     rows = _Rows(spec, pool, targets, outs)
     lines = [judge_variant(rows, spec, variant) for variant in spec.variants]
-    c = spec.criteria
+    c, protocol = spec.criteria, as_flags(rows.flags["irrelevance"])
     text = (f"Rebuilt by `run_variants` (configs/fw_variants.yaml) from the rows under {outs}/. Criteria, fixed "
             f"before the runs: all-task score ≥ the best data-free merge + {c.margin:g}; loses ≤ {c.max_drop:g} "
-            f"from {rows.points['irrelevance'][0]} to {rows.points['irrelevance'][1]} irrelevant checkpoints; does "
+            f"from {rows.points['irrelevance'][0]} to {rows.points['irrelevance'][1]} irrelevant checkpoints"
+            f"{f' (every irrelevance row with {protocol})' if protocol else ''}; does "
             f"not fall from {rows.points['relevance_tasks'][0]} to {rows.points['relevance_tasks'][1]} other tasks' "
             f"checkpoints (relevance by tasks); peak RSS ratio ≤ {c.max_rss_ratio:g}. Every command runs after "
             f"`{setup(pool, pool_path, targets)}`.\n\n{markdown_table(lines, list(lines[0]))}")
