@@ -260,3 +260,25 @@ def test_a_deviation_prints_its_flags_as_the_runner_reads_them(tmp_path):
     ours, _, _, _, _, commands = _cells(tmp_path, _claim("flat", **FLAT))["cross_entropy"][:6]
     assert "deviates from the preset: --monotone true;" in ours
     assert "run_irrelevance --preset irrelevance --monotone true`" in commands
+
+
+def test_rows_of_older_fine_tunes_of_a_seed_are_not_compared_with_the_latest(tmp_path):
+    def rows(fw: tuple[float, float], ta: tuple[float, float], digest: str = "") -> None:
+        for extra, fw_score, ta_score in zip((0, 16), fw, ta):
+            stamp = {"finetuned_digest": digest} if digest else {}
+            append_row(tmp_path / "toy_irrelevance" / "results.csv",
+                       {"method": "frank_wolfe_soft", "normalized": fw_score, "extra": extra, "pool_seed": 0,
+                        "targets": "a b", "overrides": json.dumps({"preset": "irrelevance"}), **stamp})
+            append_row(tmp_path / "toy_irrelevance" / "results.csv",
+                       {"method": "task_arithmetic", "normalized": ta_score, "extra": extra, "pool_seed": 0,
+                        "targets": "a b", "overrides": "", **stamp})
+    rows((80.0, 79.0), (75.0, 60.0))  # before the column: the only fine-tunes there are
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == [
+        "FW soft 80.0 → 79.0 (-1.0); task_arithmetic 75.0 → 60.0 (-15.0); n = 1", "yes"]
+    append_row(tmp_path / "toy_irrelevance" / "results.csv",  # seed 0 re-made elsewhere: only TA at 0 so far
+               {"method": "task_arithmetic", "normalized": 70.0, "extra": 0, "pool_seed": 0, "targets": "a b",
+                "overrides": "", "finetuned_digest": "b" * 12})
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "not run"
+    rows((81.0, 70.0), (70.0, 50.0), "b" * 12)
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == [
+        "FW soft 81.0 → 70.0 (-11.0); task_arithmetic 70.0 → 50.0 (-20.0); n = 1", "no"]

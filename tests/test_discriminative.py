@@ -50,6 +50,28 @@ def test_finetune_merge_evaluate_end_to_end(toy_pool):
     assert f"| 0: lambda {lam} |" in (outs / "toy" / "results.md").read_text()  # the λ validation chose
 
 
+def test_every_row_names_the_fine_tunes_it_was_scored_against(toy_pool):
+    """Rows carry the digest of the scored tasks' own checkpoints: equal while the checkpoints are, another once
+    a checkpoint's weights change (a pool re-made on another machine), whatever its completion record says."""
+    from safetensors.torch import load_file, save_file
+
+    from merging.benchmark.store import checkpoint_folder, finetuned_digest
+
+    pool, root = toy_pool
+    first, = run_experiment(pool, "finetuned", "toy", {}, progress=False, outs=root / "outs")
+    second, = run_experiment(pool, "average", "toy", {}, progress=False, outs=root / "outs")
+    assert len(first["finetuned_digest"]) == 12 and first["finetuned_digest"] == second["finetuned_digest"]
+    folder = checkpoint_folder(pool, "has_sport", 0)
+    (folder / "finetune.json").write_text((folder / "finetune.json").read_text().replace("\n", " \n"))
+    assert finetuned_digest(pool, 0) == first["finetuned_digest"]
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-6
+    save_file(tensors, weights)
+    assert finetuned_digest(pool, 0) != first["finetuned_digest"]
+
+
 def test_a_cached_checkpoint_of_another_recipe_is_refused_not_merged(toy_pool):
     """The cache is keyed by pool name, task and seed: a checkpoint fine-tuned before the pool's recipe was edited,
     or a base cached before the pool named another, is named as stale before any merge, while another seed list

@@ -14,7 +14,8 @@ per inner loss (cross_entropy, the preset's; entropy). Other overrides are devia
 setting (a run cut to fit 2 cores): rows without any are preferred, a deviation is printed beside the numbers.
 A claim's ``protocol_flags`` for the pool's domain belong to the protocol (``--statistics targets`` on the
 BatchNorm vision pool): only rows run with them are judged, they are no deviation, and every command carries them.
-Means are over the fine-tuning seeds every compared series has (latest row per seed); the table prints the
+Means are over the fine-tuning seeds every compared series has (latest row per seed, among the rows scored
+against the seed's latest fine-tunes: ``current_finetunes``); the table prints the
 command that makes each missing or present row. Beside the verdict, the claim's ``compared`` methods (default:
 the paper's) are shown as their best variant (``--preset vision_fork`` for FW hard, say) at the first and last
 point, and drawn in the claim's plot."""
@@ -132,6 +133,14 @@ def under_protocol(rows: list[Row], flags: dict[str, Any]) -> list[Row]:
     return kept
 
 
+def current_finetunes(rows: list[Row]) -> list[Row]:
+    """The rows scored against each pool seed's latest fine-tunes: those whose ``finetuned_digest`` is that of
+    the seed's last row with one (rows made before the column count for a seed none of whose rows has one), so
+    rows of a pool re-made on another machine are never compared with the old ones."""
+    latest = {row["pool_seed"]: row["finetuned_digest"] for row in rows if row.get("finetuned_digest")}
+    return [row for row in rows if row.get("finetuned_digest", "") == latest.get(row["pool_seed"], "")]
+
+
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:
     """``column`` by pool seed of the latest kept row at ``extra`` extra checkpoints (None: any row, as in a table
     without that column; rows without a value in ``column`` are left out)."""
@@ -183,8 +192,8 @@ class _Context:
         self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
         wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
         self.flags = claim.flags_for(pool.domain.name)
-        self.rows = under_protocol([r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)],
-                                   self.flags)
+        self.rows = under_protocol(current_finetunes([r for r in read_rows(self.csv)
+                                                      if r.get("targets", "") in ("", wanted)]), self.flags)
         self.preset = preset_parameters(pool.domain.name, FW_SOFT, claim.preset)
 
     def command(self, methods: list[str], flags: str = "") -> str:

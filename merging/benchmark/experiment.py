@@ -31,7 +31,14 @@ from merging.run import merge_tensors, run_stamp
 from .data_driven import Candidate, merge_data_driven, merge_routed
 from .evaluate import Evaluator
 from .pool import PoolConfig
-from .store import announce_missing, base_folder, checkpoint_folder, finetune, missing_checkpoints
+from .store import (
+    announce_missing,
+    base_folder,
+    checkpoint_folder,
+    finetune,
+    finetuned_digest,
+    missing_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 STATISTICS = (*MODES, "targets")  # --statistics: merging/batchnorm.py's modes, or the scored tasks' mean
@@ -396,6 +403,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **run_stamp(started),
+            "finetuned_digest": finetuned_digest(pool, pool_seed),
         }
         write_row(outs / experiment, pool.domain.name, pool.name, pool.tasks, row, log)
         rows.append(row)

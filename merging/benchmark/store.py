@@ -4,6 +4,7 @@ warm-up and decay), saved whole (body + head) in the domain's own format; resuma
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -70,6 +71,23 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
     if is_given(pool, task, seed):
         return pool.domain.given_folder(pool, task, resolve_model_ref(pool.checkpoints[task]))
     return pool_dir(pool) / "finetuned" / f"{task}-seed{pool.finetune.seeds[0] if seed is None else seed}"
+
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def finetuned_digest(pool: PoolConfig, seed: int) -> str:
+    """12 hex digits naming the scored tasks' own checkpoints at fine-tuning seed ``seed``: the sha256 of their
+    weight files, in task order. Rows with the same digest were scored against the same fine-tunes; a pool
+    re-made on another CPU rounds differently and gets another, so a table never compares the two."""
+    digest = hashlib.sha256()
+    for task in pool.tasks:
+        folder = checkpoint_folder(pool, task, seed)
+        for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_FILES and p.is_file()):
+            with path.open("rb") as weights:
+                digest.update(f"{task}/{path.relative_to(folder)}:".encode())
+                digest.update(hashlib.file_digest(weights, "sha256").digest())
+    return digest.hexdigest()[:12]
 
 
 def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[tuple[str, int]]:

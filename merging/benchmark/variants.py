@@ -9,7 +9,8 @@ come from the ordinary runners with those flags (the table prints each command):
   irrelevance   SIZES="first last" run_irrelevance FLAGS         outs/<pool>_irrelevance/results.csv
   relevance     SIZES="first last" run_relevance_tasks FLAGS     outs/<pool>_relevance_tasks/results.csv
 
-The criteria (means over the fine-tuning seeds both compared series have; latest row per seed):
+The criteria (means over the fine-tuning seeds both compared series have; latest row per seed among the rows of
+the seed's latest fine-tunes, ``claims.current_finetunes``):
 
   above    all-task score ≥ the best data-free merge's (its configured row) + ``margin`` normalised points
   flat     irrelevance: loses ≤ ``max_drop`` from the first point to the last
@@ -37,6 +38,7 @@ from .claims import (
     Scores,
     as_flags,
     common_seeds,
+    current_finetunes,
     judged,
     mean_over,
     mean_std,
@@ -94,11 +96,13 @@ class _Rows:
 
     def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path) -> None:
         wanted = " ".join(targets)
-        self.all = read_rows(outs / pool.name / "results.csv")
+        self.all = current_finetunes(read_rows(outs / pool.name / "results.csv"))
         self.flags = {"irrelevance": spec.irrelevance_flags.get(pool.domain.name, {}), "relevance_tasks": {}}
-        self.scaled = {protocol: under_protocol([r for r in read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
-                                                 if r.get("targets", "") in ("", wanted)], flags)
-                       for protocol, flags in self.flags.items()}
+        self.scaled = {}
+        for protocol, flags in self.flags.items():
+            rows = read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
+            self.scaled[protocol] = under_protocol(current_finetunes(
+                [r for r in rows if r.get("targets", "") in ("", wanted)]), flags)
         self.points = {protocol: [extra_count(pool, targets, protocol, str(k)) for k in points]
                        for protocol, points in (("irrelevance", spec.irrelevance),
                                                 ("relevance_tasks", spec.relevance))}
