@@ -277,8 +277,20 @@ def test_rows_of_older_fine_tunes_of_a_seed_are_not_compared_with_the_latest(tmp
         "FW soft 80.0 → 79.0 (-1.0); task_arithmetic 75.0 → 60.0 (-15.0); n = 1", "yes"]
     append_row(tmp_path / "toy_irrelevance" / "results.csv",  # seed 0 re-made elsewhere: only TA at 0 so far
                {"method": "task_arithmetic", "normalized": 70.0, "extra": 0, "pool_seed": 0, "targets": "a b",
-                "overrides": "", "finetuned_digest": "b" * 12})
+                "overrides": "", "finetuned_digest": "a=0000000b b=0000000b"})
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "not run"
-    rows((81.0, 70.0), (70.0, 50.0), "b" * 12)
+    rows((81.0, 70.0), (70.0, 50.0), "a=0000000b b=0000000b")
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == [
         "FW soft 81.0 → 70.0 (-11.0); task_arithmetic 70.0 → 50.0 (-20.0); n = 1", "no"]
+
+
+def test_rows_that_agree_on_the_checkpoints_they_share_are_compared():
+    from merging.benchmark.claims import current_finetunes
+
+    def row(seed: str, digest: str) -> dict[str, str]:
+        return {"pool_seed": seed, "finetuned_digest": digest}
+
+    rows = [row("0", "a=1 b=1"), row("0", "a=1 b=1 c=1"),   # relevance by tasks: 2 -> 3 scored tasks, one pool
+            row("1", "a=1 b=1"), row("1", "a=2 b=2 c=2"),   # seed 1 re-made: its older row goes
+            row("2", ""), row("0", "")]                     # before the column: kept where no seed has one
+    assert current_finetunes(rows) == [rows[0], rows[1], rows[3], rows[4]]

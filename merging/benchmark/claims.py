@@ -133,12 +133,23 @@ def under_protocol(rows: list[Row], flags: dict[str, Any]) -> list[Row]:
     return kept
 
 
+def _digests(row: Row) -> dict[str, str]:
+    """A row's ``finetuned_digest`` (``task=hash`` words, ``store.finetuned_digest``) as task -> hash."""
+    return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
+
+
 def current_finetunes(rows: list[Row]) -> list[Row]:
-    """The rows scored against each pool seed's latest fine-tunes: those whose ``finetuned_digest`` is that of
-    the seed's last row with one (rows made before the column count for a seed none of whose rows has one), so
-    rows of a pool re-made on another machine are never compared with the old ones."""
-    latest = {row["pool_seed"]: row["finetuned_digest"] for row in rows if row.get("finetuned_digest")}
-    return [row for row in rows if row.get("finetuned_digest", "") == latest.get(row["pool_seed"], "")]
+    """The rows scored against each pool seed's latest fine-tunes, so that rows of a pool re-made on another
+    machine are never compared with the old ones: a seed's checkpoint hashes are read from its rows newest first
+    (a row that disagrees with a newer one on a task they share adds none), and a row is kept when its hashes are
+    those; rows made before the column are kept only for a seed none of whose rows has one."""
+    latest: dict[str, dict[str, str]] = {}
+    for row in reversed(rows):
+        known, found = latest.setdefault(row["pool_seed"], {}), _digests(row)
+        if all(known.get(task, digest) == digest for task, digest in found.items()):
+            known.update(found)
+    return [row for row in rows if (found := _digests(row)) and found.items() <= latest[row["pool_seed"]].items()
+            or not found and not latest[row["pool_seed"]]]
 
 
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:

@@ -77,17 +77,19 @@ WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def finetuned_digest(pool: PoolConfig, seed: int) -> str:
-    """12 hex digits naming the scored tasks' own checkpoints at fine-tuning seed ``seed``: the sha256 of their
-    weight files, in task order. Rows with the same digest were scored against the same fine-tunes; a pool
-    re-made on another CPU rounds differently and gets another, so a table never compares the two."""
-    digest = hashlib.sha256()
+    """The scored tasks' own checkpoints at fine-tuning seed ``seed``, as ``task=hash`` words (the first 8 hex
+    digits of the sha256 of each checkpoint's weight files). Rows that agree on the tasks they share were scored
+    against the same fine-tunes; a pool re-made on another CPU rounds differently, so a table never compares the
+    two (``claims.current_finetunes``)."""
+    words = []
     for task in pool.tasks:
-        folder = checkpoint_folder(pool, task, seed)
+        folder, digest = checkpoint_folder(pool, task, seed), hashlib.sha256()
         for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_FILES and p.is_file()):
             with path.open("rb") as weights:
-                digest.update(f"{task}/{path.relative_to(folder)}:".encode())
+                digest.update(f"{path.relative_to(folder)}:".encode())
                 digest.update(hashlib.file_digest(weights, "sha256").digest())
-    return digest.hexdigest()[:12]
+        words.append(f"{task}={digest.hexdigest()[:8]}")
+    return " ".join(words)
 
 
 def missing_checkpoints(pool: PoolConfig, work: list[tuple[str, int]]) -> list[tuple[str, int]]:
