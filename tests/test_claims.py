@@ -285,7 +285,7 @@ def test_rows_of_older_fine_tunes_of_a_seed_are_not_compared_with_the_latest(tmp
 
 
 def test_rows_that_agree_on_the_checkpoints_they_share_are_compared():
-    from merging.benchmark.claims import current_finetunes
+    from merging.benchmark.results import current_finetunes
 
     def row(seed: str, digest: str) -> dict[str, str]:
         return {"pool_seed": seed, "finetuned_digest": digest}

@@ -75,6 +75,17 @@ def test_summary_is_mean_and_sample_std_over_the_latest_row_of_each_seed(tmp_pat
     assert text.index("| ta | 3 | 80.00 ± 8.72 |") < text.index("## All rows")
 
 
+def test_summary_reads_only_the_rows_of_each_seeds_latest_fine_tunes(tmp_path):
+    path = tmp_path / "results.csv"
+    for method, seed, score, digest in [("ta", 0, 70.0, "a=1"), ("ties", 0, 90.0, "a=1"),
+                                        ("ta", 0, 60.0, "a=2"), ("ta", 1, 80.0, "")]:  # seed 0 re-made elsewhere
+        append_row(path, {"method": method, "pool_seed": seed, "normalized": score, "finetuned_digest": digest})
+    rebuild_markdown(path, tmp_path / "results.md", "Demo", ["method"], summary=("method", "pool_seed", ["normalized"]))
+    summary, _, every = (tmp_path / "results.md").read_text().partition("## All rows")
+    assert "| ta | 2 | 70.00 ± 14.14 |" in summary and "| ties |" not in summary  # 60 (seed 0 now) and 80
+    assert every.count("| ta |") == 3 and "| ties |" in every
+
+
 def test_summary_describes_each_seed_row_when_asked(tmp_path):
     path = tmp_path / "results.csv"
     for seed, lam in [(0, "0.5"), (1, "0.4"), (1, "0.3")]:

@@ -15,7 +15,7 @@ setting (a run cut to fit 2 cores): rows without any are preferred, a deviation 
 A claim's ``protocol_flags`` for the pool's domain belong to the protocol (``--statistics targets`` on the
 BatchNorm vision pool): only rows run with them are judged, they are no deviation, and every command carries them.
 Means are over the fine-tuning seeds every compared series has (latest row per seed, among the rows scored
-against the seed's latest fine-tunes: ``current_finetunes``); the table prints the
+against the seed's latest fine-tunes: ``results.current_finetunes``); the table prints the
 command that makes each missing or present row. Beside the verdict, the claim's ``compared`` methods (default:
 the paper's) are shown as their best variant (``--preset vision_fork`` for FW hard, say) at the first and last
 point, and drawn in the claim's plot."""
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from merging.benchmark.results import markdown_table, read_rows
+from merging.benchmark.results import current_finetunes, markdown_table, read_rows
 from merging.config import read_validated
 from merging.io.atomic import atomic_write_text
 
@@ -131,25 +131,6 @@ def under_protocol(rows: list[Row], flags: dict[str, Any]) -> list[Row]:
             rest = {key: value for key, value in found.items() if key not in flags}
             kept.append({**row, "overrides": json.dumps(rest) if rest else ""})
     return kept
-
-
-def _digests(row: Row) -> dict[str, str]:
-    """A row's ``finetuned_digest`` (``task=hash`` words, ``store.finetuned_digest``) as task -> hash."""
-    return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
-
-
-def current_finetunes(rows: list[Row]) -> list[Row]:
-    """The rows scored against each pool seed's latest fine-tunes, so that rows of a pool re-made on another
-    machine are never compared with the old ones: a seed's checkpoint hashes are read from its rows newest first
-    (a row that disagrees with a newer one on a task they share adds none), and a row is kept when its hashes are
-    those; rows made before the column are kept only for a seed none of whose rows has one."""
-    latest: dict[str, dict[str, str]] = {}
-    for row in reversed(rows):
-        known, found = latest.setdefault(row["pool_seed"], {}), _digests(row)
-        if all(known.get(task, digest) == digest for task, digest in found.items()):
-            known.update(found)
-    return [row for row in rows if (found := _digests(row)) and found.items() <= latest[row["pool_seed"]].items()
-            or not found and not latest[row["pool_seed"]]]
 
 
 def series(rows: list[Row], keep: Callable[[Row], bool], extra: int | None, column: str = "normalized") -> Scores:

@@ -27,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-from merging.benchmark.results import markdown_table, pivot_table, read_rows, summary_rows
+from merging.benchmark.results import current_finetunes, markdown_table, pivot_table, read_rows, summary_rows
 from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
@@ -49,13 +49,13 @@ def render(directive: str, root: Path, where: str) -> str | None:
         return text.partition("\n")[2].lstrip("\n") if text.startswith("# ") else text
     if kind == "pivot" and len(args) == 3:
         source, column, value = root / args[0], args[1], args[2]
-        rows = read_rows(source)
+        rows = current_finetunes(read_rows(source))
         return pivot_table(rows, variant, column, value) if rows else None
     if kind == "summary" and args:
         source, columns = root / args[0], args[1:]
         methods = columns.pop(0).removeprefix("methods=").split(",") if columns and columns[0].startswith(
             "methods=") else None
-        rows = [row for row in read_rows(source) if methods is None or row["method"] in methods]
+        rows = [row for row in current_finetunes(read_rows(source)) if methods is None or row["method"] in methods]
         if methods is not None:
             rows.sort(key=lambda row: methods.index(row["method"]))  # stable: seeds keep their order
         lines = summary_rows(rows, "method", "pool_seed", columns, label=variant)

@@ -29,6 +29,28 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
         _append(path, row)
 
 
+def _digests(row: dict[str, str]) -> dict[str, str]:
+    """A row's ``finetuned_digest`` (``task=hash`` words, ``store.finetuned_digest``) as task -> hash."""
+    return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
+
+
+def current_finetunes(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows scored against each pool seed's latest fine-tunes, so that rows of a pool re-made on another
+    machine are never compared with the old ones: a seed's checkpoint hashes are read from its rows newest first
+    (a row that disagrees with a newer one on a task they share adds none), and a row is kept when its hashes are
+    those; rows made before the column are kept only for a seed none of whose rows has one."""
+    latest: dict[str, dict[str, str]] = {}
+    for row in reversed(rows):
+        known, found = latest.setdefault(row.get("pool_seed", ""), {}), _digests(row)
+        if all(known.get(task, digest) == digest for task, digest in found.items()):
+            known.update(found)
+
+    def current(row: dict[str, str]) -> bool:
+        found, known = _digests(row), latest[row.get("pool_seed", "")]
+        return found.items() <= known.items() if found else not known
+    return [row for row in rows if current(row)]
+
+
 def _append(path: Path, row: dict[str, Any]) -> None:
     rows = read_rows(path) + [{k: _format(v) for k, v in row.items()}]
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -101,17 +123,19 @@ def rebuild_markdown(csv_path: str | Path, md_path: str | Path, title: str, firs
                      sections: Callable[[list[dict[str, str]]], list[tuple[str, str]]] | None = None) -> None:
     """Write ``md_path`` from the CSV: columns ``first`` (when present) lead, the rest follow. With
     ``summary = (key, over, columns)`` a table of mean ± std over ``over`` per ``key`` (or ``label(row)``)
-    comes first; ``sections(rows)`` adds (heading, markdown) sections after it."""
+    comes first; ``sections(rows)`` adds (heading, markdown) sections after it. Both read only the rows of each
+    seed's latest fine-tunes (``current_finetunes``); the table of all rows follows."""
     rows = read_rows(Path(csv_path))
     columns = list(dict.fromkeys([c for c in first if rows and c in rows[0]] + list(rows[0] if rows else [])))
     text = f"# {title}\n\nRebuilt from `{Path(csv_path).name}`.\n\n"
+    current = current_finetunes(rows)
     if summary and rows:
         key, over, stats = summary
-        text += (f"## Mean ± standard deviation over `{over}` (latest row of each)\n\n"
-                 + markdown_table(summary_rows(rows, key, over, stats, label, describe),
+        text += (f"## Mean ± standard deviation over `{over}` (latest row of each, of its latest fine-tunes)\n\n"
+                 + markdown_table(summary_rows(current, key, over, stats, label, describe),
                                   [key, "n", *stats, *([describe[0]] if describe else [])])
                  + "\n")
-    for heading, body in sections(rows) if sections and rows else []:
+    for heading, body in sections(current) if sections and rows else []:
         text += f"## {heading}\n\n{body}\n"
     text += "## All rows\n\n" if summary and rows else ""
     atomic_write_text(Path(md_path), text + markdown_table(rows, columns))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from merging.benchmark.results import read_rows
+from merging.benchmark.results import current_finetunes, read_rows
 from merging.errors import MergeError
 
 from .data_driven import Candidate
@@ -80,7 +80,7 @@ def plot(csv: Path, out: Path, y: str = "normalized") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_rows(csv)
+    rows = current_finetunes(read_rows(csv))
     if not rows:
         raise MergeError(f"{csv}: no rows to plot")
     x = "candidates" if y == "peak_rss_gb" else "extra"

@@ -10,7 +10,7 @@ come from the ordinary runners with those flags (the table prints each command):
   relevance     SIZES="first last" run_relevance_tasks FLAGS     outs/<pool>_relevance_tasks/results.csv
 
 The criteria (means over the fine-tuning seeds both compared series have; latest row per seed among the rows of
-the seed's latest fine-tunes, ``claims.current_finetunes``):
+the seed's latest fine-tunes, ``results.current_finetunes``):
 
   above    all-task score ≥ the best data-free merge's (its configured row) + ``margin`` normalised points
   flat     irrelevance: loses ≤ ``max_drop`` from the first point to the last
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from merging.benchmark.results import markdown_table, read_rows
+from merging.benchmark.results import current_finetunes, markdown_table, read_rows
 from merging.config import read_validated
 from merging.io.atomic import atomic_write_text
 
@@ -38,7 +38,6 @@ from .claims import (
     Scores,
     as_flags,
     common_seeds,
-    current_finetunes,
     judged,
     mean_over,
     mean_std,
