@@ -4,6 +4,7 @@ complete, holding the weights, the base's config and tokenizer, the resolved con
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import subprocess
@@ -45,7 +46,10 @@ def run_stamp(started: float) -> dict[str, Any]:
             "git_sha": git_sha()[:7], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
+@functools.cache
 def git_sha() -> str:
+    """The commit of the code this process runs, read once: a checkout during a long run does not relabel its
+    rows (a benchmark run pins it before its first merge)."""
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                               text=True, timeout=10, check=False)

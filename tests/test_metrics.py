@@ -110,3 +110,17 @@ def test_a_scaling_claim_is_pivoted_by_extra_checkpoints(tmp_path):
                      sections=lambda rows: by_extra)
     text = (tmp_path / "results.md").read_text()
     assert text.index("## By extra") < text.index("| fw | 60.00 | 54.00 ± 2.83 |") < text.index("## All rows")
+
+
+def test_a_rows_code_version_is_the_one_its_process_started_with(monkeypatch):
+    """A checkout during a long run must not relabel its rows: the commit is read once per process."""
+    from types import SimpleNamespace
+
+    from merging import run
+
+    run.git_sha.cache_clear()
+    answers = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(run.subprocess, "run", lambda *args, **kwargs: SimpleNamespace(returncode=0,
+                                                                                     stdout=next(answers)))
+    assert run.git_sha() == "a" * 40 and run.run_stamp(0.0)["git_sha"] == "a" * 7
+    run.git_sha.cache_clear()

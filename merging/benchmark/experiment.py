@@ -26,7 +26,7 @@ from merging.io.atomic import atomic_write_text
 from merging.methods.base import RoutedModel
 from merging.registry import get_method, known_methods
 from merging.resources import CONFIGS  # methods/<method>.yaml, <domain>/methods/<method>.yaml
-from merging.run import merge_tensors, run_stamp
+from merging.run import git_sha, merge_tensors, run_stamp
 
 from .data_driven import Candidate, merge_data_driven, merge_routed
 from .evaluate import Evaluator
@@ -381,6 +381,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
     tasks only. ``columns`` are added to every row. The method and its parameters are checked first
     (``check_method``)."""
     check_method(pool, method, overrides)
+    git_sha()  # the code version of the rows, read before the first (possibly long) run
     rows = []
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
