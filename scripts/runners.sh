@@ -120,6 +120,8 @@ run_claims() { _bench claims --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }
 # outs/<pool>_fw_variants.md.
 # shellcheck disable=SC2086  # TARGETS is a list
 run_variants() { _bench variants --targets ${TARGETS:-$_DEFAULT_TARGETS} "$@"; }
+# Rows made before the finetuned_digest column, given it where re-made rows reproduce them (merging/benchmark/adopt.py).
+run_adopt() { _bench adopt "$@"; }
 run_memory() {
   _scaling irrelevance "${SIZES:-0 4 12}" "${METHODS:-frank_wolfe adamerging regmean}" "$@" &&
     _bench plot --claim irrelevance --y peak_rss_gb

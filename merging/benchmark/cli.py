@@ -1,5 +1,6 @@
-"""``python -m <domain> {prepare, finetune, run, scale, plot}``: the command line every domain shares, behind
-scripts/<domain>.sh; a domain's ``__main__`` calls ``main`` with its pool loader and default pool."""
+"""``python -m <domain> {prepare, finetune, run, scale, plot, claims, variants, adopt}``: the command line every
+domain shares, behind scripts/<domain>.sh; a domain's ``__main__`` calls ``main`` with its pool loader and default
+pool."""
 from __future__ import annotations
 
 import argparse
@@ -132,6 +133,9 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                    "on the all-task and scaling rows: outs/<pool>_fw_variants.md")
     variants.add_argument("--pool", default=default_pool)
     variants.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
+    adopt = commands.add_parser("adopt", help="give the pool's rows made before the finetuned_digest column the "
+                                "digest of the fine-tunes that re-made rows show they were scored against")
+    adopt.add_argument("--pool", default=default_pool)
     args, extra = start_command(parser, argv, overridable=("run", "scale"))
     try:
         pool = load_pool(args.pool)
@@ -176,6 +180,16 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
             from .variants import write_variants
 
             print(write_variants(pool, args.pool, args.targets))
+        elif args.command == "adopt":
+            from .adopt import adopt_files
+
+            claims = ("irrelevance", "relevance", "relevance_tasks")
+            folders = [pool.name, *(f"{pool.name}_{claim}" for claim in claims)]
+            adopted, left = adopt_files([Path("outs") / folder / "results.csv" for folder in folders], pool.tasks)
+            for name, row in adopted:
+                print(f"{name}: pool seed {row.get('pool_seed', '')} {row.get('method', '')} {row.get('overrides', '')}"
+                      f" extra {row.get('extra', '') or '-'} ({row.get('date', '')}) -> {row['finetuned_digest']}")
+            print("\n".join([*left, f"{len(adopted)} rows adopted"]))
         else:
             from .scaling import plot
 

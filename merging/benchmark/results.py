@@ -2,11 +2,12 @@
 Rows may add new columns (other tasks, other hyper-parameters): the CSV is rewritten with their union."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,19 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
     """Add ``row`` to the CSV at ``path`` (created if missing); concurrent runs are serialised by a lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         _append(path, row)
 
 
-def _digests(row: dict[str, str]) -> dict[str, str]:
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the lock that serialises every writer of the CSV at ``path``."""
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def digests(row: dict[str, str]) -> dict[str, str]:
     """A row's ``finetuned_digest`` (``task=hash`` words, ``store.finetuned_digest``) as task -> hash."""
     return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
 
@@ -41,18 +49,23 @@ def current_finetunes(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     those; rows made before the column are kept only for a seed none of whose rows has one."""
     latest: dict[str, dict[str, str]] = {}
     for row in reversed(rows):
-        known, found = latest.setdefault(row.get("pool_seed", ""), {}), _digests(row)
+        known, found = latest.setdefault(row.get("pool_seed", ""), {}), digests(row)
         if all(known.get(task, digest) == digest for task, digest in found.items()):
             known.update(found)
 
     def current(row: dict[str, str]) -> bool:
-        found, known = _digests(row), latest[row.get("pool_seed", "")]
+        found, known = digests(row), latest[row.get("pool_seed", "")]
         return found.items() <= known.items() if found else not known
     return [row for row in rows if current(row)]
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    rows = read_rows(path) + [{k: _format(v) for k, v in row.items()}]
+    write_rows(path, read_rows(path) + [{k: _format(v) for k, v in row.items()}])
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Replace the CSV at ``path`` by ``rows`` (the union of their columns, in order of first appearance), atomically;
+    the caller holds the file's lock (``locked``)."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
