@@ -278,6 +278,12 @@ def test_rows_of_older_fine_tunes_of_a_seed_are_not_compared_with_the_latest(tmp
     append_row(tmp_path / "toy_irrelevance" / "results.csv",  # seed 0 re-made elsewhere: only TA at 0 so far
                {"method": "task_arithmetic", "normalized": 70.0, "extra": 0, "pool_seed": 0, "targets": "a b",
                 "overrides": "", "finetuned_digest": "a=0000000b b=0000000b"})
+    # FW soft's newest rows are still the older fine-tunes', so the claim compares those (TA's new row aside)
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == [
+        "FW soft 80.0 → 79.0 (-1.0); task_arithmetic 75.0 → 60.0 (-15.0); n = 1", "yes"]
+    append_row(tmp_path / "toy_irrelevance" / "results.csv",  # FW soft re-made at 0: TA lacks its row at 16
+               {"method": "frank_wolfe_soft", "normalized": 81.0, "extra": 0, "pool_seed": 0, "targets": "a b",
+                "overrides": json.dumps({"preset": "irrelevance"}), "finetuned_digest": "a=0000000b b=0000000b"})
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "not run"
     rows((81.0, 70.0), (70.0, 50.0), "a=0000000b b=0000000b")
     assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == [

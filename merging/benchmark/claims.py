@@ -15,7 +15,8 @@ setting (a run cut to fit 2 cores): rows without any are preferred, a deviation 
 A claim's ``protocol_flags`` for the pool's domain belong to the protocol (``--statistics targets`` on the
 BatchNorm vision pool): only rows run with them are judged, they are no deviation, and every command carries them.
 Means are over the fine-tuning seeds every compared series has (latest row per seed, among the rows scored
-against the seed's latest fine-tunes: ``results.current_finetunes``); the table prints the
+against the fine-tunes of the seed's newest FW soft row with the claim's preset: ``results.current_finetunes``,
+so that a partial re-make of another method does not hide a complete claim); the table prints the
 command that makes each missing or present row. Beside the verdict, the claim's ``compared`` methods (default:
 the paper's) are shown as their best variant (``--preset vision_fork`` for FW hard, say) at the first and last
 point, and drawn in the claim's plot."""
@@ -184,9 +185,13 @@ class _Context:
         self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
         wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
         self.flags = claim.flags_for(pool.domain.name)
-        self.rows = under_protocol(current_finetunes([r for r in read_rows(self.csv)
-                                                      if r.get("targets", "") in ("", wanted)]), self.flags)
+        rows = under_protocol([r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)], self.flags)
+        self.rows = current_finetunes(rows, anchor=self.is_claims_fw_soft)
         self.preset = preset_parameters(pool.domain.name, FW_SOFT, claim.preset)
+
+    def is_claims_fw_soft(self, row: Row) -> bool:
+        """FW soft with the claim's preset: a seed's cell compares rows of the fine-tunes its newest such row used."""
+        return row["method"] == FW_SOFT and overrides_of(row).get("preset") == self.claim.preset
 
     def command(self, methods: list[str], flags: str = "") -> str:
         """The runner call that makes the rows at the claim's points (after ``setup``), with the protocol's flags."""

@@ -42,20 +42,30 @@ def digests(row: dict[str, str]) -> dict[str, str]:
     return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
 
 
-def current_finetunes(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+def current_finetunes(rows: list[dict[str, str]],
+                      anchor: Callable[[dict[str, str]], bool] | None = None) -> list[dict[str, str]]:
     """The rows scored against each pool seed's latest fine-tunes, so that rows of a pool re-made on another
     machine are never compared with the old ones: a seed's checkpoint hashes are read from its rows newest first
     (a row that disagrees with a newer one on a task they share adds none), and a row is kept when its hashes are
-    those; rows made before the column are kept only for a seed none of whose rows has one."""
+    those; rows made before the column are kept only for a seed none of whose rows has one. With ``anchor``, a
+    seed's fine-tunes are those of its newest row that ``anchor`` accepts (the rows a table is about), so that a
+    partial re-make of other methods does not hide them: rows made before the column are then kept where that row
+    is one of them."""
     latest: dict[str, dict[str, str]] = {}
+    anchored: set[str] = set()
+    for row in reversed(rows):
+        seed = row.get("pool_seed", "")
+        if anchor is not None and seed not in anchored and anchor(row):
+            anchored.add(seed)
+            latest[seed] = dict(digests(row)) or {"": "before the column"}
     for row in reversed(rows):
         known, found = latest.setdefault(row.get("pool_seed", ""), {}), digests(row)
-        if all(known.get(task, digest) == digest for task, digest in found.items()):
+        if "" not in known and all(known.get(task, digest) == digest for task, digest in found.items()):
             known.update(found)
 
     def current(row: dict[str, str]) -> bool:
         found, known = digests(row), latest[row.get("pool_seed", "")]
-        return found.items() <= known.items() if found else not known
+        return found.items() <= known.items() if found else not known or "" in known
     return [row for row in rows if current(row)]
 
 
