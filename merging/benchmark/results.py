@@ -53,19 +53,26 @@ def current_finetunes(rows: list[dict[str, str]],
     is one of them."""
     latest: dict[str, dict[str, str]] = {}
     anchored: set[str] = set()
+    before_column: set[str] = set()  # seeds whose anchor row has no digest
     for row in reversed(rows):
         seed = row.get("pool_seed", "")
         if anchor is not None and seed not in anchored and anchor(row):
             anchored.add(seed)
-            latest[seed] = dict(digests(row)) or {"": "before the column"}
+            latest[seed] = digests(row)
+            if not latest[seed]:
+                before_column.add(seed)
     for row in reversed(rows):
-        known, found = latest.setdefault(row.get("pool_seed", ""), {}), digests(row)
-        if "" not in known and all(known.get(task, digest) == digest for task, digest in found.items()):
+        seed = row.get("pool_seed", "")
+        known, found = latest.setdefault(seed, {}), digests(row)
+        if seed not in before_column and all(known.get(task, digest) == digest for task, digest in found.items()):
             known.update(found)
 
     def current(row: dict[str, str]) -> bool:
-        found, known = digests(row), latest[row.get("pool_seed", "")]
-        return found.items() <= known.items() if found else not known or "" in known
+        seed = row.get("pool_seed", "")
+        found, known = digests(row), latest[seed]
+        if seed in before_column:
+            return not found
+        return found.items() <= known.items() if found else not known
     return [row for row in rows if current(row)]
 
 
