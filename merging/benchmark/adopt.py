@@ -14,8 +14,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from typing import get_args
+
 from ..errors import MergeError
+from .pool import PoolConfig
 from .results import digests, locked, read_rows, write_rows
+from .scaling import Claim
 
 RUN_KEY = ("pool_seed", "method", "overrides", "claim", "extra", "targets", "candidates")
 Rows = list[dict[str, str]]
@@ -29,7 +33,7 @@ def verified_tasks(rows: Rows) -> dict[str, dict[str, str]]:
     verified: dict[str, dict[str, str]] = {}
     for row in rows:
         found = digests(row)
-        if not found or not any(_reproduces(row, old, found) for old in older):
+        if not found or not any(_reproduces(row, old, list(found)) for old in older):
             continue
         seed = verified.setdefault(row.get("pool_seed", ""), {})
         if any(seed.get(task, digest) != digest for task, digest in found.items()):
@@ -39,9 +43,17 @@ def verified_tasks(rows: Rows) -> dict[str, dict[str, str]]:
     return verified
 
 
-def _reproduces(row: dict[str, str], old: dict[str, str], tasks: dict[str, str]) -> bool:
-    same_run = all(row.get(key, "") == old.get(key, "") for key in RUN_KEY)
-    return same_run and all(row.get(c, "") == old.get(c, "") != "" for c in ("normalized", *tasks))
+def _run(row: dict[str, str]) -> tuple[str, ...]:
+    return tuple(row.get(key, "") for key in RUN_KEY)
+
+
+def _scores(row: dict[str, str], tasks: list[str]) -> tuple[str, ...]:
+    return tuple(row.get(column, "") for column in ("normalized", *tasks))
+
+
+def _reproduces(row: dict[str, str], old: dict[str, str], tasks: list[str]) -> bool:
+    scores = _scores(row, tasks)
+    return _run(row) == _run(old) and scores == _scores(old, tasks) and "" not in scores
 
 
 def adopt(files: dict[str, Rows], tasks: list[str]) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
@@ -72,11 +84,7 @@ def adopt(files: dict[str, Rows], tasks: list[str]) -> tuple[list[tuple[str, dic
 def _disagree(rows: Rows, tasks: list[str]) -> bool:
     """Whether two of ``rows`` share a run (``RUN_KEY``) but not their scores: a rerun on other fine-tunes."""
     scores: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for row in rows:
-        score = tuple(row.get(column, "") for column in ("normalized", *tasks))
-        if scores.setdefault(tuple(row.get(key, "") for key in RUN_KEY), score) != score:
-            return True
-    return False
+    return any(scores.setdefault(_run(row), _scores(row, tasks)) != _scores(row, tasks) for row in rows)
 
 
 def adopt_files(paths: list[Path], tasks: list[str]) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
@@ -93,3 +101,9 @@ def adopt_files(paths: list[Path], tasks: list[str]) -> tuple[list[tuple[str, di
         for name in dict.fromkeys(name for name, _ in adopted):
             write_rows(Path(name), files[name])
     return adopted, left
+
+
+def adopt_pool(pool: PoolConfig, outs: Path = Path("outs")) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """``adopt_files`` over the pool's all-task results and those of each scaling claim, on its tasks."""
+    folders = [pool.name, *(f"{pool.name}_{claim}" for claim in get_args(Claim))]
+    return adopt_files([outs / folder / "results.csv" for folder in folders], pool.tasks)

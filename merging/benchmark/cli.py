@@ -181,11 +181,9 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
 
             print(write_variants(pool, args.pool, args.targets))
         elif args.command == "adopt":
-            from .adopt import adopt_files
+            from .adopt import adopt_pool
 
-            claims = ("irrelevance", "relevance", "relevance_tasks")
-            folders = [pool.name, *(f"{pool.name}_{claim}" for claim in claims)]
-            adopted, left = adopt_files([Path("outs") / folder / "results.csv" for folder in folders], pool.tasks)
+            adopted, left = adopt_pool(pool)
             for name, row in adopted:
                 print(f"{name}: pool seed {row.get('pool_seed', '')} {row.get('method', '')} {row.get('overrides', '')}"
                       f" extra {row.get('extra', '') or '-'} ({row.get('date', '')}) -> {row['finetuned_digest']}")
