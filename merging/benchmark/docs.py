@@ -16,6 +16,11 @@ A generated block sits between two comments:
     mean ± std of each column over fine-tuning seeds, the latest row of each (``summary_rows``) …
     <!-- end generated -->
 
+    <!-- generated: leaderboard outs/efficientnet_lite0_20tasks_v2/results.csv top=8 -->
+    … every merge ranked by its mean normalised score over seeds (the ``top`` first when given) and which one is
+    best (merging/benchmark/leaderboard.py) …
+    <!-- end generated -->
+
 Paths are relative to the repository root. A block whose source is missing keeps its text and is reported.
 ``python -m merging.benchmark.docs [FILE …]`` (default: README.md and docs/**/*.md) rewrites the files in place.
 """
@@ -33,6 +38,8 @@ from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
 
 from .experiment import variant
+from .leaderboard import labeller, leaderboard
+from .variants import load_variants
 
 logger = logging.getLogger(__name__)
 BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
@@ -60,8 +67,12 @@ def render(directive: str, root: Path, where: str) -> str | None:
             rows.sort(key=lambda row: methods.index(row["method"]))  # stable: seeds keep their order
         lines = summary_rows(rows, "method", "pool_seed", columns, label=variant)
         return markdown_table(lines, ["method", "n", *columns]) if rows else None
-    raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE', 'pivot CSV COLUMN VALUE' "
-                     "or 'summary CSV [methods=A,B] COLUMN…'")
+    if kind == "leaderboard" and len(args) in (1, 2) and (len(args) == 1 or re.fullmatch(r"top=[1-9]\d*", args[1])):
+        source = root / args[0]
+        top = int(args[1].removeprefix("top=")) if len(args) == 2 else None
+        return leaderboard(read_rows(source), labeller(load_variants()), top) if source.is_file() else None
+    raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE', 'pivot CSV COLUMN VALUE', "
+                     "'summary CSV [methods=A,B] COLUMN…' or 'leaderboard CSV [top=N]'")
 
 
 def refresh(path: Path, root: Path) -> list[str]:
