@@ -38,7 +38,7 @@ from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
 
 from .experiment import variant
-from .leaderboard import labeller, leaderboard
+from .leaderboard import leaderboard, row_namer
 from .variants import load_variants
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def render(directive: str, root: Path, where: str) -> str | None:
     if kind == "leaderboard" and len(args) in (1, 2) and (len(args) == 1 or re.fullmatch(r"top=[1-9]\d*", args[1])):
         source = root / args[0]
         top = int(args[1].removeprefix("top=")) if len(args) == 2 else None
-        return leaderboard(read_rows(source), labeller(load_variants()), top) if source.is_file() else None
+        return leaderboard(read_rows(source), row_namer(load_variants()), top) if source.is_file() else None
     raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE', 'pivot CSV COLUMN VALUE', "
                      "'summary CSV [methods=A,B] COLUMN…' or 'leaderboard CSV [top=N]'")
 

@@ -115,9 +115,7 @@ def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[
     standard deviation of each column over the latest row of every value of ``over`` (a rerun replaces its
     earlier row), and ``n``. ``describe = (column, text)`` adds ``column`` = "v: text(row)" for each such row
     whose text is not empty (e.g. the hyper-parameters chosen for each seed), joined by "; "."""
-    latest: dict[str, dict[str, dict[str, str]]] = {}
-    for row in rows:
-        latest.setdefault(label(row) if label else row[key], {})[row.get(over, "")] = row
+    latest = latest_per(rows, label or (lambda row: row[key]), over)
     summary = []
     for name, by_over in latest.items():
         out = {key: name, "n": str(len(by_over))}
@@ -129,6 +127,16 @@ def summary_rows(rows: list[dict[str, str]], key: str, over: str, columns: list[
             out[describe[0]] = "; ".join(f"{value}: {text}" for value, text in texts if text)
         summary.append(out)
     return summary
+
+
+def latest_per(rows: list[dict[str, str]], label: Callable[[dict[str, str]], str], over: str
+               ) -> dict[str, dict[str, dict[str, str]]]:
+    """label -> value of ``over`` -> the latest row (a rerun replaces its earlier row); labels in order of first
+    appearance."""
+    latest: dict[str, dict[str, dict[str, str]]] = {}
+    for row in rows:
+        latest.setdefault(label(row), {})[row.get(over, "")] = row
+    return latest
 
 
 def pivot_table(rows: list[dict[str, str]], label: Callable[[dict[str, str]], str], column: str, value: str,

@@ -90,6 +90,11 @@ def _is(row: Row, method: str, flags: dict[str, Any]) -> bool:
     return row["method"] == method and overrides_of(row) == flags
 
 
+def variant_name(row: Row, spec: VariantsFile) -> str | None:
+    """The name of the variant of ``spec`` whose method and flags ``row`` ran with, if any."""
+    return next((v.name for v in spec.variants if _is(row, v.method, v.flags)), None)
+
+
 class _Rows:
     """The pool's three result files, the scaling ones restricted to ``targets``, and the protocols' points."""
 
