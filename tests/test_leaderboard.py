@@ -56,7 +56,8 @@ def test_the_best_is_judged_among_the_merges_run_on_the_same_largest_set_of_seed
     text = verdict(standings)
     assert text.startswith("**Best merge: iso_c, 57.00 ± 1.00 (n = 3)**")  # … but not judged against these
     assert "next ties, 52.00 ± 2.00 (n = 3), +5.00: more than either one's standard deviation" in text
-    assert text.endswith("2 merges run on other seeds (seeds 0, 1, 2 judged) are ranked but not judged.")
+    assert text.endswith("Ranked above it on other seeds, not judged (seeds 0, 1, 2 are): wudi, 80.00 ± 0.00 (n = 3, "
+                         "seeds 1, 2, 3); cart, 70.00 (n = 1, seeds 0).")
 
 
 def test_a_gap_within_the_spread_one_seed_and_a_tie_are_said_so(tmp_path):

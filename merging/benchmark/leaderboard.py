@@ -10,8 +10,9 @@ as the runner's flags, and a row scored on the first ``limit`` test examples (ge
 
 The verdict names the best single-model merge — a routed model (Twin-Merging) is ranked but is a body per input,
 not one set of weights — among the merges run on the same, largest set of seeds, so a lucky seed cannot outrank a
-mean over three. It gives the runner-up and whether the gap exceeds both merges' standard deviations over seeds;
-with one seed there is no spread to judge the gap by.
+mean over three; merges ranked above it on other seeds are listed as not judged. It gives the runner-up and
+whether the gap exceeds both merges' standard deviations over seeds; with one seed there is no spread to judge the
+gap by.
 """
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ class Standing:
     def std(self) -> float:
         return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
 
-    def summary(self) -> str:
-        return f"{self.name}, {mean_std(list(self.scores))} (n = {len(self.scores)})"
+    def summary(self, with_seeds: bool = False) -> str:
+        seeds = f", seeds {', '.join(sorted(self.seeds))}" if with_seeds else ""
+        return f"{self.name}, {mean_std(list(self.scores))} (n = {len(self.scores)}{seeds})"
 
 
 def _kind(method: str) -> Kind | None:
@@ -129,10 +131,10 @@ def verdict(standings: list[Standing]) -> str:
     free = next((s for s in judged if s.kind == "data-free"), None)
     if best.kind != "data-free" and (not rest or free is not rest[0]):
         text += f"; best data-free: {free.summary()}" if free else "; no data-free merge on these seeds"
-    others = len(models) - len(judged)
-    if others:
-        text += (f". {others} merge{'s' if others > 1 else ''} run on other seeds (seeds {', '.join(sorted(seeds))} "
-                 "judged) are ranked but not judged")
+    above = [s for s in models[:models.index(best)] if s.seeds != seeds]
+    if above:
+        text += (f". Ranked above it on other seeds, not judged (seeds {', '.join(sorted(seeds))} are): "
+                 + "; ".join(s.summary(with_seeds=True) for s in above))
     return text + "."
 
 
