@@ -27,9 +27,11 @@ Paths are relative to the repository root. A block whose source is missing keeps
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from merging.benchmark.results import current_finetunes, markdown_table, pivot_table, read_rows, summary_rows
@@ -43,6 +45,12 @@ from .variants import load_variants
 
 logger = logging.getLogger(__name__)
 BLOCK = re.compile(r"(<!-- generated: (?P<directive>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
+
+
+@functools.cache
+def _namer() -> Callable[[dict[str, str]], str]:
+    """The leaderboard's row names (configs/fw_variants.yaml read once per run, whatever the number of blocks)."""
+    return row_namer(load_variants())
 
 
 def render(directive: str, root: Path, where: str) -> str | None:
@@ -70,7 +78,7 @@ def render(directive: str, root: Path, where: str) -> str | None:
     if kind == "leaderboard" and len(args) in (1, 2) and (len(args) == 1 or re.fullmatch(r"top=[1-9]\d*", args[1])):
         source = root / args[0]
         top = int(args[1].removeprefix("top=")) if len(args) == 2 else None
-        return leaderboard(read_rows(source), row_namer(load_variants()), top) if source.is_file() else None
+        return leaderboard(read_rows(source), _namer(), top) if source.is_file() else None
     raise MergeError(f"{where}: generated block '{directive}': expected 'include FILE', 'pivot CSV COLUMN VALUE', "
                      "'summary CSV [methods=A,B] COLUMN…' or 'leaderboard CSV [top=N]'")
 

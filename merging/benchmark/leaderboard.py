@@ -86,23 +86,18 @@ def row_namer(variants: VariantsFile | None) -> Callable[[Row], str]:
 
 def ranking(rows: list[Row], name: Callable[[Row], str], column: str = "normalized") -> list[Standing]:
     """The merges of ``rows`` (as the module says), best mean first."""
-    kept: list[Row] = []
-    unknown: set[str] = set()
-    for row in current_finetunes(rows):
-        if row["method"] in REFERENCES or row.get("extra", "") != "" or row.get("split", "") not in ("", "test") \
-                or row.get(column, "") == "":
-            continue
-        if _kind(row["method"]) is None:
-            unknown.add(row["method"])
-        else:
-            kept.append(row)
+    scored = [row for row in current_finetunes(rows) if row["method"] not in REFERENCES and row.get("extra", "") == ""
+              and row.get("split", "") in ("", "test") and row.get(column, "") != ""]
+    kinds = {method: _kind(method) for method in {row["method"] for row in scored}}
+    kept = [row for row in scored if kinds[row["method"]] is not None]
+    unknown = {method for method, kind in kinds.items() if kind is None}
     if unknown:
         logger.info("left out of the ranking, not registered merge methods: %s", ", ".join(sorted(unknown)))
 
     def values(by_seed: dict[str, Row], key: str) -> tuple[float, ...]:
         return tuple(float(r[key]) for r in by_seed.values() if r.get(key, "") != "")
 
-    standings = [Standing(label, _kind(next(iter(by_seed.values()))["method"]), frozenset(by_seed),
+    standings = [Standing(label, kinds[next(iter(by_seed.values()))["method"]], frozenset(by_seed),
                           values(by_seed, column), values(by_seed, "seconds"), values(by_seed, "peak_rss_gb"))
                  for label, by_seed in latest_per(kept, name, "pool_seed").items()]
     return sorted(standings, key=lambda s: -s.mean)
