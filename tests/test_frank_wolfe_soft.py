@@ -458,3 +458,58 @@ def test_monotone_halves_a_step_that_raises_the_objective_and_stays_put_when_non
     assert h["proxy_after"] == pytest.approx(f(along(beta))) and h["proxy_after"] <= h["proxy_before"]
     for n in NAMES:
         torch.testing.assert_close(result.theta[n], along(beta)[n])
+
+
+def hand_proxy(obj: ClassToy, theta: dict[str, torch.Tensor]) -> float:
+    """Σ_t the mean cross-entropy of task t's model at ``theta`` over its labelled examples, without the library."""
+    with torch.no_grad():
+        return sum(float(torch.nn.functional.cross_entropy(
+            torch.func.functional_call(obj.model(t), theta, (obj._data[t][0],)), obj._data[t][1]))
+            for t in obj.tasks)
+
+
+def hand_iso_c(obj: ClassToy, pool: dict[str, dict[str, torch.Tensor]], lam: float) -> dict[str, torch.Tensor]:
+    """ISO-C written out: the weight matrix gets λ·σ̄·U Vᵀ of Σ_i τ_i, the bias λ times the mean task vector."""
+    taus = {n: [pool[j][n] - obj.base[n] for j in pool] for n in NAMES}
+    u, s, vh = torch.linalg.svd(sum(taus["body.weight"]), full_matrices=False)
+    return {"body.weight": obj.base["body.weight"] + lam * s.mean() * (u @ vh),
+            "body.bias": obj.base["body.bias"] + lam * sum(taus["body.bias"]) / len(pool)}
+
+
+def test_a_merged_start_is_the_grid_point_of_least_proxy_loss():
+    obj = ClassToy(seed=4)
+    grid = [0.1, 0.4, 0.8, 1.6]
+    params = {"iterations": 1, "ada_steps": 0, "ada_init": 0.0, "init": "merge", "init_merge": "iso_c",
+              "init_merge_search": {"lambda": grid}}  # λ = 0 in the one inner phase: θ_1 = θ_0
+    result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum, params)
+    losses = {lam: hand_proxy(obj, hand_iso_c(obj, obj.optimum, lam)) for lam in grid}
+    best = min(losses, key=losses.get)
+    assert [t["lambda"] for t in result.init_log["tried"]] == grid
+    assert [t["proxy"] for t in result.init_log["tried"]] == pytest.approx([losses[lam] for lam in grid], rel=1e-5)
+    assert result.init_log["params"] == {"lambda": best} and len(set(losses.values())) == len(grid)
+    for n in NAMES:
+        torch.testing.assert_close(result.theta[n], hand_iso_c(obj, obj.optimum, best)[n], atol=1e-5, rtol=0)
+
+
+def test_from_a_merged_start_the_hull_steps_never_raise_the_objective_and_improve_on_it():
+    obj = ClassToy(seed=4)
+    start = {"init": "merge", "init_merge": "task_arithmetic", "init_merge_params": {"lambda": 0.3}}
+    result = frank_wolfe_soft_merge(obj, obj.base, obj.optimum,
+                                    {**FEASIBLE, **start, "ada_simplex": True, "monotone": True})
+    theta_0 = {n: obj.base[n] + 0.3 * sum(obj.optimum[t][n] - obj.base[n] for t in obj.tasks) for n in NAMES}
+    trace = [result.history[0]["proxy_before"]] + [h["proxy_after"] for h in result.history]
+    assert trace[0] == pytest.approx(hand_proxy(obj, theta_0), rel=1e-5) == pytest.approx(result.init_log["proxy"])
+    assert all(b <= a for a, b in zip(trace, trace[1:])) and trace[-1] < trace[0]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"init": "merge"}, "needs init_merge"),
+    ({"init_merge": "iso_c"}, "read by init: merge only"),
+    ({"init_merge_search": {"lambda": [1.0]}}, "read by init: merge only"),
+    ({"init": "merge", "init_merge": "frank_wolfe"}, "data_driven merge"),
+    ({"init": "merge", "init_merge": "iso_c", "init_merge_search": {"lambda": []}}, "list no values"),
+    ({"init": "merge", "init_merge": "iso_c", "init_merge_search": {"rank": [1]}}, "init_merge_params for 'iso_c'"),
+])
+def test_a_bad_start_is_refused_before_any_work(params, message):
+    with pytest.raises(ValidationError, match=message):
+        FrankWolfeSoftParams(**params)

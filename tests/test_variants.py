@@ -4,6 +4,7 @@ ones, flat memory), a variant is its method and flags exactly, and a missing row
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +97,9 @@ def test_a_variants_flags_print_as_the_runner_reads_them():
     assert as_flags(flags) == "--preset irrelevance --ada-init 0.0 --monotone true --vertex-scale tasks"
     assert parse_overrides(as_flags(flags).split()) == flags  # the printed command gives back the same overrides
     assert as_flags(json.dumps(flags)) == as_flags(flags)
+    nested = {"init_merge": "iso_c", "init_merge_search": {"lambda": [0.5, 1.0]}}
+    assert as_flags(nested) == """--init-merge iso_c --init-merge-search '{"lambda": [0.5, 1.0]}'"""
+    assert parse_overrides(shlex.split(as_flags(nested))) == nested  # as the shell hands it to the runner
 
 
 def test_irrelevance_flags_select_the_irrelevance_rows_run_with_them(tmp_path):

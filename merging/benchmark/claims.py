@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shlex
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,9 +115,16 @@ def overrides_of(row: Row) -> dict[str, object]:
 
 def as_flags(overrides: str | dict[str, object]) -> str:
     """Overrides (a row's JSON, or the mapping) as the runner's command-line flags (booleans as YAML writes them:
-    ``--monotone true``)."""
+    ``--monotone true``; a mapping or list as quoted JSON, which the runner reads as YAML:
+    ``--init-merge-search '{"lambda": [0.5, 1.0]}'``)."""
     found = json.loads(overrides) if isinstance(overrides, str) and overrides else overrides or {}
-    return " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in found.items())
+    return " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in found.items())
+
+
+def _flag_value(value: object) -> str:
+    if isinstance(value, bool):
+        return json.dumps(value)
+    return shlex.quote(json.dumps(value)) if isinstance(value, (dict, list)) else str(value)
 
 
 def under_protocol(rows: list[Row], flags: dict[str, Any]) -> list[Row]:

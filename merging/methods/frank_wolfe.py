@@ -493,22 +493,30 @@ def _initial(p: FrankWolfeParams, objective: Objective, names: list[str], base: 
                                   initial_adamerging(p))
         return theta, {"loss": trace.loss, "objective": trace.entropy, "skipped": trace.skipped,
                        "lambdas": {n: trace.lambdas[:, i].tolist() for i, n in enumerate(trace.names)}}
+    if p.init == "merge":
+        return merge_over(initial_merge(p, len(pool)), names, base, pool, p.seed), None
     theta = {}
     for name in names:
         b = base.read(name).to(torch.float32)  # [*shape]
         if p.init == "base":
             theta[name] = b
-        elif p.init == "ta":  # θ_base + λ Σ_i (θ_i − θ_base), one candidate tensor at a time
+        else:  # ta: θ_base + λ Σ_i (θ_i − θ_base), one candidate tensor at a time
             total = torch.zeros_like(b)  # [*shape] Σ_i θ_i
             for src in pool.values():
                 total.add_(src.read(name).to(torch.float32))
             theta[name] = b + p.scale * (total - len(pool) * b)
-        else:
-            models = [src.read(name).to(torch.float32) for src in pool.values()]  # n × [*shape]
-            method = initial_merge(p, len(models))
-            theta[name] = merge_in_memory(method, b, models, name=name, seed=p.seed)  # [*shape]
-            del models
     return theta, None
+
+
+def merge_over(method: Method, names: list[str], base: TensorSource, pool: Mapping[str, TensorSource],
+               seed: int) -> Tensors:
+    """``method`` (a per-tensor merge for ``len(pool)`` models) over every candidate of ``pool``, one tensor at a
+    time: that tensor's n candidates are the only ones resident. -> {name: [*shape]} float32."""
+    theta = {}
+    for name in names:
+        models = [src.read(name).to(torch.float32) for src in pool.values()]  # n × [*shape]
+        theta[name] = merge_in_memory(method, base.read(name).to(torch.float32), models, name=name, seed=seed)
+    return theta
 
 
 def frank_wolfe_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],

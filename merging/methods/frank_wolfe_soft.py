@@ -5,7 +5,7 @@ learns layer-wise AdaMerging coefficients (merging/methods/adamerging.py) that m
 into the current iterate. Domain-agnostic: any ``Objective`` (merging/objective.py), a streamed pool.
 
 θ = the mergeable tensors (tensor l = "layer" l), T = ``objective.tasks`` = (t_1 … t_m), pool {θ_j}_{j∈J}.
-θ_0 = θ_base. Iteration k = 0 … K−1 (``iterations`` = K):
+θ_0 = θ_base (``init: base``, official). Iteration k = 0 … K−1 (``iterations`` = K):
 
   1. per-task gradients (that task's labelled proxy loss only, all at the same θ_k):
          g_t = ∇_θ f_t(θ_k),   f_t(θ) = (1/N_t) Σ_{x ∈ proxy_t} ℓ_t(θ; x)
@@ -37,6 +37,12 @@ Options beyond the paper (a Frank-Wolfe method with feasible, descending iterate
                           f(θ_{k+1}) ≤ f(θ_k), f the fixed proxy split's loss in eval mode; β = 0 if none: f never
                           rises (recorded: proxy_before, proxy_after, step_scale). β ∈ [0, 1] keeps a point of the
                           hull in the hull.
+  ``init: merge``        θ_0 = M(θ_base, {θ_j}; π), a registered per-tensor merge M (``init_merge``, e.g. iso_c) of
+                          the whole pool with parameters ``init_merge_params`` and, for the keys of
+                          ``init_merge_search``, the grid point of least proxy loss:  π* = argmin_π f(M(·; π)),
+                          f the fixed proxy split's loss (the data FW reads anyway; recorded as ``init``). With
+                          ``ada_simplex`` the iterates then lie in conv({θ_0} ∪ vertices); only the start holds
+                          the pool's n tensors of one layer at once (merge_in_memory), the iterations as before.
   ``vertex_scale: c``     the picks enter the inner step as the vertices θ_base + c·τ_j (Jaggi's scaled atoms; the
                           FW hard ``scaled_vertices`` idea), so the hull conv({θ_base} ∪ {θ_base + c·τ_j}) holds
                           task arithmetic with Σ_t λ_t ≤ c; ``tasks`` sets c = m, the number of selecting tasks,
@@ -87,7 +93,7 @@ batch 16; the benchmarks' test splits are shuffled when built, discriminative/da
 cycle sees every class within a few batches; ``ada_entropy_batches: shuffled`` gives batches of
 ``ada_batch_size`` rows in a fresh order every pass, adamerging.py's pieces; on the vision pool v2 it moves the
 irrelevance drop by 0.9 points, docs/results/vision.md) and H uses log-softmax (official
-adds eps 1e-8 inside the log); (3) θ_0 is always θ_base (official ``init_weight`` may load saved layer-wise λ)
+adds eps 1e-8 inside the log); (3) θ_0 is θ_base or a data-free merge (official ``init_weight`` may load saved layer-wise λ)
 and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
 iteration for all tasks (official: one pass per task, checkpoints in memory) and a zero norm gives cosine 0
 (official: NaN); (5) candidate names "initial", "zero", "keep" are refused (pool check shared with the hard
@@ -96,6 +102,7 @@ variant).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -112,13 +119,14 @@ from ..objective import Objective, seed_of
 from ..registry import register_data_driven
 from ..tensor_ops import scaled_vertex
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
-from .base import DataDrivenInputs, DataDrivenResult, Params
+from .base import DataDrivenInputs, DataDrivenResult, Method, Params, per_tensor_method
 from .frank_wolfe import (
     PAPER,
     OneTask,
     _check_pool,
     cosine_scores,
     frank_wolfe_log,
+    merge_over,
     proxy_objective,
     stream_inner_products,
 )
@@ -146,6 +154,10 @@ class FrankWolfeSoftParams(Params):
     monotone: bool = False  # backtrack θ_{k+1} towards θ_k until the proxy objective does not rise
     backtracks: int = Field(4, ge=0)  # halvings of the step tried (monotone) before staying at θ_k
     vertex_scale: float | Literal["tasks"] = 1.0  # c: the inner step mixes vertices θ_base + c·τ_j ("tasks": c = m)
+    init: Literal["base", "merge"] = "base"  # θ_0: θ_base (official), or init_merge of the whole pool
+    init_merge: str | None = None  # init: merge's registered per-tensor method, e.g. iso_c
+    init_merge_params: dict[str, Any] = Field(default_factory=dict)  # its fixed parameters
+    init_merge_search: dict[str, list[Any]] = Field(default_factory=dict)  # its grid: θ_0 = the point of least f
     seed: int = 0  # fresh draws and train-mode dropout
 
     @model_validator(mode="after")
@@ -155,7 +167,29 @@ class FrankWolfeSoftParams(Params):
         if self.vertex_scale != 1.0 and self.oracle != "linear":
             raise ValueError("vertex_scale other than 1 needs oracle: linear (which ranks θ_base + c·τ_j as it "
                              "ranks θ_j; the cosine of a scaled vertex is not what the official oracle computes)")
+        if (self.init == "merge") != (self.init_merge is not None):
+            raise ValueError("init: merge needs init_merge (a registered per-tensor method, e.g. iso_c), and "
+                             "init_merge is read by init: merge only")
+        if (self.init_merge_params or self.init_merge_search) and self.init != "merge":
+            raise ValueError("init_merge_params and init_merge_search are read by init: merge only")
+        empty = [key for key, values in self.init_merge_search.items() if not values]
+        if empty:
+            raise ValueError(f"init_merge_search: {empty} list no values")
+        for point in self.start_grid():  # every start's parameters, checked now
+            self.start_method(point, 1)
         return self
+
+    def start_grid(self) -> list[dict[str, Any]]:
+        """The points of ``init_merge_search`` (one empty point when it is empty; none when init is base)."""
+        if self.init != "merge":
+            return []
+        keys = list(self.init_merge_search)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.init_merge_search.values())]
+
+    def start_method(self, point: dict[str, Any], n_models: int) -> Method:
+        """``init_merge`` with ``init_merge_params`` and the grid ``point`` for ``n_models`` models."""
+        return per_tensor_method(self.init_merge or "", {**self.init_merge_params, **point}, n_models,
+                                 "init_merge_params")
 
 
 @dataclass
@@ -164,6 +198,7 @@ class FrankWolfeSoftResult:
     history: list[dict[str, Any]]  # per iteration k: objective, selections, entropy before/after …
     final_objective: float         # f(θ_K) = Σ_t f_t(θ_K)
     params: FrankWolfeSoftParams
+    init_log: dict[str, Any] | None = None  # init: merge's grid, each point's proxy loss, the point taken
 
 
 @contextlib.contextmanager
@@ -252,6 +287,26 @@ def backtrack(objective: Objective, theta: Tensors, proposal: Tensors, reference
     return theta, 0.0, reference
 
 
+def initial_point(p: FrankWolfeSoftParams, objective: Objective, names: list[str], base: TensorSource,
+                  pool: Mapping[str, TensorSource]) -> tuple[Tensors, dict[str, Any] | None]:
+    """θ_0 and, for ``init: merge``, its record: every grid point with its proxy loss f and the one taken."""
+    if p.init == "base":
+        return {n: base.read(n).to(torch.float32) for n in names}, None
+    best: tuple[float, Tensors, dict[str, Any]] | None = None
+    tried = []
+    for point in p.start_grid():
+        theta = merge_over(p.start_method(point, len(pool)), names, base, pool, p.seed)
+        value = proxy_objective(objective, theta, grad=False)[0]
+        tried.append({**point, "proxy": value})
+        logger.info("FW-soft start %s %s: f=%.6g", p.init_merge, point, value)
+        if best is None or value < best[0]:
+            best = (value, theta, point)
+        del theta
+    assert best is not None  # start_grid has at least one point
+    return best[1], {"method": p.init_merge, "params": {**p.init_merge_params, **best[2]}, "proxy": best[0],
+                     "tried": tried}
+
+
 def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[str, torch.Tensor],
                            candidates: Mapping[str, TensorSource | Mapping[str, torch.Tensor]],
                            params: FrankWolfeSoftParams | Mapping[str, Any] | None = None, *,
@@ -267,7 +322,7 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
     if not tasks:
         raise MergeError("the objective has no target tasks")
     m = min(len(tasks), len(labels))  # tasks that select (the official loop stops once every checkpoint is taken)
-    theta = {n: base_src.read(n).to(torch.float32) for n in names}  # θ_0 = θ_base
+    theta, start = initial_point(p, objective, names, base_src, pool)  # θ_0
     scale = float(m if p.vertex_scale == "tasks" else p.vertex_scale)
     history: list[dict[str, Any]] = []
     step: dict[str, Any] = {}  # the last backtracking step (monotone): f(θ_k) is its proxy_after
@@ -307,13 +362,14 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
             logger.info("FW-soft %d/%d: f=%.6g H %.4g->%.4g %s", k + 1, p.iterations, history[-1]["objective"],
                         ada.entropy[0], ada.entropy[-1], history[-1]["selections"])
     final = proxy_objective(objective, theta, grad=False)[0]
-    return FrankWolfeSoftResult(theta=theta, history=history, final_objective=final, params=p)
+    return FrankWolfeSoftResult(theta=theta, history=history, final_objective=final, params=p, init_log=start)
 
 
 def _merge(inputs: DataDrivenInputs) -> DataDrivenResult:
     result = frank_wolfe_soft_merge(inputs.objective, inputs.base, inputs.candidates, inputs.params,
                                     progress=inputs.progress)
-    return result.theta, frank_wolfe_log(result.history, result.final_objective)
+    init = {"init": result.init_log} if result.init_log else {}
+    return result.theta, {**frank_wolfe_log(result.history, result.final_objective), **init}
 
 
 register_data_driven("frank_wolfe_soft", PAPER, FrankWolfeSoftParams, _merge,
