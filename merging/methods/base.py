@@ -151,11 +151,13 @@ class Method:
         raise NotImplementedError
 
 
-def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tensor], *, name: str = "tensor",
-                    seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
-    """Run ``method`` on whole tensors held in memory (same code path as the streaming engine)."""
+def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tensor] | torch.Tensor, *,
+                    name: str = "tensor", seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
+    """Run ``method`` on whole tensors held in memory (same code path as the streaming engine). ``models``: a
+    list of tensors shaped as ``base``, or them already stacked, [n, *shape] (not copied again)."""
     flat_base = base.reshape(-1)
-    stacked = torch.stack([m.reshape(-1) for m in models])  # [n, numel]
+    stacked = (models.reshape(len(models), -1) if isinstance(models, torch.Tensor)
+               else torch.stack([m.reshape(-1) for m in models]))  # [n, numel]
     numel = flat_base.numel()
     pieces = chunks(name, tuple(base.shape), chunk_size or max(numel, 1), seed, method.row_aligned,
                     method.whole_tensor)

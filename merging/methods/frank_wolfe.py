@@ -511,11 +511,15 @@ def _initial(p: FrankWolfeParams, objective: Objective, names: list[str], base: 
 def merge_over(method: Method, names: list[str], base: TensorSource, pool: Mapping[str, TensorSource],
                seed: int) -> Tensors:
     """``method`` (a per-tensor merge for ``len(pool)`` models) over every candidate of ``pool``, one tensor at a
-    time: that tensor's n candidates are the only ones resident. -> {name: [*shape]} float32."""
+    time: that tensor's n candidates are the only ones resident, read into one [n, *shape] block. -> {name:
+    [*shape]} float32."""
     theta = {}
     for name in names:
-        models = [src.read(name).to(torch.float32) for src in pool.values()]  # n × [*shape]
-        theta[name] = merge_in_memory(method, base.read(name).to(torch.float32), models, name=name, seed=seed)
+        b = base.read(name).to(torch.float32)  # [*shape]
+        models = torch.empty((len(pool), *b.shape))  # [n, *shape]
+        for row, src in zip(models, pool.values()):
+            row.copy_(src.read(name))
+        theta[name] = merge_in_memory(method, b, models, name=name, seed=seed)
     return theta
 
 
