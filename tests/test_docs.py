@@ -1,4 +1,6 @@
 """The documentation's generated blocks are rebuilt from the rows (merging/benchmark/docs.py)."""
+import json
+
 import pytest
 
 from merging.benchmark.docs import main, refresh
@@ -69,3 +71,19 @@ def test_a_summary_block_lists_the_methods_asked_for_in_their_order(tmp_path):
     lines = [line for line in page.read_text().splitlines() if line.startswith("| ")]
     assert lines == ["| method | n | normalized | seconds |", "| tsv_m | 2 | 56.00 ± 1.41 | 10.50 ± 0.71 |",
                      "| ties | 2 | 52.00 ± 2.83 | 10.50 ± 0.71 |"]
+
+
+def test_blocks_name_a_frank_wolfe_variant_by_its_name_and_other_overrides_as_flags(tmp_path):
+    hull = {"preset": "irrelevance", "oracle": "linear", "ada_init": 0.0, "ada_lr": 0.01, "ada_simplex": True,
+            "monotone": True, "vertex_scale": "tasks"}  # soft_hull_scaled in configs/fw_variants.yaml
+    for extra, value in ((0, 70.0), (16, 69.0)):
+        for overrides in (hull, {"iterations": 2}):
+            append_row(tmp_path / "outs/pool_irrelevance/results.csv",
+                       {"method": "frank_wolfe_soft", "normalized": value, "extra": extra, "pool_seed": 0,
+                        "overrides": json.dumps(overrides)})
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: pivot outs/pool_irrelevance/results.csv extra normalized -->\n"
+                    "<!-- end generated -->\n")
+    assert refresh(page, tmp_path) == []
+    lines = [line.split(" | ")[0] for line in page.read_text().splitlines() if line.startswith("| frank")]
+    assert lines == ["| frank_wolfe_soft (soft_hull_scaled)", "| frank_wolfe_soft --iterations 2"]

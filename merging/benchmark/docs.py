@@ -7,12 +7,12 @@ A generated block sits between two comments:
     <!-- end generated -->
 
     <!-- generated: pivot outs/minilm_8tasks_irrelevance/results.csv extra normalized -->
-    … one line per method (and its command-line overrides), a column per value of ``extra``, each cell the mean ±
+    … one line per method (and its variant or command-line overrides), a column per value of ``extra``, each cell the mean ±
     std of ``normalized`` over fine-tuning seeds (merging/benchmark/results.py ``pivot_table``) …
     <!-- end generated -->
 
     <!-- generated: summary outs/efficientnet_lite0_20tasks/results.csv methods=ties,tsv_m normalized seconds -->
-    … one line per method (and its overrides; only those of ``methods=`` when given, in that order): n and the
+    … one line per method (and its variant or overrides; only those of ``methods=`` when given, in that order): n and the
     mean ± std of each column over fine-tuning seeds, the latest row of each (``summary_rows``) …
     <!-- end generated -->
 
@@ -21,7 +21,10 @@ A generated block sits between two comments:
     best (merging/benchmark/leaderboard.py) …
     <!-- end generated -->
 
-Paths are relative to the repository root. A block whose source is missing keeps its text and is reported.
+Every block names a row as the leaderboard does (``leaderboard.row_namer``): its method, then its Frank-Wolfe
+variant's name from configs/fw_variants.yaml (``frank_wolfe_soft (soft_hull_scaled)``) or its other overrides as
+command-line flags. Paths are relative to the repository root. A block whose source is missing keeps its text and
+is reported.
 ``python -m merging.benchmark.docs [FILE …]`` (default: README.md and docs/**/*.md) rewrites the files in place.
 """
 from __future__ import annotations
@@ -39,7 +42,6 @@ from merging.errors import MergeError
 from merging.io.atomic import atomic_write_text
 from merging.logs import configure as configure_logging
 
-from .experiment import variant
 from .leaderboard import leaderboard, row_namer
 from .variants import load_variants
 
@@ -65,7 +67,7 @@ def render(directive: str, root: Path, where: str) -> str | None:
     if kind == "pivot" and len(args) == 3:
         source, column, value = root / args[0], args[1], args[2]
         rows = current_finetunes(read_rows(source))
-        return pivot_table(rows, variant, column, value) if rows else None
+        return pivot_table(rows, _namer(), column, value) if rows else None
     if kind == "summary" and args:
         source, columns = root / args[0], args[1:]
         methods = columns.pop(0).removeprefix("methods=").split(",") if columns and columns[0].startswith(
@@ -73,7 +75,7 @@ def render(directive: str, root: Path, where: str) -> str | None:
         rows = [row for row in current_finetunes(read_rows(source)) if methods is None or row["method"] in methods]
         if methods is not None:
             rows.sort(key=lambda row: methods.index(row["method"]))  # stable: seeds keep their order
-        lines = summary_rows(rows, "method", "pool_seed", columns, label=variant)
+        lines = summary_rows(rows, "method", "pool_seed", columns, label=_namer())
         return markdown_table(lines, ["method", "n", *columns]) if rows else None
     if kind == "leaderboard" and len(args) in (1, 2) and (len(args) == 1 or re.fullmatch(r"top=[1-9]\d*", args[1])):
         source = root / args[0]
