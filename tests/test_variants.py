@@ -72,6 +72,7 @@ def test_a_variant_without_rows_is_not_run(tmp_path):
     _row(tmp_path, "toy", "ties", 84.0, 0)
     table = _table(tmp_path)
     assert table["plain"][4] == "yes / yes / yes / yes"  # compared on the one seed both have
+    assert table["plain"][0] == "90.0 (+6.00 over ties; n = 1 of 2, the seeds every data-free merge of the list has)"
     assert table["scaled"][:4] == ["—", "—", "—", "—"]
     assert table["scaled"][4:6] == ["not run / not run / not run / not run", "not run"]
 

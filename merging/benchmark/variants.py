@@ -127,7 +127,8 @@ def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[st
     best = max(free, key=lambda m: mean_over(free[m], seeds))
     margin = mean_over(mine, seeds) - mean_over(free[best], seeds)
     verdict = "yes" if margin >= spec.criteria.margin else "no"
-    return f"{mean_std(mine, seeds)} ({judged(margin)} over {best}; n = {len(seeds)})", verdict
+    short = f" of {len(mine)}, the seeds every data-free merge of the list has" if len(seeds) < len(mine) else ""
+    return f"{mean_std(mine, seeds)} ({judged(margin)} over {best}; n = {len(seeds)}{short})", verdict
 
 
 def _change(first: Scores, last: Scores) -> tuple[list[str], float]:
