@@ -7,13 +7,13 @@ A generated block sits between two comments:
     <!-- end generated -->
 
     <!-- generated: pivot outs/minilm_8tasks_irrelevance/results.csv extra normalized -->
-    … one line per method (and its variant or command-line overrides), a column per value of ``extra``, each cell the mean ±
-    std of ``normalized`` over fine-tuning seeds (merging/benchmark/results.py ``pivot_table``) …
+    … one line per method (and its variant or command-line overrides), a column per value of ``extra``, each
+    cell the mean ± std of ``normalized`` over fine-tuning seeds (merging/benchmark/results.py ``pivot_table``) …
     <!-- end generated -->
 
     <!-- generated: summary outs/efficientnet_lite0_20tasks/results.csv methods=ties,tsv_m normalized seconds -->
-    … one line per method (and its variant or overrides; only those of ``methods=`` when given, in that order): n and the
-    mean ± std of each column over fine-tuning seeds, the latest row of each (``summary_rows``) …
+    … one line per method (and its variant or overrides; only those of ``methods=`` when given, in that order): n
+    and the mean ± std of each column over fine-tuning seeds, the latest row of each (``summary_rows``) …
     <!-- end generated -->
 
     <!-- generated: leaderboard outs/efficientnet_lite0_20tasks_v2/results.csv top=8 -->

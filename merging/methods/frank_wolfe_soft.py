@@ -93,8 +93,8 @@ batch 16; the benchmarks' test splits are shuffled when built, discriminative/da
 cycle sees every class within a few batches; ``ada_entropy_batches: shuffled`` gives batches of
 ``ada_batch_size`` rows in a fresh order every pass, adamerging.py's pieces; on the vision pool v2 it moves the
 irrelevance drop by 0.9 points, docs/results/vision.md) and H uses log-softmax (official
-adds eps 1e-8 inside the log); (3) θ_0 is θ_base or a data-free merge (official ``init_weight`` may load saved layer-wise λ)
-and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
+adds eps 1e-8 inside the log); (3) θ_0 is θ_base or a data-free merge (official ``init_weight`` may load saved
+layer-wise λ) and there is no ``max_num_models``: the caller passes the pool; (4) the oracle streams the pool once per
 iteration for all tasks (official: one pass per task, checkpoints in memory) and a zero norm gives cosine 0
 (official: NaN); (5) candidate names "initial", "zero", "keep" are refused (pool check shared with the hard
 variant).
