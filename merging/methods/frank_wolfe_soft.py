@@ -347,7 +347,8 @@ def frank_wolfe_soft_merge(objective: Objective, base: TensorSource | Mapping[st
         merged, ada = _adamerging_around(objective, theta, selected, init, p, seed_of((p.seed, "inner", k)))
         del selected
         if p.monotone:  # f on the fixed proxy in eval mode, whatever ``proxy`` and ``gradient_mode`` say
-            reference = step["proxy_after"] if step else proxy_objective(objective, theta, grad=False)[0]
+            reference = (step["proxy_after"] if step else start["proxy"] if start  # f(θ_0): the start measured it
+                         else proxy_objective(objective, theta, grad=False)[0])
             merged, beta, after = backtrack(objective, theta, merged, reference, p.backtracks)
             step = {"proxy_before": reference, "proxy_after": after, "step_scale": beta}
         theta = {n: merged[n] for n in names}  # θ_{k+1}
