@@ -428,6 +428,19 @@ def test_init_merge_starts_from_its_own_method_while_the_steps_stay_task_arithme
     torch.testing.assert_close(result.theta["w"], theta0 + 0.5 * (pool[pick]["w"] - theta0))
 
 
+def test_init_merge_takes_any_registered_per_tensor_merge_such_as_iso_c():
+    """init_merge iso_c: θ_0 = θ_base + λ·σ̄·U Vᵀ for the matrix, U S Vᵀ the SVD of Σ_i τ_i and σ̄ the mean of S
+    (ISO-C written out here), as FW soft's start takes it."""
+    torch.manual_seed(1)
+    c, base = {"w": torch.randn(4, 3)}, {"w": torch.randn(4, 3)}
+    pool = {f"m{i}": {"w": base["w"] + torch.randn(4, 3)} for i in range(3)}
+    params = {"init": "merge", "init_merge": "iso_c", "init_merge_params": {"lambda": 0.7}, "iterations": 1}
+    result = frank_wolfe_merge(LinearObjective(c), base, pool, params)
+    u, s, vh = torch.linalg.svd(sum(m["w"] - base["w"] for m in pool.values()), full_matrices=False)
+    theta0 = base["w"] + 0.7 * s.mean() * (u @ vh)
+    assert result.history[0]["objective"] == pytest.approx(float((c["w"] * theta0).sum()), rel=1e-5, abs=1e-5)
+
+
 def test_adamerging_init_starts_from_layer_wise_unclamped_adamerging_on_the_same_objective():
     from merging.methods.adamerging import AdaMergingParams, adamerging
     from merging.methods.frank_wolfe import initial_adamerging, proxy_objective
@@ -526,6 +539,8 @@ def test_checkpoint_source_gives_the_same_merge_as_tensors_in_memory(tmp_path):
     ({"init_merge": "ties", "init_merge_params": {"density": 0.2}}, "read by init: merge only"),
     ({"init": "merge", "init_merge_params": {"density": 0.2}}, "init_merge_params needs init_merge"),
     ({"init": "merge", "init_merge": "ties", "init_merge_params": {"density": 7}}, "init_merge_params for 'ties'"),
+    ({"init": "merge", "init_merge": "regmean"}, "'regmean' is a data_driven merge"),
+    ({"init": "merge", "init_merge": "iso"}, "unknown merge method 'iso'"),
     ({"steps": "pairwise", "oracle": "linear", "init_as_vertex": False}, "init_as_vertex: true"),
     ({"init_adamerging": {"steps": 5}}, "init: adamerging only"),
     ({"init": "adamerging", "init_adamerging": {"step": 5}}, "step"),

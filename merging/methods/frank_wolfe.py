@@ -135,7 +135,7 @@ class FrankWolfeParams(Params):
     init: Literal["ta", "merge", "base", "given", "adamerging"] = "ta"
     init_adamerging: dict[str, Any] = Field(default_factory=dict)  # AdaMergingParams of init: adamerging
     init_as_vertex: bool = True
-    init_merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] | None = None  # init: merge's own method
+    init_merge: str | None = None  # init: merge's own method, any registered per-tensor merge (e.g. ties, iso_c)
     init_merge_params: dict[str, Any] = Field(default_factory=dict)  # its parameters as given, scale included
     merge: Literal["task_arithmetic", "ties", "dare_ties", "from"] = "task_arithmetic"
     merge_params: dict[str, Any] = Field(default_factory=dict)
