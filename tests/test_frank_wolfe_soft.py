@@ -16,7 +16,7 @@ from toy_objective import ToyObjective, draw
 
 from merging.errors import MergeError
 from merging.methods.adamerging import AdaMergingParams, adamerging
-from merging.methods.frank_wolfe import proxy_objective
+from merging.methods.frank_wolfe import merge_over, proxy_objective
 from merging.methods.frank_wolfe_soft import FrankWolfeSoftParams, frank_wolfe_soft_merge
 from merging.objective import functional_logits
 
@@ -489,6 +489,26 @@ def test_a_merged_start_is_the_grid_point_of_least_proxy_loss():
     assert result.init_log["params"] == {"lambda": best} and len(set(losses.values())) == len(grid)
     for n in NAMES:
         torch.testing.assert_close(result.theta[n], hand_iso_c(obj, obj.optimum, best)[n], atol=1e-5, rtol=0)
+
+
+def test_a_start_grid_over_the_affine_scale_costs_two_merges_per_setting_of_the_rest(monkeypatch):
+    """ISO-CTS over common_fraction × λ: each common_fraction's three λ come from two merges, and each point is
+    the merge made for it alone."""
+    from merging.io.candidates import as_source
+    from merging.methods import frank_wolfe_soft as soft
+
+    obj = ClassToy(seed=4)
+    grid = {"common_fraction": [0.5, 0.8], "lambda": [0.5, 1.0, 2.5]}
+    p = FrankWolfeSoftParams(init="merge", init_merge="iso_cts", init_merge_search=grid)
+    base, pool = as_source(obj.base, "base"), {t: as_source(m, t) for t, m in obj.optimum.items()}
+    calls = []
+    monkeypatch.setattr(soft, "merge_over", lambda method, *args: calls.append(method) or merge_over(method, *args))
+    starts = list(soft.start_merges(p, NAMES, base, pool))
+    assert len(calls) == 4 and [point for point, _ in starts] == p.start_grid()
+    for point, theta in starts:
+        alone = merge_over(p.start_method(point, len(pool)), NAMES, base, pool, p.seed)
+        for n in NAMES:
+            torch.testing.assert_close(theta[n], alone[n], atol=1e-5, rtol=1e-5)
 
 
 def test_from_a_merged_start_the_hull_steps_never_raise_the_objective_and_improve_on_it():

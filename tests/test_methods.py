@@ -5,7 +5,7 @@ import torch
 from conftest import merge_method
 
 from merging.errors import MergeError
-from merging.registry import known_methods, methods
+from merging.registry import get_method, known_methods, methods
 
 merge = merge_method
 
@@ -211,6 +211,24 @@ def test_chunked_equals_whole_tensor(name, pool):
     whole = merge(name, base, models, **REQUIRED.get(name, {}))
     chunked = merge(name, base, models, chunk_size=37, **REQUIRED.get(name, {}))
     assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+AFFINE = [name for name in known_methods("per_tensor") if get_method(name).method_class.affine_in]
+
+
+def test_the_merges_that_scale_a_task_vector_say_so():
+    assert {"task_arithmetic", "ties", "dare_ties", "from", "iso_c", "iso_cts", "tsv_m", "cart", "pcb"} <= set(AFFINE)
+    assert "slerp" not in AFFINE and "model_stock" not in AFFINE
+
+
+@pytest.mark.parametrize("name", AFFINE)
+def test_a_merge_declared_affine_in_s_is_the_line_through_its_s_0_and_s_1_merges(name, pool):
+    """Method.affine_in = s: θ(s) = θ(0) + s·(θ(1) − θ(0)), other parameters fixed (random masks included)."""
+    base, models = pool
+    models = models[:MODELS.get(name, len(models))]
+    s = get_method(name).method_class.affine_in
+    at = {v: merge(name, base, models, seed=3, **REQUIRED.get(name, {}), **{s: v}) for v in (0.0, 1.0, 1.7)}
+    torch.testing.assert_close(at[1.7], at[0.0] + 1.7 * (at[1.0] - at[0.0]), atol=1e-5, rtol=1e-5)
 
 
 def test_every_method_has_a_paper_and_schemas():

@@ -107,6 +107,9 @@ class Method:
     uses_base: ClassVar[bool] = True  # False: the formula reads only the models (the base supplies copied tensors)
     row_aligned: ClassVar[bool] = False  # True: every chunk holds whole rows (the last dimension), see ``chunks``
     whole_tensor: ClassVar[bool] = False  # True: one chunk per tensor (a matrix decomposition needs all of it)
+    # The Params field s in which the merge is affine, θ(s) = θ(0) + s·(θ(1) − θ(0)) with every other parameter
+    # fixed (a scale of the merged task vector); None where that is not so or not known.
+    affine_in: ClassVar[str | None] = None
     passes: int = 0
     scope: Literal["tensor", "model"] = "tensor"
 
@@ -170,6 +173,16 @@ def merge_in_memory(method: Method, base: torch.Tensor, models: list[torch.Tenso
         method.conclude(p, total, stats, numel)
     return torch.cat([method.combine(c, flat_base[c.start:c.stop], stacked[:, c.start:c.stop], stats)
                       for c in pieces]).reshape(base.shape)
+
+
+def scale_names(method: type[Method]) -> tuple[str, ...]:
+    """The parameter names that set ``method.affine_in`` (its field, then the field's alias); () where the merge
+    is not declared affine in a parameter."""
+    field = method.affine_in
+    if field is None:
+        return ()
+    alias = method.Params.model_fields[field].alias
+    return (field, alias) if alias else (field,)
 
 
 def per_tensor_method(name: str, params: dict[str, Any], n_models: int, key: str) -> Method:

@@ -45,6 +45,7 @@ class DareTiesParams(DareParams):
 @register("dare_ta", paper="https://arxiv.org/abs/2311.03099")
 class DareTaskArithmetic(Method):
     Params = DareParams
+    affine_in = "scale"
     ModelParams = DareModelParams
 
     def __init__(self, params: DareParams, model_params: list[DareModelParams]) -> None:

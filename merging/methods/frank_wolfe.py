@@ -107,17 +107,16 @@ from .. import distributed
 from ..errors import MergeError
 from ..io.candidates import InMemorySource, TensorSource, as_source
 from ..objective import Batch, Objective, sample_batches
-from ..registry import register_data_driven
+from ..registry import get_method, register_data_driven
 from ..tensor_ops import scaled_vertex
 from .adamerging import AdaMergingParams, adamerging
-from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory, per_tensor_method
+from .base import DataDrivenInputs, DataDrivenResult, Method, Params, merge_in_memory, per_tensor_method, \
+    scale_names
 
 logger = logging.getLogger(__name__)
 
 PAPER = "https://arxiv.org/abs/2503.12649"
 
-SCALE_KEYS = {"task_arithmetic": ("scale", "lambda"), "ties": ("scale", "lambda"),
-              "dare_ties": ("scale", "lambda"), "from": ("alpha",)}
 RESERVED = ("initial", "zero", "keep")
 Tensors = dict[str, torch.Tensor]
 
@@ -182,7 +181,7 @@ def initial_adamerging(p: FrankWolfeParams) -> AdaMergingParams:
 
 def merge_method(p: FrankWolfeParams, scale: float, n_models: int = 1) -> Method:
     """The registered method ``p.merge`` with ``p.merge_params``, its scale set to ``scale``, for ``n_models``."""
-    keys = SCALE_KEYS[p.merge]
+    keys = scale_names(get_method(p.merge).method_class)  # each merge of ``merge`` is affine in its scale
     fixed = sorted(set(keys) & set(p.merge_params))
     if fixed:
         raise ValueError(f"merge_params must not set {fixed}: Frank-Wolfe sets the scale of '{p.merge}' "

@@ -42,7 +42,9 @@ Options beyond the paper (a Frank-Wolfe method with feasible, descending iterate
                           ``init_merge_search``, the grid point of least proxy loss:  π* = argmin_π f(M(·; π)),
                           f the fixed proxy split's loss (the data FW reads anyway; recorded as ``init``). With
                           ``ada_simplex`` the iterates then lie in conv({θ_0} ∪ vertices); only the start holds
-                          the pool's n tensors of one layer at once (merge_in_memory), the iterations as before.
+                          the pool's n tensors of one layer at once (merge_in_memory), the iterations as before. A
+                          grid over the parameter the merge is affine in (``Method.affine_in``, ISO-C's λ)
+                          costs two merges, not one per point (``start_merges``).
   ``vertex_scale: c``     the picks enter the inner step as the vertices θ_base + c·τ_j (Jaggi's scaled atoms; the
                           FW hard ``scaled_vertices`` idea), so the hull conv({θ_base} ∪ {θ_base + c·τ_j}) holds
                           task arithmetic with Σ_t λ_t ≤ c; ``tasks`` sets c = m, the number of selecting tasks,
@@ -103,6 +105,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -116,10 +119,10 @@ from .. import distributed
 from ..errors import MergeError
 from ..io.candidates import TensorSource, as_source
 from ..objective import Objective, seed_of
-from ..registry import register_data_driven
+from ..registry import get_method, register_data_driven
 from ..tensor_ops import scaled_vertex
 from .adamerging import AdaMergingHistory, AdaMergingParams, adamerging
-from .base import DataDrivenInputs, DataDrivenResult, Method, Params, per_tensor_method
+from .base import DataDrivenInputs, DataDrivenResult, Method, Params, per_tensor_method, scale_names
 from .frank_wolfe import (
     PAPER,
     OneTask,
@@ -287,6 +290,33 @@ def backtrack(objective: Objective, theta: Tensors, proposal: Tensors, reference
     return theta, 0.0, reference
 
 
+def start_merges(p: FrankWolfeSoftParams, names: list[str], base: TensorSource,
+                 pool: Mapping[str, TensorSource]) -> Iterator[tuple[dict[str, Any], Tensors]]:
+    """Each point π of ``init_merge_search`` with its merge θ(π), the points grouped by what they set besides
+    the parameter s in which ``init_merge`` is affine (``Method.affine_in``, e.g. ISO-C's λ). A group's points
+    share two merges at its first two values a ≠ b of s, θ(s) = θ(a) + (s − a)/(b − a)·(θ(b) − θ(a)), exact
+    for such a merge up to rounding: a grid of ten λ costs two passes over the pool (ISO-C: two SVDs per
+    matrix), not ten. Resident: those two merges and the point yielded."""
+    settable = scale_names(get_method(p.init_merge or "").method_class)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for point in p.start_grid():
+        rest = {key: value for key, value in point.items() if key not in settable}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(point)
+    for points in groups.values():
+        s = next((key for key in settable if key in points[0]), None)
+        values = list(dict.fromkeys(point[s] for point in points)) if s else []
+        if len(values) < 2:
+            for point in points:
+                yield point, merge_over(p.start_method(point, len(pool)), names, base, pool, p.seed)
+            continue
+        (a, at_a), (b, at_b) = ((v, merge_over(p.start_method({**points[0], s: v}, len(pool)), names, base,
+                                               pool, p.seed)) for v in values[:2])
+        for n in names:
+            at_b[n].sub_(at_a[n]).div_(b - a)  # θ(b) − θ(a) per unit of s
+        for point in points:
+            yield point, {n: at_a[n] + (point[s] - a) * at_b[n] for n in names}
+
+
 def initial_point(p: FrankWolfeSoftParams, objective: Objective, names: list[str], base: TensorSource,
                   pool: Mapping[str, TensorSource]) -> tuple[Tensors, dict[str, Any] | None]:
     """θ_0 and, for ``init: merge``, its record: every grid point with its proxy loss f and the one taken."""
@@ -294,8 +324,7 @@ def initial_point(p: FrankWolfeSoftParams, objective: Objective, names: list[str
         return {n: base.read(n).to(torch.float32) for n in names}, None
     best: tuple[float, Tensors, dict[str, Any]] | None = None
     tried = []
-    for point in p.start_grid():
-        theta = merge_over(p.start_method(point, len(pool)), names, base, pool, p.seed)
+    for point, theta in start_merges(p, names, base, pool):
         value = proxy_objective(objective, theta, grad=False)[0]
         tried.append({**point, "proxy": value})
         logger.info("FW-soft start %s %s: f=%.6g", p.init_merge, point, value)

@@ -30,6 +30,7 @@ class FromParams(Params):
 @register("from", paper="https://arxiv.org/abs/2506.02478")
 class FroM(Method):
     Params = FromParams
+    affine_in = "alpha"
     passes = 1
 
     def task_vectors(self, chunk: Chunk, base: torch.Tensor, models: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ def normalised(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> t
 @register("pcb", paper="https://arxiv.org/abs/2410.02396")
 class Pcb(Method):
     Params = PcbParams
+    affine_in = "scale"
     min_models = 2
     passes = 4
 

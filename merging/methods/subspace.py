@@ -45,6 +45,7 @@ class MatrixMerge(Method):
     τ_i = θ_i − θ_base."""
 
     Params = MatrixParams
+    affine_in = "scale"
     whole_tensor = True
 
     def matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int] | None:

@@ -28,6 +28,7 @@ class TaskArithmeticParams(Params):
 @register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089")
 class TaskArithmetic(Method):
     Params = TaskArithmeticParams
+    affine_in = "scale"
     ModelParams = TaskArithmeticModelParams
 
     def coefficients(self) -> tuple[torch.Tensor, float]:

@@ -50,6 +50,7 @@ class TiesParams(Params):
 @register("ties", paper="https://arxiv.org/abs/2306.01708")
 class Ties(Method):
     Params = TiesParams
+    affine_in = "scale"
     ModelParams = TiesModelParams
 
     def __init__(self, params: TiesParams, model_params: list[TiesModelParams]) -> None:
