@@ -105,7 +105,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -292,29 +291,27 @@ def backtrack(objective: Objective, theta: Tensors, proposal: Tensors, reference
 
 def start_merges(p: FrankWolfeSoftParams, names: list[str], base: TensorSource,
                  pool: Mapping[str, TensorSource]) -> Iterator[tuple[dict[str, Any], Tensors]]:
-    """Each point π of ``init_merge_search`` with its merge θ(π), the points grouped by what they set besides
-    the parameter s in which ``init_merge`` is affine (``Method.affine_in``, e.g. ISO-C's λ). A group's points
-    share two merges at its first two values a ≠ b of s, θ(s) = θ(a) + (s − a)/(b − a)·(θ(b) − θ(a)), exact
-    for such a merge up to rounding: a grid of ten λ costs two passes over the pool (ISO-C: two SVDs per
-    matrix), not ten. Resident: those two merges and the point yielded."""
-    settable = scale_names(get_method(p.init_merge or "").method_class)
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for point in p.start_grid():
-        rest = {key: value for key, value in point.items() if key not in settable}
-        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(point)
-    for points in groups.values():
-        s = next((key for key in settable if key in points[0]), None)
-        values = list(dict.fromkeys(point[s] for point in points)) if s else []
-        if len(values) < 2:
-            for point in points:
-                yield point, merge_over(p.start_method(point, len(pool)), names, base, pool, p.seed)
-            continue
-        (a, at_a), (b, at_b) = ((v, merge_over(p.start_method({**points[0], s: v}, len(pool)), names, base,
-                                               pool, p.seed)) for v in values[:2])
+    """Each point π of ``init_merge_search`` with its merge θ(π). Where the grid varies the parameter s in which
+    ``init_merge`` is affine (``Method.affine_in``, e.g. ISO-C's λ), each setting of the other keys shares two
+    merges at the first two values a ≠ b of s, θ(s) = θ(a) + (s − a)/(b − a)·(θ(b) − θ(a)), exact for such a merge
+    up to rounding: a grid of ten λ costs two passes over the pool (ISO-C: two SVDs per matrix), not ten.
+    Resident: those two merges and the point yielded."""
+    def merge(point: dict[str, Any]) -> Tensors:
+        return merge_over(p.start_method(point, len(pool)), names, base, pool, p.seed)
+
+    grid = p.init_merge_search
+    s = next((key for key in scale_names(get_method(p.init_merge or "").method_class) if key in grid), None)
+    values = list(dict.fromkeys(grid[s])) if s else []
+    if len(values) < 2:
+        yield from ((point, merge(point)) for point in p.start_grid())
+        return
+    others = {key: choices for key, choices in grid.items() if key != s}
+    for rest in (dict(zip(others, combo)) for combo in itertools.product(*others.values())):
+        (a, at_a), (b, at_b) = ((v, merge({**rest, s: v})) for v in values[:2])
         for n in names:
             at_b[n].sub_(at_a[n]).div_(b - a)  # θ(b) − θ(a) per unit of s
-        for point in points:
-            yield point, {n: at_a[n] + (point[s] - a) * at_b[n] for n in names}
+        for v in grid[s]:
+            yield {**rest, s: v}, {n: at_a[n] + (v - a) * at_b[n] for n in names}
 
 
 def initial_point(p: FrankWolfeSoftParams, objective: Objective, names: list[str], base: TensorSource,
