@@ -56,6 +56,23 @@ def test_older_rows_are_adopted_only_for_the_seed_whose_rows_were_reproduced():
     assert [row["pool_seed"] for _, row in adopted] == ["1"] and left[0].startswith("irrelevance: pool seed 0")
 
 
+def test_an_older_row_with_extra_checkpoints_takes_the_digest_of_a_re_made_twin_that_names_them():
+    """A scaling row's extra checkpoints are not scored, so a reproduction of its targets' scores at another point
+    does not verify them: only a re-made row of the same run that names every checkpoint it merged does."""
+    def scaling(extra: int, scores: dict[str, float], digest: str = "") -> dict[str, str]:
+        return {**_row("ties", scores, extra=extra, digest=digest), "candidates": str(2 + extra)}
+
+    full = "a=000000aa b=000000bb c=000000cc c@1=000000dd"
+    at_zero = [scaling(0, {"a": 72.0, "b": 61.0}), scaling(0, {"a": 72.0, "b": 61.0}, digest=DIGEST)]
+    older = scaling(2, {"a": 60.0, "b": 50.0})
+    adopted, left = adopt({"irrelevance": [*at_zero, older]}, TASKS)
+    assert adopted == [] and "at extra 2 (their extra checkpoints are unknown)" in left[0]
+    twin = scaling(2, {"a": 60.0, "b": 50.0}, digest=full)
+    adopted, left = adopt({"irrelevance": [*at_zero, older, twin]}, TASKS)
+    assert len(adopted) == 2 and left == []
+    assert at_zero[0]["finetuned_digest"] == DIGEST and older["finetuned_digest"] == full
+
+
 def test_reproductions_that_name_different_fine_tunes_are_an_error():
     files = {"irrelevance": [_row("ties", {"a": 72.0}), _row("ties", {"a": 72.0}, digest="a=000000aa"),
                              _row("average", {"a": 50.0}), _row("average", {"a": 50.0}, digest="a=000000ff")]}

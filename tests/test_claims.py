@@ -300,3 +300,17 @@ def test_rows_that_agree_on_the_checkpoints_they_share_are_compared():
             row("1", "a=1 b=1"), row("1", "a=2 b=2 c=2"),   # seed 1 re-made: its older row goes
             row("2", ""), row("0", "")]                     # before the column: kept where no seed has one
     assert current_finetunes(rows) == [rows[0], rows[1], rows[3], rows[4]]
+
+
+def test_a_scaling_row_that_names_only_its_targets_goes_once_a_row_names_its_extra_checkpoints():
+    """Rows digested before extra candidates were: their extra checkpoints are unknown, so they count only until
+    a row of their seed names every checkpoint of a merge with extra ones."""
+    from merging.benchmark.results import current_finetunes
+
+    def row(seed: str, extra: int, digest: str) -> dict[str, str]:
+        return {"pool_seed": seed, "extra": str(extra), "candidates": str(1 + extra), "finetuned_digest": digest}
+
+    older = [row("0", 0, "a=1"), row("0", 2, "a=1"), row("1", 2, "a=1")]
+    assert current_finetunes(older) == older                      # no seed has a row that names them yet
+    rows = [*older, row("0", 2, "a=1 b=1 b@1=1")]                 # seed 0's extra checkpoints named
+    assert current_finetunes(rows) == [rows[0], rows[2], rows[3]]  # k = 0 names all it merged: kept

@@ -74,6 +74,22 @@ def test_every_row_names_the_fine_tunes_it_was_scored_against(toy_pool):
     assert after[0] == before[0] and after[1] != before[1]  # has_sport's hash only
 
 
+def test_a_scaling_rows_digest_names_its_extra_checkpoints_too(toy_pool):
+    """A scaling row scores its targets only, yet its merge depends on the extra checkpoints: the digest names them
+    (``task`` at the row's seed, ``task@seed`` at another), so rows with different extra checkpoints differ."""
+    from merging.benchmark.scaling import target_pool
+    from merging.benchmark.store import finetuned_digest
+
+    pool, _ = toy_pool
+    targets = target_pool(pool, ["has_good"])
+    whole = dict(word.split("=") for word in finetuned_digest(pool, 0).split())
+    assert finetuned_digest(targets, 0) == f"has_good={whole['has_good']}"
+    assert finetuned_digest(targets, 0, [("has_good", 0), ("has_sport", 0)]) == (
+        f"has_good={whole['has_good']} has_sport={whole['has_sport']}")
+    other_seed = finetuned_digest(targets, 1, [("has_good", 1), ("has_sport", 0)]).split()
+    assert other_seed[0].startswith("has_good=") and other_seed[1] == f"has_sport@0={whole['has_sport']}"
+
+
 def test_a_cached_checkpoint_of_another_recipe_is_refused_not_merged(toy_pool):
     """The cache is keyed by pool name, task and seed: a checkpoint fine-tuned before the pool's recipe was edited,
     or a base cached before the pool named another, is named as stale before any merge, while another seed list

@@ -8,17 +8,19 @@ evidence, not on trust: an older row and a digested row of the same seed and run
 the same normalised mean and the same score on each of the digested row's tasks *verify* those tasks' checkpoints.
 The older rows of a seed in one results file are adopted together or not at all (adopting some would hide the
 rest), and only when every task each of them scores is verified and no two of them run the same but score
-differently (a sign of two fine-tunings before the column)."""
+differently (a sign of two fine-tunings before the column). A scaling row that merged checkpoints it does not
+score (extra ones) is adopted only with the digest of a re-made row that names them all and reproduces it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from typing import get_args
 
 from ..errors import MergeError
 from .pool import PoolConfig
-from .results import digests, locked, read_rows, write_rows
+from .results import digests, locked, names_its_checkpoints, read_rows, write_rows
 from .scaling import Claim
 
 RUN_KEY = ("pool_seed", "method", "overrides", "claim", "extra", "targets", "candidates")
@@ -33,7 +35,7 @@ def verified_tasks(rows: Rows) -> dict[str, dict[str, str]]:
     verified: dict[str, dict[str, str]] = {}
     for row in rows:
         found = digests(row)
-        if not found or not any(_reproduces(row, old, list(found)) for old in older):
+        if not found or not any(_reproduces(row, old, _scored(row, found)) for old in older):
             continue
         seed = verified.setdefault(row.get("pool_seed", ""), {})
         if any(seed.get(task, digest) != digest for task, digest in found.items()):
@@ -41,6 +43,18 @@ def verified_tasks(rows: Rows) -> dict[str, dict[str, str]]:
                              f"({found} against {seed}); nothing was adopted")
         seed.update(found)
     return verified
+
+
+def _scored(row: dict[str, str], keys: Iterable[str]) -> list[str]:
+    """The tasks among ``keys`` (a digest's checkpoints) that ``row`` has a score for."""
+    return [key for key in keys if row.get(key, "") != ""]
+
+
+def _twin(old: dict[str, str], tasks: list[str], rows: Rows) -> dict[str, str] | None:
+    """A digested row of ``rows`` that names every checkpoint it merged and reproduces ``old`` (same run, same
+    scores on ``tasks``): the evidence for the extra checkpoints of a scaling row, which it does not score."""
+    return next((row for row in rows if digests(row) and names_its_checkpoints(row)
+                 and _reproduces(row, old, tasks)), None)
 
 
 def _run(row: dict[str, str]) -> tuple[str, ...]:
@@ -66,17 +80,25 @@ def adopt(files: dict[str, Rows], tasks: list[str]) -> tuple[list[tuple[str, dic
         for seed in dict.fromkeys(row.get("pool_seed", "") for row in rows if not digests(row)):
             older = [row for row in rows if row.get("pool_seed", "") == seed and not digests(row)]
             known = verified.get(seed, {})
-            scored = [[task for task in tasks if row.get(task, "") != ""] for row in older]
+            scored = [_scored(row, tasks) for row in older]
             unverified = sorted({task for row_tasks in scored for task in row_tasks if task not in known})
+            with_extra = [(row, row_tasks) for row, row_tasks in zip(older, scored)
+                          if int(row.get("candidates") or 0) > len(row_tasks)]
+            twins = {id(row): _twin(row, row_tasks, rows) for row, row_tasks in with_extra}
+            unmatched = sorted({row.get("extra", "") for row, _ in with_extra if twins[id(row)] is None})
             why = (f"no re-made row reproduces {', '.join(unverified)}" if unverified
                    else "a row has no task score" if not all(scored)
+                   else f"no re-made row that names every checkpoint reproduces the rows at extra "
+                        f"{', '.join(unmatched)} (their extra checkpoints are unknown)" if unmatched
                    else "two of them run the same and score differently (made on different fine-tunes)"
                    if _disagree(older, tasks) else "")
             if why:
                 left.append(f"{name}: pool seed {seed}, {len(older)} older rows kept as they are: {why}")
                 continue
             for row, row_tasks in zip(older, scored):
-                row["finetuned_digest"] = " ".join(f"{task}={known[task]}" for task in row_tasks)
+                twin = twins.get(id(row))
+                row["finetuned_digest"] = twin["finetuned_digest"] if twin else " ".join(
+                    f"{task}={known[task]}" for task in row_tasks)
                 adopted.append((name, row))
     return adopted, left
 

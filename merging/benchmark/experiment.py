@@ -404,7 +404,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **run_stamp(started),
-            "finetuned_digest": finetuned_digest(pool, pool_seed),
+            "finetuned_digest": finetuned_digest(pool, pool_seed, candidates),
         }
         write_row(outs / experiment, pool.domain.name, pool.name, pool.tasks, row, log)
         rows.append(row)

@@ -42,12 +42,20 @@ def digests(row: dict[str, str]) -> dict[str, str]:
     return dict(word.split("=", 1) for word in row.get("finetuned_digest", "").split())
 
 
+def names_its_checkpoints(row: dict[str, str]) -> bool:
+    """Whether a digested row names every checkpoint it merged: rows made before ``store.finetuned_digest`` named
+    extra candidates name only their scored tasks' own, fewer words than their ``candidates``."""
+    return len(digests(row)) >= int(row.get("candidates") or 0)
+
+
 def current_finetunes(rows: list[dict[str, str]],
                       anchor: Callable[[dict[str, str]], bool] | None = None) -> list[dict[str, str]]:
     """The rows scored against each pool seed's latest fine-tunes, so that rows of a pool re-made on another
     machine are never compared with the old ones: a seed's checkpoint hashes are read from its rows newest first
     (a row that disagrees with a newer one on a task they share adds none), and a row is kept when its hashes are
-    those; rows made before the column are kept only for a seed none of whose rows has one. With ``anchor``, a
+    those; rows made before the column are kept only for a seed none of whose rows has one, and so is a scaling row
+    whose digest names only its scored tasks' checkpoints (``names_its_checkpoints``: its extra ones are unknown)
+    for a seed with a current row that names every checkpoint of a merge with extra ones. With ``anchor``, a
     seed's fine-tunes are those of its newest row that ``anchor`` accepts (the rows a table is about), so that a
     partial re-make of other methods does not hide them: rows made before the column are then kept where that row
     is one of them."""
@@ -67,13 +75,17 @@ def current_finetunes(rows: list[dict[str, str]],
         if seed not in before_column and all(known.get(task, digest) == digest for task, digest in found.items()):
             known.update(found)
 
-    def current(row: dict[str, str]) -> bool:
+    def matches(row: dict[str, str]) -> bool:
         seed = row.get("pool_seed", "")
         found, known = digests(row), latest[seed]
         if seed in before_column:
             return not found
         return found.items() <= known.items() if found else not known
-    return [row for row in rows if current(row)]
+
+    extras_named = {row.get("pool_seed", "") for row in rows if matches(row) and digests(row)
+                    and row.get("extra", "") not in ("", "0") and names_its_checkpoints(row)}
+    return [row for row in rows if matches(row)
+            and (names_its_checkpoints(row) or not digests(row) or row.get("pool_seed", "") not in extras_named)]
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:

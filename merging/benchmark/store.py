@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -76,19 +77,23 @@ def checkpoint_folder(pool: PoolConfig, task: str, seed: int | None = None) -> P
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def finetuned_digest(pool: PoolConfig, seed: int) -> str:
-    """The scored tasks' own checkpoints at fine-tuning seed ``seed``, as ``task=hash`` words (the first 8 hex
-    digits of the sha256 of each checkpoint's weight files). Rows that agree on the tasks they share were scored
-    against the same fine-tunes; a pool re-made on another CPU rounds differently, so a table never compares the
-    two (``claims.current_finetunes``)."""
+def finetuned_digest(pool: PoolConfig, seed: int, candidates: Iterable[tuple[str, int]] = ()) -> str:
+    """The checkpoints a row depends on, as ``key=hash`` words (the first 8 hex digits of the sha256 of each
+    checkpoint's weight files): the scored tasks' own at fine-tuning seed ``seed`` (key: the task), then each
+    other merged checkpoint of ``candidates`` ((task, seed) pairs; key: the task at ``seed``, ``task@s`` at
+    another seed), so that two scaling rows with different extra checkpoints never pass for one run. Rows that
+    agree on the checkpoints they share were made against the same fine-tunes; a pool re-made on another CPU
+    rounds differently, so a table never compares the two (``results.current_finetunes``)."""
+    own = [(task, seed) for task in pool.tasks]
     words = []
-    for task in pool.tasks:
-        folder, digest = checkpoint_folder(pool, task, seed), hashlib.sha256()
+    for task, task_seed in dict.fromkeys([*own, *candidates]):
+        folder, digest = checkpoint_folder(pool, task, task_seed), hashlib.sha256()
         for path in sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_FILES and p.is_file()):
             with path.open("rb") as weights:
                 digest.update(f"{path.relative_to(folder)}:".encode())
                 digest.update(hashlib.file_digest(weights, "sha256").digest())
-        words.append(f"{task}={digest.hexdigest()[:8]}")
+        key = task if task_seed == seed else f"{task}@{task_seed}"
+        words.append(f"{key}={digest.hexdigest()[:8]}")
     return " ".join(words)
 
 
