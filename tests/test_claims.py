@@ -253,6 +253,26 @@ def test_a_protocol_flag_selects_the_rows_run_with_it_and_joins_every_command(tm
     assert 'METHODS="task_arithmetic" run_irrelevance --statistics targets' in commands
 
 
+def test_a_newer_variant_of_the_preset_on_other_fine_tunes_does_not_hide_the_claims_rows(tmp_path):
+    """The claim's cell compares the fine-tunes of its own FW soft's newest row: a variant that shares the preset
+    but changes FW soft's rule (issue 19's, here the linear oracle) is not that row, a cost cut (--ada-steps) is."""
+    for extra, fw, ta in ((0, 80.0, 75.0), (16, 79.0, 60.0)):  # before the column
+        _row(tmp_path, "irrelevance", "frank_wolfe_soft", extra, fw, preset="irrelevance")
+        _row(tmp_path, "irrelevance", "task_arithmetic", extra, ta)
+    expected = ["FW soft 80.0 → 79.0 (-1.0); task_arithmetic 75.0 → 60.0 (-15.0); n = 1", "yes"]
+    for extra in (0, 16):
+        append_row(tmp_path / "toy_irrelevance" / "results.csv",
+                   {"method": "frank_wolfe_soft", "normalized": 90.0, "extra": extra, "pool_seed": 0,
+                    "targets": "a b", "overrides": json.dumps({"preset": "irrelevance", "oracle": "linear"}),
+                    "finetuned_digest": "a=0000000b b=0000000b"})
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"] == expected
+    append_row(tmp_path / "toy_irrelevance" / "results.csv",
+               {"method": "frank_wolfe_soft", "normalized": 81.0, "extra": 0, "pool_seed": 0, "targets": "a b",
+                "overrides": json.dumps({"preset": "irrelevance", "ada_steps": 10}),
+                "finetuned_digest": "a=0000000b b=0000000b"})
+    assert _verdicts(tmp_path, _claim("flat", **FLAT))["cross_entropy"][1] == "not run"  # the re-made fine-tunes'
+
+
 def test_a_deviation_prints_its_flags_as_the_runner_reads_them(tmp_path):
     for extra in (0, 16):
         _row(tmp_path, "irrelevance", "frank_wolfe_soft", extra, 80.0, preset="irrelevance", monotone=True)

@@ -45,6 +45,9 @@ from .scaling import extra_count, save_figure
 CLAIMS_FILE = CONFIGS / "claims.yaml"
 FW_SOFT = "frank_wolfe_soft"
 INNER_LOSSES = ("cross_entropy", "entropy")  # the presets' own first
+# Overrides that change what a run costs or the order it reads data in, not FW soft's update: a row of the claim's
+# preset with no others is the paper's method (issue 19's variants share the preset and change the rule)
+COST_KEYS = frozenset({"ada_steps", "statistics", "ada_entropy_batches"})
 RUNNERS = {"irrelevance": "run_irrelevance", "relevance": "run_relevance", "relevance_tasks": "run_relevance_tasks"}
 Scores = dict[str, float]  # pool seed -> normalised score (or another column)
 Row = dict[str, str]
@@ -198,8 +201,12 @@ class _Context:
         self.preset = preset_parameters(pool.domain.name, FW_SOFT, claim.preset)
 
     def is_claims_fw_soft(self, row: Row) -> bool:
-        """FW soft with the claim's preset: a seed's cell compares rows of the fine-tunes its newest such row used."""
-        return row["method"] == FW_SOFT and overrides_of(row).get("preset") == self.claim.preset
+        """FW soft with the claim's preset, changed in nothing but ``COST_KEYS`` and the inner loss: a seed's cell
+        compares rows of the fine-tunes its newest such row used, which a newer variant of the preset (issue 19's)
+        made on other fine-tunes does not move."""
+        over = overrides_of(row)
+        return (row["method"] == FW_SOFT and over.get("preset") == self.claim.preset
+                and set(over) - {"preset", "inner_loss"} <= COST_KEYS)
 
     def command(self, methods: list[str], flags: str = "") -> str:
         """The runner call that makes the rows at the claim's points (after ``setup``), with the protocol's flags."""
