@@ -117,3 +117,14 @@ def test_irrelevance_flags_select_the_irrelevance_rows_run_with_them(tmp_path):
     assert plain[2] == "80.0 ± 0.0 → 79.5 ± 0.0 (-0.50)" and plain[6] == "yes"  # all four, relevance rows as before
     assert 'SIZES="0 16" METHODS=frank_wolfe run_irrelevance --statistics targets`' in plain[7]
     assert "(every irrelevance row with --statistics targets)" in text
+
+
+def test_the_hull_preset_runs_the_vision_winner_soft_hull_scaled_exactly():
+    """``--preset hull`` registers issue 19's soft_hull_scaled: the same parameters and grid as the variant's flags
+    (the irrelevance preset and six flags), in every domain, so rows of either form run the same merge."""
+    from merging.benchmark.experiment import CONFIGS, method_config
+
+    variant, = [v for v in load_variants(CONFIGS / "fw_variants.yaml").variants if v.name == "soft_hull_scaled"]
+    for domain in ("discriminative", "vision", "generative"):
+        assert method_config(domain, "frank_wolfe_soft", {"preset": "hull"}) == method_config(
+            domain, "frank_wolfe_soft", variant.flags)
