@@ -119,6 +119,23 @@ def test_irrelevance_flags_select_the_irrelevance_rows_run_with_them(tmp_path):
     assert "(every irrelevance row with --statistics targets)" in text
 
 
+def test_a_variants_series_stays_on_its_own_fine_tunes_when_other_methods_are_re_made(tmp_path):
+    """Seed 1's pool was fine-tuned again and only task arithmetic re-made on it: the scaled_vertices variant's
+    irrelevance series of seed 1 (older fine-tunes) still counts, and never pairs with the newer rows."""
+    for seed in (0, 1):
+        for extra, score in ((0, 80.0), (16, 79.0)):
+            _row(tmp_path, "toy_irrelevance", "frank_wolfe", score + seed, seed, extra, preset="scaled_vertices")
+    for extra, score in ((0, 70.0), (16, 40.0)):  # newer fine-tunes of seed 1: TA, and a newer variant row at 16
+        append_row(tmp_path / "toy_irrelevance" / "results.csv",
+                   {"method": "task_arithmetic", "normalized": score, "overrides": "", "pool_seed": 1,
+                    "extra": extra, "targets": "a b", "finetuned_digest": "a=00000002 b=00000002"})
+    assert _table(tmp_path)["scaled"][1] == "80.5 ± 0.7 → 79.5 ± 0.7 (-1.00)"
+    append_row(tmp_path / "toy_irrelevance" / "results.csv",
+               {"method": "frank_wolfe", "normalized": 60.0, "overrides": json.dumps({"preset": "scaled_vertices"}),
+                "pool_seed": 1, "extra": 16, "targets": "a b", "finetuned_digest": "a=00000002 b=00000002"})
+    assert _table(tmp_path)["scaled"][1] == "80.0 → 79.0 (-1.00)"  # seed 1 has no point 0 on its newest fine-tunes
+
+
 def test_the_hull_preset_runs_the_vision_winner_soft_hull_scaled_exactly():
     """``--preset hull`` registers issue 19's soft_hull_scaled: the same parameters and grid as the variant's flags
     (the irrelevance preset and six flags), in every domain, so rows of either form run the same merge."""

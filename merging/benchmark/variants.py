@@ -10,7 +10,8 @@ come from the ordinary runners with those flags (the table prints each command):
   relevance     SIZES="first last" run_relevance_tasks FLAGS     outs/<pool>_relevance_tasks/results.csv
 
 The criteria (means over the fine-tuning seeds both compared series have; latest row per seed among the rows of
-the seed's latest fine-tunes, ``results.current_finetunes``):
+the fine-tunes of the variant's newest row of that seed, ``results.current_finetunes`` with it as the anchor, so
+that re-made rows of other methods on newer fine-tunes neither hide a variant's series nor mix with it):
 
   above    all-task score ≥ the best data-free merge's (its configured row) + ``margin`` normalised points
   flat     irrelevance: loses ≤ ``max_drop`` from the first point to the last
@@ -100,27 +101,32 @@ class _Rows:
 
     def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path) -> None:
         wanted = " ".join(targets)
-        self.all = current_finetunes(read_rows(outs / pool.name / "results.csv"))
+        self.every_task = read_rows(outs / pool.name / "results.csv")
         self.flags = {"irrelevance": spec.irrelevance_flags.get(pool.domain.name, {}), "relevance_tasks": {}}
         self.scaled = {}
         for protocol, flags in self.flags.items():
             rows = read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
-            self.scaled[protocol] = under_protocol(current_finetunes(
-                [r for r in rows if r.get("targets", "") in ("", wanted)]), flags)
+            self.scaled[protocol] = under_protocol([r for r in rows if r.get("targets", "") in ("", wanted)], flags)
         self.points = {protocol: [extra_count(pool, targets, protocol, str(k)) for k in points]
                        for protocol, points in (("irrelevance", spec.irrelevance),
                                                 ("relevance_tasks", spec.relevance))}
 
+    def all_tasks(self, keep: functools.partial) -> list[Row]:
+        """The all-task rows of the fine-tunes of each seed's newest row that ``keep`` (a variant) accepts."""
+        return current_finetunes(self.every_task, anchor=keep)
+
     def pair(self, protocol: str, keep: functools.partial, column: str = "normalized") -> tuple[Scores, Scores]:
+        """The variant's first and last point of ``protocol``, per seed on the fine-tunes of its newest row."""
         first, last = self.points[protocol]
-        rows = self.scaled[protocol]
+        rows = current_finetunes(self.scaled[protocol], anchor=keep)
         return series(rows, keep, first, column), series(rows, keep, last, column)
 
 
 def _above(rows: _Rows, spec: VariantsFile, keep: functools.partial) -> tuple[str, str]:
-    mine = series(rows.all, keep, None)
+    every_task = rows.all_tasks(keep)
+    mine = series(every_task, keep, None)
     configured = {m: functools.partial(_is, method=m, flags={}) for m in spec.data_free}
-    free = {m: found for m, keep_m in configured.items() if (found := series(rows.all, keep_m, None))}
+    free = {m: found for m, keep_m in configured.items() if (found := series(every_task, keep_m, None))}
     seeds = common_seeds(mine, *free.values()) if free else []
     if not seeds:
         return "—", "not run"
