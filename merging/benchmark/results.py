@@ -82,10 +82,11 @@ def current_finetunes(rows: list[dict[str, str]],
             return not found
         return found.items() <= known.items() if found else not known
 
-    extras_named = {row.get("pool_seed", "") for row in rows if matches(row) and digests(row)
+    kept = [row for row in rows if matches(row)]
+    extras_named = {row.get("pool_seed", "") for row in kept if digests(row)
                     and row.get("extra", "") not in ("", "0") and names_its_checkpoints(row)}
-    return [row for row in rows if matches(row)
-            and (names_its_checkpoints(row) or not digests(row) or row.get("pool_seed", "") not in extras_named)]
+    return [row for row in kept
+            if names_its_checkpoints(row) or not digests(row) or row.get("pool_seed", "") not in extras_named]
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
