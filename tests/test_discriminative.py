@@ -1,5 +1,6 @@
 """The discriminative pipeline end to end on a tiny BERT and two toy keyword tasks: fine-tune -> merge ->
 evaluate, result rows, and bad pool YAMLs."""
+import dataclasses
 import json
 
 import pytest
@@ -204,6 +205,33 @@ def test_data_driven_methods_run_on_the_pool(toy_pool, method, overrides, beats_
     if method in ("frank_wolfe", "frank_wolfe_soft", "adamerging", "greedy_soup"):  # logs beside the table
         logs = list((outs / "toy" / "logs").glob(f"{method}-seed0-*.json"))
         assert len(logs) == 1 and '"log"' in logs[0].read_text()
+
+
+def ragged(task: str, split: str) -> list:
+    """The toy sentences, 0–4 filler words longer by position: a batch pads them to its longest."""
+    return [dataclasses.replace(e, text=e.text + " the" * (i % 5)) for i, e in enumerate(toy_split(task, split))]
+
+
+def test_twin_merging_routes_each_padded_text_input_on_its_own(toy_pool, monkeypatch):
+    """Twin-Merging on text: the router reads each sentence's mean-pooled features (padding masked out) and every
+    input runs alone through its own body, so a sentence's prediction and weights do not depend on the batch it
+    was padded in; the row and the router's log are written as for any data-driven merge."""
+    from merging.benchmark.data_driven import merge_routed
+    from merging.benchmark.evaluate import Evaluator
+
+    pool, root = toy_pool
+    monkeypatch.setitem(tasks.PROVIDERS, "toy", lambda: (SPECS.__getitem__, ragged))
+    settings = {"router_examples": 32, "router_epochs": 20, "router_batch_size": 16}
+    row, = run_experiment(pool, "twin_merging", "toy", settings, progress=False, outs=root / "outs")
+    assert 0 <= row["normalized"] <= 120 and row["candidates"] == 2
+    log = json.loads(next((root / "outs" / "toy" / "logs").glob("twin_merging-seed0-*.json")).read_text())["log"]
+    assert log["router"]["examples"] == 2 * 32 and set(log["routing"]["test"]) == set(SPECS)
+    routed = merge_routed(pool, "twin_merging", settings, [], Evaluator(pool, "validation", 0))
+    together = Evaluator(pool, "test", 0, batch_size=64).with_routed(routed)
+    alone = Evaluator(pool, "test", 0, batch_size=1).with_routed(routed)
+    assert together[0] == alone[0]
+    for task, routing in together[1].items():
+        assert routing == pytest.approx(alone[1][task], abs=1e-5)
 
 
 def test_extra_candidates_are_seed_major_and_exclude_or_repeat_the_targets():
