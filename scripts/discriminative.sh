@@ -6,6 +6,8 @@
 #   run_ties --density 0.2 --scaling 0.7      # fix hyper-parameters (otherwise chosen on validation)
 #   POOL=configs/discriminative/other.yaml run_task_arith
 #   POOL_SEEDS=0 run_baselines                # one fine-tuning seed instead of the pool's finetune.seeds
+#   run_frank_wolfe --preset layerwise --grid-points 0 &   # a long grid shared out: each process stores its
+#   run_frank_wolfe --preset layerwise --grid-points 1 2   # points (no row); then the plain run reads them back
 # Each run appends one row per fine-tuning seed to outs/<experiment>/results.csv and rebuilds
 # outs/<experiment>/results.md (mean ± std over seeds, then every row); experiment defaults to the pool's
 # name (set EXPERIMENT=... to change). The first call prepares the data and fine-tunes the missing

@@ -349,3 +349,58 @@ def test_fine_tuning_off_a_terminal_writes_a_line_per_30_seconds_not_per_step(to
     store.finetune(pool, "has_good", 0, progress=True)  # 75 steps in a few seconds
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fine-tune has_good")]
     assert 1 <= len(lines) <= 3, lines  # the first, the last, and any 30 s apart
+
+
+def test_a_data_driven_grid_resumes_from_its_stored_points_to_the_same_row(toy_pool, monkeypatch):
+    """RegMean's α grid (3 points) with point 1 stored first by ``store_experiment_points`` (``run
+    --grid-points 1``): the row's run merges only the other two, reads point 1 back, writes the row a run
+    without the cache writes (same choice, scores, validation score), adds point 1's cost to its seconds,
+    lists it in its log, and removes the grid's entries."""
+    from merging.benchmark import experiment, grid_cache
+
+    pool, root = toy_pool
+    merged_points = []
+    merge = experiment.merged_body
+
+    def counted(pool, validation, method, params, *args, **kwargs):
+        merged_points.append(params["alpha"])
+        return merge(pool, validation, method, params, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "merged_body", counted)
+    stored, = experiment.store_experiment_points(pool, "regmean", {}, [1], progress=False)
+    assert stored["point"]["alpha"] == 0.5 and merged_points == [0.5]
+    folder = root / "cache" / "discriminative" / "grid"
+    record, = (json.loads(path.read_text()) for path in folder.glob("*/record.json"))
+    assert record["validation_normalized"] == stored["validation_normalized"] and record["seconds"] > 0
+
+    resumed, = run_experiment(pool, "regmean", "toy", {}, progress=False, outs=root / "outs")
+    assert merged_points == [0.5, 0.1, 0.9]          # point 1 was not merged again
+    assert not list(folder.iterdir())                 # the row's run removed its grid's entries
+    fresh, = run_experiment(pool, "regmean", "toy", {}, progress=False, outs=root / "outs")
+    assert merged_points[3:] == [0.1, 0.5, 0.9]
+    for key in ("normalized", "params", "validation_normalized", *SPECS):
+        assert resumed[key] == fresh[key], key
+    assert resumed["seconds"] >= record["seconds"]
+    logs = [json.loads(path.read_text())["log"] for path in (root / "outs" / "toy" / "logs").glob("regmean-*")]
+    reused, = (log["grid_points_reused"] for log in logs if "grid_points_reused" in log)
+    assert [point["point"]["alpha"] for point in reused] == [0.5]
+
+
+def test_a_grid_points_key_changes_with_everything_its_merge_depends_on(toy_pool, monkeypatch):
+    """Another point, merge seed, statistics mode, objective tasks, validation seed, checkpoints, pool setting
+    or code version gives another key; an entry without its record (a killed write) is not read."""
+    from merging.benchmark import grid_cache
+
+    pool, _ = toy_pool
+    entry = grid_cache.GridPoint(pool, "regmean", {"alpha": 0.5}, [], 0, "average", None, 0, "has_good=1234")
+    others = [dataclasses.replace(entry, point={"alpha": 0.9}), dataclasses.replace(entry, seed=1),
+              dataclasses.replace(entry, statistics="targets"), dataclasses.replace(entry, objective_tasks=["has_good"]),
+              dataclasses.replace(entry, validation_seed=1), dataclasses.replace(entry, checkpoints="has_good=5678"),
+              dataclasses.replace(entry, pool=pool.model_copy(update={"max_length": 32}))]
+    keys = {entry.key(), *(other.key() for other in others)}
+    assert len(keys) == 1 + len(others)
+    monkeypatch.setattr(grid_cache, "code_digest", lambda domain: "another version")
+    assert entry.key() not in keys
+    entry.folder().mkdir(parents=True)
+    (entry.folder() / grid_cache.BODY).write_bytes(b"")
+    assert grid_cache.load(entry) is None

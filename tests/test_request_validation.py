@@ -161,6 +161,18 @@ def test_pool_seeds_must_be_fine_tuning_seeds_of_the_pool(text_pool, capsys, com
     assert "--pool-seeds [5]" in error and "[0, 1]" in error
 
 
+@pytest.mark.parametrize("command, named", [
+    (["run", "--method", "regmean", "--grid-points", "1", "3"],
+     ["--grid-points 3", "has 3 point(s), 0 to 2", "0: alpha 0.1; 1: alpha 0.5; 2: alpha 0.9"]),
+    (["run", "--method", "regmean", "--alpha", "0.5", "--grid-points", "1"], ["--grid-points 1", "has 1 point(s)"]),
+    (["scale", "--claim", "irrelevance", "--method", "frank_wolfe", "--preset", "layerwise", "--targets", "has_good",
+      "--extra", "1", "--grid-points", "-1"], ["--grid-points -1", "vertex_scale 2"]),
+    (["run", "--method", "ties", "--grid-points", "0"], ["only a data-driven merge's", "'ties' is not one"])])
+def test_grid_points_must_be_points_of_a_data_driven_methods_grid(text_pool, capsys, command, named):
+    error = refusal(capsys, discriminative_main, [*command, "--pool", text_pool()])
+    assert all(needle in error for needle in named), error
+
+
 @pytest.mark.parametrize("claim, extra", [("irrelevance", "-1"), ("irrelevance", "two"), ("relevance", "all")])
 def test_a_bad_number_of_extra_checkpoints_is_refused(text_pool, capsys, claim, extra):
     error = refusal(capsys, discriminative_main, ["scale", "--pool", text_pool(), "--claim", claim,
@@ -252,6 +264,7 @@ def test_a_bad_pool_yaml_is_a_clean_error_naming_the_file(tmp_path, capsys, suit
     ["run", "--method", "ties", "--density", "0.2", "--scaling", "0.7", "--pool-seeds", "1"],
     ["run", "--method", "frank_wolfe", "--iterations", "3", "--oracle", "linear", "--merge-biases", "false"],
     ["run", "--method", "finetuned"],
+    ["run", "--method", "regmean", "--grid-points", "2", "0"],
     ["scale", "--claim", "relevance", "--method", "task_arithmetic", "--targets", "has_good", "--extra", "4"],
     ["finetune", "--seeds", "3", "--tasks", "has_sport", "--workers", "2"]])
 def test_a_good_request_passes_the_checks_and_reaches_the_work(text_pool, argv):

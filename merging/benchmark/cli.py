@@ -65,9 +65,11 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
     if args.command == "finetune":
         check_jobs(finetune_jobs(args, pool), pool.tasks, pool.name, "--only" if args.only else "--tasks/--seeds")
     if args.command in ("run", "scale"):
-        from .experiment import check_method
+        from .experiment import check_grid_indices, check_method
 
         check_method(pool, args.method, overrides)
+        if args.grid_points is not None:
+            check_grid_indices(pool.domain.name, args.method, overrides, args.grid_points)
         stray = [s for s in args.pool_seeds or [] if s not in pool.finetune.seeds]
         if stray:
             raise MergeError(f"--pool-seeds {stray} are not fine-tuning seeds of pool '{pool.name}' "
@@ -121,6 +123,10 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
     scale.add_argument("--extra", required=True, help="how many extra checkpoints join the targets' (a number, or "
                        "'all': every other task once, the paper's main setting)")
     scale.add_argument("--pool-seeds", type=int, nargs="*", help="fine-tuning seeds of the targets' checkpoints")
+    for command in (run, scale):
+        command.add_argument("--grid-points", type=int, nargs="+", metavar="I",
+                             help="merge and store only these points (0-based) of a data-driven method's "
+                                  "validation grid, writing no row; a later run without it reads them back")
     draw = commands.add_parser("plot", help="PNG of a scaling claim's rows (score or peak RSS against extra)")
     draw.add_argument("--pool", default=default_pool)
     draw.add_argument("--claim", choices=["irrelevance", "relevance", "relevance_tasks"], required=True)
@@ -152,6 +158,12 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                     print(finetune(pool, task, seed))
             else:
                 finetune_many(args.pool, pool, finetune_jobs(args, pool), args.workers)
+        elif args.command == "run" and args.grid_points is not None:
+            from .experiment import store_experiment_points
+
+            for record in store_experiment_points(pool, args.method, overrides, args.grid_points, args.pool_seeds,
+                                                  args.seed):
+                print(json.dumps(record))
         elif args.command == "run":
             from .experiment import run_experiment
 
@@ -166,6 +178,12 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
             every_task = args.claim == "relevance_tasks"  # scored on every task; the merge's targets grow
             for pool_seed in args.pool_seeds or pool.finetune.seeds[:1]:
                 others = extra_candidates(pool, args.targets, args.claim, args.extra, pool_seed)
+                if args.grid_points is not None:
+                    for record in store_experiment_points(pool if every_task else targets, args.method, overrides,
+                                                          args.grid_points, [pool_seed], extra=others,
+                                                          own=list(args.targets) if every_task else None):
+                        print(json.dumps(record))
+                    continue
                 for row in run_experiment(pool if every_task else targets, args.method, f"{pool.name}_{args.claim}",
                                           overrides, [pool_seed], extra=others,
                                           columns={"claim": args.claim, "extra": args.extra,

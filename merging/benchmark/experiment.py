@@ -11,6 +11,7 @@ import logging
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from merging.batchnorm import MODES
+from merging.benchmark import grid_cache
 from merging.benchmark.metrics import normalized_score
 from merging.benchmark.results import append_row, pivot_table, rebuild_markdown
 from merging.config import MergeConfig, check_parameters, read_validated, validate_config
@@ -283,6 +285,66 @@ def merged_body(pool: PoolConfig, validation: Evaluator, method: str, params: di
     return body, log
 
 
+@dataclass(frozen=True)
+class ValidationMerges:
+    """One row's merge of ``candidates`` at any point of its validation grid, scored on validation; a data-driven
+    merge's points are kept on disk (``grid_cache``), so a grid stopped half-way, or shared out between
+    processes (``run --grid-points``), is not merged again."""
+
+    pool: PoolConfig
+    validation: Evaluator
+    method: str
+    exclude: list[str]
+    seed: int
+    candidates: list[Candidate]
+    statistics: str
+    objective_tasks: list[str] | None
+    checkpoints: str | None  # store.finetuned_digest of the candidates; None: nothing is stored
+    reused: list[dict[str, Any]] = field(default_factory=list)  # the stored points read back: point, cost
+
+    def entry(self, point: dict[str, Any]) -> grid_cache.GridPoint | None:
+        """The cache entry of ``point`` (None for a merge whose points are not stored)."""
+        if self.checkpoints is None:
+            return None
+        return grid_cache.GridPoint(self.pool, self.method, point, self.exclude, self.seed, self.statistics,
+                                    self.objective_tasks, self.validation.seed, self.checkpoints)
+
+    def score(self, point: dict[str, Any]) -> tuple[float, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """(validation normalised score, (merged body, log)) of ``point``: stored (then its cost joins
+        ``reused``), else merged (then stored)."""
+        entry = self.entry(point)
+        if entry is not None and (stored := grid_cache.load(entry)) is not None:
+            self.reused.append({"point": point, "seconds": stored.seconds, "peak_rss_gb": stored.peak_rss_gb})
+            return stored.validation_normalized, (stored.body, stored.log)
+        started = time.perf_counter()
+        body, log = merged_body(self.pool, self.validation, self.method, point, self.exclude, self.seed,
+                                self.candidates, self.statistics, self.objective_tasks)
+        value = normalized_score(self.validation.with_tensors(body, self.exclude), self.validation.finetuned(),
+                                 self.pool.tasks)
+        if entry is not None:
+            cost = run_stamp(started)
+            grid_cache.store(entry, grid_cache.Stored(value, body, log, cost["seconds"], cost["peak_rss_gb"]))
+        return value, (body, log)
+
+
+def validation_merges(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
+                      candidates: list[Candidate] | None, objective_tasks: list[str] | None
+                      ) -> tuple[ValidationMerges, dict[str, Any], dict[str, list]]:
+    """(the row's ``ValidationMerges``, its fixed parameters, its validation grid) for a merge ``method``
+    (not a reference) scored on ``test``'s split and fine-tuning seed; ``candidates`` default to the pool's tasks'
+    checkpoints at that seed."""
+    overrides = dict(overrides)
+    statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
+    params, grid, exclude = method_config(pool.domain.name, method, overrides)
+    validation = Evaluator(pool, "validation", test.seed)
+    candidates = candidates or [(task, test.seed) for task in pool.tasks]
+    stored = get_method(method).kind == "data_driven"
+    checkpoints = finetuned_digest(pool, test.seed, candidates) if stored else None
+    merges = ValidationMerges(pool, validation, method, exclude, seed, candidates, statistics, objective_tasks,
+                              checkpoints)
+    return merges, params, grid
+
+
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
                progress: bool = True, candidates: list[Candidate] | None = None,
                objective_tasks: list[str] | None = None
@@ -291,7 +353,8 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     task, of its fine-tuning seed; a data-driven method uses the data of ``objective_tasks``, default the
     pool's tasks), its final hyper-parameters, the validation normalised score (the best of the grid; recorded
     for every merge, so that variants run with other fixed hyper-parameters can be compared on validation too)
-    and the method's log."""
+    and the method's log. A data-driven merge's stored grid points are used, then removed; the log's
+    ``grid_points_reused`` lists those read back, with the seconds and peak RSS that making each took."""
     check_method(pool, method, overrides)
     if method == "majority":
         return test.majority(), {}, None, {}
@@ -301,22 +364,40 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
         return test.finetuned(), {}, None, {}
     if method == "pretrained":
         return test.with_body(base_folder(pool)), {}, None, {}
-    overrides = dict(overrides)
-    statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
-    params, grid, exclude = method_config(pool.domain.name, method, overrides)
-    validation = Evaluator(pool, "validation", test.seed)
-    candidates = candidates or [(task, test.seed) for task in pool.tasks]
+    merges, params, grid = validation_merges(pool, test, method, overrides, seed, candidates, objective_tasks)
     if get_method(method).kind == "routed":  # its shared body already holds the candidates' average statistics
-        return _run_routed(pool, validation, test, method, params, grid, exclude, seed, candidates, progress,
-                           objective_tasks)
+        return _run_routed(pool, merges.validation, test, method, params, grid, merges.exclude, seed,
+                           merges.candidates, progress, objective_tasks)
+    points = grid_points(params, grid)
+    best, best_val, (body, log) = best_on_validation(points, merges.score, method, "validation normalised", progress)
+    scores = test.with_tensors(body, merges.exclude)
+    grid_cache.forget([entry for point in points if (entry := merges.entry(point)) is not None])
+    return scores, best, best_val, {**log, "grid_points_reused": merges.reused} if merges.reused else log
 
-    def score(point: dict[str, Any]) -> tuple[float, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-        merged = merged_body(pool, validation, method, point, exclude, seed, candidates, statistics, objective_tasks)
-        return normalized_score(validation.with_tensors(merged[0], exclude), validation.finetuned(), pool.tasks), merged
 
-    best, best_val, (body, log) = best_on_validation(grid_points(params, grid), score, method,
-                                                     "validation normalised", progress)
-    return test.with_tensors(body, exclude), best, best_val, log
+def store_grid_points(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
+                      indices: list[int], candidates: list[Candidate] | None = None,
+                      objective_tasks: list[str] | None = None) -> list[tuple[dict[str, Any], float]]:
+    """Merge and store (``grid_cache``) the validation grid points ``indices`` of a data-driven ``method``'s row
+    (as ``run_method`` would make it), for a later run of the whole grid; (point, validation score) of each."""
+    merges, params, grid = validation_merges(pool, test, method, overrides, seed, candidates, objective_tasks)
+    points = grid_points(params, grid)
+    return [(points[i], merges.score(points[i])[0]) for i in indices]
+
+
+def check_grid_indices(domain: str, method: str, overrides: dict[str, Any], indices: list[int]) -> None:
+    """Refuse ``--grid-points`` for a method whose points are not stored (only data-driven merges' are) or an
+    index outside its validation grid (whose points are listed)."""
+    if method in REFERENCES or get_method(method).kind != "data_driven":
+        raise MergeError(f"--grid-points: only a data-driven merge's grid points are stored; '{method}' is not one")
+    params, grid, _ = method_config(domain, method, {k: v for k, v in overrides.items() if k != "statistics"})
+    points = grid_points(params, grid)
+    bad = [i for i in indices if not 0 <= i < len(points)]
+    if bad:
+        listed = "; ".join(f"{i}: " + ", ".join(f"{k} {point[k]}" for k in grid) for i, point in enumerate(points))
+        raise MergeError(f"--grid-points {' '.join(map(str, bad))}: the validation grid of '{method}' "
+                         f"({method_file(domain, method)}) has {len(points)} point(s), "
+                         f"0 to {len(points) - 1}" + (f" ({listed})" if grid else ""))
 
 
 def _run_routed(pool: PoolConfig, validation: Evaluator, test: Evaluator, method: str, params: dict[str, Any],
@@ -386,13 +467,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
         started = time.perf_counter()
-        candidates = [(task, pool_seed) for task in (pool.tasks if own is None else own)] + list(extra)
-        objective_tasks = None if own is None else list(dict.fromkeys(task for task, _ in candidates))
-        needed = list(dict.fromkeys([*candidates, *((task, pool_seed) for task in pool.tasks)]))
-        announce_missing(pool, missing_checkpoints(pool, needed))
-        for task, task_seed in needed:
-            finetune(pool, task, task_seed, progress=progress)  # the scored tasks' own: heads and reference
-        test = Evaluator(pool, "test", pool_seed)  # batched once for the method and the fine-tuned reference
+        test, candidates, objective_tasks = _row_inputs(pool, pool_seed, extra, own, progress)
         scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,
                                                      candidates if extra or own is not None else None,
                                                      objective_tasks)
@@ -403,12 +478,54 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "overrides": json.dumps(overrides, sort_keys=True) if overrides else "",
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
-            "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **run_stamp(started),
+            "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **_row_stamp(started, log),
             "finetuned_digest": finetuned_digest(pool, pool_seed, candidates),
         }
         write_row(outs / experiment, pool.domain.name, pool.name, pool.tasks, row, log)
         rows.append(row)
     return rows
+
+
+def _row_stamp(started: float, log: dict[str, Any]) -> dict[str, Any]:
+    """``run_stamp(started)`` of a row, with the cost of the grid points it read back from the cache
+    (``ValidationMerges.reused``) added: their seconds to the row's, and the row's peak RSS the largest of all."""
+    stamp = run_stamp(started)
+    reused = log.get("grid_points_reused", [])
+    stamp["seconds"] = round(stamp["seconds"] + sum(point["seconds"] for point in reused), 1)
+    stamp["peak_rss_gb"] = max([stamp["peak_rss_gb"], *(point["peak_rss_gb"] for point in reused)])
+    return stamp
+
+
+def _row_inputs(pool: PoolConfig, pool_seed: int, extra: list[Candidate], own: list[str] | None, progress: bool
+                ) -> tuple[Evaluator, list[Candidate], list[str] | None]:
+    """(the test ``Evaluator``, the candidates, the objective tasks) of a row of ``run_experiment`` at
+    fine-tuning seed ``pool_seed``, its missing checkpoints (candidates and scored tasks') fine-tuned first."""
+    candidates = [(task, pool_seed) for task in (pool.tasks if own is None else own)] + list(extra)
+    objective_tasks = None if own is None else list(dict.fromkeys(task for task, _ in candidates))
+    needed = list(dict.fromkeys([*candidates, *((task, pool_seed) for task in pool.tasks)]))
+    announce_missing(pool, missing_checkpoints(pool, needed))
+    for task, task_seed in needed:
+        finetune(pool, task, task_seed, progress=progress)  # the scored tasks' own: heads and reference
+    return Evaluator(pool, "test", pool_seed), candidates, objective_tasks  # test: batched once per row
+
+
+def store_experiment_points(pool: PoolConfig, method: str, overrides: dict[str, Any], indices: list[int],
+                            pool_seeds: list[int] | None = None, seed: int = 0, progress: bool = True,
+                            extra: list[Candidate] = (), own: list[str] | None = None
+                            ) -> list[dict[str, Any]]:
+    """``run_experiment``'s rows' validation grid points ``indices``, merged and stored (``store_grid_points``)
+    instead of the rows, so that processes can share a long grid out; what each stored point scored on
+    validation, as a record per point and pool seed."""
+    check_method(pool, method, overrides)
+    check_grid_indices(pool.domain.name, method, overrides, indices)
+    records = []
+    for pool_seed in pool_seeds or pool.finetune.seeds:
+        test, candidates, objective_tasks = _row_inputs(pool, pool_seed, list(extra), own, progress)
+        for point, value in store_grid_points(pool, test, method, overrides, seed, indices, candidates,
+                                              objective_tasks):
+            records.append({"method": method, "point": point, "validation_normalized": value,
+                            "pool_seed": pool_seed, "candidates": len(candidates), "stored": "grid point"})
+    return records
 
 
 def write_row(folder: Path, domain: str, pool_name: str, tasks: list[str], row: dict[str, Any],

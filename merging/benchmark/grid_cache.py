@@ -1,0 +1,112 @@
+"""The validation grid points of a data-driven merge, kept on disk so that a long grid resumes where it stopped
+and can be shared out between processes (``run --grid-points``), then read back by the run that writes the row.
+
+An entry is ``cache_dir()/<domain>/grid/<key>/`` holding ``body.safetensors`` (the merged body, running
+statistics filled) and ``record.json`` (the point's validation normalised score, the method's log, and the
+seconds and peak RSS that its merge and validation took, which the row adds to its own), written whole or not at
+all. Its key is the sha256 of everything the entry depends on: the pool config, the method, the
+grid point, the excluded tensors, the merge seed, the statistics mode, the objective tasks, the fine-tuning seed
+the validation split is scored against, the digests of every merged checkpoint (``store.finetuned_digest``) and
+the digest of the code (every ``.py`` file of the ``merging`` package and of the domain's package), so that a
+change to any of them makes a new key instead of reusing a stale merge. The row's run removes its grid's
+entries once it has scored the best point on test.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from merging.io.atomic import atomic_directory
+from merging.io.pypi import cache_dir
+
+from .pool import PoolConfig
+
+logger = logging.getLogger(__name__)
+
+BODY, RECORD = "body.safetensors", "record.json"
+
+
+@functools.cache
+def code_digest(domain: str) -> str:
+    """sha256 of the ``.py`` files (relative path and contents) of the ``merging`` package and of ``domain``'s."""
+    digest = hashlib.sha256()
+    for package in dict.fromkeys(["merging", domain]):
+        root = Path(importlib.import_module(package).__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package}/{path.relative_to(root)}:".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One validation grid point's merge: what its cache key depends on (see the module docstring)."""
+
+    pool: PoolConfig
+    method: str
+    point: dict[str, Any]
+    exclude: list[str]
+    seed: int
+    statistics: str
+    objective_tasks: list[str] | None
+    validation_seed: int
+    checkpoints: str  # store.finetuned_digest of the merged checkpoints
+
+    def key(self) -> str:
+        record = {"pool": self.pool.model_dump(mode="json"), "domain": self.pool.domain.name,
+                  "method": self.method, "point": self.point, "exclude": self.exclude, "seed": self.seed,
+                  "statistics": self.statistics, "objective_tasks": self.objective_tasks,
+                  "validation_seed": self.validation_seed, "checkpoints": self.checkpoints,
+                  "code": code_digest(self.pool.domain.name)}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def folder(self) -> Path:
+        return cache_dir() / self.pool.domain.name / "grid" / self.key()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored grid point: its validation normalised score, merged body and log, and what making it cost."""
+
+    validation_normalized: float
+    body: dict[str, torch.Tensor]
+    log: dict[str, Any]
+    seconds: float
+    peak_rss_gb: float
+
+
+def load(entry: GridPoint) -> Stored | None:
+    """The stored grid point ``entry``, or None if it was never completed."""
+    folder = entry.folder()
+    if not (folder / RECORD).is_file():
+        return None
+    record = json.loads((folder / RECORD).read_text())
+    logger.info("  %s %s: the merge stored in %s", entry.method, entry.point, folder)
+    return Stored(record["validation_normalized"], load_file(folder / BODY), record["log"], record["seconds"],
+                  record["peak_rss_gb"])
+
+
+def store(entry: GridPoint, point: Stored) -> None:
+    """Keep a grid point (replacing an entry of the same key)."""
+    with atomic_directory(entry.folder(), overwrite=True) as tmp:
+        save_file({name: tensor.detach().contiguous().clone() for name, tensor in point.body.items()}, tmp / BODY)
+        (tmp / RECORD).write_text(json.dumps({"method": entry.method, "point": entry.point,
+                                              "validation_normalized": point.validation_normalized,
+                                              "log": point.log, "seconds": point.seconds,
+                                              "peak_rss_gb": point.peak_rss_gb}, default=str) + "\n")
+
+
+def forget(entries: list[GridPoint]) -> None:
+    """Remove the stored grid points ``entries`` (those never stored are skipped)."""
+    for entry in entries:
+        shutil.rmtree(entry.folder(), ignore_errors=True)
