@@ -356,7 +356,7 @@ def test_a_data_driven_grid_resumes_from_its_stored_points_to_the_same_row(toy_p
     --grid-points 1``): the row's run merges only the other two, reads point 1 back, writes the row a run
     without the cache writes (same choice, scores, validation score), adds point 1's cost to its seconds,
     lists it in its log, and removes the grid's entries."""
-    from merging.benchmark import experiment, grid_cache
+    from merging.benchmark import experiment
 
     pool, root = toy_pool
     merged_points = []
