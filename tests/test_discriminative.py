@@ -404,3 +404,19 @@ def test_a_grid_points_key_changes_with_everything_its_merge_depends_on(toy_pool
     entry.folder().mkdir(parents=True)
     (entry.folder() / grid_cache.BODY).write_bytes(b"")
     assert grid_cache.load(entry) is None
+
+
+def test_the_code_digest_follows_the_domains_task_definitions(tmp_path, monkeypatch):
+    """A grid point's key hashes the domain's tasks.yaml (data sources and splits) with the code: an edited task
+    definition is another digest."""
+    from merging.benchmark import grid_cache
+    from merging.resources import CONFIGS
+
+    (tmp_path / "discriminative").mkdir()
+    tasks_yaml = tmp_path / "discriminative" / "tasks.yaml"
+    tasks_yaml.write_text((CONFIGS / "discriminative" / "tasks.yaml").read_text())
+    monkeypatch.setattr(grid_cache, "CONFIGS", tmp_path)
+    before = grid_cache.code_digest.__wrapped__("discriminative")
+    assert grid_cache.code_digest.__wrapped__("discriminative") == before
+    tasks_yaml.write_text(tasks_yaml.read_text() + "\n# another split\n")
+    assert grid_cache.code_digest.__wrapped__("discriminative") != before

@@ -4,12 +4,11 @@ and can be shared out between processes (``run --grid-points``), then read back 
 An entry is ``cache_dir()/<domain>/grid/<key>/`` holding ``body.safetensors`` (the merged body, running
 statistics filled) and ``record.json`` (the point's validation normalised score, the method's log, and the
 seconds and peak RSS that its merge and validation took, which the row adds to its own), written whole or not at
-all. Its key is the sha256 of everything the entry depends on: the pool config, the method, the
-grid point, the excluded tensors, the merge seed, the statistics mode, the objective tasks, the fine-tuning seed
-the validation split is scored against, the digests of every merged checkpoint (``store.finetuned_digest``) and
-the digest of the code (every ``.py`` file of the ``merging`` package and of the domain's package), so that a
-change to any of them makes a new key instead of reusing a stale merge. The row's run removes its grid's
-entries once it has scored the best point on test.
+all. Its key is the sha256 of everything the entry depends on: the pool config, the method, the grid point, the
+excluded tensors, the merge seed, the statistics mode, the objective tasks, the fine-tuning seed the validation
+split is scored against, the digests of every merged checkpoint (``store.finetuned_digest``) and the digest of
+the code and task definitions (``code_digest``), so that a change to any of them makes a new key instead of
+reusing a stale merge. The row's run removes its grid's entries once it has scored the best point on test.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from merging.io.atomic import atomic_directory
 from merging.io.pypi import cache_dir
+from merging.resources import CONFIGS
 
 from .pool import PoolConfig
 
@@ -38,12 +38,15 @@ BODY, RECORD = "body.safetensors", "record.json"
 
 @functools.cache
 def code_digest(domain: str) -> str:
-    """sha256 of the ``.py`` files (relative path and contents) of the ``merging`` package and of ``domain``'s."""
+    """sha256 of the ``.py`` files (relative path and contents) of the ``merging`` package and of ``domain``'s,
+    and of the domain's task definitions (``configs/<domain>/tasks.yaml``: data sources and splits); read once
+    per process, at its first grid point, before that point's merge."""
     digest = hashlib.sha256()
-    for package in dict.fromkeys(["merging", domain]):
-        root = Path(importlib.import_module(package).__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(f"{package}/{path.relative_to(root)}:".encode())
+    files = [(package, Path(importlib.import_module(package).__file__).parent, "*.py")
+             for package in dict.fromkeys(["merging", domain])]
+    for label, root, pattern in [*files, (f"configs/{domain}", CONFIGS / domain, "tasks.yaml")]:
+        for path in sorted(root.rglob(pattern)):
+            digest.update(f"{label}/{path.relative_to(root)}:".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
