@@ -370,8 +370,10 @@ def test_a_data_driven_grid_resumes_from_its_stored_points_to_the_same_row(toy_p
     stored, = experiment.store_experiment_points(pool, "regmean", {}, [1], progress=False)
     assert stored["point"]["alpha"] == 0.5 and merged_points == [0.5]
     folder = root / "cache" / "discriminative" / "grid"
-    record, = (json.loads(path.read_text()) for path in folder.glob("*/record.json"))
+    path, = folder.glob("*/record.json")
+    record = json.loads(path.read_text())
     assert record["validation_normalized"] == stored["validation_normalized"] and record["seconds"] > 0
+    path.write_text(json.dumps({**record, "seconds": 5000.0, "peak_rss_gb": 500.0}))  # its cost, read back
 
     resumed, = run_experiment(pool, "regmean", "toy", {}, progress=False, outs=root / "outs")
     assert merged_points == [0.5, 0.1, 0.9]          # point 1 was not merged again
@@ -380,7 +382,7 @@ def test_a_data_driven_grid_resumes_from_its_stored_points_to_the_same_row(toy_p
     assert merged_points[3:] == [0.1, 0.5, 0.9]
     for key in ("normalized", "params", "validation_normalized", *SPECS):
         assert resumed[key] == fresh[key], key
-    assert resumed["seconds"] >= record["seconds"]
+    assert resumed["seconds"] > 5000 and resumed["peak_rss_gb"] == 500 and fresh["seconds"] < 5000
     logs = [json.loads(path.read_text())["log"] for path in (root / "outs" / "toy" / "logs").glob("regmean-*")]
     reused, = (log["grid_points_reused"] for log in logs if "grid_points_reused" in log)
     assert [point["point"]["alpha"] for point in reused] == [0.5]
@@ -420,3 +422,21 @@ def test_the_code_digest_follows_the_domains_task_definitions(tmp_path, monkeypa
     assert grid_cache.code_digest.__wrapped__("discriminative") == before
     tasks_yaml.write_text(tasks_yaml.read_text() + "\n# another split\n")
     assert grid_cache.code_digest.__wrapped__("discriminative") != before
+
+
+def test_the_data_digest_follows_a_files_pools_local_split_files(tmp_path):
+    """A ``data: files`` pool's grid points depend on its files' contents, not only their paths."""
+    from types import SimpleNamespace
+
+    from merging.benchmark.files import HubSplit
+    from merging.benchmark.grid_cache import data_digest
+
+    proxy = tmp_path / "proxy.jsonl"
+    proxy.write_text('{"text": "good", "label": 1}\n')
+    files = SimpleNamespace(proxy=proxy, validation=proxy, test=None, train=HubSplit(hub="user/data"))
+    pool = SimpleNamespace(files={"sentiment": files})
+    before = data_digest(pool)
+    assert before and data_digest(pool) == before
+    proxy.write_text('{"text": "good", "label": 0}\n')
+    assert data_digest(pool) != before
+    assert data_digest(SimpleNamespace(files={})) == ""

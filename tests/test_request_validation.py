@@ -265,6 +265,8 @@ def test_a_bad_pool_yaml_is_a_clean_error_naming_the_file(tmp_path, capsys, suit
     ["run", "--method", "frank_wolfe", "--iterations", "3", "--oracle", "linear", "--merge-biases", "false"],
     ["run", "--method", "finetuned"],
     ["run", "--method", "regmean", "--grid-points", "2", "0"],
+    ["scale", "--claim", "irrelevance", "--method", "regmean", "--targets", "has_good", "--extra", "1",
+     "--grid-points", "0"],
     ["scale", "--claim", "relevance", "--method", "task_arithmetic", "--targets", "has_good", "--extra", "4"],
     ["finetune", "--seeds", "3", "--tasks", "has_sport", "--workers", "2"]])
 def test_a_good_request_passes_the_checks_and_reaches_the_work(text_pool, argv):

@@ -171,7 +171,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                       args.pool_seeds, args.seed):
                 print(json.dumps(row))
         elif args.command == "scale":
-            from .experiment import run_experiment
+            from .experiment import run_experiment, store_experiment_points
             from .scaling import extra_candidates, target_pool
 
             targets = target_pool(pool, args.targets)

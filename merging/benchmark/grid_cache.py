@@ -6,9 +6,10 @@ statistics filled) and ``record.json`` (the point's validation normalised score,
 seconds and peak RSS that its merge and validation took, which the row adds to its own), written whole or not at
 all. Its key is the sha256 of everything the entry depends on: the pool config, the method, the grid point, the
 excluded tensors, the merge seed, the statistics mode, the objective tasks, the fine-tuning seed the validation
-split is scored against, the digests of every merged checkpoint (``store.finetuned_digest``) and the digest of
+split is scored against, the contents of a ``data: files`` pool's files, the digests of every merged checkpoint (``store.finetuned_digest``) and the digest of
 the code and task definitions (``code_digest``), so that a change to any of them makes a new key instead of
-reusing a stale merge. The row's run removes its grid's entries once it has scored the best point on test.
+reusing a stale merge. The row's run removes its grid's entries once it has scored the best point on test (a
+``--grid-points`` process that finishes after it leaves its point behind, to be removed by hand).
 """
 from __future__ import annotations
 
@@ -51,6 +52,19 @@ def code_digest(domain: str) -> str:
     return digest.hexdigest()
 
 
+def data_digest(pool: PoolConfig) -> str:
+    """sha256 of the contents of a ``data: files`` pool's local split files (a hub split is named by the pool
+    config, which the key holds); empty for the domain's own data sets (``code_digest``)."""
+    digest = hashlib.sha256()
+    for task, files in sorted(pool.files.items()):
+        for split in ("proxy", "validation", "test", "train"):
+            source = getattr(files, split)
+            if isinstance(source, Path):
+                digest.update(f"{task}/{split}:".encode())
+                digest.update(hashlib.sha256(source.read_bytes()).digest())
+    return digest.hexdigest() if pool.files else ""
+
+
 @dataclass(frozen=True)
 class GridPoint:
     """One validation grid point's merge: what its cache key depends on (see the module docstring)."""
@@ -66,7 +80,8 @@ class GridPoint:
     checkpoints: str  # store.finetuned_digest of the merged checkpoints
 
     def key(self) -> str:
-        record = {"pool": self.pool.model_dump(mode="json"), "domain": self.pool.domain.name,
+        record = {"pool": self.pool.model_dump(mode="json"), "data_files": data_digest(self.pool),
+                  "domain": self.pool.domain.name,
                   "method": self.method, "point": self.point, "exclude": self.exclude, "seed": self.seed,
                   "statistics": self.statistics, "objective_tasks": self.objective_tasks,
                   "validation_seed": self.validation_seed, "checkpoints": self.checkpoints,
@@ -102,11 +117,23 @@ def load(entry: GridPoint) -> Stored | None:
 def store(entry: GridPoint, point: Stored) -> None:
     """Keep a grid point (replacing an entry of the same key)."""
     with atomic_directory(entry.folder(), overwrite=True) as tmp:
-        save_file({name: tensor.detach().contiguous().clone() for name, tensor in point.body.items()}, tmp / BODY)
+        save_file(_unshared(point.body), tmp / BODY)
         (tmp / RECORD).write_text(json.dumps({"method": entry.method, "point": entry.point,
                                               "validation_normalized": point.validation_normalized,
                                               "log": point.log, "seconds": point.seconds,
                                               "peak_rss_gb": point.peak_rss_gb}, default=str) + "\n")
+
+
+def _unshared(body: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``body`` as safetensors saves it: contiguous, a tensor that shares its storage with an earlier one copied."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in body.items():
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        tensors[name] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    return tensors
 
 
 def forget(entries: list[GridPoint]) -> None:
