@@ -1,15 +1,15 @@
 """The validation grid points of a data-driven merge, kept on disk so that a long grid resumes where it stopped
 and can be shared out between processes (``run --grid-points``), then read back by the run that writes the row.
 
-An entry is ``cache_dir()/<domain>/grid/<key>/`` holding ``body.safetensors`` (the merged body, running
-statistics filled) and ``record.json`` (the point's validation normalised score, the method's log, and the
-seconds and peak RSS that its merge and validation took, which the row adds to its own), written whole or not at
-all. Its key is the sha256 of everything the entry depends on: the pool config, the method, the grid point, the
-excluded tensors, the merge seed, the statistics mode, the objective tasks, the fine-tuning seed the validation
-split is scored against, the contents of a ``data: files`` pool's files, the digests of every merged checkpoint (``store.finetuned_digest``) and the digest of
-the code and task definitions (``code_digest``), so that a change to any of them makes a new key instead of
-reusing a stale merge. The row's run removes its grid's entries once it has scored the best point on test (a
-``--grid-points`` process that finishes after it leaves its point behind, to be removed by hand).
+An entry is ``cache_dir()/<domain>/grid/<key>/`` holding ``body.safetensors`` (the merged body, running statistics
+filled) and ``record.json`` (the point's validation normalised score, the method's log, and the seconds and peak RSS
+that its merge and validation took, which the row adds to its own), written whole or not at all. Its key is the
+sha256 of everything the entry depends on: the pool config, the method, the grid point, the excluded tensors, the
+merge seed, the statistics mode, the objective tasks, the fine-tuning seed the validation split is scored against,
+the contents of a ``data: files`` pool's files, the digests of every merged checkpoint (``store.finetuned_digest``)
+and the digest of the code and task definitions (``code_digest``), so that a change to any of them makes a new key
+instead of reusing a stale merge. The row's run removes its grid's entries once it has scored the best point on test
+(a ``--grid-points`` process that finishes after it leaves its point behind, to be removed by hand).
 """
 from __future__ import annotations
 
