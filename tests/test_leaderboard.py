@@ -75,10 +75,13 @@ def test_a_routed_model_is_ranked_but_not_named_best_and_a_data_merge_names_the_
     assert [s.kind for s in standings] == ["routed", "reads data", "reads data", "data-free"]
     text = verdict(standings)
     assert text.startswith("**Best merge: regmean, 81.00 ± 1.41 (n = 2)**; next adamerging")
-    assert text.endswith("; best data-free: ties, 52.00 ± 2.83 (n = 2).")
+    assert text.endswith("; best data-free: ties, 52.00 ± 2.83 (n = 2). Above it, a routed model (a body per input, "
+                         "not one set of weights): twin_merging, 91.00 ± 1.41 (n = 2).")
     assert verdict(standings[:1]) == "No single-model merge yet (a routed model is ranked, never named best)."
     assert verdict(standings[1:2]) == ("**Best merge: regmean, 81.00 ± 1.41 (n = 2)**; no data-free merge on "
                                        "these seeds.")
+    below = _ranked(_rows(tmp_path / "below", {"twin_merging": [70, 72], "regmean": [80, 82]}))
+    assert "routed" not in verdict(below)              # a routed model below the best is not mentioned
 
 
 def test_the_runner_up_is_not_named_twice_when_it_is_the_best_data_free(tmp_path):

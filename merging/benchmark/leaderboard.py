@@ -12,7 +12,7 @@ The verdict names the best single-model merge — a routed model (Twin-Merging) 
 not one set of weights — among the merges run on the same, largest set of seeds, so a lucky seed cannot outrank a
 mean over three; merges ranked above it on other seeds are listed as not judged. It gives the runner-up and
 whether the gap exceeds both merges' standard deviations over seeds; with one seed there is no spread to judge the
-gap by.
+gap by. A routed model that scores above the best merge is named last, as what it is.
 """
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def ranking(rows: list[Row], name: Callable[[Row], str], column: str = "normaliz
 
 
 def verdict(standings: list[Standing]) -> str:
-    """Which single-model merge is best among those run on the same, largest set of seeds, and by how much."""
+    """Which single-model merge is best among those run on the same, largest set of seeds, and by how much; a
+    routed model that scores above it is named after it."""
     models = [s for s in standings if s.kind != "routed"]
     if not models:
         return "No single-model merge yet (a routed model is ranked, never named best)."
@@ -130,6 +131,10 @@ def verdict(standings: list[Standing]) -> str:
     if above:
         text += (f". Ranked above it on other seeds, not judged (seeds {', '.join(sorted(seeds))} are): "
                  + "; ".join(s.summary(with_seeds=True) for s in above))
+    routed = [s for s in standings if s.kind == "routed" and s.mean > best.mean]
+    if routed:
+        text += (". Above it, a routed model (a body per input, not one set of weights): "
+                 + "; ".join(s.summary(with_seeds=s.seeds != seeds) for s in routed))
     return text + "."
 
 
