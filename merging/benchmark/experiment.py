@@ -327,19 +327,21 @@ class ValidationMerges:
         return value, (body, log)
 
 
-def validation_merges(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
-                      candidates: list[Candidate] | None, objective_tasks: list[str] | None
-                      ) -> tuple[ValidationMerges, dict[str, Any], dict[str, list]]:
+def validation_merges(pool: PoolConfig, pool_seed: int, method: str, overrides: dict[str, Any], seed: int,
+                      candidates: list[Candidate] | None, objective_tasks: list[str] | None,
+                      checkpoints: str | None = None) -> tuple[ValidationMerges, dict[str, Any], dict[str, list]]:
     """(the row's ``ValidationMerges``, its fixed parameters, its validation grid) for a merge ``method``
-    (not a reference) scored on ``test``'s split and fine-tuning seed; ``candidates`` default to the pool's tasks'
-    checkpoints at that seed."""
+    (not a reference) at fine-tuning seed ``pool_seed``; ``candidates`` default to the pool's tasks' checkpoints
+    at that seed, ``checkpoints`` (their ``finetuned_digest``) is computed when not given."""
     overrides = dict(overrides)
     statistics = overrides.pop("statistics", "average")  # --statistics reestimate: BatchNorm pools
     params, grid, exclude = method_config(pool.domain.name, method, overrides)
-    validation = Evaluator(pool, "validation", test.seed)
-    candidates = candidates or [(task, test.seed) for task in pool.tasks]
-    stored = get_method(method).kind == "data_driven"
-    checkpoints = finetuned_digest(pool, test.seed, candidates) if stored else None
+    validation = Evaluator(pool, "validation", pool_seed)
+    candidates = candidates or [(task, pool_seed) for task in pool.tasks]
+    if get_method(method).kind != "data_driven":
+        checkpoints = None  # only a data-driven merge's points are stored
+    elif checkpoints is None:
+        checkpoints = finetuned_digest(pool, pool_seed, candidates)
     merges = ValidationMerges(pool, validation, method, exclude, seed, candidates, statistics, objective_tasks,
                               checkpoints)
     return merges, params, grid
@@ -347,7 +349,7 @@ def validation_merges(pool: PoolConfig, test: Evaluator, method: str, overrides:
 
 def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
                progress: bool = True, candidates: list[Candidate] | None = None,
-               objective_tasks: list[str] | None = None
+               objective_tasks: list[str] | None = None, checkpoints: str | None = None
                ) -> tuple[dict[str, float], dict[str, Any], float | None, dict[str, Any]]:
     """Test scores of one method merging ``candidates`` (default: the checkpoints ``test`` evaluates, one per
     task, of its fine-tuning seed; a data-driven method uses the data of ``objective_tasks``, default the
@@ -364,7 +366,8 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
         return test.finetuned(), {}, None, {}
     if method == "pretrained":
         return test.with_body(base_folder(pool)), {}, None, {}
-    merges, params, grid = validation_merges(pool, test, method, overrides, seed, candidates, objective_tasks)
+    merges, params, grid = validation_merges(pool, test.seed, method, overrides, seed, candidates, objective_tasks,
+                                             checkpoints)
     if get_method(method).kind == "routed":  # its shared body already holds the candidates' average statistics
         return _run_routed(pool, merges.validation, test, method, params, grid, merges.exclude, seed,
                            merges.candidates, progress, objective_tasks)
@@ -375,12 +378,12 @@ def run_method(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[s
     return scores, best, best_val, {**log, "grid_points_reused": merges.reused} if merges.reused else log
 
 
-def store_grid_points(pool: PoolConfig, test: Evaluator, method: str, overrides: dict[str, Any], seed: int,
+def store_grid_points(pool: PoolConfig, pool_seed: int, method: str, overrides: dict[str, Any], seed: int,
                       indices: list[int], candidates: list[Candidate] | None = None,
                       objective_tasks: list[str] | None = None) -> list[tuple[dict[str, Any], float]]:
     """Merge and store (``grid_cache``) the validation grid points ``indices`` of a data-driven ``method``'s row
     (as ``run_method`` would make it), for a later run of the whole grid; (point, validation score) of each."""
-    merges, params, grid = validation_merges(pool, test, method, overrides, seed, candidates, objective_tasks)
+    merges, params, grid = validation_merges(pool, pool_seed, method, overrides, seed, candidates, objective_tasks)
     points = grid_points(params, grid)
     return [(points[i], merges.score(points[i])[0]) for i in indices]
 
@@ -467,10 +470,12 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
     pool_seeds = pool_seeds or pool.finetune.seeds
     for pool_seed in pool_seeds[:1] if method in SEED_FREE else pool_seeds:
         started = time.perf_counter()
-        test, candidates, objective_tasks = _row_inputs(pool, pool_seed, extra, own, progress)
+        candidates, objective_tasks = _row_inputs(pool, pool_seed, extra, own, progress)
+        test = Evaluator(pool, "test", pool_seed)  # batched once for the method and the fine-tuned reference
+        digest = finetuned_digest(pool, pool_seed, candidates)
         scores, params, validation, log = run_method(pool, test, method, overrides, seed, progress,
                                                      candidates if extra or own is not None else None,
-                                                     objective_tasks)
+                                                     objective_tasks, digest)
         row: dict[str, Any] = {
             "method": method, "normalized": normalized_score(scores, test.finetuned(), pool.tasks),
             "average": sum(scores.values()) / len(scores), **scores,
@@ -479,7 +484,7 @@ def run_experiment(pool: PoolConfig, method: str, experiment: str, overrides: di
             "validation_normalized": "" if validation is None else validation,
             **(columns or {}), "candidates": len(candidates),
             "pool_seed": pool_seed, "seed": seed, "pool": pool.name, **_row_stamp(started, log),
-            "finetuned_digest": finetuned_digest(pool, pool_seed, candidates),
+            "finetuned_digest": digest,
         }
         write_row(outs / experiment, pool.domain.name, pool.name, pool.tasks, row, log)
         rows.append(row)
@@ -497,8 +502,8 @@ def _row_stamp(started: float, log: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_inputs(pool: PoolConfig, pool_seed: int, extra: list[Candidate], own: list[str] | None, progress: bool
-                ) -> tuple[Evaluator, list[Candidate], list[str] | None]:
-    """(the test ``Evaluator``, the candidates, the objective tasks) of a row of ``run_experiment`` at
+                ) -> tuple[list[Candidate], list[str] | None]:
+    """(the candidates, the objective tasks) of a row of ``run_experiment`` at
     fine-tuning seed ``pool_seed``, its missing checkpoints (candidates and scored tasks') fine-tuned first."""
     candidates = [(task, pool_seed) for task in (pool.tasks if own is None else own)] + list(extra)
     objective_tasks = None if own is None else list(dict.fromkeys(task for task, _ in candidates))
@@ -506,7 +511,7 @@ def _row_inputs(pool: PoolConfig, pool_seed: int, extra: list[Candidate], own: l
     announce_missing(pool, missing_checkpoints(pool, needed))
     for task, task_seed in needed:
         finetune(pool, task, task_seed, progress=progress)  # the scored tasks' own: heads and reference
-    return Evaluator(pool, "test", pool_seed), candidates, objective_tasks  # test: batched once per row
+    return candidates, objective_tasks
 
 
 def store_experiment_points(pool: PoolConfig, method: str, overrides: dict[str, Any], indices: list[int],
@@ -520,8 +525,8 @@ def store_experiment_points(pool: PoolConfig, method: str, overrides: dict[str, 
     check_grid_indices(pool.domain.name, method, overrides, indices)
     records = []
     for pool_seed in pool_seeds or pool.finetune.seeds:
-        test, candidates, objective_tasks = _row_inputs(pool, pool_seed, list(extra), own, progress)
-        for point, value in store_grid_points(pool, test, method, overrides, seed, indices, candidates,
+        candidates, objective_tasks = _row_inputs(pool, pool_seed, list(extra), own, progress)
+        for point, value in store_grid_points(pool, pool_seed, method, overrides, seed, indices, candidates,
                                               objective_tasks):
             records.append({"method": method, "point": point, "validation_normalized": value,
                             "pool_seed": pool_seed, "candidates": len(candidates), "stored": "grid point"})
