@@ -8,6 +8,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every runner writes its stage times into the test's folder, never into the user's cache."""
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "own_cache"))
+
+
 def run(call: str, script: str = "scripts/discriminative.sh", cache: Path | None = None
         ) -> subprocess.CompletedProcess:
     env = {**os.environ, "MERGING_CACHE": str(cache)} if cache else None
