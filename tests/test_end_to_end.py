@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +37,14 @@ def test_readme_data_driven_example_merges_the_demo_classifiers_by_fw(tmp_path):
     info = json.loads((tmp_path / "demo_data" / "merged" / "merge_info.json").read_text())
     assert info["method"] == "frank_wolfe" and len(info["log"]["history"]) == 5
     assert {p.name for p in (tmp_path / "demo_data" / "merged").iterdir()} >= {"has_good", "has_sport", "README.md"}
+
+
+def test_readme_generative_trial_names_tasks_of_the_default_pool():
+    script = (ROOT / "scripts" / "generative.sh").read_text()
+    default_pool = next(line.split("=", 1)[1] for line in script.splitlines() if line.startswith("_DEFAULT_POOL="))
+    lines = [line.split("#")[0] for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("source scripts/generative.sh") and "--tasks" in line]
+    assert len(lines) == 1, "README's generative trial changed: update this test with it"
+    tasks = lines[0].split("--tasks", 1)[1].split()
+    pool_tasks = yaml.safe_load((ROOT / default_pool).read_text())["tasks"]
+    assert tasks and set(tasks) <= set(pool_tasks), f"{tasks} are not all tasks of {default_pool}"
