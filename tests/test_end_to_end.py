@@ -1,4 +1,5 @@
-"""README's commands, run as a user runs them (slow: minutes; `python -m pytest -m slow`)."""
+"""README's commands, run as a user runs them (the slow ones take minutes: `python -m pytest -m slow`) or checked
+against the pools they name."""
 import json
 import os
 import subprocess
