@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+
+from generative.pool import load_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,5 +48,5 @@ def test_readme_generative_trial_names_tasks_of_the_default_pool():
              if line.startswith("source scripts/generative.sh") and "--tasks" in line]
     assert len(lines) == 1, "README's generative trial changed: update this test with it"
     tasks = lines[0].split("--tasks", 1)[1].split()
-    pool_tasks = yaml.safe_load((ROOT / default_pool).read_text())["tasks"]
+    pool_tasks = load_pool(ROOT / default_pool).tasks
     assert tasks and set(tasks) <= set(pool_tasks), f"{tasks} are not all tasks of {default_pool}"

@@ -10,24 +10,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Every runner writes its stage times into the test's folder, never into the user's cache."""
-    monkeypatch.setenv("MERGING_CACHE", str(tmp_path / "own_cache"))
+    """Every runner's cache (its stage times) is the test's folder, never the user's."""
+    monkeypatch.setenv("MERGING_CACHE", str(tmp_path))
 
 
-def run(call: str, script: str = "scripts/discriminative.sh", cache: Path | None = None
-        ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MERGING_CACHE": str(cache)} if cache else None
+def run(call: str, script: str = "scripts/discriminative.sh") -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", f'source {script}; python3() {{ echo "$@"; }}; {call}'],
-                          capture_output=True, text=True, cwd=ROOT, check=False, env=env)
+                          capture_output=True, text=True, cwd=ROOT, check=False)
 
 
-def test_run_baselines_announces_each_stage_and_stops_at_the_first_failure(tmp_path):
-    done = run("run_baselines", cache=tmp_path)
+def test_run_baselines_announces_each_stage_and_stops_at_the_first_failure():
+    done = run("run_baselines")
     assert done.returncode == 0
     stages = [line for line in done.stderr.splitlines() if line.startswith("[stage ")]
     assert stages[0].startswith("[stage 1/10] run_finetune") and stages[-1].startswith("[stage 10/10] run_from")
     assert "[stages done] 10 in 0 min" in done.stderr
-    failing = run("run_probe() { return 3; }; run_baselines", cache=tmp_path)
+    failing = run("run_probe() { return 3; }; run_baselines")
     assert failing.returncode == 3 and "[stage 4/10] run_probe" in failing.stderr and "stage 5/10" not in failing.stderr
 
 
@@ -60,17 +58,17 @@ def test_generative_has_no_runner_for_what_its_cli_lacks():
 
 
 def test_the_stage_lines_give_the_time_left_from_the_last_run_of_every_stage_left(tmp_path):
-    first = run("run_baselines", cache=tmp_path)
+    first = run("run_baselines")
     assert "[stage 1/10] run_finetune (0 min elapsed)" in first.stderr  # nothing timed yet
     times = tmp_path / "stage_times" / "discriminative-minilm_8tasks_v2.tsv"
     assert [line.split("\t")[0] for line in times.read_text().splitlines()][:2] == ["run_finetune", "run_finetuned"]
     times.write_text("".join(f"{stage}\t{600 if stage == 'run_finetune' else 60}\n" for stage in
                              ["run_finetune", "run_finetuned", "run_majority", "run_probe", "run_pretrained",
                               "run_avg", "run_task_arith", "run_ties", "run_dare_ties", "run_from"]))
-    again = run("run_baselines", cache=tmp_path)
+    again = run("run_baselines")
     assert "[stage 1/10] run_finetune (0 min elapsed, about 19 min left)" in again.stderr  # 600 s + 9 × 60 s
     assert "[stage 10/10] run_from (0 min elapsed, about 1 min left)" in again.stderr
-    other = run("POOL=configs/discriminative/minilm_trial.yaml run_baselines", cache=tmp_path)
+    other = run("POOL=configs/discriminative/minilm_trial.yaml run_baselines")
     assert "min left" not in other.stderr  # timed per pool
 
 
