@@ -10,7 +10,8 @@
 #   run_frank_wolfe --preset layerwise --grid-points 1 2   # points (no row); then the plain run reads them back
 # Each run appends one row per fine-tuning seed to outs/<experiment>/results.csv and rebuilds
 # outs/<experiment>/results.md (mean ± std over seeds, then every row); experiment defaults to the pool's
-# name (set EXPERIMENT=... to change). The first call prepares the data and fine-tunes the missing
+# name (set EXPERIMENT=... to change; the scaling rows, claims and variants tables follow it: a pool re-made on
+# another machine is judged apart, docs/architecture.md). The first call prepares the data and fine-tunes the missing
 # checkpoints (cached under ${MERGING_CACHE:-~/.cache/merging}).
 # Every function is in scripts/runners.sh (the same in every domain); the scaling examples:
 # (rows in outs/<pool>_<claim>/results.csv, plots beside them)

@@ -18,10 +18,7 @@
 _DOMAIN=generative
 _DEFAULT_POOL=configs/generative/smollm2_12_lora_v2.yaml
 source "$(dirname "${BASH_SOURCE[0]}")/runners.sh"
-_bench() {
-  local command=$1; shift
-  python3 -m generative "$command" --pool "${POOL:-$_DEFAULT_POOL}" ${LIMIT:+--limit $LIMIT} "$@"
-}
+_domain_options() { echo ${LIMIT:+--limit "$LIMIT"}; }
 run_from() {  # FroM-LoRA on adapters, FroM on full fine-tunes
   if grep -q "^kind: lora" "${POOL:-$_DEFAULT_POOL}"; then _bench_run from_lora "$@"; else _bench_run from "$@"; fi
 }

@@ -1,14 +1,20 @@
 # Runner functions shared by every domain (merging/benchmark): a domain's script sets _DOMAIN (its python -m
 # module), _DEFAULT_POOL and _DEFAULT_TARGETS (the scaling claims' 4 target tasks), then sources this file.
 # Usage and examples: scripts/discriminative.sh, scripts/vision.sh.
+# EXPERIMENT (default: the pool's name) names where rows and the tables judged on them go under outs/; a domain
+# script may define _domain_options (the options its every command takes).
+_domain_options() { :; }
 _bench() {
-  local command=$1; shift
-  python3 -m "$_DOMAIN" "$command" --pool "${POOL:-$_DEFAULT_POOL}" "$@"
+  local command=$1 named=()
+  shift
+  case $command in run|scale|plot|claims|variants) named=(${EXPERIMENT:+--experiment "$EXPERIMENT"}) ;; esac
+  # shellcheck disable=SC2046  # a domain's options are words
+  python3 -m "$_DOMAIN" "$command" --pool "${POOL:-$_DEFAULT_POOL}" $(_domain_options) "${named[@]}" "$@"
 }
 _bench_run() {
   local method=$1; shift
   # shellcheck disable=SC2086  # POOL_SEEDS is a list of seeds
-  _bench run --method "$method" ${EXPERIMENT:+--experiment "$EXPERIMENT"} ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@"
+  _bench run --method "$method" ${POOL_SEEDS:+--pool-seeds $POOL_SEEDS} "$@"
 }
 run_prepare()     { _bench prepare "$@"; }
 # The cores this process may use, whatever OMP_NUM_THREADS says (plain nproc honours it: 1 under the advised setting).

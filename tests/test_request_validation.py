@@ -188,6 +188,13 @@ def test_extra_all_is_every_other_task_once():
     assert extra_candidates(pool, ["a"], "irrelevance", 3, 1) == [("b", 1), ("c", 1), ("d", 1)]
 
 
+@pytest.mark.parametrize("command", [["run", "--method", "ties"], ["variants", "--targets", "has_good"],
+                                     ["claims", "--targets", "has_good"], ["plot", "--claim", "irrelevance"]])
+def test_an_experiment_must_be_one_folder_name_under_outs(text_pool, capsys, command):
+    error = refusal(capsys, discriminative_main, [*command, "--pool", text_pool(), "--experiment", "../elsewhere"])
+    assert "--experiment '../elsewhere'" in error and "one folder name under outs/" in error
+
+
 def test_claims_targets_must_be_tasks_of_the_pool(text_pool, capsys):
     error = refusal(capsys, discriminative_main, ["claims", "--pool", text_pool(), "--targets", "has_good", "nosuch"])
     assert "nosuch" in error and "has_good" in error

@@ -49,6 +49,17 @@ def test_the_generative_runners_are_the_shared_ones_on_its_cli(call, expected):
     assert run(call, "scripts/generative.sh").stdout.strip() == expected
 
 
+def test_experiment_names_the_folder_of_every_command_that_writes_or_judges_rows():
+    lines = run("export EXPERIMENT=remade; run_ties; SIZES=0 METHODS=ties run_irrelevance; run_claims; run_variants; "
+                "run_prepare; run_finetune").stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["run", "scale", "plot", "claims", "variants", "prepare", "finetune"]
+    assert all("--experiment remade" in line for line in lines[:5])
+    assert not any("--experiment" in line for line in lines[5:])  # the pool's checkpoints are one cache
+    assert "--experiment" not in run("run_ties").stdout
+    generative = run("EXPERIMENT=remade LIMIT=5 run_ties", "scripts/generative.sh").stdout
+    assert "--limit 5 --experiment remade --method ties" in generative
+
+
 def test_generative_has_no_runner_for_what_its_cli_lacks():
     done = run("run_baselines; run_irrelevance", "scripts/generative.sh")
     stages = [line.split()[2] for line in done.stderr.splitlines() if line.startswith("[stage ")]

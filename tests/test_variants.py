@@ -66,6 +66,21 @@ def test_a_variant_meeting_all_four_criteria_is_judged_yes_and_each_failure_is_n
     assert (tmp_path / "toy_fw_variants.md").read_text().startswith("# Frank-Wolfe variants on pool toy")
 
 
+def test_an_experiments_rows_are_judged_apart_from_the_pools(tmp_path):
+    """Rows written with EXPERIMENT=<name> (a pool re-made on another machine, say) are judged on their own: the
+    table reads outs/<name>/ and outs/<name>_<protocol>/, names the experiment and goes to outs/<name>_fw_variants.md."""
+    _row(tmp_path, "toy", "ties", 90.0, 0)
+    _row(tmp_path, "toy", "frank_wolfe", 95.0, 0)
+    _row(tmp_path, "remade", "ties", 84.0, 0)
+    _row(tmp_path, "remade", "frank_wolfe", 85.0, 0)
+    text = write_variants(POOL, "toy.yaml", TARGETS, tmp_path, SPEC, experiment="remade")
+    assert "85.0 (+1.00 over ties; n = 1)" in text and "EXPERIMENT=remade" in text
+    written = (tmp_path / "remade_fw_variants.md").read_text()
+    assert written.startswith("# Frank-Wolfe variants on pool toy (experiment remade)")
+    assert not (tmp_path / "toy_fw_variants.md").exists()
+    assert "95.0 (+5.00 over ties; n = 1)" in _table(tmp_path)["plain"][0]
+
+
 def test_a_variant_without_rows_is_not_run(tmp_path):
     _complete_rows(tmp_path, 90.0, (80.0, 79.0), (70.0, 71.0), (2.0, 2.0))
     assert _table(tmp_path)["plain"][4] == "not run / yes / yes / yes"  # no data-free row to compare with

@@ -190,10 +190,11 @@ def _is_configured(row: Row, method: str) -> bool:
 class _Context:
     """One claim's rows (those of the requested targets), its points, FW soft's preset and the commands."""
 
-    def __init__(self, claim: Claim, pool: PoolConfig, targets: list[str], outs: Path) -> None:
+    def __init__(self, claim: Claim, pool: PoolConfig, targets: list[str], outs: Path,
+                 experiment: str | None = None) -> None:
         self.claim = claim
         self.points = [extra_count(pool, targets, claim.protocol, str(k)) for k in claim.extra]
-        self.csv = outs / f"{pool.name}_{claim.protocol}" / "results.csv"
+        self.csv = outs / f"{experiment or pool.name}_{claim.protocol}" / "results.csv"
         wanted = " ".join(targets)  # rows written before the column existed count as the runner's targets
         self.flags = claim.flags_for(pool.domain.name)
         rows = under_protocol([r for r in read_rows(self.csv) if r.get("targets", "") in ("", wanted)], self.flags)
@@ -432,24 +433,28 @@ def plot_claim(context: _Context, judgements: list[Judgement], out: Path) -> Pat
     return save_figure(figure, out)
 
 
-def setup(pool: PoolConfig, pool_path: str, targets: list[str]) -> str:
-    """The shell line every command of the table follows: the domain's runners, the pool, targets and seeds."""
+def setup(pool: PoolConfig, pool_path: str, targets: list[str], experiment: str | None = None) -> str:
+    """The shell line every command of the table follows: the domain's runners, the pool, targets and seeds (and
+    the experiment, where its rows are not under the pool's name)."""
+    named = f" EXPERIMENT={experiment}" if experiment not in (None, pool.name) else ""
     return (f"source scripts/{pool.domain.name}.sh; export POOL={pool_path} TARGETS=\"{' '.join(targets)}\" "
-            f"POOL_SEEDS=\"{' '.join(map(str, pool.finetune.seeds))}\"")
+            f"POOL_SEEDS=\"{' '.join(map(str, pool.finetune.seeds))}\"{named}")
 
 
 def write_claims(pool: PoolConfig, pool_path: str, targets: list[str], outs: Path = Path("outs"),
-                 claims: list[Claim] | None = None) -> str:
-    """Judge every claim (default: configs/claims.yaml) once per inner loss on the rows under ``outs``; write
-    outs/<pool>_claims.md and one plot per claim beside it (outs/<pool>_claims_<claim>.png); the table."""
-    judgements = []
+                 claims: list[Claim] | None = None, experiment: str | None = None) -> str:
+    """Judge every claim (default: configs/claims.yaml) once per inner loss on the scaling rows of ``experiment``
+    (default: the pool's name) under ``outs``; write outs/<experiment>_claims.md and one plot per claim beside it
+    (outs/<experiment>_claims_<claim>.png); the table."""
+    judgements, experiment = [], experiment or pool.name
     for claim in load_claims() if claims is None else claims:
-        context = _Context(claim, pool, targets, outs)
+        context = _Context(claim, pool, targets, outs, experiment)
         mine = [judge(context, loss) for loss in INNER_LOSSES]
-        plot_claim(context, mine, outs / f"{pool.name}_claims_{claim.name}.png")
+        plot_claim(context, mine, outs / f"{experiment}_claims_{claim.name}.png")
         judgements += mine
     table = claims_markdown(judgements)
     text = (f"Rebuilt by `run_claims` (configs/claims.yaml) from the rows under {outs}/. Every command runs after "
-            f"`{setup(pool, pool_path, targets)}`.\n\n{table}")
-    atomic_write_text(outs / f"{pool.name}_claims.md", f"# The FW-Merging paper's claims on pool {pool.name}\n\n{text}")
+            f"`{setup(pool, pool_path, targets, experiment)}`.\n\n{table}")
+    title = pool.name if experiment == pool.name else f"{pool.name} (experiment {experiment})"
+    atomic_write_text(outs / f"{experiment}_claims.md", f"# The FW-Merging paper's claims on pool {title}\n\n{text}")
     return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,12 @@ def validate_request(args: argparse.Namespace, pool: PoolConfig, overrides: dict
     --seeds; an unknown method or a parameter its schema rejects (``experiment.check_method``); --pool-seeds
     that are not the pool's fine-tuning seeds; scaling --targets outside the pool, an --extra that is neither a
     number ≥ 0 nor 'all', or a claim without checkpoints to draw from; claims --targets outside the pool.
-    (--workers is a positive integer by its argparse type.)"""
+    (--workers is a positive integer by its argparse type.) An --experiment that is not one plain folder name
+    (letters, digits, '.', '_', '-') is refused, so that no row is written outside outs/."""
+    name = getattr(args, "experiment", None)
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
+        raise MergeError(f"--experiment {name!r}: expected one folder name under outs/ (letters, digits, '.', '_', "
+                         "'-'; no '/')")
     if args.command in ("finetune", "run", "scale"):
         check_local(pool.base, "base")
         for task, ref in pool.checkpoints.items():
@@ -139,12 +145,16 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                    "on the all-task and scaling rows: outs/<pool>_fw_variants.md")
     variants.add_argument("--pool", default=default_pool)
     variants.add_argument("--targets", nargs="+", required=True, help="the scaling rows' target tasks")
+    for command in (scale, draw, claims, variants):
+        command.add_argument("--experiment", help="the outs/ name its rows and tables go under, as run's "
+                             "(default: the pool's name): outs/<experiment>_<claim>/, outs/<experiment>_claims.md …")
     adopt = commands.add_parser("adopt", help="give the pool's rows made before the finetuned_digest column the "
                                 "digest of the fine-tunes that re-made rows show they were scored against")
     adopt.add_argument("--pool", default=default_pool)
     args, extra = start_command(parser, argv, overridable=("run", "scale"))
     try:
         pool = load_pool(args.pool)
+        experiment = getattr(args, "experiment", None) or pool.name
         overrides = parse_overrides(extra) if args.command in ("run", "scale") else {}
         validate_request(args, pool, overrides)
         if args.command == "prepare":
@@ -167,7 +177,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         elif args.command == "run":
             from .experiment import run_experiment
 
-            for row in run_experiment(pool, args.method, args.experiment or pool.name, overrides,
+            for row in run_experiment(pool, args.method, experiment, overrides,
                                       args.pool_seeds, args.seed):
                 print(json.dumps(row))
         elif args.command == "scale":
@@ -184,7 +194,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
                                                           own=list(args.targets) if every_task else None):
                         print(json.dumps(record))
                     continue
-                for row in run_experiment(pool if every_task else targets, args.method, f"{pool.name}_{args.claim}",
+                for row in run_experiment(pool if every_task else targets, args.method, f"{experiment}_{args.claim}",
                                           overrides, [pool_seed], extra=others,
                                           columns={"claim": args.claim, "extra": args.extra,
                                                    "targets": " ".join(args.targets)},
@@ -193,11 +203,11 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         elif args.command == "claims":
             from .claims import write_claims
 
-            print(write_claims(pool, args.pool, args.targets))
+            print(write_claims(pool, args.pool, args.targets, experiment=experiment))
         elif args.command == "variants":
             from .variants import write_variants
 
-            print(write_variants(pool, args.pool, args.targets))
+            print(write_variants(pool, args.pool, args.targets, experiment=experiment))
         elif args.command == "adopt":
             from .adopt import adopt_pool
 
@@ -209,7 +219,7 @@ def main(domain: str, load_pool: Callable[[str], PoolConfig], default_pool: str,
         else:
             from .scaling import plot
 
-            folder = Path("outs") / f"{pool.name}_{args.claim}"
+            folder = Path("outs") / f"{experiment}_{args.claim}"
             print(plot(folder / "results.csv", folder / f"{args.claim}_{args.y}.png", args.y))
     except (MergeError, OSError, KeyboardInterrupt) as err:
         message, status = report(err)

@@ -99,13 +99,14 @@ def variant_name(row: Row, spec: VariantsFile) -> str | None:
 class _Rows:
     """The pool's three result files, the scaling ones restricted to ``targets``, and the protocols' points."""
 
-    def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path) -> None:
+    def __init__(self, spec: VariantsFile, pool: PoolConfig, targets: list[str], outs: Path, experiment: str
+                 ) -> None:
         wanted = " ".join(targets)
-        self.every_task = read_rows(outs / pool.name / "results.csv")
+        self.every_task = read_rows(outs / experiment / "results.csv")
         self.flags = {"irrelevance": spec.irrelevance_flags.get(pool.domain.name, {}), "relevance_tasks": {}}
         self.scaled = {}
         for protocol, flags in self.flags.items():
-            rows = read_rows(outs / f"{pool.name}_{protocol}" / "results.csv")
+            rows = read_rows(outs / f"{experiment}_{protocol}" / "results.csv")
             self.scaled[protocol] = under_protocol([r for r in rows if r.get("targets", "") in ("", wanted)], flags)
         self.points = {protocol: [extra_count(pool, targets, protocol, str(k)) for k in points]
                        for protocol, points in (("irrelevance", spec.irrelevance),
@@ -176,11 +177,11 @@ def judge_variant(rows: _Rows, spec: VariantsFile, variant: Variant) -> dict[str
 
 
 def write_variants(pool: PoolConfig, pool_path: str, targets: list[str], outs: Path = Path("outs"),
-                   spec: VariantsFile | None = None) -> str:
-    """Judge every variant of ``spec`` (default: configs/fw_variants.yaml) on the rows under ``outs``; write
-    outs/<pool>_fw_variants.md; the table with its preamble."""
-    spec = spec or load_variants()
-    rows = _Rows(spec, pool, targets, outs)
+                   spec: VariantsFile | None = None, experiment: str | None = None) -> str:
+    """Judge every variant of ``spec`` (default: configs/fw_variants.yaml) on the rows of ``experiment`` (default:
+    the pool's name) under ``outs``; write outs/<experiment>_fw_variants.md; the table with its preamble."""
+    spec, experiment = spec or load_variants(), experiment or pool.name
+    rows = _Rows(spec, pool, targets, outs, experiment)
     lines = [judge_variant(rows, spec, variant) for variant in spec.variants]
     c, protocol = spec.criteria, as_flags(rows.flags["irrelevance"])
     text = (f"Rebuilt by `run_variants` (configs/fw_variants.yaml) from the rows under {outs}/. Criteria, fixed "
@@ -189,6 +190,7 @@ def write_variants(pool: PoolConfig, pool_path: str, targets: list[str], outs: P
             f"{f' (every irrelevance row with {protocol})' if protocol else ''}; does "
             f"not fall from {rows.points['relevance_tasks'][0]} to {rows.points['relevance_tasks'][1]} other tasks' "
             f"checkpoints (relevance by tasks); peak RSS ratio ≤ {c.max_rss_ratio:g}. Every command runs after "
-            f"`{setup(pool, pool_path, targets)}`.\n\n{markdown_table(lines, list(lines[0]))}")
-    atomic_write_text(outs / f"{pool.name}_fw_variants.md", f"# Frank-Wolfe variants on pool {pool.name}\n\n{text}")
+            f"`{setup(pool, pool_path, targets, experiment)}`.\n\n{markdown_table(lines, list(lines[0]))}")
+    title = pool.name if experiment == pool.name else f"{pool.name} (experiment {experiment})"
+    atomic_write_text(outs / f"{experiment}_fw_variants.md", f"# Frank-Wolfe variants on pool {title}\n\n{text}")
     return text
