@@ -68,7 +68,8 @@ def test_a_variant_meeting_all_four_criteria_is_judged_yes_and_each_failure_is_n
 
 def test_an_experiments_rows_are_judged_apart_from_the_pools(tmp_path):
     """Rows written with EXPERIMENT=<name> (a pool re-made on another machine, say) are judged on their own: the
-    table reads outs/<name>/ and outs/<name>_<protocol>/, names the experiment and goes to outs/<name>_fw_variants.md."""
+    table reads outs/<name>/ and outs/<name>_<protocol>/, names the experiment and goes to
+    outs/<name>_fw_variants.md."""
     _row(tmp_path, "toy", "ties", 90.0, 0)
     _row(tmp_path, "toy", "frank_wolfe", 95.0, 0)
     _row(tmp_path, "remade", "ties", 84.0, 0)
