@@ -441,6 +441,11 @@ def setup(pool: PoolConfig, pool_path: str, targets: list[str], experiment: str 
             f"POOL_SEEDS=\"{' '.join(map(str, pool.finetune.seeds))}\"{named}")
 
 
+def pool_title(pool: PoolConfig, experiment: str) -> str:
+    """A table's name for its rows: the pool's, and the experiment's where its rows are under another name."""
+    return pool.name if experiment == pool.name else f"{pool.name} (experiment {experiment})"
+
+
 def write_claims(pool: PoolConfig, pool_path: str, targets: list[str], outs: Path = Path("outs"),
                  claims: list[Claim] | None = None, experiment: str | None = None) -> str:
     """Judge every claim (default: configs/claims.yaml) once per inner loss on the scaling rows of ``experiment``
@@ -455,6 +460,6 @@ def write_claims(pool: PoolConfig, pool_path: str, targets: list[str], outs: Pat
     table = claims_markdown(judgements)
     text = (f"Rebuilt by `run_claims` (configs/claims.yaml) from the rows under {outs}/. Every command runs after "
             f"`{setup(pool, pool_path, targets, experiment)}`.\n\n{table}")
-    title = pool.name if experiment == pool.name else f"{pool.name} (experiment {experiment})"
-    atomic_write_text(outs / f"{experiment}_claims.md", f"# The FW-Merging paper's claims on pool {title}\n\n{text}")
+    atomic_write_text(outs / f"{experiment}_claims.md",
+                      f"# The FW-Merging paper's claims on pool {pool_title(pool, experiment)}\n\n{text}")
     return text

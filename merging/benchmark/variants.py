@@ -43,6 +43,7 @@ from .claims import (
     mean_over,
     mean_std,
     overrides_of,
+    pool_title,
     series,
     setup,
     under_protocol,
@@ -191,6 +192,6 @@ def write_variants(pool: PoolConfig, pool_path: str, targets: list[str], outs: P
             f"not fall from {rows.points['relevance_tasks'][0]} to {rows.points['relevance_tasks'][1]} other tasks' "
             f"checkpoints (relevance by tasks); peak RSS ratio ≤ {c.max_rss_ratio:g}. Every command runs after "
             f"`{setup(pool, pool_path, targets, experiment)}`.\n\n{markdown_table(lines, list(lines[0]))}")
-    title = pool.name if experiment == pool.name else f"{pool.name} (experiment {experiment})"
-    atomic_write_text(outs / f"{experiment}_fw_variants.md", f"# Frank-Wolfe variants on pool {title}\n\n{text}")
+    atomic_write_text(outs / f"{experiment}_fw_variants.md",
+                      f"# Frank-Wolfe variants on pool {pool_title(pool, experiment)}\n\n{text}")
     return text
